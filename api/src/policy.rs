@@ -1,0 +1,284 @@
+//! `TracerPolicy`: how a program behaves on the node (runtime configuration,
+//! resource budgets) and what counts as healthy during a rollout.
+//!
+//! Cluster-scoped on purpose: the programs it configures are cluster-scoped
+//! and run node-wide, in every namespace at once. A namespaced policy would let
+//! whoever may write in one namespace change sampling, filters or redaction
+//! for traffic of all namespaces, and would make "which policy wins" depend on
+//! namespace layout. Per-namespace scoping is a filter *inside* the policy
+//! (`config.filters.namespaces`), granted by cluster RBAC.
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Behaviour and health gates for the programs it targets.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "bpfleet.dev",
+    version = "v1alpha1",
+    kind = "TracerPolicy",
+    doc = "Runtime configuration, resource budgets and health gates for the TracerPrograms it targets.",
+    plural = "tracerpolicies",
+    singular = "tracerpolicy",
+    shortname = "tpol",
+    category = "bpfleet",
+    status = "TracerPolicyStatus",
+    printcolumn = r#"{"name":"Programs","type":"string","jsonPath":".status.targetSummary"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TracerPolicySpec {
+    /// Which TracerPrograms this policy applies to.
+    pub targets: PolicyTargets,
+    /// Runtime configuration written into the program's config map, applied
+    /// without reloading the program.
+    #[serde(default)]
+    pub config: RuntimeConfig,
+    /// Resource budgets per node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budgets: Option<ResourceBudgets>,
+    /// What canary and blue-green analysis checks.
+    #[serde(default)]
+    pub health: HealthGates,
+    /// Alerts evaluated on the nodes and reported as metrics and events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
+    pub alerts: Vec<AlertRule>,
+}
+
+/// Programs by name, by label, or both (a program matching either is targeted).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("size(self.programNames) > 0 || has(self.programSelector)")
+    .message("set programNames, programSelector, or both"))]
+pub struct PolicyTargets {
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
+    pub program_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program_selector: Option<LabelSelector>,
+}
+
+/// Values the program reads from its config map at run time.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeConfig {
+    /// Fraction of events kept, from 0.0001 to 1 (all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0001, max = 1.0))]
+    pub sampling_rate: Option<f64>,
+    /// Bytes of payload captured per message (request line and headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 64, max = 4096))]
+    pub payload_bytes: Option<i32>,
+    #[serde(default)]
+    pub filters: Filters,
+    #[serde(default)]
+    pub redaction: Redaction,
+}
+
+/// Restrict what is traced. Empty lists mean no restriction.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Filters {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(range(min = 1)))]
+    pub pids: Vec<i32>,
+    /// Kubernetes namespaces whose pods are traced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))
+    )]
+    pub namespaces: Vec<String>,
+    /// Local TCP ports traced (server side) or dialled (client side).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(range(min = 1, max = 65535)))]
+    pub ports: Vec<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(range(min = 1, max = 65535)))]
+    pub exclude_ports: Vec<i32>,
+}
+
+/// What is removed before anything leaves the node. The defaults cover the
+/// usual credentials; lists here add to them.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Redaction {
+    /// Header names (case-insensitive) whose values are replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$"))
+    )]
+    pub headers: Vec<String>,
+    /// Query parameter names whose values are replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 128)))]
+    pub query_params: Vec<String>,
+    /// Regular expressions; matching parts of command lines are replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 512)))]
+    pub command_line_patterns: Vec<String>,
+    /// Turn the built-in defaults off (not recommended).
+    #[serde(default)]
+    pub disable_defaults: bool,
+}
+
+/// Per-node limits; breaching one reduces sampling first, then raises Degraded.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceBudgets {
+    /// Map memory of all targeted programs on a node, e.g. `64Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_map_memory: Option<Quantity>,
+    /// BPF run time as a share of one node's CPU time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.01, max = 100.0))]
+    pub max_cpu_overhead_percent: Option<f64>,
+    /// Programs loaded per node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_programs: Option<i32>,
+    /// Lower the sampling rate automatically while over budget.
+    #[serde(default = "yes")]
+    pub reduce_sampling_on_breach: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Health gates for analysis steps. A gate is skipped when unset.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthGates {
+    /// Load, attach or program errors tolerated on candidate nodes.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_program_failures: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.01, max = 100.0))]
+    pub max_cpu_overhead_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_map_memory: Option<Quantity>,
+    /// Candidate error rate may be at most this multiple of the stable one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub max_error_rate_ratio: Option<f64>,
+    /// Candidate p99 latency may be at most this multiple of the stable one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub max_p99_latency_ratio: Option<f64>,
+    /// Requests needed on each side before ratios are judged.
+    #[serde(default = "default_min_samples")]
+    #[schemars(range(min = 1))]
+    pub min_samples: i32,
+    /// Failed measurements in a row that fail the analysis.
+    #[serde(default = "default_consecutive_failures")]
+    #[schemars(range(min = 1, max = 100))]
+    pub consecutive_failure_limit: i32,
+    /// What too few samples means. It never counts as a pass.
+    #[serde(default)]
+    pub no_data: NoDataPolicy,
+}
+
+fn default_min_samples() -> i32 {
+    100
+}
+fn default_consecutive_failures() -> i32 {
+    3
+}
+
+impl Default for HealthGates {
+    fn default() -> Self {
+        Self {
+            max_program_failures: 0,
+            max_cpu_overhead_percent: None,
+            max_map_memory: None,
+            max_error_rate_ratio: Some(1.1),
+            max_p99_latency_ratio: Some(1.2),
+            min_samples: default_min_samples(),
+            consecutive_failure_limit: default_consecutive_failures(),
+            no_data: NoDataPolicy::Inconclusive,
+        }
+    }
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NoDataPolicy {
+    /// Pause the rollout and wait for data or a person.
+    #[default]
+    Inconclusive,
+    /// Treat as a failed gate.
+    Fail,
+}
+
+/// An alert evaluated in-process on each node over a sliding window.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertRule {
+    #[schemars(regex(pattern = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"))]
+    pub name: String,
+    pub signal: AlertSignal,
+    /// Fires when the signal is above this value (ratio 0..1 for rates,
+    /// seconds for latency, percent for CPU, count for events lost).
+    #[schemars(range(min = 0.0))]
+    pub threshold: f64,
+    /// Window the signal is computed over.
+    #[serde(default)]
+    pub window: AlertWindow,
+    #[serde(default)]
+    pub severity: Severity,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertSignal {
+    ErrorRate,
+    P99Latency,
+    CpuOverheadPercent,
+    EventsLost,
+    ProgramErrors,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AlertWindow {
+    #[serde(rename = "1m")]
+    OneMinute,
+    #[default]
+    #[serde(rename = "5m")]
+    FiveMinutes,
+    #[serde(rename = "15m")]
+    FifteenMinutes,
+    #[serde(rename = "1h")]
+    OneHour,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Severity {
+    #[default]
+    Warning,
+    Critical,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TracerPolicyStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Names of the programs currently targeted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targeted_programs: Vec<String>,
+    /// Count of targeted programs, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_summary: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,53 @@
+//! bpfleet's test harness: a real Kubernetes control plane on loopback.
+//!
+//! [`ControlPlane`] starts etcd and kube-apiserver, both built from the Go
+//! module proxy by `e2e/controlplane/build.sh` (the way controller-runtime's
+//! envtest uses real binaries), with freshly generated certificates and an
+//! admin kubeconfig, waits until the apiserver is ready, and stops both when
+//! dropped — or when the test process dies, through `PR_SET_PDEATHSIG`.
+//!
+//! This crate owns process lifecycle and PKI for tests and the local demo; it
+//! knows nothing of bpfleet's resources beyond installing `crds/`.
+
+mod controlplane;
+pub mod pki;
+
+pub use controlplane::{ControlPlane, binary_dir, workspace_root};
+
+/// Everything that can go wrong starting or driving the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "control-plane binary {0} not found; build it with `bash e2e/controlplane/build.sh` (or set BPFLEET_CONTROLPLANE_BIN)"
+    )]
+    MissingBinary(std::path::PathBuf),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("certificate generation: {0}")]
+    Pki(#[from] rcgen::Error),
+    #[error("kube client: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    #[error("{name} exited before the control plane was ready ({status}); last log lines:\n{log}")]
+    Exited {
+        name: &'static str,
+        status: std::process::ExitStatus,
+        log: String,
+    },
+    #[error("control plane not ready after {seconds}s: {last}")]
+    Timeout { seconds: u64, last: String },
+    #[error("kubectl {args}: {stderr}")]
+    Kubectl { args: String, stderr: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
