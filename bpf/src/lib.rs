@@ -1,0 +1,70 @@
+//! bpfleet's BPF side: `include/bpfleet_gate.h`, the header every managed
+//! program includes so the node agent can switch revisions with one word
+//! written to a pinned gate map, and the example programs the agent's tests
+//! and benchmarks load. The objects are compiled from `progs/*.bpf.c` by the
+//! build script (CO-RE, `vmlinux.h` dumped from the running kernel) and
+//! embedded here; this crate has no logic and touches no kernel state.
+
+macro_rules! object {
+    ($(#[$doc:meta])* $name:ident, $file:literal) => {
+        $(#[$doc])*
+        pub const $name: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/", $file));
+    };
+}
+
+object!(
+    /// Tracepoint `syscalls/sys_enter_getppid`, program `count_getppid`:
+    /// counts into slot 0 of the map `counts` (slot 3: total). Gated.
+    SYSCOUNT_V1, "syscount_v1.bpf.o"
+);
+object!(
+    /// Like [`SYSCOUNT_V1`] but counts into slot 1.
+    SYSCOUNT_V2, "syscount_v2.bpf.o"
+);
+object!(
+    /// A syscount revision the verifier rejects (unchecked map value).
+    SYSCOUNT_BAD, "syscount_bad.bpf.o"
+);
+object!(
+    /// Raw tracepoint `sys_enter`, program `count_raw`: counts getppid into
+    /// slot 2 of `counts`. Gated.
+    SYSCOUNT_RAW, "syscount_raw.bpf.o"
+);
+object!(
+    /// XDP program `xdp_count`: counts EtherType 0x88b5 frames into slot 0
+    /// of the map `pkts` (slot 3: total). Switched by link update.
+    XDPCOUNT_V1, "xdpcount_v1.bpf.o"
+);
+object!(
+    /// Like [`XDPCOUNT_V1`] but counts into slot 1.
+    XDPCOUNT_V2, "xdpcount_v2.bpf.o"
+);
+object!(
+    /// A kprobe program (`on_open`), for the "unsupported on this node" path.
+    KPROBE_PROBE, "kprobe_probe.bpf.o"
+);
+
+/// Directory holding `bpfleet_gate.h`, for building programs out of tree.
+pub const INCLUDE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_are_bpf_elf() {
+        for obj in [
+            SYSCOUNT_V1,
+            SYSCOUNT_V2,
+            SYSCOUNT_BAD,
+            SYSCOUNT_RAW,
+            XDPCOUNT_V1,
+            XDPCOUNT_V2,
+            KPROBE_PROBE,
+        ] {
+            assert_eq!(&obj[..4], b"\x7fELF");
+            // e_machine at offset 18, little endian: 247 = EM_BPF.
+            assert_eq!(u16::from_le_bytes([obj[18], obj[19]]), 247);
+        }
+    }
+}
