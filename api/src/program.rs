@@ -494,7 +494,7 @@ pub struct CanaryStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub set_node_percent: Option<i32>,
-    /// Wait, for a duration or until resumed (`kubectl bpfleet promote`).
+    /// Wait for a duration or, without one, until the rollout is promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<PauseStep>,
     /// Compare canary nodes with stable nodes on the health gates.

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Prepares a fresh machine for bpfleet's build, tests and demo. Idempotent:
+# a second run installs nothing and takes a second.
+#  - Debian packages for BPF C (clang, llvm, libbpf's build: libelf, zlib,
+#    pkg-config), bpftool, iproute2 for network namespaces;
+#  - a bpffs on /sys/fs/bpf;
+#  - etcd, kube-apiserver and kubectl built from the Go module proxy.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+packages=(clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 gcc make)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup.sh: missing packages ${missing[*]}; run as root or install them" >&2
+    exit 1
+  fi
+  echo "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+for tool in cargo go; do
+  command -v "$tool" >/dev/null || { echo "setup.sh: $tool is required and not on PATH" >&2; exit 1; }
+done
+
+# BPF tests pin under /sys/fs/bpf; mount bpffs when it is not there.
+if [ "$(id -u)" = 0 ] && [ "$(stat -f -c %T /sys/fs/bpf 2>/dev/null)" != "bpf_fs" ]; then
+  mkdir -p /sys/fs/bpf
+  mount -t bpf bpffs /sys/fs/bpf
+fi
+
+bash "$root/e2e/controlplane/build.sh"

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Every check CI makes, in CI's order: formatting, generated CRDs, lints, and
+# the whole test suite (unit, real kernel, real kube-apiserver). Run as root:
+# the agent tests load real BPF programs. Expects scripts/setup.sh to have run
+# (`make test` does both).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "crds/ generated from the Rust types"
+cargo run -q --locked -p bpfleet-api --bin crdgen -- --check
+
+step "clippy"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+progs() { bpftool prog show 2>/dev/null | grep -c '^[0-9]*:' || true; }
+before=$(progs)
+
+step "tests"
+start=$(date +%s)
+cargo test --locked --workspace
+echo "tests took $(( $(date +%s) - start ))s"
+
+after=$(progs)
+if [ "$after" -gt "$before" ]; then
+  echo "BPF programs left loaded by the tests: $before before, $after after" >&2
+  bpftool prog show >&2
+  exit 1
+fi
