@@ -1,5 +1,8 @@
 //! The committed `crds/` must be exactly what the Rust types generate.
 
+// Test helpers panic on purpose: the panic message is the test report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 #[test]

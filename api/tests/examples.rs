@@ -2,6 +2,9 @@
 //! field, so the examples and the API cannot drift apart silently. (That the
 //! apiserver accepts them is checked in e2e/tests/apiserver.rs.)
 
+// Test helpers panic on purpose: the panic message is the test report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 use bpfleet_api::{TracerPolicy, TracerProgram};

@@ -3,6 +3,9 @@
 //! refused by the apiserver itself with the offending field named, and
 //! `kubectl get` shows the printer columns.
 
+// Test helpers panic on purpose: the panic message is the test report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 use bpfleet_api::{TracerPolicy, TracerProgram};

@@ -34,17 +34,17 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(path) = &args.kubeconfig {
-        if let Err(e) = std::fs::copy(&cp.kubeconfig, path) {
-            eprintln!("bpfleet-controlplane: writing {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
+    if let Some(path) = &args.kubeconfig
+        && let Err(e) = std::fs::copy(&cp.kubeconfig, path)
+    {
+        eprintln!("bpfleet-controlplane: writing {}: {e}", path.display());
+        return ExitCode::FAILURE;
     }
-    if args.install_crds {
-        if let Err(e) = cp.install_crds() {
-            eprintln!("bpfleet-controlplane: {e}");
-            return ExitCode::FAILURE;
-        }
+    if args.install_crds
+        && let Err(e) = cp.install_crds()
+    {
+        eprintln!("bpfleet-controlplane: {e}");
+        return ExitCode::FAILURE;
     }
     let shown = args.kubeconfig.as_ref().unwrap_or(&cp.kubeconfig);
     println!("control plane ready at {}", cp.server);
