@@ -1,0 +1,270 @@
+//! Removal of sensitive data before anything leaves the parser: header
+//! values, query parameter values and command-line secrets.
+//!
+//! Defaults cover the usual credentials; a TracerPolicy's `redaction` adds to
+//! them (or, explicitly, turns them off).
+
+use regex::Regex;
+
+/// What replaces a redacted value.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Headers whose values are always sensitive.
+pub const DEFAULT_HEADERS: [&str; 6] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "x-auth-token",
+];
+
+/// Query parameters whose values are sensitive (compared case-insensitively).
+pub const DEFAULT_QUERY_PARAMS: [&str; 12] = [
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "api_key",
+    "apikey",
+    "key",
+    "signature",
+];
+
+/// Command-line flags whose value is a secret: `--password x`, `--token=x`,
+/// `-p x` is not covered (too ambiguous); `user:pass@` in URLs is.
+const DEFAULT_CMDLINE: [&str; 2] = [
+    r"(?i)(--?(?:password|passwd|pass|token|secret|api[-_]?key|auth)(?:=|\s+))\S+",
+    r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+(@)",
+];
+
+/// Redaction rules, built once per policy and shared by every connection.
+#[derive(Debug)]
+pub struct Redactor {
+    headers: Vec<String>,
+    query_params: Vec<String>,
+    cmdline: Vec<Regex>,
+}
+
+/// A rule that does not compile, with its position in the policy list.
+#[derive(Debug)]
+pub struct BadPattern {
+    pub index: usize,
+    pub message: String,
+}
+
+impl std::error::Error for BadPattern {}
+
+impl std::fmt::Display for BadPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "redaction.commandLinePatterns[{}]: {}",
+            self.index, self.message
+        )
+    }
+}
+
+impl Default for Redactor {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl Redactor {
+    /// The defaults alone.
+    pub fn builtin() -> Self {
+        Self {
+            headers: DEFAULT_HEADERS.iter().map(|s| s.to_string()).collect(),
+            query_params: DEFAULT_QUERY_PARAMS.iter().map(|s| s.to_string()).collect(),
+            cmdline: DEFAULT_CMDLINE
+                .iter()
+                .filter_map(|p| Regex::new(p).ok())
+                .collect(),
+        }
+    }
+
+    /// Defaults (unless `disable_defaults`) plus the given names and patterns.
+    pub fn new(
+        headers: &[String],
+        query_params: &[String],
+        cmdline_patterns: &[String],
+        disable_defaults: bool,
+    ) -> Result<Self, BadPattern> {
+        let mut r = if disable_defaults {
+            Self {
+                headers: Vec::new(),
+                query_params: Vec::new(),
+                cmdline: Vec::new(),
+            }
+        } else {
+            Self::builtin()
+        };
+        r.headers
+            .extend(headers.iter().map(|h| h.to_ascii_lowercase()));
+        r.query_params
+            .extend(query_params.iter().map(|q| q.to_ascii_lowercase()));
+        for (index, p) in cmdline_patterns.iter().enumerate() {
+            let re = Regex::new(p).map_err(|e| BadPattern {
+                index,
+                message: e.to_string(),
+            })?;
+            r.cmdline.push(re);
+        }
+        Ok(r)
+    }
+
+    /// Header list with sensitive values replaced.
+    pub fn headers(&self, mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+        for (name, value) in &mut headers {
+            let lower = name.to_ascii_lowercase();
+            if self.headers.contains(&lower) {
+                *value = REDACTED.to_string();
+            }
+        }
+        headers
+    }
+
+    /// A request target with sensitive query values replaced.
+    pub fn target(&self, target: &str) -> String {
+        let Some((path, query)) = target.split_once('?') else {
+            return target.to_string();
+        };
+        let (query, fragment) = match query.split_once('#') {
+            Some((q, f)) => (q, Some(f)),
+            None => (query, None),
+        };
+        let mut out = String::with_capacity(target.len());
+        out.push_str(path);
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((k, _)) if self.sensitive_param(k) => {
+                    out.push_str(k);
+                    out.push('=');
+                    out.push_str(REDACTED);
+                }
+                _ => out.push_str(pair),
+            }
+        }
+        if let Some(f) = fragment {
+            out.push('#');
+            out.push_str(f);
+        }
+        out
+    }
+
+    fn sensitive_param(&self, key: &str) -> bool {
+        let key = percent_decode_lossy(key).to_ascii_lowercase();
+        self.query_params.contains(&key)
+    }
+
+    /// A command line with secrets replaced (the flag itself is kept).
+    pub fn cmdline(&self, cmdline: &str) -> String {
+        let mut out = cmdline.to_string();
+        for re in &self.cmdline {
+            out = re
+                .replace_all(&out, |caps: &regex::Captures<'_>| {
+                    let prefix = caps.get(1).map_or("", |m| m.as_str());
+                    let suffix = caps.get(2).map_or("", |m| m.as_str());
+                    format!("{prefix}{REDACTED}{suffix}")
+                })
+                .into_owned();
+        }
+        out
+    }
+}
+
+/// `%XX` decoding for parameter names, so `%74oken` is still `token`.
+fn percent_decode_lossy(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_headers_are_redacted_case_insensitively() {
+        let r = Redactor::builtin();
+        let out = r.headers(vec![
+            ("AUTHORIZATION".into(), "Bearer abc".into()),
+            ("Cookie".into(), "sid=1".into()),
+            ("Accept".into(), "*/*".into()),
+        ]);
+        assert_eq!(out[0].1, REDACTED);
+        assert_eq!(out[1].1, REDACTED);
+        assert_eq!(out[2].1, "*/*");
+    }
+
+    #[test]
+    fn query_values_are_redacted_keys_kept() {
+        let r = Redactor::new(&[], &["session".into()], &[], false).expect("valid");
+        assert_eq!(
+            r.target("/cb?code=1&Access_Token=s3cr3t&x=2&session=abc#frag"),
+            "/cb?code=1&Access_Token=[REDACTED]&x=2&session=[REDACTED]#frag"
+        );
+        assert_eq!(r.target("/p?%74oken=zz"), "/p?%74oken=[REDACTED]");
+        assert_eq!(r.target("/plain/path"), "/plain/path");
+        assert_eq!(r.target("/p?flag&token"), "/p?flag&token");
+    }
+
+    #[test]
+    fn command_line_secrets_are_redacted() {
+        let r = Redactor::builtin();
+        assert_eq!(
+            r.cmdline("app --password hunter2 --token=abc --port 80"),
+            "app --password [REDACTED] --token=[REDACTED] --port 80"
+        );
+        assert_eq!(
+            r.cmdline("psql postgres://bob:pw123@db:5432/x"),
+            "psql postgres://bob:[REDACTED]@db:5432/x"
+        );
+    }
+
+    #[test]
+    fn custom_pattern_errors_name_the_rule() {
+        let err = Redactor::new(&[], &[], &["ok".into(), "(".into()], false).expect_err("bad");
+        assert!(
+            err.to_string()
+                .starts_with("redaction.commandLinePatterns[1]:")
+        );
+    }
+
+    #[test]
+    fn defaults_can_be_disabled_explicitly() {
+        let r = Redactor::new(&["x-secret".into()], &[], &[], true).expect("valid");
+        let out = r.headers(vec![
+            ("Authorization".into(), "a".into()),
+            ("X-Secret".into(), "b".into()),
+        ]);
+        assert_eq!(out[0].1, "a");
+        assert_eq!(out[1].1, REDACTED);
+    }
+}
