@@ -21,8 +21,11 @@
 mod connection;
 mod stream;
 
+pub mod alerts;
+pub mod cgroup;
 pub mod redact;
 pub mod route;
+pub mod stats;
 
 pub use connection::{Connection, Exchange, Outcome, Role};
 
