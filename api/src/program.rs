@@ -627,6 +627,52 @@ pub struct TracerProgramStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// The rollout's clocks and counters, so that a restarted operator resumes
+    /// exactly where the previous one stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutProgress>,
+}
+
+/// Bookkeeping of the rollout state machine. Operator-internal: read it for
+/// debugging, never write it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutProgress {
+    /// When the current step (canary step or blue-green stage) began, moved
+    /// forward by time spent held by `spec.paused` or a pause request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// Last progress (step advanced or more nodes converged), moved forward by
+    /// held time; `progressDeadlineSeconds` counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_at: Option<Time>,
+    /// Since when the rollout is held by `spec.paused` or a pause request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_since: Option<Time>,
+    /// Measurements taken in the current analysis window.
+    #[serde(default)]
+    pub measurements: i32,
+    /// Failed measurements in a row in the current analysis window.
+    #[serde(default)]
+    pub consecutive_failures: i32,
+    /// Stable error rate (errors / requests) recorded just before a
+    /// blue-green switch, the baseline of post-promotion analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_error_rate: Option<f64>,
+    /// Stable p99 latency in milliseconds recorded with `baselineErrorRate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_p99_ms: Option<f64>,
+    /// Previous revision kept loaded after a blue-green promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_revision: Option<String>,
+    /// When `retainedRevision` is unloaded (`keepPreviousSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_until: Option<Time>,
+    /// Ids of the manual requests (promote, abort, retry, undo) already
+    /// carried out, newest last, at most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub acknowledged_requests: Vec<String>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

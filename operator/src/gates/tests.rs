@@ -1,0 +1,207 @@
+//! Unit tests of gate evaluation: each gate passing, failing and lacking data,
+//! the figures written, and quantity parsing.
+
+use super::*;
+use bpfleet_api::policy::NoDataPolicy;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+fn sample(requests: u64, errors: u64, p99: f64) -> HealthSample {
+    HealthSample {
+        program_failures: 0,
+        run_time_ns_delta: 60_000_000,
+        wall_time_ns: 10_000_000_000,
+        cpu_cores: 4,
+        map_memory_bytes: 2 << 20,
+        http_requests: requests,
+        http_errors: errors,
+        p99_latency_ms: Some(p99),
+    }
+}
+
+fn all_gates() -> HealthGates {
+    HealthGates {
+        max_program_failures: 0,
+        max_cpu_overhead_percent: Some(1.0),
+        max_map_memory: Some(Quantity("4Mi".into())),
+        max_error_rate_ratio: Some(1.1),
+        max_p99_latency_ratio: Some(1.2),
+        min_samples: 100,
+        consecutive_failure_limit: 3,
+        no_data: NoDataPolicy::Inconclusive,
+    }
+}
+
+fn gate<'a>(m: &'a Measurement, name: &str) -> &'a GateResult {
+    m.gates
+        .iter()
+        .find(|g| g.gate == name)
+        .expect("gate present")
+}
+
+#[test]
+fn healthy_candidate_passes_every_gate() {
+    let cand = GroupFigures::from_samples(&[sample(1000, 10, 20.0)], 0);
+    let stable = GroupFigures::from_samples(&[sample(1000, 10, 20.0), sample(1000, 10, 20.0)], 0);
+    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true).expect("eval");
+    assert_eq!(m.outcome, Outcome::Pass);
+    assert_eq!(m.gates.len(), 5);
+    assert!(m.gates.iter().all(|g| g.passed));
+    // 60 ms of BPF time over 10 s on 4 cores = 0.15 %.
+    assert_eq!(gate(&m, GATE_CPU).measured, "0.15 %");
+    assert_eq!(gate(&m, GATE_MAP_MEMORY).measured, "2.0 MiB");
+    assert_eq!(gate(&m, GATE_MAP_MEMORY).threshold, "<= 4.0 MiB");
+}
+
+#[test]
+fn error_rate_above_ratio_fails_with_figures() {
+    let cand = GroupFigures::from_samples(&[sample(1000, 50, 20.0)], 0);
+    let stable = GroupFigures::from_samples(&[sample(2000, 20, 20.0)], 0);
+    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true).expect("eval");
+    assert_eq!(m.outcome, Outcome::Fail);
+    let g = gate(&m, GATE_ERROR_RATE);
+    assert!(!g.passed);
+    assert_eq!(g.measured, "5.00 % (50/1000 requests)");
+    assert_eq!(g.threshold, "<= 1.10 x 1.00 % = 1.10 %");
+    assert!(m.failed_summary().contains("errorRate 5.00 %"));
+}
+
+#[test]
+fn error_rate_at_exact_ratio_passes() {
+    let cand = GroupFigures::from_samples(&[sample(1000, 10, 20.0)], 0);
+    let base = Baseline {
+        requests: Some(1000),
+        error_rate: Some(0.01 / 1.1),
+        p99_ms: Some(20.0),
+    };
+    let m = evaluate(&all_gates(), &cand, &base, true).expect("eval");
+    assert!(gate(&m, GATE_ERROR_RATE).passed, "{m:?}");
+}
+
+#[test]
+fn p99_above_ratio_fails() {
+    let cand = GroupFigures::from_samples(&[sample(1000, 10, 30.0)], 0);
+    let stable = GroupFigures::from_samples(&[sample(1000, 10, 20.0)], 0);
+    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true).expect("eval");
+    assert_eq!(m.outcome, Outcome::Fail);
+    let g = gate(&m, GATE_P99);
+    assert_eq!(g.measured, "30.0 ms");
+    assert_eq!(g.threshold, "<= 1.20 x 20.0 ms = 24.0 ms");
+}
+
+#[test]
+fn p99_is_request_weighted_across_nodes() {
+    let g = GroupFigures::from_samples(&[sample(300, 0, 10.0), sample(100, 0, 50.0)], 0);
+    assert_eq!(g.p99_ms, Some(20.0));
+    assert_eq!(g.requests, 400);
+}
+
+#[test]
+fn too_few_samples_is_no_data_never_pass() {
+    let cand = GroupFigures::from_samples(&[sample(99, 0, 20.0)], 0);
+    let stable = GroupFigures::from_samples(&[sample(1000, 10, 20.0)], 0);
+    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true).expect("eval");
+    assert_eq!(m.outcome, Outcome::NoData);
+    let g = gate(&m, GATE_ERROR_RATE);
+    assert!(!g.passed);
+    assert_eq!(g.message.as_deref(), Some(NO_DATA));
+    assert!(
+        g.measured.contains("99 candidate / 1000 stable"),
+        "{}",
+        g.measured
+    );
+}
+
+#[test]
+fn a_failure_outweighs_missing_data() {
+    let mut s = sample(10, 0, 20.0);
+    s.program_failures = 2;
+    let cand = GroupFigures::from_samples(&[s], 0);
+    let m = evaluate(&all_gates(), &cand, &Baseline::default(), true).expect("eval");
+    assert_eq!(m.outcome, Outcome::Fail);
+    assert_eq!(gate(&m, GATE_PROGRAM_FAILURES).measured, "2 failures");
+}
+
+#[test]
+fn load_failures_count_as_program_failures() {
+    let cand = GroupFigures::from_samples(&[], 1);
+    let mut gates = all_gates();
+    gates.max_error_rate_ratio = None;
+    gates.max_p99_latency_ratio = None;
+    gates.max_cpu_overhead_percent = None;
+    gates.max_map_memory = None;
+    let m = evaluate(&gates, &cand, &Baseline::default(), true).expect("eval");
+    assert_eq!(m.outcome, Outcome::Fail);
+    gates.max_program_failures = 1;
+    let m = evaluate(&gates, &cand, &Baseline::default(), true).expect("eval");
+    assert_eq!(m.outcome, Outcome::Pass);
+}
+
+#[test]
+fn no_candidate_node_is_no_data() {
+    let m = evaluate(
+        &HealthGates::default(),
+        &GroupFigures::default(),
+        &Baseline::default(),
+        true,
+    )
+    .expect("eval");
+    assert_eq!(m.outcome, Outcome::NoData);
+}
+
+#[test]
+fn cpu_and_memory_over_budget_fail() {
+    let mut s = sample(1000, 0, 20.0);
+    s.run_time_ns_delta = 800_000_000; // 2 % of 4 cores over 10 s
+    s.map_memory_bytes = 5 << 20;
+    let cand = GroupFigures::from_samples(&[s], 0);
+    let m = evaluate(&all_gates(), &cand, &Baseline::default(), false).expect("eval");
+    assert_eq!(m.outcome, Outcome::Fail);
+    assert_eq!(gate(&m, GATE_CPU).measured, "2.00 %");
+    assert!(!gate(&m, GATE_CPU).passed);
+    assert!(!gate(&m, GATE_MAP_MEMORY).passed);
+}
+
+#[test]
+fn without_traffic_ratio_gates_are_left_out() {
+    let cand = GroupFigures::from_samples(&[sample(0, 0, 0.0)], 0);
+    let m = evaluate(&all_gates(), &cand, &Baseline::default(), false).expect("eval");
+    assert_eq!(m.outcome, Outcome::Pass);
+    assert!(
+        m.gates
+            .iter()
+            .all(|g| g.gate != GATE_ERROR_RATE && g.gate != GATE_P99)
+    );
+}
+
+#[test]
+fn recorded_baseline_needs_no_sample_count() {
+    let cand = GroupFigures::from_samples(&[sample(500, 5, 20.0)], 0);
+    let base = Baseline {
+        requests: None,
+        error_rate: Some(0.01),
+        p99_ms: Some(20.0),
+    };
+    let m = evaluate(&all_gates(), &cand, &base, true).expect("eval");
+    assert_eq!(m.outcome, Outcome::Pass);
+}
+
+#[test]
+fn quantities() {
+    assert_eq!(parse_quantity("64Mi").expect("q"), 64 << 20);
+    assert_eq!(parse_quantity("1G").expect("q"), 1_000_000_000);
+    assert_eq!(parse_quantity("1.5Ki").expect("q"), 1536);
+    assert_eq!(parse_quantity("4096").expect("q"), 4096);
+    assert!(parse_quantity("12 parsecs").is_err());
+    assert!(parse_quantity("Mi").is_err());
+    let mut gates = all_gates();
+    gates.max_map_memory = Some(Quantity("lots".into()));
+    let cand = GroupFigures::from_samples(&[sample(1, 0, 1.0)], 0);
+    assert!(evaluate(&gates, &cand, &Baseline::default(), false).is_err());
+}
+
+#[test]
+fn bytes_format() {
+    assert_eq!(format_bytes(512), "512 B");
+    assert_eq!(format_bytes(1536), "1.5 KiB");
+    assert_eq!(format_bytes(3 << 30), "3.0 GiB");
+}

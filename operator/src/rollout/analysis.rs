@@ -1,0 +1,177 @@
+//! Analysis windows: one measurement per `intervalSeconds` from the start of
+//! the step, `durationSeconds / intervalSeconds` measurements in all.
+//!
+//! A measurement compares the candidate nodes (those with the candidate
+//! active, or merely loaded during a blue-green preview) against the stable
+//! baseline on the health gates. A failed measurement adds to a streak; the
+//! analysis fails when the streak reaches `consecutiveFailureLimit`, or when
+//! the last measurement of the window fails. Missing data never passes: with
+//! `noData: Fail` it counts as a failed measurement, with `Inconclusive` it
+//! leaves the streak alone and, if the window ends on it, the analysis is
+//! inconclusive and the rollout waits for a person (promote, retry, abort).
+//! An operator that was down for several intervals takes one measurement on
+//! its return, not a burst of identical ones.
+
+use bpfleet_api::policy::{HealthGates, NoDataPolicy};
+use bpfleet_api::program::{AnalysisResult, AnalysisVerdict, RolloutProgress};
+
+use super::NodeReport;
+use super::clock::time;
+use super::plan::Analysis;
+use crate::Result;
+use crate::gates::{self, Baseline, GroupFigures, Measurement, NO_DATA, Outcome};
+
+/// Where an analysis window stands after this call.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// More measurements to come; look again in this many seconds.
+    Running {
+        next_in: i64,
+    },
+    Passed,
+    /// Failed, with the gates and figures that failed.
+    Failed(String),
+    /// Window over without enough data.
+    Inconclusive(String),
+}
+
+/// What a measurement needs besides the window.
+pub struct Subject<'a> {
+    pub candidate: &'a str,
+    pub stable: Option<&'a str>,
+    pub nodes: &'a [NodeReport],
+    pub gates: &'a HealthGates,
+    pub now: i64,
+    pub started: i64,
+}
+
+/// Advances the window of `a`, updating counters in `progress` and the
+/// result in `last`.
+pub fn run(
+    a: &Analysis,
+    s: &Subject<'_>,
+    progress: &mut RolloutProgress,
+    last: &mut Option<AnalysisResult>,
+) -> Result<Verdict> {
+    let total = a.measurements();
+    let elapsed = (s.now - s.started).max(0);
+    let due = i32::try_from(elapsed / a.interval)
+        .unwrap_or(i32::MAX)
+        .min(total);
+    if due <= progress.measurements {
+        if progress.measurements >= total {
+            // The window ended earlier without a verdict that moved on.
+            let text = last
+                .as_ref()
+                .map(|r| describe_no_data(&r.gates))
+                .unwrap_or_default();
+            return Ok(Verdict::Inconclusive(text));
+        }
+        let next = s.started + i64::from(progress.measurements + 1) * a.interval;
+        return Ok(Verdict::Running {
+            next_in: (next - s.now).max(1),
+        });
+    }
+
+    let m = measure(a, s, progress)?;
+    progress.measurements = due;
+    match m.outcome {
+        Outcome::Pass => progress.consecutive_failures = 0,
+        Outcome::Fail => progress.consecutive_failures += 1,
+        Outcome::NoData if s.gates.no_data == NoDataPolicy::Fail => {
+            progress.consecutive_failures += 1
+        }
+        Outcome::NoData => {}
+    }
+    let limit = s.gates.consecutive_failure_limit.max(1);
+    let finished = progress.measurements >= total;
+    let counts_as_failure = m.outcome == Outcome::Fail
+        || (m.outcome == Outcome::NoData && s.gates.no_data == NoDataPolicy::Fail);
+    let failure = progress.consecutive_failures >= limit || (finished && counts_as_failure);
+    let (verdict, result) = if failure {
+        let text = if m.outcome == Outcome::Fail {
+            m.failed_summary()
+        } else {
+            format!("no data (noData: Fail): {}", describe_no_data(&m.gates))
+        };
+        (AnalysisVerdict::Failed, Verdict::Failed(text))
+    } else if finished && m.outcome == Outcome::Pass {
+        (AnalysisVerdict::Passed, Verdict::Passed)
+    } else if finished {
+        (
+            AnalysisVerdict::Inconclusive,
+            Verdict::Inconclusive(describe_no_data(&m.gates)),
+        )
+    } else {
+        let next = s.started + i64::from(progress.measurements + 1) * a.interval;
+        (
+            AnalysisVerdict::Running,
+            Verdict::Running {
+                next_in: (next - s.now).max(1),
+            },
+        )
+    };
+    *last = Some(AnalysisResult {
+        revision: s.candidate.to_string(),
+        verdict,
+        gates: m.gates,
+        finished_at: (verdict != AnalysisVerdict::Running).then(|| time(s.now)),
+    });
+    Ok(result)
+}
+
+fn measure(a: &Analysis, s: &Subject<'_>, progress: &RolloutProgress) -> Result<Measurement> {
+    let on_candidate = |n: &&NodeReport| {
+        n.reachable
+            && if a.traffic {
+                n.active() == Some(s.candidate)
+            } else {
+                n.has(s.candidate)
+            }
+    };
+    let load_failures = s
+        .nodes
+        .iter()
+        .filter(|n| n.failure(s.candidate).is_some())
+        .count() as u64;
+    let candidate = GroupFigures::from_samples(
+        s.nodes
+            .iter()
+            .filter(on_candidate)
+            .filter_map(|n| n.sample(s.candidate)),
+        load_failures,
+    );
+    let baseline = if a.recorded_baseline {
+        Baseline {
+            requests: None,
+            error_rate: progress.baseline_error_rate,
+            p99_ms: progress.baseline_p99_ms,
+        }
+    } else {
+        Baseline::from_group(&stable_figures(s.stable, s.nodes))
+    };
+    gates::evaluate(s.gates, &candidate, &baseline, a.traffic)
+}
+
+/// Figures of the nodes running `stable` active.
+pub fn stable_figures(stable: Option<&str>, nodes: &[NodeReport]) -> GroupFigures {
+    let Some(stable) = stable else {
+        return GroupFigures::default();
+    };
+    GroupFigures::from_samples(
+        nodes
+            .iter()
+            .filter(|n| n.reachable && n.active() == Some(stable))
+            .filter_map(|n| n.sample(stable)),
+        0,
+    )
+}
+
+fn describe_no_data(gates: &[bpfleet_api::program::GateResult]) -> String {
+    let parts: Vec<String> = gates
+        .iter()
+        .filter(|g| g.message.as_deref() == Some(NO_DATA))
+        .map(|g| format!("{}: {}", g.gate, g.measured))
+        .collect();
+    parts.join("; ")
+}

@@ -1,0 +1,347 @@
+//! Advancing through the plan: evaluates the current step, moves on while
+//! steps are done, and applies the failure policy when one fails.
+
+use bpfleet_api::program::{AnalysisVerdict, Phase, RevisionOutcome};
+
+use super::{Machine, StepState};
+use crate::Result;
+use crate::rollout::analysis::{self, Subject, Verdict, stable_figures};
+use crate::rollout::clock::{secs, time};
+use crate::rollout::history;
+use crate::rollout::nodes::waiting_for;
+use crate::rollout::plan::{Kind, Step};
+use crate::rollout::selection::canary_nodes;
+
+impl<'a> Machine<'a> {
+    /// The nodes that should run the candidate while step `index` runs.
+    pub(super) fn candidate_set(&self, index: usize) -> Vec<&'a str> {
+        let percent = self.plan.placement(index).percent;
+        let input: &'a super::Input<'a> = self.input;
+        canary_nodes(
+            input.program,
+            input.nodes.iter().map(|n| n.node.as_str()),
+            percent,
+        )
+    }
+
+    pub(super) fn advance(&mut self) -> Result<()> {
+        let Some(c) = self.status.candidate_revision.clone() else {
+            return Ok(());
+        };
+        if self.failure_hold {
+            if !self.promote {
+                self.phase = Some(Phase::Aborted);
+                return Ok(());
+            }
+            self.promote = false;
+            self.failure_hold = false;
+            history::set_outcome(
+                &mut self.status.history,
+                &c,
+                Some(RevisionOutcome::InProgress),
+            );
+            self.event(
+                false,
+                "FailureOverridden",
+                format!("failed step of revision {c} passed on request"),
+            );
+            self.next_step();
+        }
+        if self.user_hold {
+            self.phase = Some(Phase::Paused);
+            self.message = Some(if self.input.spec.paused {
+                "held by spec.paused".into()
+            } else {
+                "held by a pause request".into()
+            });
+            return Ok(());
+        }
+        let failed: Vec<_> = self
+            .input
+            .nodes
+            .iter()
+            .filter_map(|n| n.failure(&c).map(|f| (n.node.as_str(), f)))
+            .collect();
+        let tolerated = usize::try_from(self.input.gates.max_program_failures.max(0)).unwrap_or(0);
+        if failed.len() > tolerated
+            && let Some((node, f)) = failed.first()
+        {
+            let text = format!(
+                "{} node(s) failed to load or attach it (maxProgramFailures {tolerated}), first {node}: {}: {}",
+                failed.len(),
+                f.reason,
+                f.message
+            );
+            self.fail("ProgramLoadFailed", text);
+            return Ok(());
+        }
+        // Each pass either returns or moves one step on: bounded by the plan.
+        for _ in 0..=self.plan.len() {
+            let index = self.step_index();
+            let state = if index >= self.plan.len() {
+                let everyone = self.candidate_set(index);
+                let waiting = waiting_for(&c, &everyone, self.input.nodes, false);
+                if waiting.is_empty() {
+                    self.complete(&c);
+                    return Ok(());
+                }
+                self.wait_on_nodes(
+                    &c,
+                    &waiting,
+                    format!(
+                        "{} of {} nodes on revision {c}",
+                        everyone.len() - waiting.len(),
+                        everyone.len()
+                    ),
+                )
+            } else {
+                self.eval_step(index, &c)?
+            };
+            match state {
+                StepState::Done => self.next_step(),
+                StepState::Wait {
+                    phase,
+                    message,
+                    next_in,
+                } => {
+                    self.phase = Some(phase);
+                    self.message = Some(message);
+                    if let Some(n) = next_in {
+                        self.want_again(n);
+                    }
+                    return Ok(());
+                }
+                StepState::Failed { reason, message } => {
+                    self.fail(reason, message);
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn eval_step(&mut self, index: usize, c: &str) -> Result<StepState> {
+        let started = self
+            .progress
+            .step_started_at
+            .as_ref()
+            .map_or(self.now, secs);
+        let step = self.plan.steps[index].clone();
+        let state = match step {
+            Step::SetPercent(_) | Step::ActivateAll => {
+                let set = self.candidate_set(index);
+                let waiting = waiting_for(c, &set, self.input.nodes, false);
+                if waiting.is_empty() {
+                    StepState::Done
+                } else {
+                    let text = format!(
+                        "{} of {} nodes on revision {c}",
+                        set.len() - waiting.len(),
+                        set.len()
+                    );
+                    self.wait_on_nodes(c, &waiting, text)
+                }
+            }
+            Step::Preview => {
+                let waiting = waiting_for(c, &[], self.input.nodes, true);
+                if waiting.is_empty() {
+                    StepState::Done
+                } else {
+                    let total = self.input.nodes.len();
+                    let text = format!(
+                        "preview: revision {c} loaded on {} of {total} nodes",
+                        total - waiting.len()
+                    );
+                    self.wait_on_nodes(c, &waiting, text)
+                }
+            }
+            Step::Pause(duration) => match duration {
+                _ if self.take_promote() => StepState::Done,
+                Some(d) if self.now >= started + d => StepState::Done,
+                Some(d) => StepState::Wait {
+                    phase: Phase::Paused,
+                    message: format!("pausing {d}s, {}s left", started + d - self.now),
+                    next_in: Some(started + d - self.now),
+                },
+                None => StepState::Wait {
+                    phase: Phase::Paused,
+                    message: "paused until promoted".into(),
+                    next_in: None,
+                },
+            },
+            Step::AwaitPromotion { auto, after } => {
+                if self.take_promote() || (auto && self.now >= started + after) {
+                    StepState::Done
+                } else if auto {
+                    StepState::Wait {
+                        phase: Phase::Paused,
+                        message: format!(
+                            "preview ready; auto promotion in {}s",
+                            started + after - self.now
+                        ),
+                        next_in: Some(started + after - self.now),
+                    }
+                } else {
+                    StepState::Wait {
+                        phase: Phase::Paused,
+                        message: "preview ready; waiting for promote".into(),
+                        next_in: None,
+                    }
+                }
+            }
+            Step::Analysis(a) => {
+                let was_inconclusive = self.inconclusive(c);
+                let subject = Subject {
+                    candidate: c,
+                    stable: self.status.stable_revision.as_deref(),
+                    nodes: self.input.nodes,
+                    gates: self.input.gates,
+                    now: self.now,
+                    started,
+                };
+                let mut last = self.status.last_analysis.take();
+                let verdict = analysis::run(&a, &subject, &mut self.progress, &mut last)?;
+                self.status.last_analysis = last;
+                match verdict {
+                    Verdict::Running { next_in } => StepState::Wait {
+                        phase: Phase::Progressing,
+                        message: format!(
+                            "analysis: {} of {} measurements",
+                            self.progress.measurements,
+                            a.measurements()
+                        ),
+                        next_in: Some(next_in),
+                    },
+                    Verdict::Passed => {
+                        self.event(
+                            false,
+                            "AnalysisPassed",
+                            format!("analysis of revision {c} passed"),
+                        );
+                        StepState::Done
+                    }
+                    Verdict::Failed(text) => StepState::Failed {
+                        reason: "AnalysisFailed",
+                        message: format!("analysis failed: {text}"),
+                    },
+                    Verdict::Inconclusive(_) if self.take_promote() => StepState::Done,
+                    Verdict::Inconclusive(text) => {
+                        if !was_inconclusive {
+                            self.event(
+                                true,
+                                "AnalysisInconclusive",
+                                format!("analysis of revision {c} inconclusive: {text}"),
+                            );
+                        }
+                        StepState::Wait {
+                            phase: Phase::Paused,
+                            message: format!(
+                                "analysis inconclusive ({text}); promote, retry or abort"
+                            ),
+                            next_in: None,
+                        }
+                    }
+                }
+            }
+        };
+        Ok(state)
+    }
+
+    /// The last analysis of `c` ended inconclusive.
+    pub(super) fn inconclusive(&self, c: &str) -> bool {
+        self.status
+            .last_analysis
+            .as_ref()
+            .is_some_and(|a| a.revision == c && a.verdict == AnalysisVerdict::Inconclusive)
+    }
+
+    fn take_promote(&mut self) -> bool {
+        std::mem::take(&mut self.promote)
+    }
+
+    /// Waiting for nodes: the only time the progress deadline runs.
+    fn wait_on_nodes(&mut self, c: &str, waiting: &[&str], text: String) -> StepState {
+        let on_candidate = self
+            .input
+            .nodes
+            .iter()
+            .filter(|n| n.active() == Some(c))
+            .count();
+        let before = if self.status.current_revision.as_deref() == Some(c) {
+            usize::try_from(self.status.nodes.updated.max(0)).unwrap_or(0)
+        } else {
+            0
+        };
+        if on_candidate > before {
+            self.progress.progress_at = Some(time(self.now));
+        }
+        let since = self.progress.progress_at.as_ref().map_or(self.now, secs);
+        let deadline = i64::from(self.input.spec.progress_deadline_seconds.max(1));
+        if self.now - since > deadline {
+            let mut names: Vec<&str> = waiting.iter().take(5).copied().collect();
+            if waiting.len() > 5 {
+                names.push("...");
+            }
+            return StepState::Failed {
+                reason: "ProgressDeadlineExceeded",
+                message: format!(
+                    "no progress for {}s (progressDeadlineSeconds {deadline}), waiting for {}",
+                    self.now - since,
+                    names.join(", ")
+                ),
+            };
+        }
+        StepState::Wait {
+            phase: Phase::Progressing,
+            message: text,
+            next_in: Some(since + deadline + 1 - self.now),
+        }
+    }
+
+    pub(super) fn next_step(&mut self) {
+        let done = self.step_index();
+        let next = done + 1;
+        self.status.current_step_index = Some(i32::try_from(next).unwrap_or(i32::MAX));
+        self.restart_clocks();
+        let total = self.plan.len();
+        let c = self.status.candidate_revision.clone().unwrap_or_default();
+        self.event(
+            false,
+            "StepAdvanced",
+            format!("revision {c}: step {}/{total} done", next.min(total)),
+        );
+        if matches!(self.plan.kind, Kind::BlueGreen { .. })
+            && matches!(self.plan.steps.get(next), Some(Step::ActivateAll))
+        {
+            let stable = stable_figures(self.status.stable_revision.as_deref(), self.input.nodes);
+            let min = u64::try_from(self.input.gates.min_samples.max(1)).unwrap_or(1);
+            let enough = stable.requests >= min;
+            self.progress.baseline_error_rate = stable.error_rate().filter(|_| enough);
+            self.progress.baseline_p99_ms = stable.p99_ms.filter(|_| enough);
+        }
+    }
+
+    fn complete(&mut self, c: &str) {
+        let old = self.status.stable_revision.replace(c.to_string());
+        self.status.candidate_revision = None;
+        history::set_outcome(&mut self.status.history, c, Some(RevisionOutcome::Promoted));
+        self.status.current_step_index = Some(i32::try_from(self.plan.len()).unwrap_or(i32::MAX));
+        self.progress.measurements = 0;
+        self.progress.consecutive_failures = 0;
+        self.progress.baseline_error_rate = None;
+        self.progress.baseline_p99_ms = None;
+        let mut text = format!("revision {c} is stable on {} nodes", self.input.nodes.len());
+        if let (Kind::BlueGreen { keep_previous }, Some(o)) = (self.plan.kind, old)
+            && keep_previous > 0
+            && o != c
+        {
+            self.progress.retained_revision = Some(o.clone());
+            self.progress.retained_until = Some(time(self.now + keep_previous));
+            self.want_again(keep_previous);
+            text.push_str(&format!(
+                "; previous revision {o} stays loaded for {keep_previous}s"
+            ));
+        }
+        self.event(false, "RolloutCompleted", text);
+    }
+}

@@ -1,0 +1,279 @@
+//! From "which revision should run where" to per-node actions, node counts
+//! and the failing-node list.
+//!
+//! Each selected node gets a target: the candidate active if it is in the
+//! candidate set, else the stable revision; the stable revision stays loaded
+//! under a candidate (instant rollback), the candidate is loaded everywhere
+//! during a blue-green preview, the retained previous revision stays loaded
+//! until `keepPreviousSeconds` ends, and anything else loaded is unloaded.
+//! At most `maxUnavailable` nodes (minus nodes already failing in the
+//! candidate set) are switched to the candidate at once, in canary order;
+//! moves back to stable are never limited. Frozen rollouts (held by a person
+//! or by `failurePolicy: Pause`) leave running nodes on what they run. Nodes
+//! whose agent is unreachable get nothing; departed nodes only get `Unload`.
+
+use std::collections::BTreeSet;
+
+use bpfleet_api::program::{FailingNode, NodeCounts};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::{ActionKind, NodeAction, NodeReport};
+
+/// At most this many failing nodes are listed in status.
+pub const MAX_FAILING_NODES: usize = 20;
+
+/// Why the rollout does not move nodes to the candidate now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freeze {
+    None,
+    /// `spec.paused` or a pause request: new nodes still get their place.
+    User,
+    /// `failurePolicy: Pause` after a failure: new nodes get stable.
+    Failure,
+}
+
+/// The desired placement, as decided by the machine.
+pub struct Targets<'a> {
+    pub stable: Option<&'a str>,
+    pub candidate: Option<&'a str>,
+    /// The spec's revision (for `updated`).
+    pub current: &'a str,
+    /// Nodes that should run the candidate, in canary order.
+    pub candidate_nodes: &'a [&'a str],
+    /// Candidate loaded on every node (blue-green preview and later).
+    pub preload_all: bool,
+    pub max_unavailable: usize,
+    pub retained: Option<&'a str>,
+    pub freeze: Freeze,
+    /// Send again to nodes that reported a failure (after a retry).
+    pub resend_failed: bool,
+}
+
+/// Actions, counts and failing nodes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodePlan {
+    pub actions: Vec<NodeAction>,
+    pub counts: NodeCounts,
+    pub failing: Vec<FailingNode>,
+    /// Nodes whose active revision is not their target yet.
+    pub unsettled: usize,
+}
+
+/// Plans every node.
+pub fn plan(
+    t: &Targets<'_>,
+    nodes: &[NodeReport],
+    departed: &[NodeReport],
+    previous_failing: &[FailingNode],
+    now: &Time,
+) -> NodePlan {
+    let mut out = NodePlan::default();
+    let switching = switch_allowance(t, nodes);
+
+    let mut failing = Vec::new();
+    for node in nodes {
+        let in_set = t.candidate.is_some() && t.candidate_nodes.contains(&node.node.as_str());
+        let mut active = match t.candidate {
+            Some(c)
+                if in_set
+                    && (node.active() == Some(c) || switching.contains(node.node.as_str())) =>
+            {
+                Some(c)
+            }
+            _ => t.stable,
+        };
+        let running = node
+            .active()
+            .filter(|a| Some(*a) == t.stable || Some(*a) == t.candidate);
+        match (t.freeze, running) {
+            (Freeze::None, _) => {}
+            (_, Some(r)) => active = Some(r),
+            (Freeze::Failure, None) => active = t.stable,
+            (Freeze::User, None) => {}
+        }
+        let mut loaded: BTreeSet<&str> = BTreeSet::new();
+        loaded.extend(active);
+        if active.is_some() && active == t.candidate {
+            loaded.extend(t.stable);
+        }
+        if t.preload_all {
+            loaded.extend(t.candidate);
+        }
+        loaded.extend(t.retained);
+
+        let failure = loaded
+            .iter()
+            .copied()
+            .chain(t.candidate.filter(|_| in_set))
+            .find_map(|r| node.failure(r));
+        if !node.reachable {
+            failing.push(failing_node(
+                node,
+                None,
+                "AgentUnreachable",
+                "the node agent did not answer",
+                previous_failing,
+                now,
+            ));
+        } else if let Some(f) = failure {
+            failing.push(failing_node(
+                node,
+                Some(&f.revision),
+                &f.reason,
+                &f.message,
+                previous_failing,
+                now,
+            ));
+        }
+        out.counts.desired += 1;
+        if node.active() == Some(t.current) {
+            out.counts.updated += 1;
+        }
+        let settled = node.active() == active;
+        if !settled {
+            out.unsettled += 1;
+        }
+        if node.reachable && failure.is_none() && settled {
+            out.counts.ready += 1;
+        }
+        if !node.reachable {
+            continue;
+        }
+        let skip = |r: &str| node.failure(r).is_some() && !t.resend_failed;
+        for r in &loaded {
+            if !node.has(r) && !skip(r) {
+                out.actions.push(action(node, r, ActionKind::Load));
+            }
+        }
+        if let Some(a) = active
+            && node.active() != Some(a)
+            && !skip(a)
+        {
+            let kind = if Some(a) == t.stable && node.active().is_some() {
+                ActionKind::Rollback
+            } else {
+                ActionKind::Activate
+            };
+            out.actions.push(action(node, a, kind));
+        }
+        for r in &node.revisions {
+            if !loaded.contains(r.revision.as_str()) {
+                out.actions
+                    .push(action(node, &r.revision, ActionKind::Unload));
+            }
+        }
+    }
+    for node in departed.iter().filter(|n| n.reachable) {
+        for r in &node.revisions {
+            out.actions
+                .push(action(node, &r.revision, ActionKind::Unload));
+        }
+    }
+    out.counts.failed = i32::try_from(failing.len()).unwrap_or(i32::MAX);
+    failing.sort_by(|a, b| a.node.cmp(&b.node));
+    failing.truncate(MAX_FAILING_NODES);
+    out.failing = failing;
+    out.actions
+        .sort_by(|a, b| (&a.node, a.kind, &a.revision).cmp(&(&b.node, b.kind, &b.revision)));
+    out
+}
+
+/// The nodes of the candidate set that may start switching now.
+fn switch_allowance<'a>(t: &Targets<'a>, nodes: &'a [NodeReport]) -> BTreeSet<&'a str> {
+    let Some(c) = t.candidate else {
+        return BTreeSet::new();
+    };
+    if t.freeze != Freeze::None {
+        return BTreeSet::new();
+    }
+    let report = |name: &str| nodes.iter().find(|n| n.node == name);
+    let unavailable = t
+        .candidate_nodes
+        .iter()
+        .filter_map(|n| report(n))
+        .filter(|n| !n.reachable || n.failure(c).is_some())
+        .count();
+    let mut budget = if t.max_unavailable == usize::MAX {
+        usize::MAX
+    } else {
+        t.max_unavailable.saturating_sub(unavailable)
+    };
+    let mut allowed = BTreeSet::new();
+    for name in t.candidate_nodes {
+        let Some(node) = report(name) else { continue };
+        if !node.reachable
+            || node.active() == Some(c)
+            || (node.failure(c).is_some() && !t.resend_failed)
+        {
+            continue;
+        }
+        if budget == 0 {
+            break;
+        }
+        budget -= 1;
+        allowed.insert(node.node.as_str());
+    }
+    allowed
+}
+
+/// Nodes of the candidate set not yet running the candidate (loaded, when
+/// `loaded_only`), leaving out nodes whose failure on it was tolerated.
+pub fn waiting_for<'a>(
+    candidate: &str,
+    candidate_nodes: &[&'a str],
+    all_nodes: &'a [NodeReport],
+    loaded_only: bool,
+) -> Vec<&'a str> {
+    let set: Vec<&NodeReport> = if loaded_only {
+        all_nodes.iter().collect()
+    } else {
+        all_nodes
+            .iter()
+            .filter(|n| candidate_nodes.contains(&n.node.as_str()))
+            .collect()
+    };
+    set.into_iter()
+        .filter(|n| n.failure(candidate).is_none())
+        .filter(|n| {
+            if loaded_only {
+                !n.has(candidate)
+            } else {
+                n.active() != Some(candidate)
+            }
+        })
+        .map(|n| n.node.as_str())
+        .collect()
+}
+
+fn action(node: &NodeReport, revision: &str, kind: ActionKind) -> NodeAction {
+    NodeAction {
+        node: node.node.clone(),
+        revision: revision.to_string(),
+        kind,
+    }
+}
+
+fn failing_node(
+    node: &NodeReport,
+    revision: Option<&str>,
+    reason: &str,
+    message: &str,
+    previous: &[FailingNode],
+    now: &Time,
+) -> FailingNode {
+    let since = previous
+        .iter()
+        .find(|p| p.node == node.node && p.reason == reason && p.revision.as_deref() == revision)
+        .and_then(|p| p.since.clone())
+        .unwrap_or_else(|| now.clone());
+    FailingNode {
+        node: node.node.clone(),
+        revision: revision.map(str::to_string),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        since: Some(since),
+    }
+}
+
+#[cfg(test)]
+mod tests;
