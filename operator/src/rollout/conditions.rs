@@ -79,8 +79,10 @@ pub fn build(previous: &[Condition], f: &Facts<'_>) -> Vec<Condition> {
         (
             DEGRADED,
             degraded,
-            if degraded {
+            if f.failed_nodes > 0 {
                 "NodesFailing"
+            } else if degraded {
+                "RolloutAborted"
             } else {
                 "AllNodesHealthy"
             },

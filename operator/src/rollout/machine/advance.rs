@@ -31,6 +31,7 @@ impl<'a> Machine<'a> {
         if self.failure_hold {
             if !self.promote {
                 self.phase = Some(Phase::Aborted);
+                self.message = self.input.status.message.clone();
                 return Ok(());
             }
             self.promote = false;
