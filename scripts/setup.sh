@@ -3,7 +3,7 @@
 # a second run installs nothing and takes a second.
 #  - Debian packages for BPF C (clang, llvm, libbpf's build: libelf, zlib,
 #    pkg-config), bpftool, iproute2 for network namespaces;
-#  - a bpffs on /sys/fs/bpf;
+#  - a bpffs on /sys/fs/bpf and tracefs on /sys/kernel/tracing;
 #  - etcd, kube-apiserver and kubectl built from the Go module proxy.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,6 +32,11 @@ done
 if [ "$(id -u)" = 0 ] && [ "$(stat -f -c %T /sys/fs/bpf 2>/dev/null)" != "bpf_fs" ]; then
   mkdir -p /sys/fs/bpf
   mount -t bpf bpffs /sys/fs/bpf
+fi
+
+# Tracepoint attachment looks event ids up in tracefs.
+if [ "$(id -u)" = 0 ] && [ ! -d /sys/kernel/tracing/events ]; then
+  mount -t tracefs tracefs /sys/kernel/tracing
 fi
 
 bash "$root/e2e/controlplane/build.sh"

@@ -44,6 +44,15 @@ object!(
     KPROBE_PROBE, "kprobe_probe.bpf.o"
 );
 
+object!(
+    /// The HTTP tracer: syscall tracepoints for the read/write family,
+    /// accept, connect and close; events in the ring buffer `http_events`
+    /// (layout in `progs/http_tracer.h`), drops counted in `http_lost`.
+    /// Gated; `http_args`, `http_conns`, `http_events` and `http_lost` are
+    /// meant to be persistent across revisions.
+    HTTP_TRACER, "http_tracer.bpf.o"
+);
+
 /// Directory holding `bpfleet_gate.h`, for building programs out of tree.
 pub const INCLUDE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
 
@@ -61,6 +70,7 @@ mod tests {
             XDPCOUNT_V1,
             XDPCOUNT_V2,
             KPROBE_PROBE,
+            HTTP_TRACER,
         ] {
             assert_eq!(&obj[..4], b"\x7fELF");
             // e_machine at offset 18, little endian: 247 = EM_BPF.

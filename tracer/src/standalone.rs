@@ -1,0 +1,102 @@
+//! Loads and attaches the tracer object without the node agent, for tests
+//! and benchmarks. Nothing is pinned: dropping [`Standalone`] detaches and
+//! unloads every program.
+
+use std::time::Duration;
+
+use libbpf_rs::{Link, MapCore, MapFlags, Object, ObjectBuilder, RingBufferBuilder};
+
+use crate::{Error, Result, bpf};
+
+/// Where libbpf looks tracepoint ids up.
+const TRACEFS_EVENTS: &str = "/sys/kernel/tracing/events";
+
+/// The loaded tracer with all its programs attached.
+pub struct Standalone {
+    // Links before the object: detach, then unload.
+    links: Vec<Link>,
+    obj: Object,
+}
+
+impl Standalone {
+    /// Loads the tracer, writes `config` (slot, value) into `bpfleet_config`
+    /// and `ports` into the port filter, then attaches every program.
+    pub fn load(config: &[(u32, u64)], ports: &[u16]) -> Result<Self> {
+        if !std::path::Path::new(TRACEFS_EVENTS).is_dir() {
+            return Err(Error::NoTracefs);
+        }
+        let open = ObjectBuilder::default()
+            .open_memory(bpfleet_bpf::HTTP_TRACER)
+            .map_err(bpf("opening the tracer object"))?;
+        let obj = open.load().map_err(bpf("loading the tracer"))?;
+        let this = Self {
+            links: Vec::new(),
+            obj,
+        };
+        for (slot, value) in config {
+            this.update("bpfleet_config", &slot.to_ne_bytes(), &value.to_ne_bytes())?;
+        }
+        for port in ports {
+            this.update("http_ports", &port.to_ne_bytes(), &[1])?;
+        }
+        let mut links = Vec::new();
+        for prog in this.obj.progs_mut() {
+            let name = prog.name().to_string_lossy().into_owned();
+            links.push(prog.attach().map_err(bpf(format!("attaching {name}")))?);
+        }
+        Ok(Self { links, ..this })
+    }
+
+    fn map(&self, name: &'static str) -> Result<libbpf_rs::Map<'_>> {
+        self.obj
+            .maps()
+            .find(|m| m.name() == name)
+            .ok_or(Error::MissingMap(name))
+    }
+
+    fn update(&self, map: &'static str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.map(map)?
+            .update(key, value, MapFlags::ANY)
+            .map_err(bpf(format!("writing {map}")))
+    }
+
+    /// Events dropped because the ring buffer was full, summed over CPUs.
+    pub fn lost(&self) -> Result<u64> {
+        let per_cpu = self
+            .map("http_lost")?
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf("reading http_lost"))?
+            .unwrap_or_default();
+        Ok(per_cpu
+            .iter()
+            .filter_map(|v| v.get(..8))
+            .map(|b| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                u64::from_ne_bytes(a)
+            })
+            .sum())
+    }
+
+    /// Number of attached programs.
+    pub fn programs(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Drains the ring buffer, handing each raw record to `f`, waiting at
+    /// most `timeout` for the first one.
+    pub fn drain(&self, timeout: Duration, mut f: impl FnMut(&[u8])) -> Result<()> {
+        let map = self.map("http_events")?;
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&map, |raw: &[u8]| {
+                f(raw);
+                0
+            })
+            .map_err(bpf("opening the ring buffer"))?;
+        let rb = builder.build().map_err(bpf("opening the ring buffer"))?;
+        rb.poll(timeout).map_err(bpf("polling the ring buffer"))?;
+        rb.consume().map_err(bpf("reading the ring buffer"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,346 @@
+//! The HTTP tracer on the real kernel: its BPF side is loaded and attached,
+//! real servers (one written here, Python's http.server) answer real
+//! clients (curl, a Rust client) on loopback, and the exchanges rebuilt from
+//! the ring buffer must match what was sent, exactly. Each test filters on
+//! its own server port, so tests running side by side do not see each
+//! other's traffic. Needs root (CAP_BPF, CAP_PERFMON).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bpfleet_httptrace::redact::Redactor;
+use bpfleet_httptrace::{Outcome, Role};
+use bpfleet_tracer::event::config;
+use bpfleet_tracer::pipeline::{Pipeline, Traced};
+use bpfleet_tracer::standalone::Standalone;
+
+/// A small keep-alive HTTP/1.1 server with a few behaviours by path.
+struct TestServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = thread::spawn(move || {
+            let mut workers = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => workers.push(thread::spawn(move || serve(s))),
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            for w in workers {
+                let _ = w.join();
+            }
+        });
+        Self {
+            port,
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn serve(stream: TcpStream) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let mut body_len = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h == "\r\n" {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                body_len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; body_len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let path = path.split('?').next().unwrap_or("/");
+        let ok = match path {
+            "/missing" => {
+                out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found")
+            }
+            "/boom" => out
+                .write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nboom"),
+            "/slow" => {
+                thread::sleep(Duration::from_millis(120));
+                out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+            }
+            "/chunked" => out
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .and_then(|_| out.write_all(b"5\r\nhello\r\n"))
+                .and_then(|_| out.write_all(b"6\r\n world\r\n"))
+                .and_then(|_| out.write_all(b"0\r\n\r\n")),
+            _ => out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+        };
+        if ok.is_err() {
+            return;
+        }
+    }
+}
+
+/// Collects exchanges until `want` arrived or ten seconds passed.
+fn collect(tracer: &Standalone, pipeline: &mut Pipeline, want: usize) -> Vec<Traced> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < want && Instant::now() < deadline {
+        tracer
+            .drain(Duration::from_millis(100), |raw| {
+                pipeline.handle_raw(raw, &mut out)
+            })
+            .unwrap();
+    }
+    // Anything more that arrives shortly after is a double count.
+    tracer
+        .drain(Duration::from_millis(300), |raw| {
+            pipeline.handle_raw(raw, &mut out)
+        })
+        .unwrap();
+    out
+}
+
+fn counts(x: &[Traced], role: Role) -> BTreeMap<(String, String, Option<u16>), usize> {
+    let mut m = BTreeMap::new();
+    for t in x.iter().filter(|t| t.exchange.role == role) {
+        let e = &t.exchange;
+        *m.entry((e.method.clone(), e.target.clone(), e.status))
+            .or_default() += 1;
+    }
+    m
+}
+
+fn key(m: &str, t: &str, s: u16) -> (String, String, Option<u16>) {
+    (m.to_string(), t.to_string(), Some(s))
+}
+
+fn tracer_for(port: u16) -> Standalone {
+    Standalone::load(&[(config::PORT_FILTER, 1)], &[port]).expect("tracer loads (run as root)")
+}
+
+#[test]
+fn curl_against_a_keep_alive_server_both_sides() {
+    let server = TestServer::start();
+    let tracer = tracer_for(server.port);
+    assert!(tracer.programs() >= 20, "every hook attached");
+    let mut pipeline = Pipeline::new(Arc::new(Redactor::builtin()), 1024);
+
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let urls: Vec<String> = [
+        "/ok",
+        "/ok?token=SECRET-Q",
+        "/missing",
+        "/boom",
+        "/slow",
+        "/chunked",
+    ]
+    .iter()
+    .map(|p| format!("{base}{p}"))
+    .collect();
+    let status = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Authorization: Bearer SECRET-H",
+        ])
+        .args(&urls)
+        .stdout(Stdio::null())
+        .status()
+        .expect("curl runs");
+    assert!(status.success());
+
+    let got = collect(&tracer, &mut pipeline, 12);
+    let want: BTreeMap<_, _> = [
+        (key("GET", "/ok", 200), 1),
+        (key("GET", "/ok?token=[REDACTED]", 200), 1),
+        (key("GET", "/missing", 404), 1),
+        (key("GET", "/boom", 500), 1),
+        (key("GET", "/slow", 200), 1),
+        (key("GET", "/chunked", 200), 1),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        counts(&got, Role::Server),
+        want,
+        "server side (this process)"
+    );
+    assert_eq!(counts(&got, Role::Client), want, "client side (curl)");
+
+    // One keep-alive connection per side.
+    let server_conns: std::collections::BTreeSet<_> = got
+        .iter()
+        .filter(|t| t.exchange.role == Role::Server)
+        .map(|t| t.conn)
+        .collect();
+    assert_eq!(server_conns.len(), 1);
+
+    for t in &got {
+        let e = &t.exchange;
+        assert_eq!(e.outcome, Outcome::Complete);
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("SECRET"), "secret leaked: {shown}");
+        if e.target == "/slow" && e.role == Role::Server {
+            let ms = e.duration_ns() as f64 / 1e6;
+            // 120 ms of sleep: above the 0.1 s semconv bound, below 0.25 s.
+            assert!((120.0..250.0).contains(&ms), "slow took {ms} ms");
+        }
+        if e.target == "/chunked" {
+            // 47 bytes of head, chunks of 10 and 11 bytes, 5 of terminator.
+            assert_eq!(e.response_bytes, 73, "{e:?}");
+        }
+    }
+    assert_eq!(tracer.lost().unwrap(), 0);
+    assert_eq!(pipeline.health().malformed, 0);
+}
+
+#[test]
+fn pipelined_requests_from_a_rust_client() {
+    let server = TestServer::start();
+    let tracer = tracer_for(server.port);
+    let mut pipeline = Pipeline::new(Arc::new(Redactor::builtin()), 1024);
+
+    let mut c = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    c.write_all(
+        b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\nPOST /missing HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabcGET /boom HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while !String::from_utf8_lossy(&buf).contains("boom") {
+        let n = c.read(&mut chunk).unwrap();
+        assert!(n > 0, "server closed early");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    drop(c);
+
+    let got = collect(&tracer, &mut pipeline, 6);
+    let want: BTreeMap<_, _> = [
+        (key("GET", "/ok", 200), 1),
+        (key("POST", "/missing", 404), 1),
+        (key("GET", "/boom", 500), 1),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(counts(&got, Role::Server), want);
+    assert_eq!(counts(&got, Role::Client), want);
+    let post = got
+        .iter()
+        .find(|t| t.exchange.method == "POST" && t.exchange.role == Role::Server)
+        .unwrap();
+    assert_eq!(post.exchange.request_bytes, 57);
+}
+
+struct Python(Child);
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn python_http_server_seen_from_the_server_side() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.txt"), b"bpfleet\n").unwrap();
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let tracer = tracer_for(port);
+    let mut pipeline = Pipeline::new(Arc::new(Redactor::builtin()), 1024);
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    let py = Python(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "http.server did not start");
+        thread::sleep(Duration::from_millis(50));
+    }
+    for path in ["/index.txt", "/nope", "/index.txt"] {
+        let ok = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                &format!("http://127.0.0.1:{port}{path}"),
+            ])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let py_pid = py.0.id();
+    let got: Vec<Traced> = collect(&tracer, &mut pipeline, 6);
+    let from_python: Vec<&Traced> = got
+        .iter()
+        .filter(|t| t.conn.tgid == py_pid && t.exchange.role == Role::Server)
+        .collect();
+    let mut seen: Vec<(String, Option<u16>)> = from_python
+        .iter()
+        .map(|t| (t.exchange.target.clone(), t.exchange.status))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("/index.txt".into(), Some(200)),
+            ("/index.txt".into(), Some(200)),
+            ("/nope".into(), Some(404)),
+        ],
+        "{got:#?}"
+    );
+    assert_eq!(counts(&got, Role::Client).values().sum::<usize>(), 3);
+}
