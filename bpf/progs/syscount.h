@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /* Shared body of the syscount example: counts getppid(2) calls of the
- * process whose tgid is bpfleet_config[0] (all processes when 0) into slot
+ * thread whose id is bpfleet_config[0] (every thread when 0) into slot
  * SYSCOUNT_SLOT of the persistent map `counts`; slot 3 is a running total
  * that every revision bumps. */
 #include "vmlinux.h"
@@ -17,11 +17,11 @@ struct {
 static __always_inline int syscount_hit(__u32 slot)
 {
 	__u64 want = bpfleet_config_get(0);
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u32 total = 3;
 	__u64 *v;
 
-	if (want && tgid != want)
+	if (want && tid != want)
 		return 0;
 	BPFLEET_GATE(0);
 	v = bpf_map_lookup_elem(&counts, &slot);

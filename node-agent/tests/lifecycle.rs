@@ -1,0 +1,375 @@
+//! Lifecycle of gated (tracepoint) programs against the real kernel, with
+//! the agent core in-process: load inactive, activate, switch under load
+//! without losing events, roll back, persistent map, verifier rejection,
+//! trust refusals, malformed requests, unload.
+
+// Test code: a failed setup panics, which is the report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use bpfleet_agent::{Agent, Config, Error};
+use bpfleet_bpf as objs;
+use bpfleet_proto::v1::{HookKind, RevisionState};
+use common::*;
+
+fn agent(root: &PinRoot) -> Agent {
+    let mut cfg = Config::new(&root.path, root.state_file());
+    cfg.allow_unsigned = true;
+    cfg.audit_log = Some(root.audit_log());
+    Agent::new(cfg).expect("agent starts")
+}
+
+#[test]
+fn switch_and_rollback_under_load_lose_no_event() {
+    let root = PinRoot::new("switch");
+    let mut a = agent(&root);
+    let counts = root.path.join("syscount/_map_counts");
+    let tid = gettid();
+
+    let (info, created) = a.load(syscount("v1", objs::SYSCOUNT_V1), "test").unwrap();
+    assert!(created);
+    assert_eq!(info.state, RevisionState::Inactive as i32);
+    a.update_config(&only_thread("syscount", tid), "test")
+        .unwrap();
+
+    // Loaded but inactive: attached, gated, counts nothing.
+    getppid_n(500);
+    assert_eq!(slots(&counts), [0, 0, 0, 0]);
+
+    a.activate("syscount", "v1", "test").unwrap();
+    getppid_n(1000);
+    assert_eq!(slots(&counts), [1000, 0, 0, 1000]);
+
+    // v2 loaded next to v1: inactive, so it does not count.
+    let (v2, _) = a.load(syscount("v2", objs::SYSCOUNT_V2), "test").unwrap();
+    assert_eq!(v2.state, RevisionState::Inactive as i32);
+    getppid_n(1000);
+    assert_eq!(slots(&counts), [2000, 0, 0, 2000]);
+
+    // Switch while another thread drives events: every event is counted by
+    // exactly one revision.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let driver = std::thread::spawn(move || {
+        tx.send(gettid()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        getppid_n(300_000);
+    });
+    let driver_tid = rx.recv().unwrap();
+    a.update_config(&only_thread("syscount", driver_tid), "test")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(80));
+    let s = a.activate("syscount", "v2", "test").unwrap();
+    assert_eq!((s.previous.as_str(), s.active.as_str()), ("v1", "v2"));
+    driver.join().unwrap();
+    let c = slots(&counts);
+    assert_eq!(c[0] + c[1], 2000 + 300_000, "lost or doubled events: {c:?}");
+    assert!(
+        c[0] > 2000 && c[1] > 0,
+        "the switch did not happen under load: {c:?}"
+    );
+
+    // After the switch only v2 counts; the persistent total kept growing.
+    a.update_config(&only_thread("syscount", tid), "test")
+        .unwrap();
+    let before = slots(&counts);
+    getppid_n(1000);
+    let after = slots(&counts);
+    assert_eq!(after[0], before[0], "v1 still counts after the switch");
+    assert_eq!(after[1], before[1] + 1000);
+    assert_eq!(after[3], before[3] + 1000);
+
+    // Rollback: v1 counts again, v2 stops.
+    let r = a.rollback("syscount", "", "test").unwrap();
+    assert_eq!(r.active, "v1");
+    getppid_n(700);
+    let rb = slots(&counts);
+    assert_eq!(rb[0], after[0] + 700);
+    assert_eq!(rb[1], after[1]);
+
+    // Kernel stats see both revisions run.
+    let st = a.stats("syscount").unwrap();
+    assert!(st.stats_enabled);
+    for r in &st.revisions {
+        assert!(r.run_cnt > 0, "{r:?}");
+        assert!(r.map_memory_bytes > 0, "{r:?}");
+    }
+
+    // Unload the inactive revision, then the program: every pin goes.
+    let removed = a.unload("syscount", "v2", "test").unwrap();
+    assert!(
+        removed.iter().all(|p| p.contains("/syscount/v2/")),
+        "{removed:?}"
+    );
+    let ids: Vec<u32> = a.list("syscount").unwrap()[0]
+        .revisions
+        .iter()
+        .flat_map(|r| r.prog_ids.clone())
+        .collect();
+    assert!(!ids.is_empty());
+    a.unload("syscount", "", "test").unwrap();
+    assert!(root.pins().is_empty(), "pins left: {:?}", root.pins());
+    assert!(!root.path.join("syscount").exists());
+    for id in ids {
+        assert!(!prog_exists(id), "program {id} still loaded");
+    }
+    // Every mutation was audited.
+    let audit = std::fs::read_to_string(root.audit_log()).unwrap();
+    for action in [
+        "\"load\"",
+        "\"activate\"",
+        "\"rollback\"",
+        "\"unload\"",
+        "\"update_config\"",
+    ] {
+        assert!(audit.contains(action), "{action} missing from audit log");
+    }
+}
+
+#[test]
+fn load_is_idempotent_and_revisions_are_immutable() {
+    let root = PinRoot::new("idem");
+    let mut a = agent(&root);
+    let (first, c1) = a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
+    let (again, c2) = a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
+    assert!(c1 && !c2);
+    assert_eq!(first.prog_ids, again.prog_ids);
+    let e = a.load(syscount("v1", objs::SYSCOUNT_V2), "t").unwrap_err();
+    assert!(matches!(e, Error::AlreadyExists(_)), "{e}");
+    // Activating twice is a no-op.
+    a.activate("syscount", "v1", "t").unwrap();
+    assert_eq!(a.activate("syscount", "v1", "t").unwrap().nanos, 0);
+    // Unloading what is not there succeeds.
+    assert!(a.unload("syscount", "nope", "t").unwrap().is_empty());
+    assert!(a.unload("absent", "", "t").unwrap().is_empty());
+    a.unload("syscount", "", "t").unwrap();
+    assert!(root.pins().is_empty());
+}
+
+#[test]
+fn verifier_rejection_reports_the_log_and_leaves_the_running_revision_alone() {
+    let root = PinRoot::new("verifier");
+    let mut a = agent(&root);
+    let counts = root.path.join("syscount/_map_counts");
+    let tid = gettid();
+    a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
+    a.update_config(&only_thread("syscount", tid), "t").unwrap();
+    a.activate("syscount", "v1", "t").unwrap();
+    let pins_before = root.pins();
+
+    let e = a
+        .load(syscount("bad", objs::SYSCOUNT_BAD), "t")
+        .unwrap_err();
+    let Error::Verifier { program, log } = &e else {
+        panic!("not a verifier error: {e}")
+    };
+    assert_eq!(program, "count_getppid");
+    assert!(
+        log.contains("invalid mem access") || log.contains("map_value_or_null"),
+        "{log}"
+    );
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
+
+    assert_eq!(
+        root.pins(),
+        pins_before,
+        "a failed load left or removed pins"
+    );
+    let before = slots(&counts);
+    getppid_n(100);
+    assert_eq!(slots(&counts)[0], before[0] + 100, "v1 stopped counting");
+    assert_eq!(a.list("syscount").unwrap()[0].active_revision, "v1");
+    a.unload("syscount", "", "t").unwrap();
+    assert!(root.pins().is_empty());
+}
+
+#[test]
+fn trust_checks_refuse_before_anything_is_loaded() {
+    let root = PinRoot::new("trust");
+    let mut cfg = Config::new(&root.path, root.state_file());
+    cfg.allow_unsigned = false;
+    let mut a = Agent::new(cfg).unwrap();
+
+    let mut tampered = syscount("v1", objs::SYSCOUNT_V1);
+    tampered.sha256 = bpfleet_agent::trust::sha256_hex(objs::SYSCOUNT_V2);
+    let e = a.load(tampered, "t").unwrap_err();
+    assert!(e.to_string().contains("sha256 mismatch"), "{e}");
+
+    let e = a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap_err();
+    assert!(e.to_string().contains("unsigned"), "{e}");
+
+    let mut badsig = syscount("v1", objs::SYSCOUNT_V1);
+    badsig.signature = "MEUCIQDx".into();
+    assert!(matches!(a.load(badsig, "t").unwrap_err(), Error::Denied(_)));
+
+    assert!(root.pins().is_empty(), "{:?}", root.pins());
+    assert!(a.list("").unwrap().is_empty());
+}
+
+#[test]
+fn signed_objects_load_with_a_trusted_key() {
+    use base64::Engine;
+    use p256::ecdsa::{Signature, SigningKey, signature::Signer};
+    use p256::pkcs8::{EncodePublicKey, LineEnding};
+    let root = PinRoot::new("signed");
+    let sk = SigningKey::from_slice(&[42u8; 32]).unwrap();
+    let pem = sk
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    let mut cfg = Config::new(&root.path, root.state_file());
+    cfg.trusted_keys = vec![("test".into(), pem)];
+    let mut a = Agent::new(cfg).unwrap();
+    let sig: Signature = sk.sign(objs::SYSCOUNT_V1);
+    let mut req = syscount("v1", objs::SYSCOUNT_V1);
+    req.signature = base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes());
+    a.load(req.clone(), "t").unwrap();
+    // The same signature does not cover other bytes.
+    let mut other = syscount("v2", objs::SYSCOUNT_V2);
+    other.signature = req.signature.clone();
+    assert!(matches!(a.load(other, "t").unwrap_err(), Error::Denied(_)));
+    a.unload("syscount", "", "t").unwrap();
+    assert!(root.pins().is_empty());
+}
+
+#[test]
+fn malformed_and_unsupported_requests_get_clear_errors() {
+    let root = PinRoot::new("malformed");
+    let mut a = agent(&root);
+    let ok = syscount("v1", objs::SYSCOUNT_V1);
+
+    let mut r = ok.clone();
+    r.program = String::new();
+    assert!(
+        a.load(r, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("program name is empty")
+    );
+    let mut r = ok.clone();
+    r.revision = "../../etc".into();
+    assert!(matches!(a.load(r, "t").unwrap_err(), Error::Invalid(_)));
+    let mut r = ok.clone();
+    r.entries.clear();
+    assert!(
+        a.load(r, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("at least one program entry")
+    );
+    let mut r = ok.clone();
+    r.entries[0].hook = 4242;
+    assert!(
+        a.load(r, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown hook kind 4242")
+    );
+    let mut r = ok.clone();
+    r.source = Some(bpfleet_proto::v1::load_request::Source::Object(
+        vec![0u8; 17 << 20],
+    ));
+    assert!(a.load(r, "t").unwrap_err().to_string().contains("at most"));
+    let mut r = ok.clone();
+    r.source = Some(bpfleet_proto::v1::load_request::Source::Object(
+        b"not an elf".to_vec(),
+    ));
+    r.sha256 = bpfleet_agent::trust::sha256_hex(b"not an elf");
+    assert!(
+        a.load(r, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("not a loadable BPF ELF")
+    );
+    let mut r = ok.clone();
+    r.entries[0].bpf_program = "nope".into();
+    assert!(
+        a.load(r, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("no BPF program named nope")
+    );
+    let mut r = ok.clone();
+    r.entries[0].hook = HookKind::Xdp as i32;
+    assert!(
+        a.load(r, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("needs Xdp")
+    );
+    let mut r = ok.clone();
+    r.persistent_maps = vec!["missing".into()];
+    assert!(
+        a.load(r, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("persistent map missing is not in the object")
+    );
+
+    // Hooks this kernel lacks.
+    let r = load_req(
+        "probe",
+        "v1",
+        objs::KPROBE_PROBE,
+        vec![entry("on_open", HookKind::Kprobe, "do_sys_openat2")],
+        &[],
+    );
+    let e = a.load(r, "t").unwrap_err();
+    assert!(e.to_string().contains("unsupported on this node"), "{e}");
+    assert_eq!(
+        tonic::Status::from(e).code(),
+        tonic::Code::FailedPrecondition
+    );
+
+    // Unknown program / revision.
+    assert!(matches!(
+        a.activate("ghost", "v1", "t").unwrap_err(),
+        Error::NotFound(_)
+    ));
+    assert!(matches!(
+        a.rollback("ghost", "", "t").unwrap_err(),
+        Error::NotFound(_)
+    ));
+
+    assert!(root.pins().is_empty(), "{:?}", root.pins());
+}
+
+#[test]
+fn incompatible_persistent_map_is_refused() {
+    let root = PinRoot::new("incompat");
+    let mut a = agent(&root);
+    a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
+    // xdpcount's `pkts` has the same shape, so declare the gate map
+    // against a different program: reuse syscount's `counts` pin under a
+    // program whose `counts` would differ is simulated by pinning a map of
+    // another shape where the next revision expects `counts`.
+    let pin = root.path.join("other/_map_counts");
+    std::fs::create_dir_all(root.path.join("other")).unwrap();
+    let mut m = libbpf_rs::MapHandle::create(
+        libbpf_rs::MapType::Array,
+        Some("counts"),
+        4,
+        16,
+        4,
+        &libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    m.pin(&pin).unwrap();
+    // Adopt it as an orphan program "other", then load a revision into it.
+    drop(a);
+    let mut a = agent(&root);
+    let mut req = syscount("v1", objs::SYSCOUNT_V1);
+    req.program = "other".into();
+    let e = a.load(req, "t").unwrap_err();
+    assert!(
+        e.to_string().contains("incompatible with the pinned one")
+            && e.to_string().contains("value_size 8 vs pinned 16"),
+        "{e}"
+    );
+    a.unload("other", "", "t").unwrap();
+    a.unload("syscount", "", "t").unwrap();
+    assert!(root.pins().is_empty(), "{:?}", root.pins());
+}
