@@ -676,3 +676,33 @@ fn history_is_trimmed_but_keeps_active_revisions() {
             .all(|r| r.state == RevisionState::Inactive)
     );
 }
+
+#[test]
+fn a_held_rollout_never_exceeds_its_share_when_nodes_leave() {
+    let (mut f, v1) = stable_fleet(4);
+    f.apply(spec(
+        "v2",
+        canary(1, vec![percent(50), pause(None), percent(100)]),
+    ));
+    let v2 = f.revision();
+    f.settle(1, 10);
+    assert_eq!(f.running(&v2), 2);
+    f.requests.pause = true;
+    f.tick(1);
+    assert_eq!(phase(&f), Phase::Paused);
+    let others: Vec<String> = f
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.active.as_deref() == Some(v1.as_str()))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in &others {
+        f.leave(name);
+    }
+    f.settle(1, 5);
+    // Two nodes left, 50 % of them is one: the other returns to stable.
+    assert_eq!(f.nodes.len(), 2);
+    assert_eq!(f.running(&v2), 1);
+    assert_eq!(f.running(&v1), 1);
+    assert_eq!(phase(&f), Phase::Paused);
+}

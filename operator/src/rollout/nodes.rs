@@ -9,7 +9,9 @@
 //! At most `maxUnavailable` nodes (minus nodes already failing in the
 //! candidate set) are switched to the candidate at once, in canary order;
 //! moves back to stable are never limited. Frozen rollouts (held by a person
-//! or by `failurePolicy: Pause`) leave running nodes on what they run. Nodes
+//! or by `failurePolicy: Pause`) leave running nodes on what they run, except
+//! that a node outside the candidate set (the set shrinks when nodes leave)
+//! returns to stable: no step ever has more candidate nodes than it allows. Nodes
 //! whose agent is unreachable get nothing; departed nodes only get `Unload`.
 
 use std::collections::BTreeSet;
@@ -82,9 +84,10 @@ pub fn plan(
             }
             _ => t.stable,
         };
+        // A freeze keeps nodes where they are, but never above the share.
         let running = node
             .active()
-            .filter(|a| Some(*a) == t.stable || Some(*a) == t.candidate);
+            .filter(|a| Some(*a) == t.stable || (Some(*a) == t.candidate && in_set));
         match (t.freeze, running) {
             (Freeze::None, _) => {}
             (_, Some(r)) => active = Some(r),
