@@ -10,7 +10,9 @@
 //! leaves the streak alone and, if the window ends on it, the analysis is
 //! inconclusive and the rollout waits for a person (promote, retry, abort).
 //! An operator that was down for several intervals takes one measurement on
-//! its return, not a burst of identical ones.
+//! its return, not a burst of identical ones. The ratio gates are left out
+//! when the candidate serves no traffic (blue-green preview) and on a first
+//! rollout, which has no stable revision to compare with.
 
 use bpfleet_api::policy::{HealthGates, NoDataPolicy};
 use bpfleet_api::program::{AnalysisResult, AnalysisVerdict, RolloutProgress};
@@ -150,7 +152,10 @@ fn measure(a: &Analysis, s: &Subject<'_>, progress: &RolloutProgress) -> Result<
     } else {
         Baseline::from_group(&stable_figures(s.stable, s.nodes))
     };
-    gates::evaluate(s.gates, &candidate, &baseline, a.traffic)
+    // With no stable revision at all (first rollout) there is nothing to
+    // compare with: the ratio gates do not apply, the absolute ones still do.
+    let compare = a.traffic && s.stable.is_some();
+    gates::evaluate(s.gates, &candidate, &baseline, compare)
 }
 
 /// Figures of the nodes running `stable` active.
@@ -174,4 +179,167 @@ fn describe_no_data(gates: &[bpfleet_api::program::GateResult]) -> String {
         .map(|g| format!("{}: {}", g.gate, g.measured))
         .collect();
     parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gates::HealthSample;
+    use crate::rollout::LoadedRevision;
+
+    fn node(name: &str, revision: &str, errors: u64, requests: u64) -> NodeReport {
+        NodeReport {
+            node: name.into(),
+            reachable: true,
+            revisions: vec![LoadedRevision {
+                revision: revision.into(),
+                active: true,
+                health: Some(HealthSample {
+                    http_requests: requests,
+                    http_errors: errors,
+                    p99_latency_ms: Some(10.0),
+                    ..Default::default()
+                }),
+            }],
+            failures: vec![],
+        }
+    }
+
+    fn window() -> Analysis {
+        Analysis {
+            duration: 40,
+            interval: 10,
+            traffic: true,
+            recorded_baseline: false,
+        }
+    }
+
+    /// Runs one call at `now` with the candidate node serving `errors`/1000.
+    fn call(
+        gates: &HealthGates,
+        now: i64,
+        errors: u64,
+        progress: &mut RolloutProgress,
+        last: &mut Option<AnalysisResult>,
+    ) -> Verdict {
+        let nodes = [node("a", "c", errors, 1000), node("b", "s", 10, 1000)];
+        let subject = Subject {
+            candidate: "c",
+            stable: Some("s"),
+            nodes: &nodes,
+            gates,
+            now,
+            started: 100,
+        };
+        run(&window(), &subject, progress, last).expect("analysis")
+    }
+
+    #[test]
+    fn a_transient_failure_below_the_limit_recovers() {
+        let gates = HealthGates {
+            consecutive_failure_limit: 2,
+            ..Default::default()
+        };
+        let (mut p, mut last) = (RolloutProgress::default(), None);
+        assert_eq!(
+            call(&gates, 105, 10, &mut p, &mut last),
+            Verdict::Running { next_in: 5 }
+        );
+        assert_eq!(p.measurements, 0, "nothing due before the first interval");
+        assert!(matches!(
+            call(&gates, 110, 50, &mut p, &mut last),
+            Verdict::Running { .. }
+        ));
+        assert_eq!(p.consecutive_failures, 1);
+        assert_eq!(
+            last.as_ref().map(|l| l.verdict),
+            Some(AnalysisVerdict::Running)
+        );
+        assert!(matches!(
+            call(&gates, 120, 10, &mut p, &mut last),
+            Verdict::Running { .. }
+        ));
+        assert_eq!(p.consecutive_failures, 0);
+        assert!(matches!(
+            call(&gates, 130, 10, &mut p, &mut last),
+            Verdict::Running { .. }
+        ));
+        assert_eq!(call(&gates, 140, 10, &mut p, &mut last), Verdict::Passed);
+        assert_eq!(
+            last.as_ref().map(|l| l.verdict),
+            Some(AnalysisVerdict::Passed)
+        );
+    }
+
+    #[test]
+    fn the_limit_in_a_row_fails_before_the_window_ends() {
+        let gates = HealthGates {
+            consecutive_failure_limit: 2,
+            ..Default::default()
+        };
+        let (mut p, mut last) = (RolloutProgress::default(), None);
+        call(&gates, 110, 50, &mut p, &mut last);
+        let v = call(&gates, 120, 50, &mut p, &mut last);
+        assert!(
+            matches!(&v, Verdict::Failed(t) if t.contains("errorRate")),
+            "{v:?}"
+        );
+        let result = last.expect("result");
+        assert_eq!(result.verdict, AnalysisVerdict::Failed);
+        assert!(result.finished_at.is_some());
+    }
+
+    #[test]
+    fn the_last_measurement_failing_fails_the_window() {
+        let gates = HealthGates {
+            consecutive_failure_limit: 5,
+            ..Default::default()
+        };
+        let (mut p, mut last) = (RolloutProgress::default(), None);
+        for now in [110, 120, 130] {
+            call(&gates, now, 10, &mut p, &mut last);
+        }
+        assert!(matches!(
+            call(&gates, 140, 50, &mut p, &mut last),
+            Verdict::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn a_late_operator_takes_one_measurement_not_a_burst() {
+        let gates = HealthGates::default();
+        let (mut p, mut last) = (RolloutProgress::default(), None);
+        assert!(matches!(
+            call(&gates, 135, 10, &mut p, &mut last),
+            Verdict::Running { next_in: 5 }
+        ));
+        assert_eq!(p.measurements, 3);
+        assert_eq!(call(&gates, 140, 10, &mut p, &mut last), Verdict::Passed);
+    }
+
+    #[test]
+    fn no_stable_revision_leaves_ratio_gates_out() {
+        let gates = HealthGates::default();
+        let nodes = [node("a", "c", 900, 1000)];
+        let subject = Subject {
+            candidate: "c",
+            stable: None,
+            nodes: &nodes,
+            gates: &gates,
+            now: 200,
+            started: 100,
+        };
+        let (mut p, mut last) = (RolloutProgress::default(), None);
+        assert_eq!(
+            run(&window(), &subject, &mut p, &mut last).expect("run"),
+            Verdict::Passed
+        );
+        let names: Vec<String> = last
+            .expect("result")
+            .gates
+            .into_iter()
+            .map(|g| g.gate)
+            .collect();
+        assert_eq!(names, ["programFailures"]);
+    }
 }

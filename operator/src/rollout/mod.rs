@@ -15,7 +15,8 @@
 //! nodes, [`machine`] advances through the steps, [`analysis`] runs the
 //! analysis windows, [`nodes`] turns the placement into per-node actions and
 //! counts, [`history`] keeps the version registry and [`conditions`] the
-//! kstatus conditions.
+//! kstatus conditions; [`teardown`] unloads everything when the object is
+//! deleted.
 
 pub mod analysis;
 pub mod clock;
@@ -25,6 +26,7 @@ pub mod machine;
 pub mod nodes;
 pub mod plan;
 pub mod selection;
+pub mod teardown;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -36,6 +38,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::gates::HealthSample;
 
 pub use machine::reconcile;
+pub use teardown::teardown;
 
 /// Everything the machine looks at.
 #[derive(Clone, Debug)]
