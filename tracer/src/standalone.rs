@@ -2,6 +2,9 @@
 //! and benchmarks. Nothing is pinned: dropping [`Standalone`] detaches and
 //! unloads every program.
 
+use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use libbpf_rs::{Link, MapCore, MapFlags, Object, ObjectBuilder, RingBufferBuilder};
@@ -99,4 +102,64 @@ impl Standalone {
         rb.consume().map_err(bpf("reading the ring buffer"))?;
         Ok(())
     }
+
+    /// Reads the ring buffer until `stop` is set, handing each record to
+    /// `f`; polls every `poll` so it notices `stop` and batched records.
+    pub fn run_reader(
+        &self,
+        stop: &AtomicBool,
+        poll: Duration,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<()> {
+        let map = self.map("http_events")?;
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&map, |raw: &[u8]| {
+                f(raw);
+                0
+            })
+            .map_err(bpf("opening the ring buffer"))?;
+        let rb = builder.build().map_err(bpf("opening the ring buffer"))?;
+        while !stop.load(Ordering::Relaxed) {
+            rb.poll(poll).map_err(bpf("polling the ring buffer"))?;
+        }
+        rb.consume().map_err(bpf("reading the ring buffer"))?;
+        Ok(())
+    }
+
+    /// Total (run_cnt, run_time_ns) of all tracer programs; run time is only
+    /// counted while BPF stats are enabled (see [`enable_stats`]).
+    pub fn run_stats(&self) -> (u64, u64) {
+        let mut cnt = 0;
+        let mut ns = 0;
+        for prog in self.obj.progs() {
+            let mut info = libbpf_sys::bpf_prog_info::default();
+            let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+            // SAFETY: the fd is a live program fd owned by `self.obj`; info
+            // and len point to a correctly sized, writable bpf_prog_info.
+            let rc = unsafe {
+                libbpf_sys::bpf_prog_get_info_by_fd(prog.as_fd().as_raw_fd(), &mut info, &mut len)
+            };
+            if rc == 0 {
+                cnt += info.run_cnt;
+                ns += info.run_time_ns;
+            }
+        }
+        (cnt, ns)
+    }
+}
+
+/// Turns on kernel BPF run-time accounting (`BPF_ENABLE_STATS`) for as long
+/// as the returned fd is open.
+pub fn enable_stats() -> Result<std::os::fd::OwnedFd> {
+    // SAFETY: plain syscall wrapper; a non-negative return is a new fd we own.
+    let fd = unsafe { libbpf_sys::bpf_enable_stats(libbpf_sys::BPF_STATS_RUN_TIME) };
+    if fd < 0 {
+        return Err(Error::Bpf {
+            what: "enabling BPF stats".into(),
+            source: libbpf_rs::Error::from_raw_os_error(-fd),
+        });
+    }
+    // SAFETY: fd was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
 }
