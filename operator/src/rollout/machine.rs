@@ -388,3 +388,5 @@ impl<'a> Machine<'a> {
 
 mod advance;
 mod finish;
+#[cfg(test)]
+mod tests;

@@ -236,3 +236,34 @@ fn history_is_trimmed_but_keeps_active_revisions() {
             .all(|r| r.state == RevisionState::Inactive)
     );
 }
+
+#[test]
+fn a_load_failure_held_by_pause_policy_can_be_retried() {
+    let (mut f, v1) = stable_fleet(3);
+    let mut s = spec("v2", canary(3, vec![percent(100)]));
+    s.failure_policy = bpfleet_api::program::FailurePolicy::Pause;
+    f.apply(s);
+    let v2 = f.revision();
+    f.broken.insert(v2.clone(), "VerifierRejected".into());
+    f.tick(1);
+    f.tick(1);
+    assert_eq!(phase(&f), Phase::Aborted);
+    assert_eq!(f.status.nodes.failed, 3);
+    assert_eq!(f.status.failing_nodes[0].reason, "VerifierRejected");
+    assert_eq!(f.running(&v1), 3);
+    // Quiet while held: failed loads are not resent on every reconcile.
+    assert!(f.tick(60).actions.is_empty());
+    f.broken.clear();
+    f.command(CommandKind::Retry);
+    let out = f.tick(1);
+    assert_eq!(
+        out.actions
+            .iter()
+            .filter(|a| a.kind == ActionKind::Load)
+            .count(),
+        3
+    );
+    f.settle(1, 5);
+    assert_eq!(f.status.stable_revision.as_deref(), Some(v2.as_str()));
+    assert_eq!(f.running(&v2), 3);
+}

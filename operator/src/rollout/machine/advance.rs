@@ -49,6 +49,13 @@ impl<'a> Machine<'a> {
             self.next_step();
         }
         if self.user_hold {
+            if self.take_promote() {
+                self.event(
+                    true,
+                    "RequestIgnored",
+                    "promote ignored: the rollout is held by spec.paused or a pause request; resume first".into(),
+                );
+            }
             self.phase = Some(Phase::Paused);
             self.message = Some(if self.input.spec.paused {
                 "held by spec.paused".into()
@@ -64,7 +71,9 @@ impl<'a> Machine<'a> {
             .filter_map(|n| n.failure(&c).map(|f| (n.node.as_str(), f)))
             .collect();
         let tolerated = usize::try_from(self.input.gates.max_program_failures.max(0)).unwrap_or(0);
-        if failed.len() > tolerated
+        // Right after a retry the reported failures predate the resend.
+        if !self.resend
+            && failed.len() > tolerated
             && let Some((node, f)) = failed.first()
         {
             let text = format!(
