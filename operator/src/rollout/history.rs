@@ -32,6 +32,21 @@ pub fn set_outcome(
     }
 }
 
+/// Moves `deployedAt` of `revision` to `now` (a retry starts a new attempt).
+pub fn touch(history: &mut [RevisionRecord], revision: &str, now: Time) {
+    if let Some(r) = history.iter_mut().find(|r| r.revision == revision) {
+        r.deployed_at = Some(now);
+    }
+}
+
+/// When `revision` was last deployed, if recorded.
+pub fn deployed_at(history: &[RevisionRecord], revision: &str) -> Option<Time> {
+    history
+        .iter()
+        .find(|r| r.revision == revision)
+        .and_then(|r| r.deployed_at.clone())
+}
+
 /// Records a rollout of the spec's revision starting now, as the newest entry.
 pub fn record_start(
     history: &mut Vec<RevisionRecord>,

@@ -14,8 +14,9 @@ use bpfleet_api::program::{FailurePolicy, Phase, RevisionOutcome, RolloutProgres
 
 use super::clock::{secs, time};
 use super::history;
+use super::nodes;
 use super::plan::{Kind, Plan};
-use super::{CommandKind, Event, Input, Output};
+use super::{CommandKind, Event, Input, NodeReport, Output};
 use crate::Result;
 use crate::revision::revision_id;
 
@@ -28,6 +29,7 @@ pub fn reconcile(input: &Input<'_>) -> Result<Output> {
     m.commands();
     m.hold();
     m.choose_candidate();
+    m.drop_stale_failures();
     m.retention();
     m.advance()?;
     Ok(m.finish())
@@ -56,8 +58,9 @@ struct Machine<'a> {
     events: Vec<Event>,
     /// A promote command arrived this call and was not used yet.
     promote: bool,
-    /// A retry arrived this call: resend to nodes that reported failures.
-    resend: bool,
+    /// The reports, without failures older than the revision's latest
+    /// deployment (see [`nodes::without_stale_failures`]).
+    nodes: Vec<NodeReport>,
     /// Held by `failurePolicy: Pause` after a failure.
     failure_hold: bool,
     /// Held by `spec.paused` or a pause request.
@@ -82,7 +85,7 @@ impl<'a> Machine<'a> {
             input,
             events: Vec::new(),
             promote: false,
-            resend: false,
+            nodes: input.nodes.to_vec(),
             failure_hold,
             user_hold: input.spec.paused || input.requests.pause,
             phase: None,
@@ -90,6 +93,13 @@ impl<'a> Machine<'a> {
             stall_reason: None,
             next_in: None,
         })
+    }
+
+    fn drop_stale_failures(&mut self) {
+        let history = &self.status.history;
+        self.nodes = nodes::without_stale_failures(self.input.nodes, |r| {
+            history::deployed_at(history, r).as_ref().map(secs)
+        });
     }
 
     fn event(&mut self, warning: bool, reason: &str, message: String) {
@@ -139,8 +149,8 @@ impl<'a> Machine<'a> {
                 }
                 (CommandKind::Retry, Some(c)) if self.failure_hold || self.inconclusive(&c) => {
                     self.failure_hold = false;
-                    self.resend = true;
                     self.restart_clocks();
+                    history::touch(&mut self.status.history, &c, time(self.now));
                     self.status.last_analysis = None;
                     history::set_outcome(
                         &mut self.status.history,
@@ -156,7 +166,6 @@ impl<'a> Machine<'a> {
                 (CommandKind::Retry, None) if self.blocked() => {
                     let rev = self.revision.clone();
                     history::set_outcome(&mut self.status.history, &rev, None);
-                    self.resend = true;
                     self.event(
                         false,
                         "RetryRequested",

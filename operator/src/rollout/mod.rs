@@ -129,11 +129,17 @@ pub struct NodeFailure {
     /// CamelCase, e.g. `VerifierRejected`, `AttachFailed`.
     pub reason: String,
     pub message: String,
+    /// When it happened. A failure from before the revision's latest
+    /// deployment (`deployedAt` in the registry, moved by a retry) is stale:
+    /// the machine ignores it and sends the revision again.
+    pub at: Time,
 }
 
 /// Manual control. `pause` is a level (held while true); commands are edges,
 /// each carried out once: its id is remembered in
-/// `status.rollout.acknowledgedRequests`.
+/// `status.rollout.acknowledgedRequests` (the last 16 ids). The reconciler
+/// passes the pending request of each kind (e.g. one annotation per kind,
+/// its value the id), so a handful at most are ever pending at once.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Requests {
     pub pause: bool,

@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 use bpfleet_api::program::{FailingNode, NodeCounts};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::clock::secs;
 use super::{ActionKind, NodeAction, NodeReport};
 
 /// At most this many failing nodes are listed in status.
@@ -47,8 +48,6 @@ pub struct Targets<'a> {
     pub max_unavailable: usize,
     pub retained: Option<&'a str>,
     pub freeze: Freeze,
-    /// Send again to nodes that reported a failure (after a retry).
-    pub resend_failed: bool,
 }
 
 /// Actions, counts and failing nodes.
@@ -142,7 +141,7 @@ pub fn plan(
         if !node.reachable {
             continue;
         }
-        let skip = |r: &str| node.failure(r).is_some() && !t.resend_failed;
+        let skip = |r: &str| node.failure(r).is_some();
         for r in &loaded {
             if !node.has(r) && !skip(r) {
                 out.actions.push(action(node, r, ActionKind::Load));
@@ -204,10 +203,7 @@ fn switch_allowance<'a>(t: &Targets<'a>, nodes: &'a [NodeReport]) -> BTreeSet<&'
     let mut allowed = BTreeSet::new();
     for name in t.candidate_nodes {
         let Some(node) = report(name) else { continue };
-        if !node.reachable
-            || node.active() == Some(c)
-            || (node.failure(c).is_some() && !t.resend_failed)
-        {
+        if !node.reachable || node.active() == Some(c) || node.failure(c).is_some() {
             continue;
         }
         if budget == 0 {
@@ -221,12 +217,12 @@ fn switch_allowance<'a>(t: &Targets<'a>, nodes: &'a [NodeReport]) -> BTreeSet<&'
 
 /// Nodes of the candidate set not yet running the candidate (loaded, when
 /// `loaded_only`), leaving out nodes whose failure on it was tolerated.
-pub fn waiting_for<'a>(
+pub fn waiting_for(
     candidate: &str,
-    candidate_nodes: &[&'a str],
-    all_nodes: &'a [NodeReport],
+    candidate_nodes: &[&str],
+    all_nodes: &[NodeReport],
     loaded_only: bool,
-) -> Vec<&'a str> {
+) -> Vec<String> {
     let set: Vec<&NodeReport> = if loaded_only {
         all_nodes.iter().collect()
     } else {
@@ -244,7 +240,24 @@ pub fn waiting_for<'a>(
                 n.active() != Some(candidate)
             }
         })
-        .map(|n| n.node.as_str())
+        .map(|n| n.node.clone())
+        .collect()
+}
+
+/// The reports without stale failures: those from before the failed
+/// revision's latest deployment (`deployed_at` gives it per revision).
+pub fn without_stale_failures(
+    nodes: &[NodeReport],
+    deployed_at: impl Fn(&str) -> Option<i64>,
+) -> Vec<NodeReport> {
+    nodes
+        .iter()
+        .map(|n| {
+            let mut n = n.clone();
+            n.failures
+                .retain(|f| deployed_at(&f.revision).is_none_or(|d| secs(&f.at) >= d));
+            n
+        })
         .collect()
 }
 

@@ -232,6 +232,11 @@ impl Fleet {
 
     pub fn command(&mut self, kind: CommandKind) {
         self.next_request += 1;
+        // Like annotations: one pending request per kind, the newest.
+        let same = std::mem::discriminant(&kind);
+        self.requests
+            .commands
+            .retain(|c| std::mem::discriminant(&c.kind) != same);
         self.requests.commands.push(Command {
             id: format!("req-{}", self.next_request),
             kind,
@@ -311,15 +316,10 @@ impl Fleet {
         let out = self.decide(&status);
         let again = self.decide(&out.status);
         assert_eq!(again.status, out.status, "recomputing changed the status");
-        let acked =
-            |s: &TracerProgramStatus| s.rollout.as_ref().map(|r| r.acknowledged_requests.clone());
-        if acked(&status) == acked(&out.status) {
-            // A retry resends to failed nodes once; otherwise same actions.
-            assert_eq!(
-                again.actions, out.actions,
-                "recomputing changed the actions"
-            );
-        }
+        assert_eq!(
+            again.actions, out.actions,
+            "recomputing changed the actions"
+        );
         assert!(
             again.events.is_empty(),
             "recomputing emitted {:?}",
@@ -364,6 +364,7 @@ impl Fleet {
                             revision: a.revision.clone(),
                             reason,
                             message: "the verifier refused the program".into(),
+                            at: time(self.now),
                         });
                     }
                     None => {

@@ -65,15 +65,12 @@ impl<'a> Machine<'a> {
             return Ok(());
         }
         let failed: Vec<_> = self
-            .input
             .nodes
             .iter()
             .filter_map(|n| n.failure(&c).map(|f| (n.node.as_str(), f)))
             .collect();
         let tolerated = usize::try_from(self.input.gates.max_program_failures.max(0)).unwrap_or(0);
-        // Right after a retry the reported failures predate the resend.
-        if !self.resend
-            && failed.len() > tolerated
+        if failed.len() > tolerated
             && let Some((node, f)) = failed.first()
         {
             let text = format!(
@@ -90,7 +87,7 @@ impl<'a> Machine<'a> {
             let index = self.step_index();
             let state = if index >= self.plan.len() {
                 let everyone = self.candidate_set(index);
-                let waiting = waiting_for(&c, &everyone, self.input.nodes, false);
+                let waiting = waiting_for(&c, &everyone, &self.nodes, false);
                 if waiting.is_empty() {
                     self.complete(&c);
                     return Ok(());
@@ -140,7 +137,7 @@ impl<'a> Machine<'a> {
         let state = match step {
             Step::SetPercent(_) | Step::ActivateAll => {
                 let set = self.candidate_set(index);
-                let waiting = waiting_for(c, &set, self.input.nodes, false);
+                let waiting = waiting_for(c, &set, &self.nodes, false);
                 if waiting.is_empty() {
                     StepState::Done
                 } else {
@@ -153,11 +150,11 @@ impl<'a> Machine<'a> {
                 }
             }
             Step::Preview => {
-                let waiting = waiting_for(c, &[], self.input.nodes, true);
+                let waiting = waiting_for(c, &[], &self.nodes, true);
                 if waiting.is_empty() {
                     StepState::Done
                 } else {
-                    let total = self.input.nodes.len();
+                    let total = self.nodes.len();
                     let text = format!(
                         "preview: revision {c} loaded on {} of {total} nodes",
                         total - waiting.len()
@@ -204,7 +201,7 @@ impl<'a> Machine<'a> {
                 let subject = Subject {
                     candidate: c,
                     stable: self.status.stable_revision.as_deref(),
-                    nodes: self.input.nodes,
+                    nodes: &self.nodes,
                     gates: self.input.gates,
                     now: self.now,
                     started,
@@ -270,13 +267,8 @@ impl<'a> Machine<'a> {
     }
 
     /// Waiting for nodes: the only time the progress deadline runs.
-    fn wait_on_nodes(&mut self, c: &str, waiting: &[&str], text: String) -> StepState {
-        let on_candidate = self
-            .input
-            .nodes
-            .iter()
-            .filter(|n| n.active() == Some(c))
-            .count();
+    fn wait_on_nodes(&mut self, c: &str, waiting: &[String], text: String) -> StepState {
+        let on_candidate = self.nodes.iter().filter(|n| n.active() == Some(c)).count();
         let before = if self.status.current_revision.as_deref() == Some(c) {
             usize::try_from(self.status.nodes.updated.max(0)).unwrap_or(0)
         } else {
@@ -288,7 +280,7 @@ impl<'a> Machine<'a> {
         let since = self.progress.progress_at.as_ref().map_or(self.now, secs);
         let deadline = i64::from(self.input.spec.progress_deadline_seconds.max(1));
         if self.now - since > deadline {
-            let mut names: Vec<&str> = waiting.iter().take(5).copied().collect();
+            let mut names: Vec<&str> = waiting.iter().take(5).map(String::as_str).collect();
             if waiting.len() > 5 {
                 names.push("...");
             }
@@ -323,7 +315,7 @@ impl<'a> Machine<'a> {
         if matches!(self.plan.kind, Kind::BlueGreen { .. })
             && matches!(self.plan.steps.get(next), Some(Step::ActivateAll))
         {
-            let stable = stable_figures(self.status.stable_revision.as_deref(), self.input.nodes);
+            let stable = stable_figures(self.status.stable_revision.as_deref(), &self.nodes);
             let min = u64::try_from(self.input.gates.min_samples.max(1)).unwrap_or(1);
             let enough = stable.requests >= min;
             self.progress.baseline_error_rate = stable.error_rate().filter(|_| enough);
@@ -340,7 +332,7 @@ impl<'a> Machine<'a> {
         self.progress.consecutive_failures = 0;
         self.progress.baseline_error_rate = None;
         self.progress.baseline_p99_ms = None;
-        let mut text = format!("revision {c} is stable on {} nodes", self.input.nodes.len());
+        let mut text = format!("revision {c} is stable on {} nodes", self.nodes.len());
         if let (Kind::BlueGreen { keep_previous }, Some(o)) = (self.plan.kind, old)
             && keep_previous > 0
             && o != c

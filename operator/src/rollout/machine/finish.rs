@@ -42,11 +42,10 @@ impl Machine<'_> {
             max_unavailable,
             retained: retained.as_deref(),
             freeze,
-            resend_failed: self.resend,
         };
         let plan = nodes::plan(
             &targets,
-            self.input.nodes,
+            &self.nodes,
             self.input.departed,
             &self.input.status.failing_nodes,
             &now,

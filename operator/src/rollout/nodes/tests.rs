@@ -30,7 +30,6 @@ fn targets<'a>(set: &'a [&'a str]) -> Targets<'a> {
         max_unavailable: 1,
         retained: None,
         freeze: Freeze::None,
-        resend_failed: false,
     }
 }
 
@@ -83,6 +82,7 @@ fn failing_canary_node_uses_the_budget() {
         revision: "c".into(),
         reason: "VerifierRejected".into(),
         message: "invalid mem access".into(),
+        at: time(1),
     });
     let nodes = [node("a", &[("s", true)]), failed];
     let p = plan(&targets(&["b", "a"]), &nodes, &[], &[], &time(5));
