@@ -82,7 +82,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 * 1024 * 1024);
+	__uint(max_entries, 16 * 1024 * 1024);
 } http_events SEC(".maps");
 
 /* Events dropped because the ring buffer was full. */
@@ -154,9 +154,13 @@ static __always_inline void count_lost(void)
 static __always_inline void submit(struct http_event *e, __u32 cap)
 {
 	__u64 size = sizeof(e->hdr) + (cap & (HTTP_MAX_CAPTURE - 1));
+	__u64 avail = bpf_ringbuf_query(&http_events, BPF_RB_AVAIL_DATA);
 	__u64 flags = BPF_RB_NO_WAKEUP;
 
-	if (bpf_ringbuf_query(&http_events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES)
+	/* Wake the reader once, when this record takes the backlog over the
+	 * threshold; not on every record while the backlog stays above it
+	 * (a wake-up costs microseconds). The reader also polls on a timer. */
+	if (avail < WAKEUP_BYTES && avail + size >= WAKEUP_BYTES)
 		flags = BPF_RB_FORCE_WAKEUP;
 	if (bpf_ringbuf_output(&http_events, e, size, flags))
 		count_lost();

@@ -122,6 +122,10 @@ impl Standalone {
         let rb = builder.build().map_err(bpf("opening the ring buffer"))?;
         while !stop.load(Ordering::Relaxed) {
             rb.poll(poll).map_err(bpf("polling the ring buffer"))?;
+            // The kernel side wakes the reader only when the backlog crosses
+            // a threshold; a poll that timed out reports nothing, so drain
+            // whatever is there on every tick as well.
+            rb.consume().map_err(bpf("reading the ring buffer"))?;
         }
         rb.consume().map_err(bpf("reading the ring buffer"))?;
         Ok(())
