@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use bpfleet_api::program::{BlueGreenStrategy, Phase};
-use bpfleet_operator::rollout::plan::Plan;
+use bpfleet_operator::rollout::plan::{Kind, Plan};
 use bpfleet_operator::rollout::selection::{canary_count, canary_nodes};
 use bpfleet_operator::rollout::{ActionKind, CommandKind};
 use common::*;
@@ -156,7 +156,19 @@ fn check_invariants(
         (Some(c), _) => {
             let plan = Plan::new(&f.spec.strategy).expect("plan");
             let index = usize::try_from(st.current_step_index.unwrap_or(0)).unwrap_or(0);
-            let allowed = canary_count(plan.placement(index).percent, n);
+            let placement = plan.placement(index);
+            let allowed = canary_count(placement.percent, n);
+            if let Kind::Canary { max_unavailable } = plan.kind {
+                let switching = out
+                    .actions
+                    .iter()
+                    .filter(|a| a.kind == ActionKind::Activate && a.revision == *c)
+                    .count();
+                assert!(
+                    switching <= max_unavailable,
+                    "{switching} nodes switched at once, maxUnavailable {max_unavailable}"
+                );
+            }
             assert!(
                 f.running(c) <= allowed,
                 "{} nodes run the candidate, step {index} allows {allowed}: {:?}",
