@@ -86,21 +86,10 @@ impl Standalone {
         self.links.len()
     }
 
-    /// Drains the ring buffer, handing each raw record to `f`, waiting at
+    /// Drains the ring buffer once, handing each record to `f`, waiting at
     /// most `timeout` for the first one.
-    pub fn drain(&self, timeout: Duration, mut f: impl FnMut(&[u8])) -> Result<()> {
-        let map = self.map("http_events")?;
-        let mut builder = RingBufferBuilder::new();
-        builder
-            .add(&map, |raw: &[u8]| {
-                f(raw);
-                0
-            })
-            .map_err(bpf("opening the ring buffer"))?;
-        let rb = builder.build().map_err(bpf("opening the ring buffer"))?;
-        rb.poll(timeout).map_err(bpf("polling the ring buffer"))?;
-        rb.consume().map_err(bpf("reading the ring buffer"))?;
-        Ok(())
+    pub fn drain(&self, timeout: Duration, f: impl FnMut(&[u8])) -> Result<()> {
+        self.read(timeout, || false, f)
     }
 
     /// Reads the ring buffer until `stop` is set, handing each record to
@@ -109,6 +98,15 @@ impl Standalone {
         &self,
         stop: &AtomicBool,
         poll: Duration,
+        f: impl FnMut(&[u8]),
+    ) -> Result<()> {
+        self.read(poll, || !stop.load(Ordering::Relaxed), f)
+    }
+
+    fn read(
+        &self,
+        poll: Duration,
+        mut again: impl FnMut() -> bool,
         mut f: impl FnMut(&[u8]),
     ) -> Result<()> {
         let map = self.map("http_events")?;
@@ -120,15 +118,16 @@ impl Standalone {
             })
             .map_err(bpf("opening the ring buffer"))?;
         let rb = builder.build().map_err(bpf("opening the ring buffer"))?;
-        while !stop.load(Ordering::Relaxed) {
+        loop {
             rb.poll(poll).map_err(bpf("polling the ring buffer"))?;
             // The kernel side wakes the reader only when the backlog crosses
             // a threshold; a poll that timed out reports nothing, so drain
             // whatever is there on every tick as well.
             rb.consume().map_err(bpf("reading the ring buffer"))?;
+            if !again() {
+                return Ok(());
+            }
         }
-        rb.consume().map_err(bpf("reading the ring buffer"))?;
-        Ok(())
     }
 
     /// Total (run_cnt, run_time_ns) of all tracer programs; run time is only
