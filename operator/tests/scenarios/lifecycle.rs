@@ -267,3 +267,40 @@ fn a_load_failure_held_by_pause_policy_can_be_retried() {
     assert_eq!(f.status.stable_revision.as_deref(), Some(v2.as_str()));
     assert_eq!(f.running(&v2), 3);
 }
+
+#[test]
+fn an_unreachable_agent_is_reported_and_the_deadline_decides() {
+    let (mut f, v1) = stable_fleet(4);
+    let mut s = spec("v2", canary(4, vec![percent(100)]));
+    s.progress_deadline_seconds = 120;
+    f.apply(s);
+    let v2 = f.revision();
+    f.nodes.get_mut("node-02").expect("node").reachable = false;
+    let out = f.tick(1);
+    assert!(
+        out.actions.iter().all(|a| a.node != "node-02"),
+        "nothing sent to it"
+    );
+    f.tick(1);
+    assert_eq!(phase(&f), Phase::Progressing);
+    assert_eq!(f.running(&v2), 3);
+    assert_eq!(f.status.nodes.failed, 1);
+    assert_eq!(f.status.failing_nodes[0].node, "node-02");
+    assert_eq!(f.status.failing_nodes[0].reason, "AgentUnreachable");
+    assert_eq!(f.condition("Degraded"), "True");
+    assert!(
+        f.status
+            .message
+            .clone()
+            .unwrap_or_default()
+            .contains("3 of 4 nodes")
+    );
+    f.tick(60);
+    assert_eq!(phase(&f), Phase::Progressing);
+    f.tick(61);
+    assert_eq!(phase(&f), Phase::Aborted);
+    let message = f.status.message.clone().unwrap_or_default();
+    assert!(message.contains("waiting for node-02"), "{message}");
+    assert_eq!(f.running(&v1), 4, "back on stable (node-02 never left it)");
+    assert_eq!(f.loaded(&v2), 0);
+}

@@ -134,7 +134,14 @@ impl Machine<'_> {
             String::new()
         };
         let nodes = self.input.nodes.len();
-        if unsettled > 0 {
+        if nodes == 0 {
+            (
+                Phase::Healthy,
+                format!(
+                    "no node matches the node selector; nodes that do will get revision {stable}{held}"
+                ),
+            )
+        } else if unsettled > 0 {
             (
                 Phase::Progressing,
                 format!("moving {unsettled} of {nodes} nodes to revision {stable}{held}"),

@@ -76,6 +76,14 @@ fn commands_are_carried_out_once() {
     // No node selected: the rollout completes at once, then the promote has
     // nothing to act on.
     assert_eq!(out.status.phase, Some(Phase::Healthy));
+    assert!(
+        out.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("no node matches the node selector")),
+        "{:?}",
+        out.status.message
+    );
     let reasons: Vec<&str> = out.events.iter().map(|e| e.reason.as_str()).collect();
     assert!(reasons.contains(&"RolloutCompleted"), "{reasons:?}");
     let again = run(&s, &out.status, &[], &requests, 5).expect("run");
