@@ -15,7 +15,7 @@
 //! nodes, [`machine`] advances through the steps, [`analysis`] runs the
 //! analysis windows, [`nodes`] turns the placement into per-node actions and
 //! counts, [`history`] keeps the version registry and [`conditions`] the
-//! kstatus conditions; [`teardown`] unloads everything when the object is
+//! kstatus conditions; [`teardown()`] unloads everything when the object is
 //! deleted.
 
 pub mod analysis;

@@ -6,8 +6,8 @@
 //! under a candidate (instant rollback), the candidate is loaded everywhere
 //! during a blue-green preview, the retained previous revision stays loaded
 //! until `keepPreviousSeconds` ends, and anything else loaded is unloaded.
-//! At most `maxUnavailable` nodes (minus nodes already failing in the
-//! candidate set) are switched to the candidate at once, in canary order;
+//! At most `maxUnavailable` nodes (minus selected nodes already down or
+//! failing) are switched to the candidate at once, in canary order;
 //! moves back to stable are never limited. Frozen rollouts (held by a person
 //! or by `failurePolicy: Pause`) leave running nodes on what they run, except
 //! that a node outside the candidate set (the set shrinks when nodes leave)
@@ -189,11 +189,15 @@ fn switch_allowance<'a>(t: &Targets<'a>, nodes: &'a [NodeReport]) -> BTreeSet<&'
         return BTreeSet::new();
     }
     let report = |name: &str| nodes.iter().find(|n| n.node == name);
-    let unavailable = t
-        .candidate_nodes
+    // `maxUnavailable` counts every selected node that is down or failing
+    // (on the candidate or the stable revision), not only canaries.
+    let unavailable = nodes
         .iter()
-        .filter_map(|n| report(n))
-        .filter(|n| !n.reachable || n.failure(c).is_some())
+        .filter(|n| {
+            !n.reachable
+                || n.failure(c).is_some()
+                || t.stable.is_some_and(|s| n.failure(s).is_some())
+        })
         .count();
     let mut budget = if t.max_unavailable == usize::MAX {
         usize::MAX

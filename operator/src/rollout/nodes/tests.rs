@@ -188,3 +188,25 @@ fn failing_list_is_bounded() {
     assert_eq!(p.failing.len(), MAX_FAILING_NODES);
     assert_eq!(p.failing[0].node, "n00");
 }
+
+#[test]
+fn a_node_failing_stable_uses_the_budget_too() {
+    let mut broken = node("z", &[]);
+    broken.failures.push(NodeFailure {
+        revision: "s".into(),
+        reason: "AttachFailed".into(),
+        message: "no such tracepoint".into(),
+        at: time(1),
+    });
+    let nodes = [node("a", &[("s", true)]), node("b", &[("s", true)]), broken];
+    let mut t = targets(&["a", "b"]);
+    t.max_unavailable = 2;
+    let p = plan(&t, &nodes, &[], &[], &time(0));
+    let switching = p
+        .actions
+        .iter()
+        .filter(|a| a.kind == ActionKind::Activate)
+        .count();
+    assert_eq!(switching, 1);
+    assert!(kinds(&p, "z").is_empty(), "a failed load is not resent");
+}
