@@ -182,7 +182,7 @@ pub fn evaluate(
     candidate: &GroupFigures,
     baseline: &Baseline,
     traffic: bool,
-) -> Result<Measurement> {
+) -> Measurement {
     let mut out = Vec::new();
     let min_samples = u64::try_from(gates.min_samples.max(1)).unwrap_or(1);
     let max_failures = u64::try_from(gates.max_program_failures.max(0)).unwrap_or(0);
@@ -218,15 +218,26 @@ pub fn evaluate(
     }
 
     if let Some(q) = &gates.max_map_memory {
-        let max = parse_quantity(&q.0)?;
-        let threshold = format!("<= {}", format_bytes(max));
-        out.push(match candidate.max_map_memory {
-            None => no_data(GATE_MAP_MEMORY, "no map memory sample", threshold),
-            Some(mem) => GateResult {
+        out.push(match (parse_quantity(&q.0), candidate.max_map_memory) {
+            // A threshold nobody can meet fails the gate, with the reason:
+            // better than an analysis that errors on every reconcile.
+            (Err(e), mem) => GateResult {
+                gate: GATE_MAP_MEMORY.into(),
+                passed: false,
+                measured: mem.map_or_else(|| "no sample".into(), format_bytes),
+                threshold: q.0.clone(),
+                message: Some(e.to_string()),
+            },
+            (Ok(max), None) => no_data(
+                GATE_MAP_MEMORY,
+                "no map memory sample",
+                format!("<= {}", format_bytes(max)),
+            ),
+            (Ok(max), Some(mem)) => GateResult {
                 gate: GATE_MAP_MEMORY.into(),
                 passed: mem <= max,
                 measured: format_bytes(mem),
-                threshold,
+                threshold: format!("<= {}", format_bytes(max)),
                 message: None,
             },
         });
@@ -249,10 +260,10 @@ pub fn evaluate(
     } else {
         Outcome::Pass
     };
-    Ok(Measurement {
+    Measurement {
         outcome,
         gates: out,
-    })
+    }
 }
 
 fn error_rate_gate(

@@ -42,7 +42,7 @@ fn gate<'a>(m: &'a Measurement, name: &str) -> &'a GateResult {
 fn healthy_candidate_passes_every_gate() {
     let cand = GroupFigures::from_samples(&[sample(1000, 10, 20.0)], 0);
     let stable = GroupFigures::from_samples(&[sample(1000, 10, 20.0), sample(1000, 10, 20.0)], 0);
-    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true).expect("eval");
+    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true);
     assert_eq!(m.outcome, Outcome::Pass);
     assert_eq!(m.gates.len(), 5);
     assert!(m.gates.iter().all(|g| g.passed));
@@ -56,7 +56,7 @@ fn healthy_candidate_passes_every_gate() {
 fn error_rate_above_ratio_fails_with_figures() {
     let cand = GroupFigures::from_samples(&[sample(1000, 50, 20.0)], 0);
     let stable = GroupFigures::from_samples(&[sample(2000, 20, 20.0)], 0);
-    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true).expect("eval");
+    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true);
     assert_eq!(m.outcome, Outcome::Fail);
     let g = gate(&m, GATE_ERROR_RATE);
     assert!(!g.passed);
@@ -73,7 +73,7 @@ fn error_rate_at_exact_ratio_passes() {
         error_rate: Some(0.01 / 1.1),
         p99_ms: Some(20.0),
     };
-    let m = evaluate(&all_gates(), &cand, &base, true).expect("eval");
+    let m = evaluate(&all_gates(), &cand, &base, true);
     assert!(gate(&m, GATE_ERROR_RATE).passed, "{m:?}");
 }
 
@@ -81,7 +81,7 @@ fn error_rate_at_exact_ratio_passes() {
 fn p99_above_ratio_fails() {
     let cand = GroupFigures::from_samples(&[sample(1000, 10, 30.0)], 0);
     let stable = GroupFigures::from_samples(&[sample(1000, 10, 20.0)], 0);
-    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true).expect("eval");
+    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true);
     assert_eq!(m.outcome, Outcome::Fail);
     let g = gate(&m, GATE_P99);
     assert_eq!(g.measured, "30.0 ms");
@@ -99,7 +99,7 @@ fn p99_is_request_weighted_across_nodes() {
 fn too_few_samples_is_no_data_never_pass() {
     let cand = GroupFigures::from_samples(&[sample(99, 0, 20.0)], 0);
     let stable = GroupFigures::from_samples(&[sample(1000, 10, 20.0)], 0);
-    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true).expect("eval");
+    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true);
     assert_eq!(m.outcome, Outcome::NoData);
     let g = gate(&m, GATE_ERROR_RATE);
     assert!(!g.passed);
@@ -116,7 +116,7 @@ fn a_failure_outweighs_missing_data() {
     let mut s = sample(10, 0, 20.0);
     s.program_failures = 2;
     let cand = GroupFigures::from_samples(&[s], 0);
-    let m = evaluate(&all_gates(), &cand, &Baseline::default(), true).expect("eval");
+    let m = evaluate(&all_gates(), &cand, &Baseline::default(), true);
     assert_eq!(m.outcome, Outcome::Fail);
     assert_eq!(gate(&m, GATE_PROGRAM_FAILURES).measured, "2 failures");
 }
@@ -129,10 +129,10 @@ fn load_failures_count_as_program_failures() {
     gates.max_p99_latency_ratio = None;
     gates.max_cpu_overhead_percent = None;
     gates.max_map_memory = None;
-    let m = evaluate(&gates, &cand, &Baseline::default(), true).expect("eval");
+    let m = evaluate(&gates, &cand, &Baseline::default(), true);
     assert_eq!(m.outcome, Outcome::Fail);
     gates.max_program_failures = 1;
-    let m = evaluate(&gates, &cand, &Baseline::default(), true).expect("eval");
+    let m = evaluate(&gates, &cand, &Baseline::default(), true);
     assert_eq!(m.outcome, Outcome::Pass);
 }
 
@@ -143,8 +143,7 @@ fn no_candidate_node_is_no_data() {
         &GroupFigures::default(),
         &Baseline::default(),
         true,
-    )
-    .expect("eval");
+    );
     assert_eq!(m.outcome, Outcome::NoData);
 }
 
@@ -154,7 +153,7 @@ fn cpu_and_memory_over_budget_fail() {
     s.run_time_ns_delta = 800_000_000; // 2 % of 4 cores over 10 s
     s.map_memory_bytes = 5 << 20;
     let cand = GroupFigures::from_samples(&[s], 0);
-    let m = evaluate(&all_gates(), &cand, &Baseline::default(), false).expect("eval");
+    let m = evaluate(&all_gates(), &cand, &Baseline::default(), false);
     assert_eq!(m.outcome, Outcome::Fail);
     assert_eq!(gate(&m, GATE_CPU).measured, "2.00 %");
     assert!(!gate(&m, GATE_CPU).passed);
@@ -164,7 +163,7 @@ fn cpu_and_memory_over_budget_fail() {
 #[test]
 fn without_traffic_ratio_gates_are_left_out() {
     let cand = GroupFigures::from_samples(&[sample(0, 0, 0.0)], 0);
-    let m = evaluate(&all_gates(), &cand, &Baseline::default(), false).expect("eval");
+    let m = evaluate(&all_gates(), &cand, &Baseline::default(), false);
     assert_eq!(m.outcome, Outcome::Pass);
     assert!(
         m.gates
@@ -181,7 +180,7 @@ fn recorded_baseline_needs_no_sample_count() {
         error_rate: Some(0.01),
         p99_ms: Some(20.0),
     };
-    let m = evaluate(&all_gates(), &cand, &base, true).expect("eval");
+    let m = evaluate(&all_gates(), &cand, &base, true);
     assert_eq!(m.outcome, Outcome::Pass);
 }
 
@@ -196,7 +195,20 @@ fn quantities() {
     let mut gates = all_gates();
     gates.max_map_memory = Some(Quantity("lots".into()));
     let cand = GroupFigures::from_samples(&[sample(1, 0, 1.0)], 0);
-    assert!(evaluate(&gates, &cand, &Baseline::default(), false).is_err());
+    let m = evaluate(&gates, &cand, &Baseline::default(), false);
+    assert_eq!(
+        m.outcome,
+        Outcome::Fail,
+        "an impossible threshold fails the gate"
+    );
+    let g = gate(&m, GATE_MAP_MEMORY);
+    assert_eq!(g.threshold, "lots");
+    assert!(
+        g.message
+            .as_deref()
+            .is_some_and(|t| t.contains("invalid quantity"))
+    );
+    assert!(m.failed_summary().contains("mapMemory"));
 }
 
 #[test]

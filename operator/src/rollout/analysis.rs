@@ -75,7 +75,7 @@ pub fn run(
         });
     }
 
-    let m = measure(a, s, progress)?;
+    let m = measure(a, s, progress);
     progress.measurements = due;
     match m.outcome {
         Outcome::Pass => progress.consecutive_failures = 0,
@@ -122,7 +122,7 @@ pub fn run(
     Ok(result)
 }
 
-fn measure(a: &Analysis, s: &Subject<'_>, progress: &RolloutProgress) -> Result<Measurement> {
+fn measure(a: &Analysis, s: &Subject<'_>, progress: &RolloutProgress) -> Measurement {
     let on_candidate = |n: &&NodeReport| {
         n.reachable
             && if a.traffic {
