@@ -20,7 +20,6 @@ use bpfleet_api::program::{AnalysisResult, AnalysisVerdict, RolloutProgress};
 use super::NodeReport;
 use super::clock::time;
 use super::plan::Analysis;
-use crate::Result;
 use crate::gates::{self, Baseline, GroupFigures, Measurement, NO_DATA, Outcome};
 
 /// Where an analysis window stands after this call.
@@ -54,7 +53,7 @@ pub fn run(
     s: &Subject<'_>,
     progress: &mut RolloutProgress,
     last: &mut Option<AnalysisResult>,
-) -> Result<Verdict> {
+) -> Verdict {
     let total = a.measurements();
     let elapsed = (s.now - s.started).max(0);
     let due = i32::try_from(elapsed / a.interval)
@@ -67,12 +66,12 @@ pub fn run(
                 .as_ref()
                 .map(|r| describe_no_data(&r.gates))
                 .unwrap_or_default();
-            return Ok(Verdict::Inconclusive(text));
+            return Verdict::Inconclusive(text);
         }
         let next = s.started + i64::from(progress.measurements + 1) * a.interval;
-        return Ok(Verdict::Running {
+        return Verdict::Running {
             next_in: (next - s.now).max(1),
-        });
+        };
     }
 
     let m = measure(a, s, progress);
@@ -119,7 +118,7 @@ pub fn run(
         gates: m.gates,
         finished_at: (verdict != AnalysisVerdict::Running).then(|| time(s.now)),
     });
-    Ok(result)
+    result
 }
 
 fn measure(a: &Analysis, s: &Subject<'_>, progress: &RolloutProgress) -> Measurement {
@@ -231,7 +230,7 @@ mod tests {
             now,
             started: 100,
         };
-        run(&window(), &subject, progress, last).expect("analysis")
+        run(&window(), &subject, progress, last)
     }
 
     #[test]
@@ -330,10 +329,7 @@ mod tests {
             started: 100,
         };
         let (mut p, mut last) = (RolloutProgress::default(), None);
-        assert_eq!(
-            run(&window(), &subject, &mut p, &mut last).expect("run"),
-            Verdict::Passed
-        );
+        assert_eq!(run(&window(), &subject, &mut p, &mut last), Verdict::Passed);
         let names: Vec<String> = last
             .expect("result")
             .gates

@@ -31,7 +31,7 @@ pub fn reconcile(input: &Input<'_>) -> Result<Output> {
     m.choose_candidate();
     m.drop_stale_failures();
     m.retention();
-    m.advance()?;
+    m.advance();
     Ok(m.finish())
 }
 

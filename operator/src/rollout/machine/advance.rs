@@ -4,7 +4,6 @@
 use bpfleet_api::program::{AnalysisVerdict, Phase, RevisionOutcome};
 
 use super::{Machine, StepState};
-use crate::Result;
 use crate::rollout::analysis::{self, Subject, Verdict, stable_figures};
 use crate::rollout::clock::{secs, time};
 use crate::rollout::history;
@@ -24,15 +23,15 @@ impl<'a> Machine<'a> {
         )
     }
 
-    pub(super) fn advance(&mut self) -> Result<()> {
+    pub(super) fn advance(&mut self) {
         let Some(c) = self.status.candidate_revision.clone() else {
-            return Ok(());
+            return;
         };
         if self.failure_hold {
             if !self.promote {
                 self.phase = Some(Phase::Aborted);
                 self.message = self.input.status.message.clone();
-                return Ok(());
+                return;
             }
             self.promote = false;
             self.failure_hold = false;
@@ -62,7 +61,7 @@ impl<'a> Machine<'a> {
             } else {
                 "held by a pause request".into()
             });
-            return Ok(());
+            return;
         }
         let failed: Vec<_> = self
             .nodes
@@ -80,7 +79,7 @@ impl<'a> Machine<'a> {
                 f.message
             );
             self.fail("ProgramLoadFailed", text);
-            return Ok(());
+            return;
         }
         // Each pass either returns or moves one step on: bounded by the plan.
         for _ in 0..=self.plan.len() {
@@ -90,7 +89,7 @@ impl<'a> Machine<'a> {
                 let waiting = waiting_for(&c, &everyone, &self.nodes, false);
                 if waiting.is_empty() {
                     self.complete(&c);
-                    return Ok(());
+                    return;
                 }
                 self.wait_on_nodes(
                     &c,
@@ -102,7 +101,7 @@ impl<'a> Machine<'a> {
                     ),
                 )
             } else {
-                self.eval_step(index, &c)?
+                self.eval_step(index, &c)
             };
             match state {
                 StepState::Done => self.next_step(),
@@ -116,18 +115,17 @@ impl<'a> Machine<'a> {
                     if let Some(n) = next_in {
                         self.want_again(n);
                     }
-                    return Ok(());
+                    return;
                 }
                 StepState::Failed { reason, message } => {
                     self.fail(reason, message);
-                    return Ok(());
+                    return;
                 }
             }
         }
-        Ok(())
     }
 
-    fn eval_step(&mut self, index: usize, c: &str) -> Result<StepState> {
+    fn eval_step(&mut self, index: usize, c: &str) -> StepState {
         let started = self
             .progress
             .step_started_at
@@ -207,7 +205,7 @@ impl<'a> Machine<'a> {
                     started,
                 };
                 let mut last = self.status.last_analysis.take();
-                let verdict = analysis::run(&a, &subject, &mut self.progress, &mut last)?;
+                let verdict = analysis::run(&a, &subject, &mut self.progress, &mut last);
                 self.status.last_analysis = last;
                 match verdict {
                     Verdict::Running { next_in } => StepState::Wait {
@@ -251,7 +249,7 @@ impl<'a> Machine<'a> {
                 }
             }
         };
-        Ok(state)
+        state
     }
 
     /// The last analysis of `c` ended inconclusive.
