@@ -132,7 +132,7 @@ impl<'a> Machine<'a> {
             .as_ref()
             .map_or(self.now, secs);
         let step = self.plan.steps[index].clone();
-        let state = match step {
+        match step {
             Step::SetPercent(_) | Step::ActivateAll => {
                 let set = self.candidate_set(index);
                 let waiting = waiting_for(c, &set, &self.nodes, false);
@@ -248,8 +248,7 @@ impl<'a> Machine<'a> {
                     }
                 }
             }
-        };
-        state
+        }
     }
 
     /// The last analysis of `c` ended inconclusive.
