@@ -14,7 +14,7 @@
 //! returns to stable: no step ever has more candidate nodes than it allows. Nodes
 //! whose agent is unreachable get nothing; departed nodes only get `Unload`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bpfleet_api::program::{FailingNode, NodeCounts};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -70,10 +70,11 @@ pub fn plan(
 ) -> NodePlan {
     let mut out = NodePlan::default();
     let switching = switch_allowance(t, nodes);
+    let candidate_set: BTreeSet<&str> = t.candidate_nodes.iter().copied().collect();
 
     let mut failing = Vec::new();
     for node in nodes {
-        let in_set = t.candidate.is_some() && t.candidate_nodes.contains(&node.node.as_str());
+        let in_set = t.candidate.is_some() && candidate_set.contains(node.node.as_str());
         let mut active = match t.candidate {
             Some(c)
                 if in_set
@@ -188,7 +189,8 @@ fn switch_allowance<'a>(t: &Targets<'a>, nodes: &'a [NodeReport]) -> BTreeSet<&'
     if t.freeze != Freeze::None {
         return BTreeSet::new();
     }
-    let report = |name: &str| nodes.iter().find(|n| n.node == name);
+    let by_name: BTreeMap<&str, &NodeReport> = nodes.iter().map(|n| (n.node.as_str(), n)).collect();
+    let report = |name: &str| by_name.get(name).copied();
     // `maxUnavailable` counts every selected node that is down or failing
     // (on the candidate or the stable revision), not only canaries.
     let unavailable = nodes
@@ -227,12 +229,13 @@ pub fn waiting_for(
     all_nodes: &[NodeReport],
     loaded_only: bool,
 ) -> Vec<String> {
+    let wanted: BTreeSet<&str> = candidate_nodes.iter().copied().collect();
     let set: Vec<&NodeReport> = if loaded_only {
         all_nodes.iter().collect()
     } else {
         all_nodes
             .iter()
-            .filter(|n| candidate_nodes.contains(&n.node.as_str()))
+            .filter(|n| wanted.contains(n.node.as_str()))
             .collect()
     };
     set.into_iter()

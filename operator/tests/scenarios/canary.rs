@@ -340,3 +340,33 @@ fn a_held_rollout_never_exceeds_its_share_when_nodes_leave() {
     assert_eq!(f.running(&v1), 1);
     assert_eq!(phase(&f), Phase::Paused);
 }
+
+#[test]
+fn a_thousand_nodes_canary_respects_share_and_max_unavailable() {
+    let (mut f, v1) = stable_fleet(1000);
+    f.apply(spec(
+        "v2",
+        canary(50, vec![percent(10), pause(Some("30s")), percent(100)]),
+    ));
+    let v2 = f.revision();
+    let mut ticks = 0;
+    while f.status.stable_revision.as_deref() != Some(v2.as_str()) {
+        let before = f.running(&v2);
+        let out = f.tick(10);
+        let switched = out
+            .actions
+            .iter()
+            .filter(|a| a.kind == ActionKind::Activate)
+            .count();
+        assert!(switched <= 50, "{switched} switched at once");
+        if f.status.current_step_index == Some(0) {
+            assert!(f.running(&v2) <= 100);
+        }
+        assert!(f.running(&v2) >= before, "never backwards");
+        ticks += 1;
+        assert!(ticks < 40, "stuck: {:?}", f.status.message);
+    }
+    assert_eq!(f.running(&v2), 1000);
+    assert_eq!(f.loaded(&v1), 0);
+    assert_eq!(f.status.node_summary.as_deref(), Some("1000/1000"));
+}
