@@ -236,13 +236,17 @@ impl<'a> Machine<'a> {
         );
     }
 
-    /// The spec's revision was aborted or undone and not retried since.
+    /// The spec's revision was aborted or undone, and neither retried nor
+    /// applied anew since: a spec that moves to another revision and back
+    /// (the last status names another current revision) is a fresh attempt.
     fn blocked(&self) -> bool {
+        let rev = Some(self.revision.as_str());
         matches!(
             history::outcome(&self.status.history, &self.revision),
             Some(RevisionOutcome::Aborted | RevisionOutcome::RolledBack)
-        ) && self.status.candidate_revision.as_deref() != Some(self.revision.as_str())
-            && self.status.stable_revision.as_deref() != Some(self.revision.as_str())
+        ) && self.input.status.current_revision.as_deref() == rev
+            && self.status.candidate_revision.as_deref() != rev
+            && self.status.stable_revision.as_deref() != rev
     }
 
     /// `spec.paused` and pause requests; held time is given back on resume.

@@ -370,3 +370,24 @@ fn a_thousand_nodes_canary_respects_share_and_max_unavailable() {
     assert_eq!(f.loaded(&v1), 0);
     assert_eq!(f.status.node_summary.as_deref(), Some("1000/1000"));
 }
+
+#[test]
+fn an_aborted_revision_applied_again_after_another_is_a_fresh_attempt() {
+    let (mut f, v1, _v2) = failing_canary(FailurePolicy::Rollback);
+    f.tick(10);
+    assert_eq!(phase(&f), Phase::Aborted);
+    let aborted = f.spec.clone();
+    // Re-applying the very same spec changes nothing.
+    f.apply(aborted.clone());
+    assert!(f.tick(1).events.is_empty());
+    assert_eq!(phase(&f), Phase::Aborted);
+    // Back to v1, then v2 again: a new attempt.
+    f.apply(spec("v1", immediate()));
+    f.settle(1, 3);
+    assert_eq!(phase(&f), Phase::Healthy);
+    assert_eq!(f.status.current_revision.as_deref(), Some(v1.as_str()));
+    f.apply(aborted);
+    f.tick(1);
+    assert_eq!(phase(&f), Phase::Progressing);
+    assert_eq!(f.event_count("RolloutStarted"), 3, "v1, v2, v2 again");
+}
