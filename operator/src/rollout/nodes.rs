@@ -56,7 +56,8 @@ pub struct NodePlan {
     pub actions: Vec<NodeAction>,
     pub counts: NodeCounts,
     pub failing: Vec<FailingNode>,
-    /// Nodes whose active revision is not their target yet.
+    /// Reachable, non-failing nodes whose active revision is not their
+    /// target yet (failing ones are counted in `counts.failed` instead).
     pub unsettled: usize,
 }
 
@@ -133,7 +134,7 @@ pub fn plan(
             out.counts.updated += 1;
         }
         let settled = node.active() == active;
-        if !settled {
+        if !settled && node.reachable && failure.is_none() {
             out.unsettled += 1;
         }
         if node.reachable && failure.is_none() && settled {

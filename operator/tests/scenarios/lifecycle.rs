@@ -304,3 +304,31 @@ fn an_unreachable_agent_is_reported_and_the_deadline_decides() {
     assert_eq!(f.running(&v1), 4, "back on stable (node-02 never left it)");
     assert_eq!(f.loaded(&v2), 0);
 }
+
+#[test]
+fn a_node_that_cannot_run_stable_makes_the_program_degraded() {
+    let (mut f, v1) = stable_fleet(3);
+    assert_eq!(f.condition("Ready"), "True");
+    f.broken.insert(v1.clone(), "AttachFailed".into());
+    f.join("node-old-kernel");
+    f.tick(1);
+    f.tick(1);
+    assert_eq!(phase(&f), Phase::Degraded);
+    assert_eq!(f.condition("Degraded"), "True");
+    assert_eq!(f.condition("Ready"), "False");
+    assert_eq!(f.status.nodes.failed, 1);
+    assert_eq!(f.status.failing_nodes[0].node, "node-old-kernel");
+    assert!(
+        f.status
+            .message
+            .clone()
+            .unwrap_or_default()
+            .contains("1 of 4 nodes fail")
+    );
+    // Not resent on every reconcile, and quiet.
+    let out = f.tick(30);
+    assert!(out.actions.is_empty() && out.events.is_empty());
+    f.leave("node-old-kernel");
+    f.settle(1, 3);
+    assert_eq!(phase(&f), Phase::Healthy);
+}
