@@ -49,6 +49,8 @@ enum Op {
     NewRevision(u8),
     Undo(u8),
     BreakNext,
+    /// Node index, and whether its agent answers.
+    Reachable(u8, bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -64,6 +66,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<u8>().prop_map(Op::NewRevision),
         1 => any::<u8>().prop_map(Op::Undo),
         1 => Just(Op::BreakNext),
+        1 => (any::<u8>(), any::<bool>()).prop_map(|(n, r)| Op::Reachable(n, r)),
     ]
 }
 
@@ -128,6 +131,12 @@ fn apply(f: &mut Fleet, op: &Op, serial: &mut u32) {
                 f.command(CommandKind::Undo { revision });
             }
         }
+        Op::Reachable(n, reachable) => {
+            let len = f.nodes.len();
+            if let Some(node) = f.nodes.values_mut().nth(usize::from(*n) % len.max(1)) {
+                node.reachable = *reachable;
+            }
+        }
         Op::BreakNext => {
             let next = spec(&format!("v{}", *serial + 1), immediate());
             let rev = bpfleet_operator::revision::revision_id(&next).expect("id");
@@ -169,15 +178,19 @@ fn check_invariants(
                     "{switching} nodes switched at once, maxUnavailable {max_unavailable}"
                 );
             }
+            let running = f
+                .nodes
+                .values()
+                .filter(|n| n.reachable && n.active.as_deref() == Some(c.as_str()))
+                .count();
             assert!(
-                f.running(c) <= allowed,
-                "{} nodes run the candidate, step {index} allows {allowed}: {:?}",
-                f.running(c),
+                running <= allowed,
+                "{running} reachable nodes run the candidate, step {index} allows {allowed}: {:?}",
                 st.message
             );
         }
         (None, stable) => {
-            for (name, node) in &f.nodes {
+            for (name, node) in f.nodes.iter().filter(|(_, n)| n.reachable) {
                 assert!(
                     node.active.is_none() || node.active == *stable,
                     "{name} runs {:?} with no rollout, stable {stable:?}, phase {:?}",
@@ -192,7 +205,9 @@ fn check_invariants(
         assert!(
             f.nodes
                 .values()
-                .all(|n| n.active.is_none() || n.active == stable)
+                .filter(|n| n.reachable)
+                .all(|n| n.active.is_none() || n.active == stable),
+            "after an abort every reachable node runs stable {stable:?}"
         );
     }
 }
