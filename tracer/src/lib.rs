@@ -8,6 +8,44 @@
 //! program and hands the pinned ring buffer to a [`pipeline::Pipeline`];
 //! [`standalone`] loads and attaches it directly, for tests and benchmarks.
 
+/// Every program of the tracer object with the tracepoint it attaches to,
+/// as a TracerProgram (or an agent Load request) lists them.
+pub const PROGRAMS: [(&str, &str); 23] = [
+    ("enter_read", "syscalls/sys_enter_read"),
+    ("exit_read", "syscalls/sys_exit_read"),
+    ("enter_readv", "syscalls/sys_enter_readv"),
+    ("exit_readv", "syscalls/sys_exit_readv"),
+    ("enter_recvfrom", "syscalls/sys_enter_recvfrom"),
+    ("exit_recvfrom", "syscalls/sys_exit_recvfrom"),
+    ("enter_recvmsg", "syscalls/sys_enter_recvmsg"),
+    ("exit_recvmsg", "syscalls/sys_exit_recvmsg"),
+    ("enter_write", "syscalls/sys_enter_write"),
+    ("exit_write", "syscalls/sys_exit_write"),
+    ("enter_writev", "syscalls/sys_enter_writev"),
+    ("exit_writev", "syscalls/sys_exit_writev"),
+    ("enter_sendto", "syscalls/sys_enter_sendto"),
+    ("exit_sendto", "syscalls/sys_exit_sendto"),
+    ("enter_sendmsg", "syscalls/sys_enter_sendmsg"),
+    ("exit_sendmsg", "syscalls/sys_exit_sendmsg"),
+    ("enter_accept", "syscalls/sys_enter_accept"),
+    ("exit_accept", "syscalls/sys_exit_accept"),
+    ("enter_accept4", "syscalls/sys_enter_accept4"),
+    ("exit_accept4", "syscalls/sys_exit_accept4"),
+    ("enter_connect", "syscalls/sys_enter_connect"),
+    ("exit_connect", "syscalls/sys_exit_connect"),
+    ("enter_close", "syscalls/sys_enter_close"),
+];
+
+/// Maps that must be shared by every revision so a switch neither drops nor
+/// doubles a syscall, and the reader keeps one ring buffer.
+pub const PERSISTENT_MAPS: [&str; 5] = [
+    "http_args",
+    "http_conns",
+    "http_events",
+    "http_lost",
+    "http_ports",
+];
+
 pub mod event;
 pub mod pipeline;
 pub mod standalone;

@@ -1,0 +1,229 @@
+//! The tracer as bpfleet runs it: loaded by the real node agent as a
+//! managed program in two revisions with shared maps, switched back and
+//! forth through the gate while a client keeps sending requests. Every
+//! request must be reported exactly once on each side — none lost in a
+//! switch, none seen by both revisions. Needs root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use bpfleet_agent::{Agent, Config};
+use bpfleet_httptrace::Role;
+use bpfleet_httptrace::redact::Redactor;
+use bpfleet_proto::v1::{self as pb, HookKind, load_request::Source};
+use bpfleet_tracer::event::config;
+use bpfleet_tracer::pipeline::{Pipeline, Traced};
+use bpfleet_tracer::{PERSISTENT_MAPS, PROGRAMS};
+use common::TestServer;
+use libbpf_rs::{MapCore, MapFlags, MapHandle, RingBufferBuilder};
+use sha2::Digest;
+
+const PROGRAM: &str = "http-tracer";
+
+/// A pin root of its own, removed (after the agent unloads) on drop.
+struct Root {
+    path: PathBuf,
+    _scratch: tempfile::TempDir,
+    agent: Option<Agent>,
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        if let Some(agent) = self.agent.as_mut() {
+            // Everything the program has, whatever state a failure left.
+            let _ = agent.unload(PROGRAM, "", "test");
+        }
+        self.agent = None;
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn load_request(revision: &str) -> pb::LoadRequest {
+    let obj = bpfleet_bpf::HTTP_TRACER;
+    pb::LoadRequest {
+        program: PROGRAM.into(),
+        revision: revision.into(),
+        source: Some(Source::Object(obj.to_vec())),
+        sha256: hex::encode(sha2::Sha256::digest(obj)),
+        entries: PROGRAMS
+            .iter()
+            .map(|(name, tp)| pb::ProgramEntry {
+                bpf_program: name.to_string(),
+                hook: HookKind::Tracepoint as i32,
+                target: tp.to_string(),
+                pid: 0,
+            })
+            .collect(),
+        persistent_maps: PERSISTENT_MAPS.iter().map(|m| m.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn write_map(agent: &mut Agent, map: &str, key: Vec<u8>, value: Vec<u8>) {
+    agent
+        .update_config(
+            &pb::UpdateConfigRequest {
+                program: PROGRAM.into(),
+                map: map.into(),
+                entries: vec![pb::ConfigEntry { key, value }],
+            },
+            "test",
+        )
+        .expect("config written");
+}
+
+/// Sends GET /ok on keep-alive connections until stopped, counting the
+/// responses that came back in `sent`.
+fn client(port: u16, stop: &AtomicBool, sent: &AtomicU64) {
+    let mut buf = [0u8; 1024];
+    while !stop.load(Ordering::Relaxed) {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        for _ in 0..50 {
+            c.write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            let mut got = 0;
+            while got < 43 {
+                let n = c.read(&mut buf).unwrap();
+                assert!(n > 0, "server closed");
+                got += n;
+            }
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[test]
+fn switching_revisions_loses_and_doubles_nothing() {
+    let path = PathBuf::from(format!(
+        "/sys/fs/bpf/bpfleet-test-tracer-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(&path).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut cfg = Config::new(&path, scratch.path().join("state.json"));
+    cfg.allow_unsigned = true;
+    let mut root = Root {
+        path: path.clone(),
+        _scratch: scratch,
+        agent: None,
+    };
+    root.agent = Some(Agent::new(cfg).expect("agent starts (run as root)"));
+    let agent = root.agent.as_mut().unwrap();
+
+    let server = TestServer::start();
+    agent.load(load_request("r1"), "test").expect("r1 loads");
+    agent.load(load_request("r2"), "test").expect("r2 loads");
+    write_map(
+        agent,
+        "http_ports",
+        server.port.to_ne_bytes().to_vec(),
+        vec![1],
+    );
+    write_map(
+        agent,
+        "",
+        config::PORT_FILTER.to_ne_bytes().to_vec(),
+        1u64.to_ne_bytes().to_vec(),
+    );
+    agent.activate(PROGRAM, "r1", "test").expect("r1 active");
+
+    let events = MapHandle::from_pinned_path(path.join(PROGRAM).join("_map_http_events"))
+        .expect("shared ring buffer pinned");
+    let lost = MapHandle::from_pinned_path(path.join(PROGRAM).join("_map_http_lost")).unwrap();
+
+    let stop_client = AtomicBool::new(false);
+    let stop_reader = AtomicBool::new(false);
+    let sent = AtomicU64::new(0);
+    let mut pipeline = Pipeline::new(Arc::new(Redactor::builtin()), 1024);
+    let mut got: Vec<Traced> = Vec::new();
+    let mut switches = 0;
+    thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut b = RingBufferBuilder::new();
+            b.add(&events, |raw: &[u8]| {
+                pipeline.handle_raw(raw, &mut got);
+                0
+            })
+            .unwrap();
+            let rb = b.build().unwrap();
+            while !stop_reader.load(Ordering::Relaxed) {
+                rb.poll(Duration::from_millis(20)).unwrap();
+                rb.consume().unwrap();
+            }
+            rb.consume().unwrap();
+        });
+        let traffic = s.spawn(|| client(server.port, &stop_client, &sent));
+        for to in ["r2", "r1", "r2", "r1", "r2", "r1"] {
+            thread::sleep(Duration::from_millis(150));
+            if to == "r1" {
+                agent.rollback(PROGRAM, "r1", "test").expect("rollback");
+            } else {
+                agent.activate(PROGRAM, to, "test").expect("activate");
+            }
+            switches += 1;
+        }
+        thread::sleep(Duration::from_millis(150));
+        stop_client.store(true, Ordering::Relaxed);
+        traffic.join().unwrap();
+        thread::sleep(Duration::from_millis(300));
+        stop_reader.store(true, Ordering::Relaxed);
+        reader.join().unwrap();
+    });
+    let sent = sent.load(Ordering::Relaxed);
+    let server_side = got
+        .iter()
+        .filter(|t| t.exchange.role == Role::Server && t.exchange.status == Some(200))
+        .count() as u64;
+    let client_side = got
+        .iter()
+        .filter(|t| t.exchange.role == Role::Client && t.exchange.status == Some(200))
+        .count() as u64;
+    assert!(sent > 500, "too little traffic to mean anything: {sent}");
+    assert_eq!(switches, 6);
+    assert_eq!(server_side, sent, "server side: every request once");
+    assert_eq!(client_side, sent, "client side: every request once");
+    let dropped: u64 = lost
+        .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .unwrap()
+        .unwrap_or_default()
+        .iter()
+        .map(|v| u64::from_ne_bytes(v[..8].try_into().unwrap()))
+        .sum();
+    assert_eq!(dropped, 0);
+    assert_eq!(pipeline.health().malformed, 0);
+    drop(events);
+    drop(lost);
+
+    // Unloading the inactive revision, then the whole program, leaves
+    // nothing pinned.
+    let agent = root.agent.as_mut().unwrap();
+    agent.unload(PROGRAM, "r2", "test").expect("unload r2");
+    agent
+        .unload(PROGRAM, "", "test")
+        .expect("unload the program");
+    let left: Vec<_> = walkdir(&path);
+    assert!(left.is_empty(), "pins left: {left:?}");
+}
+
+fn walkdir(p: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                out.extend(walkdir(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
