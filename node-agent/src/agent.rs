@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::hooks::{self, NodeSupport, check_caps, hook_from_i32, switch_method};
 use crate::kernel::{self, CONFIG_MAP, ERRORS_MAP, GATE_MAP, hook_of};
 use crate::names::check_name;
-use crate::state::{EntryState, ProgramState, RevisionState, SharedLink, StateFile};
+use crate::state::{EntryState, Persister, ProgramState, RevisionState, SharedLink, StateFile};
 use crate::trust::{Verifiers, check_digest};
 
 /// Most entries one revision may declare.
@@ -112,6 +112,7 @@ pub struct Agent {
     audit: Audit,
     stats_fd: Option<OwnedFd>,
     problems: Vec<String>,
+    persister: Persister,
 }
 
 impl std::fmt::Debug for Agent {
@@ -146,6 +147,7 @@ impl Agent {
         } else {
             None
         };
+        let cfg_state_file = cfg.state_file.clone();
         let mut agent = Self {
             cfg,
             verifiers,
@@ -155,6 +157,7 @@ impl Agent {
             audit,
             stats_fd,
             problems: Vec::new(),
+            persister: Persister::new(cfg_state_file)?,
         };
         agent.adopt();
         agent.save()?;
@@ -166,8 +169,12 @@ impl Agent {
         &self.cfg
     }
 
-    fn save(&self) -> Result<()> {
-        self.state.write(&self.cfg.state_file)
+    fn save(&mut self) -> Result<()> {
+        self.persister.save_now(&self.state)
+    }
+
+    fn save_soon(&mut self) {
+        self.persister.save_soon(&self.state);
     }
 
     fn prog_dir(&self, program: &str) -> PathBuf {
@@ -704,7 +711,7 @@ impl Agent {
                 p.history.truncate(pos);
             }
         }
-        self.save()?;
+        self.save_soon();
         Ok(res)
     }
 
@@ -804,7 +811,7 @@ impl Agent {
             }
         }
         p.active = Some(revision.to_string());
-        self.save()?;
+        self.save_soon();
         Ok(Switched {
             active: revision.to_string(),
             previous,

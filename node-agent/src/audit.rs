@@ -33,20 +33,25 @@ pub struct Record<'a> {
 #[derive(Debug, Default)]
 pub struct Audit {
     path: Option<PathBuf>,
+    file: Option<std::fs::File>,
 }
 
 impl Audit {
     /// Audit into `path` (created if missing).
     pub fn new(path: Option<&Path>) -> Result<Self> {
-        if let Some(p) = path {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| Error::io(format!("opening audit log {}", p.display()), e))?;
-        }
+        let file = match path {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| Error::io(format!("opening audit log {}", p.display()), e))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             path: path.map(Path::to_path_buf),
+            file,
         })
     }
 
@@ -60,7 +65,9 @@ impl Audit {
         result: &str,
         detail: &str,
     ) {
-        let Some(path) = &self.path else { return };
+        let (Some(path), Some(mut file)) = (&self.path, self.file.as_ref()) else {
+            return;
+        };
         let rec = Record {
             ts_ms: now_ms(),
             actor,
@@ -74,11 +81,8 @@ impl Audit {
             return;
         };
         line.push(b'\n');
-        let res = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .and_then(|mut f| f.write_all(&line));
-        if let Err(e) = res {
+        // One write(2) of a whole line on an O_APPEND file: lines never interleave.
+        if let Err(e) = file.write_all(&line) {
             tracing::error!(error = %e, path = %path.display(), "audit write failed");
         }
     }

@@ -175,10 +175,150 @@ mod tests {
     }
 
     #[test]
+    fn persister_never_lets_an_older_snapshot_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut p = Persister::new(path.clone()).unwrap();
+        let snap = |active: &str| {
+            let mut s = StateFile {
+                version: STATE_VERSION,
+                ..Default::default()
+            };
+            s.programs.insert(
+                "p".into(),
+                ProgramState {
+                    active: Some(active.into()),
+                    ..Default::default()
+                },
+            );
+            s
+        };
+        for i in 0..200 {
+            p.save_soon(&snap(&format!("soon{i}")));
+        }
+        p.save_now(&snap("now")).unwrap();
+        p.save_soon(&snap("last"));
+        drop(p);
+        let s = StateFile::read(&path).unwrap();
+        assert_eq!(s.programs["p"].active.as_deref(), Some("last"));
+    }
+
+    #[test]
     fn corrupt_state_is_an_error_not_an_empty_state() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         std::fs::write(&path, b"{not json").unwrap();
         assert!(StateFile::read(&path).is_err());
+    }
+}
+
+/// Writes the state file, either at once (load, unload: the caller waits
+/// until the pins it made are on record) or soon, on a background thread
+/// (activate, rollback: the kernel's gate and links are the truth for what
+/// is active and the agent reconciles with them on start, so the file may
+/// trail by one write without harm, and a switch stays in microseconds).
+/// A stale snapshot never overwrites a newer one.
+pub struct Persister {
+    path: PathBuf,
+    shared: std::sync::Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    generation: u64,
+}
+
+struct Shared {
+    pending: std::sync::Mutex<Pending>,
+    wake: std::sync::Condvar,
+    /// Generation on disk; held while writing.
+    written: std::sync::Mutex<u64>,
+}
+
+#[derive(Default)]
+struct Pending {
+    next: Option<(u64, StateFile)>,
+    stop: bool,
+}
+
+impl Persister {
+    /// A persister for `path` with its writer thread.
+    pub fn new(path: PathBuf) -> Result<Self> {
+        let shared = std::sync::Arc::new(Shared {
+            pending: std::sync::Mutex::new(Pending::default()),
+            wake: std::sync::Condvar::new(),
+            written: std::sync::Mutex::new(0),
+        });
+        let (p, s) = (path.clone(), shared.clone());
+        let thread = std::thread::Builder::new()
+            .name("bpfleet-state".into())
+            .spawn(move || writer(&p, &s))
+            .map_err(|e| Error::io("starting the state writer", e))?;
+        Ok(Self {
+            path,
+            shared,
+            thread: Some(thread),
+            generation: 0,
+        })
+    }
+
+    /// Writes `state` now.
+    pub fn save_now(&mut self, state: &StateFile) -> Result<()> {
+        self.generation += 1;
+        write_if_newer(&self.path, &self.shared, self.generation, state)
+    }
+
+    /// Has `state` written soon.
+    pub fn save_soon(&mut self, state: &StateFile) {
+        self.generation += 1;
+        if let Ok(mut p) = self.shared.pending.lock() {
+            p.next = Some((self.generation, state.clone()));
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+fn write_if_newer(path: &Path, shared: &Shared, generation: u64, state: &StateFile) -> Result<()> {
+    let mut written = shared
+        .written
+        .lock()
+        .map_err(|_| Error::Precondition("state writer lock poisoned".into()))?;
+    if generation > *written {
+        state.write(path)?;
+        *written = generation;
+    }
+    Ok(())
+}
+
+fn writer(path: &Path, shared: &Shared) {
+    loop {
+        let next = {
+            let Ok(mut p) = shared.pending.lock() else {
+                return;
+            };
+            while p.next.is_none() && !p.stop {
+                p = match shared.wake.wait(p) {
+                    Ok(p) => p,
+                    Err(_) => return,
+                };
+            }
+            match p.next.take() {
+                Some(n) => n,
+                None => return,
+            }
+        };
+        if let Err(e) = write_if_newer(path, shared, next.0, &next.1) {
+            tracing::error!(error = %e, "writing the state file failed");
+        }
+    }
+}
+
+impl Drop for Persister {
+    /// Flushes what is pending, then stops the writer.
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.shared.pending.lock() {
+            p.stop = true;
+            self.shared.wake.notify_one();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
