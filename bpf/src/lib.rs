@@ -40,6 +40,15 @@ object!(
     XDPCOUNT_V2, "xdpcount_v2.bpf.o"
 );
 object!(
+    /// tcx ingress program `tc_count`: counts EtherType 0x88b5 frames into
+    /// slot 0 of the map `tcpkts` (slot 3: total). Switched by link update.
+    TCCOUNT_V1, "tccount_v1.bpf.o"
+);
+object!(
+    /// Like [`TCCOUNT_V1`] but counts into slot 1.
+    TCCOUNT_V2, "tccount_v2.bpf.o"
+);
+object!(
     /// A kprobe program (`on_open`), for the "unsupported on this node" path.
     KPROBE_PROBE, "kprobe_probe.bpf.o"
 );
@@ -69,6 +78,8 @@ mod tests {
             SYSCOUNT_RAW,
             XDPCOUNT_V1,
             XDPCOUNT_V2,
+            TCCOUNT_V1,
+            TCCOUNT_V2,
             KPROBE_PROBE,
             HTTP_TRACER,
         ] {

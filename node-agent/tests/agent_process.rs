@@ -370,3 +370,84 @@ async fn malformed_grpc_requests_get_status_codes_not_panics() {
     .unwrap();
     assert!(root.pins().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcx_switch_under_traffic_keeps_one_link() {
+    let root = PinRoot::new("tcx");
+    let ns = Netns::new("tcx");
+    let tcpkts = root.path.join("tccount/_map_tcpkts");
+    let agent = AgentProc::start(&root, Some(&ns), &["--allow-unsigned"]);
+    let mut c = agent.client().await;
+    let tc = |rev: &str, obj: &[u8]| {
+        load_req(
+            "tccount",
+            rev,
+            obj,
+            vec![entry("tc_count", HookKind::TcxIngress, "veth1")],
+            &["tcpkts"],
+        )
+    };
+    c.load(tc("v1", objs::TCCOUNT_V1)).await.unwrap();
+    c.load(tc("v2", objs::TCCOUNT_V2)).await.unwrap();
+    c.activate(pb::ActivateRequest {
+        program: "tccount".into(),
+        revision: "v1".into(),
+    })
+    .await
+    .unwrap();
+    ns.send_frames(400);
+    assert_eq!(slots(&tcpkts), [400, 0, 0, 400]);
+    let link_before = link_of(&mut c, "tccount").await;
+
+    let path = ns.path();
+    let sender = std::thread::spawn(move || send_frames_in(&path, 10_000));
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    c.activate(pb::ActivateRequest {
+        program: "tccount".into(),
+        revision: "v2".into(),
+    })
+    .await
+    .unwrap();
+    let sent = sender.join().unwrap();
+    let p = slots(&tcpkts);
+    assert_eq!(p[0] + p[1], 400 + sent, "lost or doubled frames: {p:?}");
+    assert!(
+        p[0] > 400 && p[1] > 0,
+        "switch did not happen under traffic: {p:?}"
+    );
+    let link_after = link_of(&mut c, "tccount").await;
+    assert_eq!(link_before.0, link_after.0);
+    assert_ne!(link_before.1, link_after.1);
+
+    c.rollback(pb::RollbackRequest {
+        program: "tccount".into(),
+        to_revision: "v1".into(),
+    })
+    .await
+    .unwrap();
+    let before = slots(&tcpkts);
+    ns.send_frames(100);
+    assert_eq!(slots(&tcpkts)[0], before[0] + 100);
+    // The active revision cannot be unloaded alone; the inactive one can.
+    let e = c
+        .unload(pb::UnloadRequest {
+            program: "tccount".into(),
+            revision: "v1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    c.unload(pb::UnloadRequest {
+        program: "tccount".into(),
+        revision: "v2".into(),
+    })
+    .await
+    .unwrap();
+    c.unload(pb::UnloadRequest {
+        program: "tccount".into(),
+        revision: String::new(),
+    })
+    .await
+    .unwrap();
+    assert!(root.pins().is_empty(), "{:?}", root.pins());
+}

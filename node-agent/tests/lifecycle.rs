@@ -373,3 +373,119 @@ fn incompatible_persistent_map_is_refused() {
     a.unload("syscount", "", "t").unwrap();
     assert!(root.pins().is_empty(), "{:?}", root.pins());
 }
+
+#[test]
+fn raw_tracepoint_revision_counts_behind_the_gate() {
+    let root = PinRoot::new("rawtp");
+    let mut a = agent(&root);
+    let counts = root.path.join("rawcount/_map_counts");
+    let req = load_req(
+        "rawcount",
+        "v1",
+        objs::SYSCOUNT_RAW,
+        vec![entry("count_raw", HookKind::RawTracepoint, "sys_enter")],
+        &["counts"],
+    );
+    a.load(req, "t").unwrap();
+    a.update_config(&only_thread("rawcount", gettid()), "t")
+        .unwrap();
+    getppid_n(100);
+    assert_eq!(slot(&counts, 2), 0, "inactive raw tracepoint counted");
+    a.activate("rawcount", "v1", "t").unwrap();
+    getppid_n(100);
+    assert_eq!(slot(&counts, 2), 100);
+    a.unload("rawcount", "", "t").unwrap();
+    assert!(root.pins().is_empty());
+}
+
+#[test]
+fn budgets_refuse_before_load() {
+    let root = PinRoot::new("budget");
+    let mut cfg = Config::new(&root.path, root.state_file());
+    cfg.allow_unsigned = true;
+    cfg.max_programs = 1;
+    cfg.max_revisions = 1;
+    let mut a = Agent::new(cfg).unwrap();
+    let mut tiny = syscount("v1", objs::SYSCOUNT_V1);
+    tiny.budget = Some(bpfleet_proto::v1::Budget {
+        max_map_memory_bytes: 64,
+    });
+    let e = a.load(tiny, "t").unwrap_err();
+    assert!(matches!(e, Error::Budget(_)), "{e}");
+    assert!(root.pins().is_empty(), "{:?}", root.pins());
+    a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
+    let e = a.load(syscount("v2", objs::SYSCOUNT_V2), "t").unwrap_err();
+    assert!(e.to_string().contains("at most 1"), "{e}");
+    let mut other = syscount("v1", objs::SYSCOUNT_V1);
+    other.program = "second".into();
+    let e = a.load(other, "t").unwrap_err();
+    assert!(matches!(e, Error::Budget(_)), "{e}");
+    assert_eq!(
+        tonic::Status::from(e).code(),
+        tonic::Code::ResourceExhausted
+    );
+    a.unload("syscount", "", "t").unwrap();
+    assert!(root.pins().is_empty());
+}
+
+#[test]
+fn restart_follows_the_kernel_when_the_state_file_disagrees() {
+    let root = PinRoot::new("reconcile");
+    let mut a = agent(&root);
+    a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
+    a.load(syscount("v2", objs::SYSCOUNT_V2), "t").unwrap();
+    a.activate("syscount", "v1", "t").unwrap();
+    a.activate("syscount", "v2", "t").unwrap();
+    drop(a);
+    // A stale state file (as after a crash before the last write).
+    let text = std::fs::read_to_string(root.state_file()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["programs"]["syscount"]["active"] = "v1".into();
+    std::fs::write(root.state_file(), serde_json::to_vec(&v).unwrap()).unwrap();
+    let mut a = agent(&root);
+    let list = a.list("syscount").unwrap();
+    assert_eq!(list[0].active_revision, "v2");
+    let h = a.health();
+    assert!(
+        !h.ok
+            && h.problems
+                .iter()
+                .any(|p| p.contains("following the kernel")),
+        "{h:?}"
+    );
+    // Gate still says v2: v2 counts.
+    let counts = root.path.join("syscount/_map_counts");
+    a.update_config(&only_thread("syscount", gettid()), "t")
+        .unwrap();
+    let before = slots(&counts);
+    getppid_n(10);
+    assert_eq!(slots(&counts)[1], before[1] + 10);
+    a.unload("syscount", "", "t").unwrap();
+    assert!(root.pins().is_empty());
+}
+
+#[test]
+fn state_file_lost_pins_are_adopted_as_orphans_and_unloadable() {
+    let root = PinRoot::new("orphan");
+    let mut a = agent(&root);
+    a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
+    a.activate("syscount", "v1", "t").unwrap();
+    let ids = a.list("syscount").unwrap()[0].revisions[0].prog_ids.clone();
+    drop(a);
+    std::fs::remove_file(root.state_file()).unwrap();
+    let mut a = agent(&root);
+    let list = a.list("").unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].revisions[0].state, RevisionState::Orphaned as i32);
+    assert!(
+        a.activate("syscount", "v1", "t")
+            .unwrap_err()
+            .to_string()
+            .contains("orphan")
+    );
+    a.unload("syscount", "", "t").unwrap();
+    assert!(root.pins().is_empty(), "{:?}", root.pins());
+    for id in ids {
+        assert!(!prog_exists(id));
+    }
+}

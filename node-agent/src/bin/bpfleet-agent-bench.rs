@@ -261,10 +261,45 @@ fn main() -> anyhow::Result<()> {
         args.reloads,
     )?);
     row("unload+load+activate, xdp (the reload path)", &xdp_reload);
+
+    let tc = |rev: &str, obj: &[u8]| {
+        req(
+            "tccount",
+            rev,
+            obj,
+            HookKind::TcxIngress,
+            "tc_count",
+            "veth1",
+            "tcpkts",
+        )
+    };
+    a.load(tc("v1", objs::TCCOUNT_V1), "bench")?;
+    a.load(tc("v2", objs::TCCOUNT_V2), "bench")?;
+    a.activate("tccount", "v1", "bench")?;
+    let (act, rb, k) = switch_loop(&mut a, "tccount", args.switches)?;
+    let tc_act = summarize(act);
+    row(
+        "activate, bpf_link_update (tcx ingress), in-process",
+        &tc_act,
+    );
+    row(
+        "rollback, bpf_link_update (tcx ingress), in-process",
+        &summarize(rb),
+    );
+    row("  kernel part: bpf_link_update", &summarize(k));
+    let tc_reload = summarize(reload_loop(
+        &mut a,
+        || tc("v1", objs::TCCOUNT_V1),
+        "tccount",
+        args.reloads,
+    )?);
+    row("unload+load+activate, tcx (the reload path)", &tc_reload);
+    a.unload("tccount", "", "bench")?;
     println!(
-        "  reload/switch p50 ratio: tracepoint {:.0}x, xdp {:.0}x",
+        "  reload/switch p50 ratio: tracepoint {:.0}x, xdp {:.1}x, tcx {:.0}x",
         gate_reload.p50 / gate_act.p50,
-        xdp_reload.p50 / xdp_act.p50
+        xdp_reload.p50 / xdp_act.p50,
+        tc_reload.p50 / tc_act.p50
     );
 
     // Through gRPC over the Unix socket.
