@@ -157,7 +157,7 @@ impl Agent {
             audit,
             stats_fd,
             problems: Vec::new(),
-            persister: Persister::new(cfg_state_file)?,
+            persister: Persister::new(cfg_state_file),
         };
         agent.adopt();
         agent.save()?;
@@ -343,10 +343,13 @@ impl Agent {
             }
         }
         if kernel_active.is_some() && kernel_active != p.active {
-            problems.push(format!(
-                "state file said {name} runs {:?}, the kernel runs {:?}; following the kernel",
-                p.active, kernel_active
-            ));
+            // Expected after a crash: switches persist in the background.
+            tracing::info!(
+                program = name,
+                state_file = ?p.active,
+                kernel = ?kernel_active,
+                "state file trailed the kernel; following the kernel"
+            );
             p.active = kernel_active;
         }
         if p.active

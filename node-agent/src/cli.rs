@@ -160,6 +160,10 @@ pub struct ServeArgs {
     /// Node name reported by NodeInfo.
     #[arg(long, env = "NODE_NAME", default_value = "")]
     pub node_name: String,
+    /// Keep every capability instead of dropping to CAP_BPF, CAP_PERFMON,
+    /// CAP_NET_ADMIN (and CAP_SYS_RESOURCE if held) after setup.
+    #[arg(long)]
+    pub keep_all_capabilities: bool,
 }
 
 impl ServeArgs {

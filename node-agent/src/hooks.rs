@@ -156,6 +156,78 @@ pub fn check_caps(h: HookKind) -> Result<()> {
     }
 }
 
+/// Capabilities the agent keeps after setup: enough to load, attach,
+/// switch and unpin programs. Mounting bpffs and turning on BPF stats
+/// (CAP_SYS_ADMIN) happen before the drop.
+pub const KEEP_AFTER_SETUP: &[u32] = &[
+    caps::BPF,
+    caps::PERFMON,
+    caps::NET_ADMIN,
+    caps::SYS_RESOURCE,
+];
+
+/// Reduces the calling thread's effective and permitted capabilities to
+/// `keep` (those it holds) and clears the inheritable set. Threads created
+/// afterwards inherit the reduced set, so call it before starting any.
+/// Returns the new effective set.
+pub fn drop_capabilities(keep: &[u32]) -> Result<u64> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let held = effective_caps();
+    let mask = keep.iter().fold(0u64, |m, &c| m | (1u64 << c)) & held;
+    let data = [
+        Data {
+            effective: mask as u32,
+            permitted: mask as u32,
+            inheritable: 0,
+        },
+        Data {
+            effective: (mask >> 32) as u32,
+            permitted: (mask >> 32) as u32,
+            inheritable: 0,
+        },
+    ];
+    let mut hdr = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: capset reads a valid header and two data records we own.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &raw mut hdr, data.as_ptr()) };
+    if rc != 0 {
+        return Err(Error::io(
+            "dropping capabilities",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(effective_caps())
+}
+
+/// Names of the capabilities in a set, among those the agent cares about.
+pub fn cap_names(set: u64) -> Vec<&'static str> {
+    [
+        caps::NET_ADMIN,
+        caps::SYS_ADMIN,
+        caps::SYS_RESOURCE,
+        caps::PERFMON,
+        caps::BPF,
+    ]
+    .into_iter()
+    .filter(|&c| set & (1u64 << c) != 0)
+    .map(caps::name)
+    .collect()
+}
+
 /// What this node's kernel offers, probed once at start.
 #[derive(Debug, Clone, Default)]
 pub struct NodeSupport {

@@ -3,9 +3,9 @@
 use clap::Parser;
 
 use bpfleet_agent::cli::{Cli, Command, run_client};
+use bpfleet_agent::hooks;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
@@ -16,25 +16,41 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .with_writer(std::io::stderr)
                 .init();
+            let keep_all = args.keep_all_capabilities;
             let (cfg, listen) = args.split()?;
-            let agent =
-                tokio::task::spawn_blocking(move || bpfleet_agent::Agent::new(cfg)).await??;
-            let shutdown = async {
-                let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
+            // Setup (bpffs mount, BPF stats, probes, re-adoption) runs with
+            // every capability, on this thread, before any other thread.
+            let agent = bpfleet_agent::Agent::new(cfg)?;
+            if !keep_all {
+                let eff = hooks::drop_capabilities(hooks::KEEP_AFTER_SETUP)?;
+                tracing::info!(kept = ?hooks::cap_names(eff), "capabilities dropped after setup");
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let shutdown = async {
+                    let mut term = match tokio::signal::unix::signal(
+                        tokio::signal::unix::SignalKind::terminate(),
+                    ) {
                         Ok(s) => s,
                         Err(_) => return std::future::pending().await,
                     };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                tracing::info!("stopping; programs stay loaded and pinned");
-            };
-            bpfleet_agent::server::serve(agent, listen, shutdown).await?;
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                    tracing::info!("stopping; programs stay loaded and pinned");
+                };
+                bpfleet_agent::server::serve(agent, listen, shutdown).await
+            })?;
         }
-        other => run_client(other).await?,
+        other => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(run_client(other))?;
+        }
     }
     Ok(())
 }

@@ -178,7 +178,7 @@ mod tests {
     fn persister_never_lets_an_older_snapshot_win() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        let mut p = Persister::new(path.clone()).unwrap();
+        let mut p = Persister::new(path.clone());
         let snap = |active: &str| {
             let mut s = StateFile {
                 version: STATE_VERSION,
@@ -239,24 +239,21 @@ struct Pending {
 }
 
 impl Persister {
-    /// A persister for `path` with its writer thread.
-    pub fn new(path: PathBuf) -> Result<Self> {
+    /// A persister for `path`. The writer thread starts with the first
+    /// `save_soon`, so a process that drops capabilities after setup starts
+    /// it with the reduced set.
+    pub fn new(path: PathBuf) -> Self {
         let shared = std::sync::Arc::new(Shared {
             pending: std::sync::Mutex::new(Pending::default()),
             wake: std::sync::Condvar::new(),
             written: std::sync::Mutex::new(0),
         });
-        let (p, s) = (path.clone(), shared.clone());
-        let thread = std::thread::Builder::new()
-            .name("bpfleet-state".into())
-            .spawn(move || writer(&p, &s))
-            .map_err(|e| Error::io("starting the state writer", e))?;
-        Ok(Self {
+        Self {
             path,
             shared,
-            thread: Some(thread),
+            thread: None,
             generation: 0,
-        })
+        }
     }
 
     /// Writes `state` now.
@@ -268,6 +265,23 @@ impl Persister {
     /// Has `state` written soon.
     pub fn save_soon(&mut self, state: &StateFile) {
         self.generation += 1;
+        if self.thread.is_none() {
+            let (p, s) = (self.path.clone(), self.shared.clone());
+            match std::thread::Builder::new()
+                .name("bpfleet-state".into())
+                .spawn(move || writer(&p, &s))
+            {
+                Ok(t) => self.thread = Some(t),
+                Err(e) => {
+                    tracing::error!(error = %e, "no state writer thread; writing in line");
+                    let generation = self.generation;
+                    if let Err(e) = write_if_newer(&self.path, &self.shared, generation, state) {
+                        tracing::error!(error = %e, "writing the state file failed");
+                    }
+                    return;
+                }
+            }
+        }
         if let Ok(mut p) = self.shared.pending.lock() {
             p.next = Some((self.generation, state.clone()));
             self.shared.wake.notify_one();

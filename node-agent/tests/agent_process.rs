@@ -335,6 +335,16 @@ async fn malformed_grpc_requests_get_status_codes_not_panics() {
         .find(|h| h.hook == HookKind::Kprobe as i32)
         .unwrap();
     assert!(!kprobe.supported && !kprobe.reason.is_empty());
+    // After setup the agent holds only what loading and switching need.
+    assert!(
+        info.missing_capabilities
+            .iter()
+            .any(|c| c == "CAP_SYS_ADMIN"),
+        "{info:?}"
+    );
+    for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"] {
+        assert!(info.capabilities.iter().any(|c| c == cap), "{info:?}");
+    }
 
     // Metrics carry kernel figures per program and revision.
     c.load(syscount("v1", objs::SYSCOUNT_V1)).await.unwrap();
