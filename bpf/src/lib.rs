@@ -49,6 +49,19 @@ object!(
     TCCOUNT_V2, "tccount_v2.bpf.o"
 );
 object!(
+    /// uprobe program `count_call`: counts calls into slot 0 of `calls`. Gated.
+    UCOUNT, "ucount.bpf.o"
+);
+object!(
+    /// cgroup_skb egress program `cg_count`: counts packets into slot 0 of
+    /// `cgpkts` (slot 3: total). Switched by link update.
+    CGCOUNT_V1, "cgcount_v1.bpf.o"
+);
+object!(
+    /// Like [`CGCOUNT_V1`] but counts into slot 1.
+    CGCOUNT_V2, "cgcount_v2.bpf.o"
+);
+object!(
     /// A kprobe program (`on_open`), for the "unsupported on this node" path.
     KPROBE_PROBE, "kprobe_probe.bpf.o"
 );
@@ -80,6 +93,9 @@ mod tests {
             XDPCOUNT_V2,
             TCCOUNT_V1,
             TCCOUNT_V2,
+            UCOUNT,
+            CGCOUNT_V1,
+            CGCOUNT_V2,
             KPROBE_PROBE,
             HTTP_TRACER,
         ] {

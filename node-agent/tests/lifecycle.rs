@@ -488,3 +488,119 @@ fn state_file_lost_pins_are_adopted_as_orphans_and_unloadable() {
         assert!(!prog_exists(id));
     }
 }
+
+/// Function the uprobe test probes (in this test binary).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn bpfleet_test_probe_target(x: u64) -> u64 {
+    std::hint::black_box(x).wrapping_add(1)
+}
+
+#[test]
+fn uprobe_revision_counts_calls_behind_the_gate() {
+    let root = PinRoot::new("uprobe");
+    let mut a = agent(&root);
+    let calls = root.path.join("ucount/_map_calls");
+    let exe = std::env::current_exe().unwrap();
+    let target = format!("{}:bpfleet_test_probe_target", exe.display());
+    let req = load_req(
+        "ucount",
+        "v1",
+        objs::UCOUNT,
+        vec![entry("count_call", HookKind::Uprobe, &target)],
+        &["calls"],
+    );
+    a.load(req, "t").unwrap();
+    a.update_config(&only_thread("ucount", gettid()), "t")
+        .unwrap();
+    for i in 0..50 {
+        bpfleet_test_probe_target(i);
+    }
+    assert_eq!(slot(&calls, 0), 0, "inactive uprobe counted");
+    a.activate("ucount", "v1", "t").unwrap();
+    for i in 0..50 {
+        bpfleet_test_probe_target(i);
+    }
+    assert_eq!(slot(&calls, 0), 50);
+    a.unload("ucount", "", "t").unwrap();
+    assert!(root.pins().is_empty());
+}
+
+struct Cgroup(std::path::PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn cgroup2_mount() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| std::path::PathBuf::from(f[1]))
+        .expect("a cgroup2 mount")
+}
+
+/// Sends `n` UDP datagrams to 127.0.0.1:9 from a shell inside `cg`.
+fn udp_from(cg: &std::path::Path, n: u32) {
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && for i in $(seq {n}); do echo x > /dev/udp/127.0.0.1/9; done",
+        cg.display()
+    );
+    let st = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn cgroup_skb_switches_by_link_update() {
+    let root = PinRoot::new("cgskb");
+    let mut a = agent(&root);
+    let cg = Cgroup(cgroup2_mount().join(format!("bpfleet-test-{}", std::process::id())));
+    std::fs::create_dir_all(&cg.0).unwrap();
+    let pkts = root.path.join("cgcount/_map_cgpkts");
+    let target = cg.0.display().to_string();
+    let cgreq = |rev: &str, obj: &[u8]| {
+        load_req(
+            "cgcount",
+            rev,
+            obj,
+            vec![entry("cg_count", HookKind::CgroupSkbEgress, &target)],
+            &["cgpkts"],
+        )
+    };
+    a.load(cgreq("v1", objs::CGCOUNT_V1), "t").unwrap();
+    a.load(cgreq("v2", objs::CGCOUNT_V2), "t").unwrap();
+    a.activate("cgcount", "v1", "t").unwrap();
+    udp_from(&cg.0, 200);
+    assert_eq!(slots(&pkts), [200, 0, 0, 200]);
+    let link = |a: &Agent| {
+        a.list("cgcount").unwrap()[0]
+            .revisions
+            .iter()
+            .flat_map(|r| r.links.clone())
+            .find(|l| l.link_id != 0)
+            .map(|l| (l.link_id, l.prog_id))
+            .unwrap()
+    };
+    let before = link(&a);
+    a.activate("cgcount", "v2", "t").unwrap();
+    udp_from(&cg.0, 100);
+    assert_eq!(slots(&pkts), [200, 100, 0, 300]);
+    let after = link(&a);
+    assert_eq!(
+        before.0, after.0,
+        "the cgroup link must be updated in place"
+    );
+    assert_ne!(before.1, after.1);
+    a.rollback("cgcount", "", "t").unwrap();
+    udp_from(&cg.0, 50);
+    assert_eq!(slots(&pkts), [250, 100, 0, 350]);
+    a.unload("cgcount", "", "t").unwrap();
+    assert!(root.pins().is_empty(), "{:?}", root.pins());
+}

@@ -1,0 +1,9 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* cgcount revision 1: counts into slot 0. */
+#include "cgcount.h"
+
+SEC("cgroup_skb/egress")
+int cg_count(struct __sk_buff *skb)
+{
+	return cg_hit(0);
+}
