@@ -604,3 +604,37 @@ fn cgroup_skb_switches_by_link_update() {
     a.unload("cgcount", "", "t").unwrap();
     assert!(root.pins().is_empty(), "{:?}", root.pins());
 }
+
+#[test]
+fn unload_leaves_pins_it_does_not_own() {
+    let root = PinRoot::new("foreign");
+    let mut a = agent(&root);
+    a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
+    // Someone else pins a map inside the program's directory.
+    let foreign = root.path.join("syscount/foreign");
+    let mut m = libbpf_rs::MapHandle::create(
+        libbpf_rs::MapType::Array,
+        Some("foreign"),
+        4,
+        8,
+        1,
+        &libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    m.pin(&foreign).unwrap();
+    let removed = a.unload("syscount", "", "t").unwrap();
+    assert!(
+        !removed.iter().any(|p| p.ends_with("/foreign")),
+        "{removed:?}"
+    );
+    assert_eq!(root.pins(), vec![foreign.clone()]);
+    let h = a.health();
+    assert!(
+        !h.ok && h.problems.iter().any(|p| p.contains("kept")),
+        "{h:?}"
+    );
+    std::fs::remove_file(&foreign).unwrap();
+}
