@@ -49,6 +49,12 @@ pub struct Exchange {
     pub request_bytes: u64,
     /// Bytes of the response (head and body).
     pub response_bytes: u64,
+    /// Bytes of the request body; `None` when its head was not captured
+    /// whole (its length is then unknown).
+    pub request_body_bytes: Option<u64>,
+    /// Bytes of the response body; `None` without a response or when its
+    /// head was not captured whole.
+    pub response_body_bytes: Option<u64>,
     /// First byte of the request seen (kernel ns).
     pub start_ns: u64,
     /// Last byte of the response seen, or when the exchange was given up.
@@ -69,6 +75,7 @@ struct Pending {
     headers: Vec<(String, String)>,
     start_ns: u64,
     bytes: u64,
+    head_bytes: Option<u64>,
     /// The request's own end was seen.
     complete: bool,
     /// A response head for it was seen (status).
@@ -89,6 +96,8 @@ pub struct Connection {
     request_open: bool,
     /// The response stream is inside an interim (1xx) response.
     interim: bool,
+    /// Head length of the response in progress (`None`: cut short).
+    response_head: Option<u64>,
     redactor: Arc<Redactor>,
     /// Pending requests beyond this are dropped (counted in `dropped`).
     max_pending: usize,
@@ -107,6 +116,7 @@ impl Connection {
             answered: 0,
             request_open: false,
             interim: false,
+            response_head: None,
             redactor,
             max_pending: 256,
             dropped: 0,
@@ -162,7 +172,11 @@ impl Connection {
 
     fn on_request_event(&mut self, event: Event) {
         match event {
-            Event::Began { head, ts_ns } => {
+            Event::Began {
+                head,
+                ts_ns,
+                head_bytes,
+            } => {
                 let Start::Request { method, target } = head.start else {
                     return;
                 };
@@ -177,6 +191,7 @@ impl Connection {
                     headers: head.headers,
                     start_ns: ts_ns,
                     bytes: 0,
+                    head_bytes,
                     complete: false,
                     status: None,
                 });
@@ -196,7 +211,9 @@ impl Connection {
 
     fn on_response_event(&mut self, role: Role, event: Event, done: &mut Vec<Exchange>) {
         match event {
-            Event::Began { head, .. } => {
+            Event::Began {
+                head, head_bytes, ..
+            } => {
                 let Head {
                     start: Start::Response { status },
                     ..
@@ -204,6 +221,7 @@ impl Connection {
                 else {
                     return;
                 };
+                self.response_head = head_bytes;
                 if (100..200).contains(&status) {
                     self.interim = true;
                     return;
@@ -228,7 +246,8 @@ impl Connection {
                         // request stream's open message was this one.
                         self.request_open = false;
                     }
-                    done.push(self.exchange(role, p, bytes, ts_ns, Outcome::Complete));
+                    let body = self.response_head.map(|h| bytes.saturating_sub(h));
+                    done.push(self.exchange(role, p, (bytes, body), ts_ns, Outcome::Complete));
                 }
             }
         }
@@ -238,7 +257,7 @@ impl Connection {
         &self,
         role: Role,
         p: Pending,
-        response_bytes: u64,
+        (response_bytes, response_body_bytes): (u64, Option<u64>),
         end_ns: u64,
         outcome: Outcome,
     ) -> Exchange {
@@ -256,6 +275,11 @@ impl Connection {
             status: p.status,
             request_bytes: p.bytes,
             response_bytes,
+            request_body_bytes: p
+                .head_bytes
+                .filter(|_| p.complete)
+                .map(|h| p.bytes.saturating_sub(h)),
+            response_body_bytes,
             start_ns: p.start_ns,
             end_ns: end_ns.max(p.start_ns),
             outcome,
@@ -278,7 +302,7 @@ impl Connection {
                 break;
             }
             if let Some(p) = self.pending.remove(idx) {
-                done.push(self.exchange(role, p, 0, now_ns, Outcome::Timeout));
+                done.push(self.exchange(role, p, (0, None), now_ns, Outcome::Timeout));
             }
             if self.pending.len() == idx {
                 self.request_open = false;
@@ -300,7 +324,7 @@ impl Connection {
             self.on_response_event(role, e, &mut done);
         }
         while let Some(p) = self.pending.pop_front() {
-            done.push(self.exchange(role, p, 0, ts_ns, Outcome::Closed));
+            done.push(self.exchange(role, p, (0, None), ts_ns, Outcome::Closed));
         }
         self.answered = 0;
         self.request_open = false;

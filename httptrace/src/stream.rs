@@ -48,8 +48,13 @@ impl Head {
 /// What feeding a segment produced, in stream order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A message began at `ts_ns`.
-    Began { head: Head, ts_ns: u64 },
+    /// A message began at `ts_ns`; `head_bytes` is the length of its head,
+    /// `None` when the head was cut short by the capture.
+    Began {
+        head: Head,
+        ts_ns: u64,
+        head_bytes: Option<u64>,
+    },
     /// The message that began last ended; `bytes` counts head and body.
     Ended { ts_ns: u64, bytes: u64 },
 }
@@ -163,7 +168,11 @@ impl Stream {
                             data = &data[used..];
                             left -= used as u64;
                             let framing = framing(self.kind, &head, next_request);
-                            out.push(Event::Began { head, ts_ns: began });
+                            out.push(Event::Began {
+                                head,
+                                ts_ns: began,
+                                head_bytes: Some(head_len as u64),
+                            });
                             let open = Open {
                                 last_ts: ts,
                                 bytes: head_len as u64,
@@ -197,7 +206,11 @@ impl Stream {
                             if let Start::Response { .. } = head.start {
                                 next_request();
                             }
-                            out.push(Event::Began { head, ts_ns: began });
+                            out.push(Event::Began {
+                                head,
+                                ts_ns: began,
+                                head_bytes: None,
+                            });
                             let bytes = before as u64 + left;
                             self.state = State::Lost {
                                 open: Some(Open { last_ts: ts, bytes }),

@@ -48,6 +48,8 @@ fn keep_alive_server_exchanges_are_timed_and_counted() {
         assert_eq!(e.host.as_deref(), Some("shop"));
         assert_eq!(e.response_bytes, 43);
         assert_eq!(e.request_bytes, 37);
+        assert_eq!(e.response_body_bytes, Some(5));
+        assert_eq!(e.request_body_bytes, Some(0));
     }
     assert!(c.is_quiet());
 }
@@ -125,6 +127,8 @@ fn large_bodies_beyond_the_capture_are_framed_by_length() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].request_bytes, req.len() as u64);
     assert_eq!(out[0].response_bytes, resp.len() as u64);
+    assert_eq!(out[0].response_body_bytes, Some(50_000));
+    assert_eq!(out[0].request_body_bytes, Some(100_000));
     assert_eq!(out[0].end_ns, 13);
 }
 
