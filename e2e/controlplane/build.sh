@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the real control plane the tests and the demo run: etcd,
 # kube-apiserver and kubectl, from the Go module proxy, at the versions pinned
-# in go.mod/go.sum. Output: $BPFLEET_CONTROLPLANE_BIN or .cache/controlplane/bin
-# (git-ignored). A stamp of the inputs makes a second run a no-op.
+# in go.mod/go.sum; then helm, for the chart tests (helm/build.sh, its own
+# module and stamp). Output: $BPFLEET_CONTROLPLANE_BIN or
+# .cache/controlplane/bin (git-ignored). A stamp of the inputs makes a second
+# run a no-op.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,7 +24,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   for b in "${bins[@]}"; do [ -x "$out/$b" ] || missing=1; done
   if [ "$missing" = 0 ]; then
     echo "control plane up to date in $out"
-    exit 0
+    exec bash "$here/helm/build.sh"
   fi
 fi
 
@@ -43,3 +45,4 @@ go build -trimpath -ldflags "$ldflags" -o "$out/kube-apiserver" k8s.io/kubernete
 go build -trimpath -ldflags "$ldflags" -o "$out/kubectl" k8s.io/kubernetes/cmd/kubectl
 echo "$want" > "$stamp"
 echo "control plane built in $(( $(date +%s) - start ))s"
+bash "$here/helm/build.sh"
