@@ -228,6 +228,8 @@ static __always_inline void fill_hdr(struct http_event *e, struct conn_key *k, s
 	e->hdr.kind = kind;
 	e->hdr.dir = 0;
 	e->hdr.role = c->role;
+	e->hdr.pad = 0;
+	e->hdr.rev = (__u32)bpfleet_revision;
 }
 
 static __always_inline void open_conn(__u32 fd, __u8 role)

@@ -55,7 +55,11 @@ struct http_event_hdr {
 	__u8 kind;
 	__u8 dir;
 	__u8 role;
-	__u8 pad[5];
+	__u8 pad;
+	/* Gate token of the revision whose program reported this event, so
+	 * the reader attributes exchanges to revisions (0: not loaded by the
+	 * agent). */
+	__u32 rev;
 };
 
 /* The userspace decoder (bpfleet-tracer, src/event.rs) hard-codes these. */
@@ -64,6 +68,7 @@ _Static_assert(__builtin_offsetof(struct http_event_hdr, tgid) == 24, "tgid offs
 _Static_assert(__builtin_offsetof(struct http_event_hdr, cap) == 40, "cap offset");
 _Static_assert(__builtin_offsetof(struct http_event_hdr, local_port) == 44, "port offset");
 _Static_assert(__builtin_offsetof(struct http_event_hdr, kind) == 48, "kind offset");
+_Static_assert(__builtin_offsetof(struct http_event_hdr, rev) == 52, "rev offset");
 
 struct http_event {
 	struct http_event_hdr hdr;

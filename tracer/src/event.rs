@@ -11,6 +11,8 @@ use crate::{Error, Result};
 pub const HEADER_LEN: usize = 56;
 /// Offset of `kind`; `dir` and `role` follow it.
 const OFF_KIND: usize = 48;
+/// Offset of `rev`, the gate token of the revision that reported the event.
+const OFF_REV: usize = 52;
 /// Payload bytes captured per syscall when the policy sets nothing.
 pub const DEFAULT_CAPTURE: u64 = 256;
 /// The most the kernel side can capture per syscall.
@@ -56,6 +58,9 @@ pub struct Event<'a> {
     pub remote_port: u16,
     pub direction: Direction,
     pub role: Option<Role>,
+    /// Gate token of the revision whose program reported the event; 0 when
+    /// the object was not loaded by the node agent (standalone).
+    pub revision: u32,
     pub data: &'a [u8],
 }
 
@@ -117,6 +122,7 @@ impl<'a> Event<'a> {
             remote_port: u16_at(b, 46),
             direction,
             role,
+            revision: u32_at(b, OFF_REV),
             data,
         })
     }
@@ -138,6 +144,7 @@ mod tests {
         b[48] = kind;
         b[49] = 1;
         b[50] = 1;
+        b[52..56].copy_from_slice(&3u32.to_le_bytes());
         b.extend_from_slice(payload);
         b
     }
@@ -161,6 +168,7 @@ mod tests {
         assert_eq!(e.local_port, 8080);
         assert_eq!(e.direction, Direction::Write);
         assert_eq!(e.role, Some(Role::Server));
+        assert_eq!(e.revision, 3);
         assert_eq!(e.data, b"GET");
     }
 

@@ -47,6 +47,7 @@ pub const PERSISTENT_MAPS: [&str; 5] = [
 ];
 
 pub mod event;
+pub mod pinned;
 pub mod pipeline;
 pub mod standalone;
 

@@ -17,6 +17,9 @@ pub struct Traced {
     pub cgroup_id: u64,
     pub local_port: u16,
     pub remote_port: u16,
+    /// Gate token of the revision that reported the event completing the
+    /// exchange (for timeouts and evictions: the connection's last event).
+    pub revision: u32,
     pub exchange: Exchange,
 }
 
@@ -26,6 +29,7 @@ struct Entry {
     local_port: u16,
     remote_port: u16,
     last_ns: u64,
+    revision: u32,
 }
 
 /// Counters of the pipeline's own health.
@@ -80,6 +84,7 @@ impl Pipeline {
         match e.kind {
             Kind::Close => {
                 if let Some(mut entry) = self.conns.remove(&e.conn) {
+                    entry.revision = e.revision;
                     let done = entry.conn.close(e.ts_ns);
                     emit(e.conn, &entry, done, out);
                 }
@@ -95,8 +100,10 @@ impl Pipeline {
                     local_port: e.local_port,
                     remote_port: e.remote_port,
                     last_ns: e.ts_ns,
+                    revision: e.revision,
                 });
                 entry.last_ns = e.ts_ns;
+                entry.revision = e.revision;
                 let seg = Segment {
                     ts_ns: e.ts_ns,
                     direction: e.direction,
@@ -142,6 +149,7 @@ fn emit(conn: ConnId, entry: &Entry, done: Vec<Exchange>, out: &mut Vec<Traced>)
         cgroup_id: entry.cgroup_id,
         local_port: entry.local_port,
         remote_port: entry.remote_port,
+        revision: entry.revision,
         exchange,
     }));
 }

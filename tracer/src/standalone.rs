@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use libbpf_rs::{Link, MapCore, MapFlags, Object, ObjectBuilder, RingBufferBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, Object, ObjectBuilder};
 
 use crate::{Error, Result, bpf};
 
@@ -65,20 +65,7 @@ impl Standalone {
 
     /// Events dropped because the ring buffer was full, summed over CPUs.
     pub fn lost(&self) -> Result<u64> {
-        let per_cpu = self
-            .map("http_lost")?
-            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(bpf("reading http_lost"))?
-            .unwrap_or_default();
-        Ok(per_cpu
-            .iter()
-            .filter_map(|v| v.get(..8))
-            .map(|b| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(b);
-                u64::from_ne_bytes(a)
-            })
-            .sum())
+        crate::pinned::lost_sum(&self.map("http_lost")?)
     }
 
     /// Number of attached programs.
@@ -106,28 +93,10 @@ impl Standalone {
     fn read(
         &self,
         poll: Duration,
-        mut again: impl FnMut() -> bool,
-        mut f: impl FnMut(&[u8]),
+        again: impl FnMut() -> bool,
+        f: impl FnMut(&[u8]),
     ) -> Result<()> {
-        let map = self.map("http_events")?;
-        let mut builder = RingBufferBuilder::new();
-        builder
-            .add(&map, |raw: &[u8]| {
-                f(raw);
-                0
-            })
-            .map_err(bpf("opening the ring buffer"))?;
-        let rb = builder.build().map_err(bpf("opening the ring buffer"))?;
-        loop {
-            rb.poll(poll).map_err(bpf("polling the ring buffer"))?;
-            // The kernel side wakes the reader only when the backlog crosses
-            // a threshold; a poll that timed out reports nothing, so drain
-            // whatever is there on every tick as well.
-            rb.consume().map_err(bpf("reading the ring buffer"))?;
-            if !again() {
-                return Ok(());
-            }
-        }
+        crate::pinned::read_ring(&self.map("http_events")?, poll, again, f)
     }
 
     /// Total (run_cnt, run_time_ns) of all tracer programs; run time is only
