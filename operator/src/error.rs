@@ -1,6 +1,8 @@
-//! The crate's one error type. Every error here is permanent for the object
-//! that caused it (a spec the apiserver accepted but the operator cannot act
-//! on): retrying with the same spec gives the same error.
+//! The crate's one error type. Errors of the pure logic are permanent for
+//! the object that caused it (a spec the apiserver accepted but the
+//! operator cannot act on): retrying with the same spec gives the same
+//! error. Errors of the reconciler's I/O ([`Error::Kube`], [`Error::Agent`])
+//! are transient and retried with backoff; [`Error::is_transient`] tells.
 
 /// What can go wrong in the operator's pure logic.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +24,52 @@ pub enum Error {
     /// The spec could not be serialized to compute its revision.
     #[error("cannot serialize the spec to compute its revision: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// A label selector the operator cannot evaluate.
+    #[error("invalid label selector: {0}")]
+    InvalidSelector(String),
+    /// A spec field the operator cannot act on, named in the message.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    /// Something valid that this operator or agent does not do.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// Reaching an agent failed (endpoint, TLS material, transport).
+    #[error("agent: {0}")]
+    Agent(String),
+    /// The operator's own configuration (flags, files).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The apiserver refused or failed a request.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A finalizer step failed (wraps the reconcile error).
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    /// Whether retrying later may succeed without a spec change.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Kube(_) | Error::Agent(_) | Error::Finalizer(_))
+    }
+
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidDuration(_)
+            | Error::InvalidQuantity(_)
+            | Error::InvalidStrategy
+            | Error::InvalidStep(_)
+            | Error::InvalidSelector(_)
+            | Error::InvalidSpec(_) => "invalid_spec",
+            Error::Serialize(_) => "serialize",
+            Error::Unsupported(_) => "unsupported",
+            Error::Agent(_) => "agent",
+            Error::Config(_) => "config",
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
 }
 
 /// Result with the crate's [`Error`].

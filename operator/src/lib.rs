@@ -1,15 +1,32 @@
-//! bpfleet's operator. For now it holds the heart of it: the rollout state
-//! machine ([`rollout`]), the health-gate evaluation ([`gates`]) and the
-//! revision ids ([`revision`]), all pure logic with no I/O, no clock, no kube
-//! client, no gRPC. A reconciler built on top feeds them the spec, the last
-//! status, what the node agents report and the time, then writes the status
-//! and carries out the node actions they return. Everything the machine needs
-//! to resume lives in `TracerProgramStatus`, so a restarted operator continues
-//! exactly where the previous one stopped.
+//! bpfleet's operator. Its heart is pure logic with no I/O: the rollout
+//! state machine ([`rollout`]), the health-gate evaluation ([`gates`]) and
+//! the revision ids ([`revision`]). Around it, the reconciler
+//! ([`controller`]) feeds the machine the spec, the last status, what the
+//! node agents report ([`observe`], over gRPC via [`agents`]) and the time,
+//! then writes the status and carries out the node actions it returns
+//! ([`load`] builds the agent requests). Everything the machine needs to
+//! resume lives in `TracerProgramStatus`, so a restarted operator continues
+//! exactly where the previous one stopped. [`run`] wires it together with
+//! leader election ([`leader`]) and metrics ([`metrics`]); [`plugin`] is the
+//! `kubectl bpfleet` command.
+//!
+//! Dependencies point one way: `rollout`, `gates`, `revision`, `selector`,
+//! `requests`, `load` and `observe` know nothing of kube clients or tonic
+//! channels; `controller` and `run` do.
 
+pub mod agents;
+pub mod controller;
 pub mod error;
 pub mod gates;
+pub mod leader;
+pub mod load;
+pub mod metrics;
+pub mod observe;
+pub mod plugin;
+pub mod requests;
 pub mod revision;
 pub mod rollout;
+pub mod run;
+pub mod selector;
 
 pub use error::{Error, Result};

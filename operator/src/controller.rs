@@ -1,0 +1,972 @@
+//! The reconciler: for each TracerProgram, gather what the state machine
+//! needs (the selected nodes and what their agents report, the gates of the
+//! targeting TracerPolicy, the manual requests), run the machine, write the
+//! status it returns through the status subresource (server-side apply,
+//! only when it changed), publish its events and carry out its node
+//! actions over gRPC. A finalizer unloads the program from every node
+//! before the object goes.
+//!
+//! The spec is never written. Everything a restarted operator needs is in
+//! status, except the health-sample windows and the failures of calls that
+//! are re-made anyway (both in memory, rebuilt within a reconcile or two).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bpfleet_api::policy::HealthGates;
+use bpfleet_api::program::Phase;
+use bpfleet_api::{TracerPolicy, TracerProgram, TracerProgramSpec, TracerProgramStatus};
+use bpfleet_proto::v1 as pb;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::Store;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::agents::{self, Discovery, Pool};
+use crate::load::{self, LoadSpec, Source};
+use crate::metrics::Metrics;
+use crate::observe::{self, FailureBook, SampleBook};
+use crate::revision::revision_id;
+use crate::rollout::{self, ActionKind, Input, NodeAction, NodeFailure, NodeReport, Output};
+use crate::{Error, Result, requests, selector};
+
+/// Finalizer that keeps a TracerProgram until every node unloaded it.
+pub const FINALIZER: &str = "bpfleet.dev/unload";
+/// Field manager of the status the operator writes.
+pub const MANAGER: &str = "bpfleet-operator";
+/// Label on revision snapshots naming their program.
+pub const PROGRAM_LABEL: &str = "bpfleet.dev/program";
+pub const REVISION_LABEL: &str = "bpfleet.dev/revision";
+
+/// Agent calls in flight at once per reconcile.
+const FANOUT: usize = 64;
+
+/// Everything a reconcile uses.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub pool: Pool,
+    pub discovery: Discovery,
+    pub agent_selector: Vec<(String, String)>,
+    pub nodes: Store<Node>,
+    pub pods: Store<Pod>,
+    pub policies: Store<TracerPolicy>,
+    /// Where revision snapshots (ControllerRevisions) live.
+    pub namespace: String,
+    /// Timeout of List and Stats calls.
+    pub observe_timeout: Duration,
+    /// Requeue of a program with nothing pending (drift check).
+    pub resync: Duration,
+    pub samples: Mutex<SampleBook>,
+    pub failures: Mutex<FailureBook>,
+    /// Revision snapshots known to exist, with their content.
+    pub snapshots: Mutex<HashMap<(String, String), LoadSpec>>,
+    pub started: Instant,
+}
+
+impl Context {
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, FailureBook> {
+        // The book stays consistent even if a holder panicked mid-insert.
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn samples(&self) -> std::sync::MutexGuard<'_, SampleBook> {
+        self.samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// One node as the reconcile sees it.
+struct Target {
+    name: String,
+    endpoint: Option<String>,
+    cores: u32,
+    selected: bool,
+}
+
+/// The entry point kube-runtime calls.
+#[instrument(skip(tp, ctx), fields(program = %tp.name_any()))]
+pub async fn reconcile(tp: Arc<TracerProgram>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let api: Api<TracerProgram> = Api::all(ctx.client.clone());
+    let res = finalizer(&api, FINALIZER, tp, |ev| async {
+        match ev {
+            Finalizer::Apply(tp) => apply(&tp, &ctx).await,
+            Finalizer::Cleanup(tp) => cleanup(&tp, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    let result = if res.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&crate::metrics::ResultLabel {
+            result: result.into(),
+        })
+        .inc();
+    res
+}
+
+/// Transient errors back off from 2 s up to 2 min per object; permanent
+/// ones wait for a change of the object (they were written to status).
+pub fn error_policy(tp: Arc<TracerProgram>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .errors
+        .get_or_create(&crate::metrics::KindLabel {
+            kind: err.kind().into(),
+        })
+        .inc();
+    warn!(program = %tp.name_any(), error = %err, "reconcile failed");
+    if err.is_transient() {
+        Action::requeue(Duration::from_secs(5))
+    } else {
+        Action::await_change()
+    }
+}
+
+async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
+    let name = tp.name_any();
+    let status = tp.status.clone().unwrap_or_default();
+    let generation = tp.metadata.generation.unwrap_or(0);
+
+    // A spec the apiserver accepted but the operator cannot act on: say so
+    // in status and wait for the next change.
+    let revision = match revision_id(&tp.spec).and_then(|r| {
+        load::entries(&tp.spec.programs)?;
+        Ok(r)
+    }) {
+        Ok(r) => r,
+        Err(e) => return stalled(tp, ctx, &status, generation, &e).await,
+    };
+    ensure_snapshot(tp, ctx, &revision).await?;
+
+    let (requests, problems) = requests::from_annotations(tp.annotations());
+    for p in &problems {
+        warn!(program = %name, "{p}");
+    }
+    let gates = gates_for(tp, &ctx.policies);
+    let targets = match targets(tp, ctx) {
+        Ok(t) => t,
+        Err(e) => return stalled(tp, ctx, &status, generation, &e).await,
+    };
+    let (nodes, departed) = observe_all(&name, &targets, ctx).await;
+
+    let source_commit = tp
+        .annotations()
+        .get(bpfleet_api::program::SOURCE_COMMIT_ANNOTATION)
+        .map(String::as_str);
+    let input = Input {
+        program: &name,
+        generation,
+        spec: &tp.spec,
+        status: &status,
+        source_commit,
+        nodes: &nodes,
+        departed: &departed,
+        gates: &gates,
+        requests: &requests,
+        now: now(),
+    };
+    let out = match rollout::reconcile(&input) {
+        Ok(out) => out,
+        Err(e) => return stalled(tp, ctx, &status, generation, &e).await,
+    };
+    finish(tp, ctx, &status, &out, &targets, &tp.spec, &revision).await
+}
+
+/// Writes status and events, carries out the actions, and says when to look
+/// again.
+async fn finish(
+    tp: &TracerProgram,
+    ctx: &Context,
+    old: &TracerProgramStatus,
+    out: &Output,
+    targets: &[Target],
+    spec: &TracerProgramSpec,
+    spec_revision: &str,
+) -> Result<Action> {
+    let name = tp.name_any();
+    if out.status != *old {
+        write_status(ctx, &name, &out.status).await?;
+        if history_ids(old) != history_ids(&out.status) {
+            prune_snapshots(ctx, &name, &out.status).await;
+        }
+    }
+    ctx.metrics.set_phase(&name, out.status.phase);
+    if out.status.phase == Some(Phase::Aborted) && old.phase != Some(Phase::Aborted) {
+        ctx.metrics
+            .aborts
+            .get_or_create(&crate::metrics::ProgramLabel {
+                program: name.clone(),
+            })
+            .inc();
+    }
+    publish(tp, ctx, &out.events).await;
+    let acted = !out.actions.is_empty();
+    if acted {
+        carry_out(ctx, &name, spec, spec_revision, &out.actions, targets).await;
+    }
+    // Look again soon after acting (to observe the result), at the machine's
+    // next timer, and in any case at the resync interval.
+    let mut after = ctx.resync;
+    if acted {
+        after = after.min(Duration::from_secs(2));
+    }
+    if let Some(s) = out.requeue_after {
+        after = after.min(Duration::from_secs(u64::try_from(s.max(1)).unwrap_or(1)));
+    }
+    Ok(Action::requeue(after))
+}
+
+fn history_ids(s: &TracerProgramStatus) -> Vec<&str> {
+    s.history.iter().map(|h| h.revision.as_str()).collect()
+}
+
+async fn cleanup(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
+    let name = tp.name_any();
+    let status = tp.status.clone().unwrap_or_default();
+    // Every node with an agent counts: the program may linger on nodes the
+    // selector stopped matching.
+    let targets = all_targets(ctx);
+    let (nodes, departed) = observe_all(&name, &targets, ctx).await;
+    let gates = HealthGates::default();
+    let requests = rollout::Requests::default();
+    let input = Input {
+        program: &name,
+        generation: tp.metadata.generation.unwrap_or(0),
+        spec: &tp.spec,
+        status: &status,
+        source_commit: None,
+        nodes: &nodes,
+        departed: &departed,
+        gates: &gates,
+        requests: &requests,
+        now: now(),
+    };
+    let out = rollout::teardown(&input);
+    let unreachable: Vec<&str> = nodes
+        .iter()
+        .chain(&departed)
+        .filter(|n| !n.reachable)
+        .map(|n| n.node.as_str())
+        .collect();
+    if out.actions.is_empty() && unreachable.is_empty() {
+        delete_snapshots(ctx, &name).await?;
+        ctx.failures().forget(&name);
+        ctx.samples().retain(&name, &[]);
+        ctx.metrics.forget_program(&name);
+        info!(program = %name, "unloaded from every node; removing the finalizer");
+        return Ok(Action::await_change());
+    }
+    if out.status != status {
+        write_status(ctx, &name, &out.status).await?;
+    }
+    publish(tp, ctx, &out.events).await;
+    carry_out(ctx, &name, &tp.spec, "", &out.actions, &targets).await;
+    Err(Error::Finalizer(format!(
+        "waiting to unload {name}: {} node action(s) sent, unreachable: [{}]",
+        out.actions.len(),
+        unreachable.join(", ")
+    )))
+}
+
+/// Writes a status saying why the spec cannot be acted on.
+async fn stalled(
+    tp: &TracerProgram,
+    ctx: &Context,
+    old: &TracerProgramStatus,
+    generation: i64,
+    err: &Error,
+) -> Result<Action> {
+    let name = tp.name_any();
+    let message = err.to_string();
+    let mut st = old.clone();
+    st.observed_generation = Some(generation);
+    st.message = Some(message.clone());
+    let now = now();
+    let cond = |type_: &str, status: &str, reason: &str| {
+        let since = old
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.clone(),
+            observed_generation: Some(generation),
+            last_transition_time: since,
+        }
+    };
+    let mut conditions = vec![
+        cond("Ready", "False", "InvalidSpec"),
+        cond("Stalled", "True", "InvalidSpec"),
+        cond("Reconciling", "False", "InvalidSpec"),
+    ];
+    for c in &old.conditions {
+        if !conditions.iter().any(|n| n.type_ == c.type_) {
+            conditions.push(c.clone());
+        }
+    }
+    st.conditions = conditions;
+    if st != *old {
+        write_status(ctx, &name, &st).await?;
+        publish(
+            tp,
+            ctx,
+            &[rollout::Event {
+                warning: true,
+                reason: "InvalidSpec".into(),
+                message: message.clone(),
+            }],
+        )
+        .await;
+    }
+    warn!(program = %name, %message, "spec cannot be acted on");
+    Err(Error::InvalidSpec(message))
+}
+
+async fn write_status(ctx: &Context, name: &str, status: &TracerProgramStatus) -> Result<()> {
+    let api: Api<TracerProgram> = Api::all(ctx.client.clone());
+    let patch = json!({
+        "apiVersion": TracerProgram::api_version(&()),
+        "kind": TracerProgram::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(tp: &TracerProgram, ctx: &Context, events: &[rollout::Event]) {
+    let reference = tp.object_ref(&());
+    for e in events {
+        let ev = KubeEvent {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason.clone(),
+            note: Some(observe::truncate(&e.message, 1000)),
+            action: "Rollout".into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
+            warn!(reason = %e.reason, error = %err, "could not publish event");
+        }
+    }
+}
+
+/// The gates of the first TracerPolicy (by name) targeting `tp`, defaults
+/// when none does.
+pub fn gates_for(tp: &TracerProgram, policies: &Store<TracerPolicy>) -> HealthGates {
+    let name = tp.name_any();
+    let labels = tp.labels();
+    let mut matching: Vec<Arc<TracerPolicy>> = policies
+        .state()
+        .into_iter()
+        .filter(|p| targets_program(p, &name, labels))
+        .collect();
+    matching.sort_by_key(|p| p.name_any());
+    if matching.len() > 1 {
+        warn!(program = %name, policies = ?matching.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
+            "several TracerPolicies target this program; the first by name applies");
+    }
+    matching
+        .first()
+        .map(|p| p.spec.health.clone())
+        .unwrap_or_default()
+}
+
+/// Whether a policy targets the program `name` with `labels`.
+pub fn targets_program(p: &TracerPolicy, name: &str, labels: &BTreeMap<String, String>) -> bool {
+    let t = &p.spec.targets;
+    if t.program_names.iter().any(|n| n == name) {
+        return true;
+    }
+    t.program_selector
+        .as_ref()
+        .is_some_and(|s| selector::matches(s, labels).unwrap_or(false))
+}
+
+fn cores(node: &Node) -> u32 {
+    node.status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("cpu"))
+        .and_then(|q| {
+            let q = q.0.trim();
+            match q.strip_suffix('m') {
+                Some(milli) => milli.parse::<u32>().ok().map(|m| m.div_ceil(1000)),
+                None => q.parse::<u32>().ok(),
+            }
+        })
+        .filter(|c| *c > 0)
+        .unwrap_or(1)
+}
+
+fn target(node: &Node, ctx: &Context, pods: &[Arc<Pod>], selected: bool) -> Target {
+    Target {
+        name: node.name_any(),
+        endpoint: agents::endpoint(
+            node,
+            pods.iter().map(|p| &**p),
+            &ctx.discovery,
+            &ctx.agent_selector,
+        ),
+        cores: cores(node),
+        selected,
+    }
+}
+
+/// Every node, marked selected when `spec.nodeSelector` matches it.
+fn targets(tp: &TracerProgram, ctx: &Context) -> Result<Vec<Target>> {
+    let pods = ctx.pods.state();
+    let mut out = Vec::new();
+    for node in ctx.nodes.state() {
+        let selected = match &tp.spec.node_selector {
+            None => true,
+            Some(s) => selector::matches(s, node.labels())
+                .map_err(|e| Error::InvalidSpec(format!("spec.nodeSelector: {e}")))?,
+        };
+        out.push(target(&node, ctx, &pods, selected));
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn all_targets(ctx: &Context) -> Vec<Target> {
+    let pods = ctx.pods.state();
+    let mut out: Vec<Target> = ctx
+        .nodes
+        .state()
+        .iter()
+        .map(|n| target(n, ctx, &pods, true))
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Asks every target's agent what it holds of `program`. Selected nodes
+/// always get a report (unreachable when the agent does not answer);
+/// other nodes only when their agent holds the program.
+async fn observe_all(
+    program: &str,
+    targets: &[Target],
+    ctx: &Context,
+) -> (Vec<NodeReport>, Vec<NodeReport>) {
+    // Futures built up front (not in a stream's closure) keep the reconcile
+    // future Send for any lifetime of the borrowed targets.
+    let calls: Vec<_> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| async move { (i, ask(program, t, ctx).await) })
+        .collect();
+    let answers: Vec<(usize, Option<(pb::ListResponse, pb::StatsResponse)>)> =
+        futures::stream::iter(calls)
+            .buffer_unordered(FANOUT)
+            .collect()
+            .await;
+    let mut by_index: Vec<Option<(pb::ListResponse, pb::StatsResponse)>> =
+        vec![None; targets.len()];
+    for (i, a) in answers {
+        by_index[i] = a;
+    }
+    let now_ns = ctx.now_ns();
+    let mut nodes = Vec::new();
+    let mut departed = Vec::new();
+    let mut live = Vec::new();
+    {
+        let failures = ctx.failures();
+        let mut samples = ctx.samples();
+        for (t, a) in targets.iter().zip(by_index) {
+            let report = match a {
+                Some((list, stats)) => observe::report(
+                    &t.name,
+                    program,
+                    &list,
+                    &stats,
+                    &mut samples,
+                    &failures,
+                    now_ns,
+                    t.cores,
+                ),
+                None => observe::unreachable(&t.name),
+            };
+            for r in &report.revisions {
+                live.push((t.name.clone(), r.revision.clone()));
+            }
+            if t.selected {
+                nodes.push(report);
+            } else if !report.revisions.is_empty() {
+                departed.push(report);
+            }
+        }
+        samples.retain(program, &live);
+    }
+    (nodes, departed)
+}
+
+async fn ask(
+    program: &str,
+    t: &Target,
+    ctx: &Context,
+) -> Option<(pb::ListResponse, pb::StatsResponse)> {
+    let endpoint = t.endpoint.as_deref()?;
+    let mut client = match ctx.pool.client(endpoint) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(node = %t.name, error = %e, "no client for agent");
+            return None;
+        }
+    };
+    let call = async {
+        let list = client
+            .list(pb::ListRequest {
+                program: program.to_string(),
+            })
+            .await?
+            .into_inner();
+        let stats = client
+            .stats(pb::StatsRequest {
+                program: program.to_string(),
+            })
+            .await?
+            .into_inner();
+        Ok::<_, tonic::Status>((list, stats))
+    };
+    match tokio::time::timeout(ctx.observe_timeout, call).await {
+        Ok(Ok(v)) => {
+            ctx.metrics.call("observe", "ok");
+            Some(v)
+        }
+        Ok(Err(status)) => {
+            ctx.metrics.call("observe", "unreachable");
+            warn!(node = %t.name, %endpoint, code = ?status.code(), message = %status.message(), "agent did not answer List/Stats");
+            if matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown
+            ) {
+                ctx.pool.forget(endpoint);
+            }
+            None
+        }
+        Err(_) => {
+            ctx.metrics.call("observe", "unreachable");
+            warn!(node = %t.name, %endpoint, "agent timed out on List/Stats");
+            ctx.pool.forget(endpoint);
+            None
+        }
+    }
+}
+
+/// Carries out the machine's actions: per node in order (stopping at the
+/// first failure on that node), nodes in parallel.
+async fn carry_out(
+    ctx: &Context,
+    program: &str,
+    spec: &TracerProgramSpec,
+    spec_revision: &str,
+    actions: &[NodeAction],
+    targets: &[Target],
+) {
+    let mut per_node: BTreeMap<&str, Vec<&NodeAction>> = BTreeMap::new();
+    for a in actions {
+        per_node.entry(a.node.as_str()).or_default().push(a);
+    }
+    let endpoints: HashMap<&str, Option<&str>> = targets
+        .iter()
+        .map(|t| (t.name.as_str(), t.endpoint.as_deref()))
+        .collect();
+    let per_node: Vec<_> = per_node
+        .into_iter()
+        .map(|(node, acts)| {
+            let endpoint = endpoints.get(node).copied().flatten();
+            async move {
+                for a in acts {
+                    if !act(ctx, program, spec, spec_revision, a, endpoint).await {
+                        break;
+                    }
+                }
+            }
+        })
+        .collect();
+    futures::stream::iter(per_node)
+        .buffer_unordered(FANOUT)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// One action on one node; false when it failed.
+async fn act(
+    ctx: &Context,
+    program: &str,
+    spec: &TracerProgramSpec,
+    spec_revision: &str,
+    a: &NodeAction,
+    endpoint: Option<&str>,
+) -> bool {
+    let Some(endpoint) = endpoint else {
+        return false;
+    };
+    let fail = |reason: &str, message: String| {
+        ctx.failures().record(
+            &a.node,
+            program,
+            NodeFailure {
+                revision: a.revision.clone(),
+                reason: reason.to_string(),
+                message: observe::truncate(&message, observe::MAX_MESSAGE),
+                at: now(),
+            },
+        );
+        false
+    };
+    let mut client = match ctx.pool.client(endpoint) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(node = %a.node, error = %e, "no client for agent");
+            return false;
+        }
+    };
+    let call = match a.kind {
+        ActionKind::Load => {
+            let req = match load_request(ctx, program, spec, spec_revision, &a.revision).await {
+                Ok(r) => r,
+                Err((reason, message)) => return fail(reason, message),
+            };
+            client.load(req).await.map(|_| ())
+        }
+        ActionKind::Activate => client
+            .activate(pb::ActivateRequest {
+                program: program.to_string(),
+                revision: a.revision.clone(),
+            })
+            .await
+            .map(|_| ()),
+        ActionKind::Rollback => client
+            .rollback(pb::RollbackRequest {
+                program: program.to_string(),
+                to_revision: a.revision.clone(),
+            })
+            .await
+            .map(|_| ()),
+        ActionKind::Unload => client
+            .unload(pb::UnloadRequest {
+                program: program.to_string(),
+                revision: a.revision.clone(),
+            })
+            .await
+            .map(|_| ()),
+    };
+    let what = format!("{:?}", a.kind).to_lowercase();
+    match call {
+        Ok(()) => {
+            ctx.metrics.call(&what, "ok");
+            info!(node = %a.node, revision = %a.revision, action = %what, "done");
+            ctx.failures().clear(&a.node, program, &a.revision);
+            true
+        }
+        Err(status) => match observe::failure_of(&status, &a.revision, now()) {
+            Some(f) => {
+                ctx.metrics.call(&what, "refused");
+                warn!(node = %a.node, revision = %a.revision, action = %what, reason = %f.reason, message = %status.message(), "agent refused");
+                ctx.failures().record(&a.node, program, f);
+                false
+            }
+            None => {
+                ctx.metrics.call(&what, "unreachable");
+                warn!(node = %a.node, revision = %a.revision, action = %what, message = %status.message(), "agent unreachable");
+                ctx.pool.forget(endpoint);
+                false
+            }
+        },
+    }
+}
+
+/// The Load request for `revision`: from the spec when it is the spec's
+/// revision, else from the revision's snapshot. Errors are (reason,
+/// message) for the node's failure.
+async fn load_request(
+    ctx: &Context,
+    program: &str,
+    spec: &TracerProgramSpec,
+    spec_revision: &str,
+    revision: &str,
+) -> std::result::Result<pb::LoadRequest, (&'static str, String)> {
+    let ls = if revision == spec_revision {
+        LoadSpec::from_spec(spec)
+    } else {
+        snapshot(ctx, program, revision).await.map_err(|e| {
+            (
+                "RevisionUnavailable",
+                format!(
+                    "revision {revision} is not in the spec and its snapshot cannot be read: {e}"
+                ),
+            )
+        })?
+    };
+    let source = load::source(&ls.bytecode).map_err(|e| ("SourceUnsupported", e.to_string()))?;
+    let source = match source {
+        Source::ConfigMap {
+            namespace,
+            name,
+            key,
+        } => {
+            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+            let cm = api.get(&name).await.map_err(|e| {
+                (
+                    "SourceUnavailable",
+                    format!("bytecode.configMap {namespace}/{name}: {e}"),
+                )
+            })?;
+            let bytes = cm
+                .binary_data
+                .as_ref()
+                .and_then(|d| d.get(&key))
+                .map(|b| b.0.clone())
+                .or_else(|| {
+                    cm.data
+                        .as_ref()
+                        .and_then(|d| d.get(&key))
+                        .map(|s| s.clone().into_bytes())
+                })
+                .ok_or_else(|| {
+                    (
+                        "SourceUnavailable",
+                        format!("bytecode.configMap {namespace}/{name} has no key {key:?} in binaryData or data"),
+                    )
+                })?;
+            Source::Bytes(bytes)
+        }
+        other => other,
+    };
+    load::request(program, revision, &ls, source).map_err(|e| ("InvalidRequest", e.to_string()))
+}
+
+fn snapshot_name(program: &str, revision: &str) -> String {
+    format!("{program}-{revision}")
+}
+
+/// Keeps a ControllerRevision with the load spec of the spec's revision,
+/// owned by the TracerProgram, so later rollbacks and new nodes can load it.
+async fn ensure_snapshot(tp: &TracerProgram, ctx: &Context, revision: &str) -> Result<()> {
+    let program = tp.name_any();
+    let key = (program.clone(), revision.to_string());
+    let ls = LoadSpec::from_spec(&tp.spec);
+    if ctx
+        .snapshots
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&key)
+        == Some(&ls)
+    {
+        return Ok(());
+    }
+    let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let owner = OwnerReference {
+        api_version: TracerProgram::api_version(&()).into_owned(),
+        kind: TracerProgram::kind(&()).into_owned(),
+        name: program.clone(),
+        uid: tp.uid().unwrap_or_default(),
+        controller: Some(false),
+        block_owner_deletion: None,
+    };
+    let cr = ControllerRevision {
+        metadata: ObjectMeta {
+            name: Some(snapshot_name(&program, revision)),
+            namespace: Some(ctx.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (PROGRAM_LABEL.to_string(), program.clone()),
+                (REVISION_LABEL.to_string(), revision.to_string()),
+            ])),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        data: RawExtension(serde_json::to_value(&ls)?),
+        revision: Some(tp.status.as_ref().map_or(0, |s| s.history.len() as i64) + 1),
+    };
+    match api.create(&PostParams::default(), &cr).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            // Same id: same bytecode, digest, programs and maps; the
+            // signature may have been added since, so refresh the data.
+            let patch = json!({"data": serde_json::to_value(&ls)?});
+            api.patch(
+                &snapshot_name(&program, revision),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    ctx.snapshots
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(key, ls);
+    Ok(())
+}
+
+async fn snapshot(ctx: &Context, program: &str, revision: &str) -> Result<LoadSpec> {
+    let key = (program.to_string(), revision.to_string());
+    if let Some(ls) = ctx
+        .snapshots
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&key)
+    {
+        return Ok(ls.clone());
+    }
+    let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let cr = api.get(&snapshot_name(program, revision)).await?;
+    let ls: LoadSpec = serde_json::from_value(cr.data.0)?;
+    ctx.snapshots
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(key, ls.clone());
+    Ok(ls)
+}
+
+/// Deletes the snapshots of revisions the registry no longer lists.
+async fn prune_snapshots(ctx: &Context, program: &str, status: &TracerProgramStatus) {
+    let keep: HashSet<&str> = status
+        .history
+        .iter()
+        .map(|h| h.revision.as_str())
+        .chain(status.current_revision.as_deref())
+        .chain(status.stable_revision.as_deref())
+        .chain(status.candidate_revision.as_deref())
+        .collect();
+    let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let lp = ListParams::default().labels(&format!("{PROGRAM_LABEL}={program}"));
+    let Ok(list) = api.list(&lp).await else {
+        return;
+    };
+    for cr in list {
+        let rev = cr.labels().get(REVISION_LABEL).cloned().unwrap_or_default();
+        if !keep.contains(rev.as_str()) {
+            let name = cr.name_any();
+            if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
+                warn!(snapshot = %name, error = %e, "could not delete a trimmed revision snapshot");
+            }
+            ctx.snapshots
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&(program.to_string(), rev));
+        }
+    }
+}
+
+async fn delete_snapshots(ctx: &Context, program: &str) -> Result<()> {
+    let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let lp = ListParams::default().labels(&format!("{PROGRAM_LABEL}={program}"));
+    api.delete_collection(&DeleteParams::default(), &lp).await?;
+    ctx.snapshots
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retain(|k, _| k.0 != program);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bpfleet_api::TracerPolicySpec;
+    use bpfleet_api::policy::PolicyTargets;
+    use k8s_openapi::api::core::v1::NodeStatus;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    fn policy(names: &[&str], selector: Option<(&str, &str)>) -> TracerPolicy {
+        let spec: TracerPolicySpec = serde_json::from_value(json!({
+            "targets": {
+                "programNames": names,
+                "programSelector": selector.map(|(k, v)| json!({"matchLabels": {k: v}})),
+            }
+        }))
+        .expect("policy spec");
+        TracerPolicy::new("p", spec)
+    }
+
+    #[test]
+    fn policies_target_by_name_or_label() {
+        let labels = BTreeMap::from([("team".to_string(), "net".to_string())]);
+        assert!(targets_program(
+            &policy(&["tracer"], None),
+            "tracer",
+            &labels
+        ));
+        assert!(!targets_program(
+            &policy(&["other"], None),
+            "tracer",
+            &labels
+        ));
+        assert!(targets_program(
+            &policy(&[], Some(("team", "net"))),
+            "tracer",
+            &labels
+        ));
+        assert!(!targets_program(
+            &policy(&[], Some(("team", "web"))),
+            "tracer",
+            &labels
+        ));
+        let _ = PolicyTargets::default();
+        let _ = LabelSelector::default();
+    }
+
+    #[test]
+    fn node_cores_from_capacity() {
+        let node = |cpu: Option<&str>| Node {
+            status: cpu.map(|c| NodeStatus {
+                capacity: Some(BTreeMap::from([(
+                    "cpu".to_string(),
+                    Quantity(c.to_string()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(cores(&node(Some("8"))), 8);
+        assert_eq!(cores(&node(Some("3500m"))), 4);
+        assert_eq!(cores(&node(Some("junk"))), 1);
+        assert_eq!(cores(&node(None)), 1);
+    }
+}

@@ -1,0 +1,508 @@
+//! From what agents answer to what the state machine reads: a
+//! [`NodeReport`] per node, built from the agent's `List` and `Stats`, with
+//! health samples as per-interval deltas of the agent's cumulative counters
+//! ([`SampleBook`]) and the failures of the operator's own calls
+//! ([`FailureBook`]: the agent keeps no record of a load it refused).
+//!
+//! Pure apart from the books' memory; the clock comes in as nanoseconds of
+//! a monotonic clock.
+
+use std::collections::HashMap;
+
+use bpfleet_proto::v1 as pb;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::gates::HealthSample;
+use crate::rollout::{LoadedRevision, NodeFailure, NodeReport};
+
+/// A sample covers at least this much time; a reconcile sooner than this
+/// after the window opened reuses the previous sample.
+pub const MIN_WINDOW_NS: u64 = 1_000_000_000;
+/// The window restarts once it is this long, so samples follow the present.
+pub const MAX_WINDOW_NS: u64 = 10_000_000_000;
+/// Longest failure message kept in status (verifier logs can be long).
+pub const MAX_MESSAGE: usize = 900;
+
+type Key = (String, String, String);
+
+#[derive(Clone, Debug, PartialEq)]
+struct Snapshot {
+    at_ns: u64,
+    run_time_ns: u64,
+    program_errors: u64,
+    http: Option<pb::HttpFigures>,
+}
+
+/// Per (node, program, revision): the counters at the start of the current
+/// window and the last sample computed.
+#[derive(Default, Debug)]
+pub struct SampleBook {
+    base: HashMap<Key, Snapshot>,
+    last: HashMap<Key, HealthSample>,
+}
+
+impl SampleBook {
+    /// The health sample of one revision on one node, from its cumulative
+    /// stats now; None until a window of [`MIN_WINDOW_NS`] has passed.
+    pub fn sample(
+        &mut self,
+        node: &str,
+        stats: &pb::RevisionStats,
+        now_ns: u64,
+        cpu_cores: u32,
+    ) -> Option<HealthSample> {
+        let key = (
+            node.to_string(),
+            stats.program.clone(),
+            stats.revision.clone(),
+        );
+        let cur = Snapshot {
+            at_ns: now_ns,
+            run_time_ns: stats.run_time_ns,
+            program_errors: stats.program_errors,
+            http: stats.http.clone(),
+        };
+        let Some(base) = self.base.get(&key) else {
+            self.base.insert(key, cur);
+            return None;
+        };
+        let reset = cur.run_time_ns < base.run_time_ns
+            || cur.program_errors < base.program_errors
+            || http_reset(base.http.as_ref(), cur.http.as_ref());
+        if reset {
+            // The revision was reloaded: its counters started again.
+            self.base.insert(key.clone(), cur);
+            self.last.remove(&key);
+            return None;
+        }
+        let elapsed = now_ns.saturating_sub(base.at_ns);
+        if elapsed < MIN_WINDOW_NS {
+            return self.last.get(&key).cloned();
+        }
+        let mut s = HealthSample {
+            program_failures: cur.program_errors - base.program_errors,
+            run_time_ns_delta: cur.run_time_ns - base.run_time_ns,
+            wall_time_ns: elapsed,
+            cpu_cores,
+            map_memory_bytes: stats.map_memory_bytes,
+            ..Default::default()
+        };
+        if let Some(h) = &cur.http {
+            let zero = pb::HttpFigures::default();
+            let b = base.http.as_ref().unwrap_or(&zero);
+            s.http_requests = h.requests.saturating_sub(b.requests);
+            s.http_errors = h.errors.saturating_sub(b.errors);
+            s.p99_latency_ms = quantile_ms(h, b, 0.99);
+        }
+        if elapsed >= MAX_WINDOW_NS {
+            self.base.insert(key.clone(), cur);
+        }
+        self.last.insert(key, s.clone());
+        Some(s)
+    }
+
+    /// Forgets every entry of `program` whose (node, revision) is not in
+    /// `keep`, so the book stays as large as what is loaded.
+    pub fn retain(&mut self, program: &str, keep: &[(String, String)]) {
+        let live = |k: &Key| k.1 != program || keep.iter().any(|(n, r)| *n == k.0 && *r == k.2);
+        self.base.retain(|k, _| live(k));
+        self.last.retain(|k, _| live(k));
+    }
+
+    pub fn len(&self) -> usize {
+        self.base.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.base.is_empty()
+    }
+}
+
+fn http_reset(base: Option<&pb::HttpFigures>, cur: Option<&pb::HttpFigures>) -> bool {
+    match (base, cur) {
+        (Some(b), Some(c)) => {
+            c.requests < b.requests
+                || c.errors < b.errors
+                || b.latency_bounds_seconds != c.latency_bounds_seconds
+        }
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// The `q` quantile in milliseconds of the requests between two cumulative
+/// histograms, interpolated linearly inside its bucket as Prometheus'
+/// `histogram_quantile` does; the +Inf bucket answers its lower bound.
+pub fn quantile_ms(cur: &pb::HttpFigures, base: &pb::HttpFigures, q: f64) -> Option<f64> {
+    let bounds = &cur.latency_bounds_seconds;
+    if cur.latency_bucket_counts.len() != bounds.len() + 1 {
+        return None;
+    }
+    let delta: Vec<u64> = cur
+        .latency_bucket_counts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.saturating_sub(base.latency_bucket_counts.get(i).copied().unwrap_or(0)))
+        .collect();
+    let total: u64 = delta.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut before = 0u64;
+    for (i, &n) in delta.iter().enumerate() {
+        if n > 0 && (before + n) as f64 >= rank {
+            let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
+            let Some(&upper) = bounds.get(i) else {
+                return Some(lower * 1000.0);
+            };
+            let frac = ((rank - before as f64) / n as f64).clamp(0.0, 1.0);
+            return Some((lower + (upper - lower) * frac) * 1000.0);
+        }
+        before += n;
+    }
+    bounds.last().map(|b| b * 1000.0)
+}
+
+/// Failures of the operator's calls to agents, per (node, program,
+/// revision), kept until a later call for the same revision succeeds.
+#[derive(Default, Debug)]
+pub struct FailureBook {
+    failures: HashMap<Key, NodeFailure>,
+}
+
+impl FailureBook {
+    pub fn record(&mut self, node: &str, program: &str, failure: NodeFailure) {
+        self.failures.insert(
+            (
+                node.to_string(),
+                program.to_string(),
+                failure.revision.clone(),
+            ),
+            failure,
+        );
+    }
+
+    pub fn clear(&mut self, node: &str, program: &str, revision: &str) {
+        self.failures
+            .remove(&(node.to_string(), program.to_string(), revision.to_string()));
+    }
+
+    /// Every failure recorded for `program` on `node`.
+    pub fn of(&self, node: &str, program: &str) -> Vec<NodeFailure> {
+        let mut v: Vec<NodeFailure> = self
+            .failures
+            .iter()
+            .filter(|(k, _)| k.0 == node && k.1 == program)
+            .map(|(_, f)| f.clone())
+            .collect();
+        v.sort_by(|a, b| a.revision.cmp(&b.revision));
+        v
+    }
+
+    /// Forgets everything about `program` (it was deleted).
+    pub fn forget(&mut self, program: &str) {
+        self.failures.retain(|k, _| k.1 != program);
+    }
+}
+
+/// The failure a refused agent call means for a revision, or None when the
+/// agent was not reached at all (that is `reachable: false`, not a fault of
+/// the revision).
+pub fn failure_of(status: &tonic::Status, revision: &str, at: Time) -> Option<NodeFailure> {
+    use tonic::Code;
+    let msg = status.message();
+    let reason = match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            return None;
+        }
+        Code::InvalidArgument if msg.contains("verifier rejected") => "VerifierRejected",
+        Code::InvalidArgument => "InvalidRequest",
+        Code::PermissionDenied | Code::Unauthenticated => "LoadRefused",
+        Code::FailedPrecondition
+            if msg.contains("not supported") || msg.contains("unsupported") =>
+        {
+            "Unsupported"
+        }
+        Code::FailedPrecondition => "PreconditionFailed",
+        Code::ResourceExhausted => "BudgetExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "Conflict",
+        _ => "AgentError",
+    };
+    Some(NodeFailure {
+        revision: revision.to_string(),
+        reason: reason.to_string(),
+        message: truncate(msg, MAX_MESSAGE),
+        at,
+    })
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, marked with "…".
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// What the machine reads about `program` on one node, from the agent's
+/// answers (`list` and `stats` of that program).
+#[allow(clippy::too_many_arguments)]
+pub fn report(
+    node: &str,
+    program: &str,
+    list: &pb::ListResponse,
+    stats: &pb::StatsResponse,
+    samples: &mut SampleBook,
+    failures: &FailureBook,
+    now_ns: u64,
+    cpu_cores: u32,
+) -> NodeReport {
+    let mut revisions = Vec::new();
+    for p in list.programs.iter().filter(|p| p.program == program) {
+        for r in &p.revisions {
+            let active = r.state == pb::RevisionState::Active as i32
+                || (!p.active_revision.is_empty() && p.active_revision == r.revision);
+            let health = stats
+                .revisions
+                .iter()
+                .find(|s| s.program == program && s.revision == r.revision)
+                .and_then(|s| samples.sample(node, s, now_ns, cpu_cores));
+            revisions.push(LoadedRevision {
+                revision: r.revision.clone(),
+                active,
+                health,
+            });
+        }
+    }
+    revisions.sort_by(|a, b| a.revision.cmp(&b.revision));
+    NodeReport {
+        node: node.to_string(),
+        reachable: true,
+        revisions,
+        failures: failures.of(node, program),
+    }
+}
+
+/// A node whose agent did not answer (or has no known endpoint).
+pub fn unreachable(node: &str) -> NodeReport {
+    NodeReport {
+        node: node.to_string(),
+        reachable: false,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::clock::time;
+
+    fn stats(run_time_ns: u64, errors: u64, http: Option<pb::HttpFigures>) -> pb::RevisionStats {
+        pb::RevisionStats {
+            program: "p".into(),
+            revision: "r1".into(),
+            run_time_ns,
+            program_errors: errors,
+            map_memory_bytes: 4096,
+            http,
+            ..Default::default()
+        }
+    }
+
+    fn hist(requests: u64, errors: u64, counts: [u64; 4]) -> pb::HttpFigures {
+        pb::HttpFigures {
+            requests,
+            errors,
+            latency_bounds_seconds: vec![0.01, 0.1, 1.0],
+            latency_bucket_counts: counts.to_vec(),
+        }
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn first_sight_has_no_sample_then_deltas_over_the_window() {
+        let mut b = SampleBook::default();
+        assert_eq!(b.sample("n1", &stats(1000, 2, None), 0, 2), None);
+        // Too soon: still nothing to say.
+        assert_eq!(b.sample("n1", &stats(1500, 2, None), S / 2, 2), None);
+        let s = b
+            .sample("n1", &stats(2_001_000, 5, None), 2 * S, 2)
+            .unwrap();
+        assert_eq!(s.run_time_ns_delta, 2_000_000);
+        assert_eq!(s.program_failures, 3);
+        assert_eq!(s.wall_time_ns, 2 * S);
+        assert_eq!(s.map_memory_bytes, 4096);
+        // 2 ms of BPF time in 2 s on 2 cores = 0.05 %.
+        assert!((s.cpu_overhead_percent().unwrap() - 0.05).abs() < 1e-9);
+        // Later calls still measure from the start of the window.
+        let again = b
+            .sample("n1", &stats(2_002_000, 5, None), 4 * S, 2)
+            .unwrap();
+        assert_eq!(
+            (again.run_time_ns_delta, again.wall_time_ns),
+            (2_001_000, 4 * S)
+        );
+    }
+
+    #[test]
+    fn counters_going_back_mean_a_reload_and_restart_the_window() {
+        let mut b = SampleBook::default();
+        b.sample("n1", &stats(5000, 9, None), 0, 1);
+        assert_eq!(b.sample("n1", &stats(10, 0, None), 3 * S, 1), None);
+        let s = b.sample("n1", &stats(110, 1, None), 5 * S, 1).unwrap();
+        assert_eq!((s.run_time_ns_delta, s.program_failures), (100, 1));
+    }
+
+    #[test]
+    fn window_restarts_after_max_window() {
+        let mut b = SampleBook::default();
+        b.sample("n1", &stats(0, 0, None), 0, 1);
+        let s = b.sample("n1", &stats(100, 0, None), 11 * S, 1).unwrap();
+        assert_eq!(s.run_time_ns_delta, 100);
+        let s = b.sample("n1", &stats(130, 0, None), 13 * S, 1).unwrap();
+        assert_eq!((s.run_time_ns_delta, s.wall_time_ns), (30, 2 * S));
+    }
+
+    #[test]
+    fn http_figures_become_interval_rates_and_p99() {
+        let mut b = SampleBook::default();
+        b.sample("n1", &stats(0, 0, Some(hist(10, 1, [10, 0, 0, 0]))), 0, 1);
+        // 100 more requests: 90 under 10 ms, 10 between 100 ms and 1 s.
+        let s = b
+            .sample(
+                "n1",
+                &stats(0, 0, Some(hist(110, 6, [100, 0, 10, 0]))),
+                5 * S,
+                1,
+            )
+            .unwrap();
+        assert_eq!((s.http_requests, s.http_errors), (100, 5));
+        // rank 99 of 100: 9 of the 10 in (0.1, 1] → 0.1 + 0.9 * 0.9 s.
+        let p99 = s.p99_latency_ms.unwrap();
+        assert!((p99 - 910.0).abs() < 1e-6, "{p99}");
+    }
+
+    #[test]
+    fn quantile_edges() {
+        let z = pb::HttpFigures::default();
+        assert_eq!(quantile_ms(&hist(0, 0, [0, 0, 0, 0]), &z, 0.99), None);
+        // Everything in +Inf: the last bound is all that can be said.
+        assert_eq!(
+            quantile_ms(&hist(5, 0, [0, 0, 0, 5]), &z, 0.99),
+            Some(1000.0)
+        );
+        // Malformed (counts do not fit the bounds): no figure, no panic.
+        let bad = pb::HttpFigures {
+            latency_bounds_seconds: vec![0.1],
+            latency_bucket_counts: vec![1],
+            ..Default::default()
+        };
+        assert_eq!(quantile_ms(&bad, &z, 0.99), None);
+    }
+
+    #[test]
+    fn retain_forgets_unloaded_revisions_of_that_program_only() {
+        let mut b = SampleBook::default();
+        b.sample("n1", &stats(0, 0, None), 0, 1);
+        b.sample("n2", &stats(0, 0, None), 0, 1);
+        let mut other = stats(0, 0, None);
+        other.program = "q".into();
+        b.sample("n1", &other, 0, 1);
+        b.retain("p", &[("n2".into(), "r1".into())]);
+        assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn refused_calls_become_failures_and_transport_errors_do_not() {
+        let at = time(100);
+        let f = failure_of(
+            &tonic::Status::invalid_argument(
+                "verifier rejected program count: R1 invalid mem access",
+            ),
+            "r2",
+            at.clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            (f.reason.as_str(), f.revision.as_str()),
+            ("VerifierRejected", "r2")
+        );
+        assert!(f.message.contains("invalid mem access"));
+        let f = failure_of(
+            &tonic::Status::permission_denied("sha256 mismatch"),
+            "r2",
+            at.clone(),
+        );
+        assert_eq!(f.unwrap().reason, "LoadRefused");
+        assert!(
+            failure_of(
+                &tonic::Status::unavailable("conn refused"),
+                "r2",
+                at.clone()
+            )
+            .is_none()
+        );
+        let long = "x".repeat(5000);
+        let f = failure_of(&tonic::Status::internal(long), "r2", at).unwrap();
+        assert!(f.message.len() <= MAX_MESSAGE + 3);
+    }
+
+    #[test]
+    fn report_reads_active_state_and_failures() {
+        let list = pb::ListResponse {
+            programs: vec![pb::ProgramInfo {
+                program: "p".into(),
+                active_revision: "r1".into(),
+                revisions: vec![
+                    pb::RevisionInfo {
+                        revision: "r2".into(),
+                        state: pb::RevisionState::Inactive as i32,
+                        ..Default::default()
+                    },
+                    pb::RevisionInfo {
+                        revision: "r1".into(),
+                        state: pb::RevisionState::Active as i32,
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+        };
+        let mut fails = FailureBook::default();
+        fails.record(
+            "n1",
+            "p",
+            NodeFailure {
+                revision: "r3".into(),
+                reason: "VerifierRejected".into(),
+                message: "m".into(),
+                at: time(5),
+            },
+        );
+        let r = report(
+            "n1",
+            "p",
+            &list,
+            &pb::StatsResponse::default(),
+            &mut SampleBook::default(),
+            &fails,
+            0,
+            1,
+        );
+        assert_eq!(r.active(), Some("r1"));
+        assert!(r.has("r2"));
+        assert_eq!(
+            r.failure("r3").map(|f| f.reason.as_str()),
+            Some("VerifierRejected")
+        );
+        fails.clear("n1", "p", "r3");
+        assert!(fails.of("n1", "p").is_empty());
+    }
+}
