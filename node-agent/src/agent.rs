@@ -102,6 +102,17 @@ pub struct Switched {
     pub nanos: u64,
 }
 
+/// A program as [`Agent::program_views`] shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProgramView {
+    pub program: String,
+    /// Shared map name -> pin.
+    pub shared_maps: BTreeMap<String, PathBuf>,
+    /// Revision -> gate token.
+    pub revisions: BTreeMap<String, u64>,
+    pub active: Option<String>,
+}
+
 /// The node agent.
 pub struct Agent {
     cfg: Config,
@@ -1080,6 +1091,27 @@ impl Agent {
             revisions,
             stats_enabled: self.stats_fd.is_some(),
         })
+    }
+
+    /// Every program's shared map pins, revisions with their gate tokens,
+    /// and active revision: what runtimes reading shared maps (the HTTP
+    /// tracer's ring buffer) need, without kernel calls.
+    pub fn program_views(&self) -> Vec<ProgramView> {
+        self.state
+            .programs
+            .iter()
+            .map(|(name, p)| ProgramView {
+                program: name.clone(),
+                shared_maps: p.shared_maps.clone(),
+                revisions: p
+                    .revisions
+                    .iter()
+                    .filter(|(_, r)| !r.orphaned)
+                    .map(|(n, r)| (n.clone(), r.token))
+                    .collect(),
+                active: p.active.clone(),
+            })
+            .collect()
     }
 
     /// Writes config map entries into every pinned instance of the map.

@@ -13,7 +13,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::agent::Config;
 use crate::error::{Error, Result};
 use crate::hooks::{ALL_HOOKS, hook_name};
+use crate::http::{HttpConfig, parse_rule};
 use crate::server::{Listen, MAX_MESSAGE, TlsFiles};
+use bpfleet_httptrace::route::Unmatched;
 
 /// bpfleet node agent.
 #[derive(Debug, Parser)]
@@ -164,9 +166,68 @@ pub struct ServeArgs {
     /// CAP_NET_ADMIN (and CAP_SYS_RESOURCE if held) after setup.
     #[arg(long)]
     pub keep_all_capabilities: bool,
+    /// Do not run the HTTP tracer runtime. When on (the default), every
+    /// program whose shared maps include the tracer's `http_events` and
+    /// `http_lost` gets a reader: HTTP metrics on the metrics endpoint,
+    /// /api/analytics, and `http` figures in Stats.
+    #[arg(long, env = "BPFLEET_NO_HTTP_TRACER")]
+    pub no_http_tracer: bool,
+    /// Route pattern for `http_route` (`/api/users/{id}`, `/static/*`);
+    /// repeatable, first match wins.
+    #[arg(long = "http-route")]
+    pub http_routes: Vec<String>,
+    /// What unmatched paths become: `heuristic` (identifiers become {id},
+    /// at most three segments) or `wildcard` (`/*`).
+    #[arg(long, default_value = "heuristic", value_parser = ["heuristic", "wildcard"])]
+    pub http_unmatched: String,
+    /// Distinct heuristic routes before unmatched paths become `/*`.
+    #[arg(long, default_value_t = 200)]
+    pub http_max_routes: usize,
+    /// Distinct service names before further ones become `other`.
+    #[arg(long, default_value_t = 64)]
+    pub http_max_services: usize,
+    /// Seconds without a response before a request counts as a timeout.
+    #[arg(long, default_value_t = 30)]
+    pub http_request_timeout_seconds: u64,
+    /// kubelet's pod log directory (maps pod UIDs to namespace and name).
+    #[arg(long, env = "BPFLEET_PODS_LOG_DIR", default_value = "/var/log/pods")]
+    pub pods_log_dir: PathBuf,
+    /// Alert rule `NAME=error_rate|p99>THRESHOLD/1m|5m|15m|1h[/MIN_REQUESTS]`
+    /// (p99 in seconds); repeatable; replaces the default rules
+    /// (HttpHighErrorRate=error_rate>0.05/5m/20, HttpHighLatencyP99=p99>1/5m/20).
+    #[arg(long = "http-alert")]
+    pub http_alerts: Vec<String>,
 }
 
 impl ServeArgs {
+    /// The HTTP tracer runtime's settings.
+    pub fn http_config(&self) -> Result<HttpConfig> {
+        let mut cfg = HttpConfig {
+            enabled: !self.no_http_tracer,
+            routes: self.http_routes.clone(),
+            unmatched: match self.http_unmatched.as_str() {
+                "wildcard" => Unmatched::Wildcard,
+                _ => Unmatched::Heuristic,
+            },
+            max_routes: self.http_max_routes,
+            max_services: self.http_max_services,
+            request_timeout: std::time::Duration::from_secs(
+                self.http_request_timeout_seconds.max(1),
+            ),
+            pods_dir: self.pods_log_dir.clone(),
+            ..Default::default()
+        };
+        if !self.http_alerts.is_empty() {
+            cfg.rules = self
+                .http_alerts
+                .iter()
+                .map(|r| parse_rule(r))
+                .collect::<Result<_>>()?;
+        }
+        cfg.route_mapper()?;
+        Ok(cfg)
+    }
+
     /// Agent configuration and listeners.
     pub fn split(self) -> Result<(Config, Listen)> {
         let mut cfg = Config::new(self.pin_root, self.state_file);

@@ -7,13 +7,16 @@
 //! `trust`, `state`, `audit` (pure or file-only) → `kernel` (libbpf) →
 //! `agent` (lifecycle, budgets, re-adoption) → `server` (tonic gRPC over a
 //! Unix socket and mTLS TCP, Prometheus endpoint) → `cli` (argument parsing
-//! and a client for every RPC).
+//! and a client for every RPC). `http` is the HTTP tracer's userspace (ring
+//! buffer readers, per-revision figures, analytics, alerts, export), fed by
+//! the agent's program views and served by `server` and `metrics`.
 
 pub mod agent;
 pub mod audit;
 pub mod cli;
 pub mod error;
 pub mod hooks;
+pub mod http;
 pub mod kernel;
 pub mod metrics;
 pub mod names;

@@ -17,6 +17,7 @@ fn main() -> anyhow::Result<()> {
                 .with_writer(std::io::stderr)
                 .init();
             let keep_all = args.keep_all_capabilities;
+            let http = args.http_config()?;
             let (cfg, listen) = args.split()?;
             // Setup (bpffs mount, BPF stats, probes, re-adoption) runs with
             // every capability, on this thread, before any other thread.
@@ -42,7 +43,7 @@ fn main() -> anyhow::Result<()> {
                     }
                     tracing::info!("stopping; programs stay loaded and pinned");
                 };
-                bpfleet_agent::server::serve(agent, listen, shutdown).await
+                bpfleet_agent::server::serve_with(agent, listen, http, shutdown).await
             })?;
         }
         other => {

@@ -2,7 +2,11 @@
 //! (`bpfleet_program_runs_total`, `bpfleet_program_run_seconds_total`,
 //! `bpfleet_program_errors_total`, `bpfleet_map_memory_bytes`, labelled by
 //! program and revision) and the agent's own operation counters
-//! (`bpfleet_agent_operations_total` by op and result).
+//! (`bpfleet_agent_operations_total` by op and result), plus the HTTP
+//! tracer's families when the tracer runtime is on ([`crate::http::export`]).
+//!
+//! The same listener serves the agent's HTTP API: `/api/health` and
+//! `/api/analytics` ([`crate::http::api`]); any other path is 404.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::agent::Agent;
+use crate::http::{Hub, api, mono_ns};
 
 type Labels = Vec<(String, String)>;
 
@@ -24,6 +29,8 @@ type Labels = Vec<(String, String)>;
 pub struct Metrics {
     registry: Registry,
     ops: Family<Labels, Counter>,
+    agent: Arc<Mutex<Agent>>,
+    hub: Option<Arc<Hub>>,
 }
 
 #[derive(Debug)]
@@ -110,6 +117,11 @@ impl Collector for KernelCollector {
 impl Metrics {
     /// Metrics over `agent`.
     pub fn new(agent: Arc<Mutex<Agent>>) -> Arc<Self> {
+        Self::with_http(agent, None)
+    }
+
+    /// Metrics over `agent` and, when given, the HTTP tracer runtime.
+    pub fn with_http(agent: Arc<Mutex<Agent>>, hub: Option<Arc<Hub>>) -> Arc<Self> {
         let mut registry = Registry::default();
         let ops = Family::<Labels, Counter>::default();
         registry.register(
@@ -117,8 +129,18 @@ impl Metrics {
             "Agent API operations by op and result",
             ops.clone(),
         );
-        registry.register_collector(Box::new(KernelCollector { agent }));
-        Arc::new(Self { registry, ops })
+        registry.register_collector(Box::new(KernelCollector {
+            agent: agent.clone(),
+        }));
+        if let Some(h) = &hub {
+            h.families().register(&mut registry, h.clone());
+        }
+        Arc::new(Self {
+            registry,
+            ops,
+            agent,
+            hub,
+        })
     }
 
     /// Counts one operation.
@@ -141,7 +163,66 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` (any path) on `listener` until the task is dropped.
+/// A response of the HTTP endpoint: status, content type, body.
+pub type Reply = (u16, &'static str, String);
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const JSON: &str = "application/json";
+
+impl Metrics {
+    /// Answers `GET path` (blocking: takes the agent lock for health).
+    pub fn respond(&self, path: &str) -> Reply {
+        let path = path.split('?').next().unwrap_or(path);
+        match path {
+            "/metrics" | "/" => (200, OPENMETRICS, self.render()),
+            "/api/health" => {
+                let agent = match self.agent.lock() {
+                    Ok(a) => a.health(),
+                    Err(_) => bpfleet_proto::v1::HealthResponse {
+                        ok: false,
+                        problems: vec!["agent state lock poisoned".into()],
+                        ..Default::default()
+                    },
+                };
+                let h = api::health(agent, self.hub.as_deref());
+                let status = if h.ready { 200 } else { 503 };
+                (status, JSON, to_json(&h))
+            }
+            "/api/analytics" => match &self.hub {
+                Some(hub) => (200, JSON, to_json(&api::analytics(hub, mono_ns()))),
+                None => (
+                    404,
+                    JSON,
+                    r#"{"error":"the HTTP tracer runtime is off (--no-http-tracer)"}"#.into(),
+                ),
+            },
+            _ => (
+                404,
+                JSON,
+                r#"{"error":"not found; try /metrics, /api/health or /api/analytics"}"#.into(),
+            ),
+        }
+    }
+}
+
+fn to_json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v)
+        .unwrap_or_else(|e| format!(r#"{{"error":"cannot encode the answer: {e}"}}"#))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    }
+}
+
+/// Serves `/metrics`, `/api/health` and `/api/analytics` on `listener`
+/// (one request per connection) until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
@@ -150,13 +231,28 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
-            let body = tokio::task::spawn_blocking(move || metrics.render())
-                .await
-                .unwrap_or_default();
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => 0,
+                };
+            let line = String::from_utf8_lossy(&buf[..n]);
+            let mut parts = line.lines().next().unwrap_or("").split_whitespace();
+            let (method, path) = (parts.next(), parts.next().map(str::to_string));
+            let (status, ctype, body) = match (method, path) {
+                (Some("GET"), Some(path)) => {
+                    tokio::task::spawn_blocking(move || metrics.respond(&path))
+                        .await
+                        .unwrap_or_else(|e| (500, JSON, format!(r#"{{"error":"{e}"}}"#)))
+                }
+                (Some(_), Some(_)) => (405, JSON, r#"{"error":"only GET"}"#.into()),
+                _ => (400, JSON, r#"{"error":"not an HTTP request"}"#.into()),
+            };
             let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                reason(status),
                 body.len()
             );
             let _ = sock.write_all(head.as_bytes()).await;

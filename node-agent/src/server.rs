@@ -1,7 +1,9 @@
 //! The gRPC front of the agent: the `bpfleet.agent.v1.Agent` service over a
 //! node-local Unix socket and over TCP with mutual TLS (rustls; only client
 //! certificates chaining to the configured CA are accepted), plus the
-//! Prometheus endpoint. Every call runs the agent core on a blocking thread.
+//! Prometheus endpoint and HTTP API. Every call runs the agent core on a
+//! blocking thread. With the HTTP tracer runtime on ([`crate::http`]),
+//! Stats fills `RevisionStats.http` for tracer revisions.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::agent::Agent;
 use crate::error::{Error, Result};
+use crate::http::{HttpConfig, Hub, runtime::Runtime};
 use crate::metrics::Metrics;
 
 /// Largest gRPC message accepted (objects travel inline).
@@ -53,12 +56,26 @@ pub struct Listen {
 pub struct AgentService {
     agent: Arc<Mutex<Agent>>,
     metrics: Arc<Metrics>,
+    hub: Option<Arc<Hub>>,
 }
 
 impl AgentService {
     /// Service over a shared agent.
     pub fn new(agent: Arc<Mutex<Agent>>, metrics: Arc<Metrics>) -> Self {
-        Self { agent, metrics }
+        Self {
+            agent,
+            metrics,
+            hub: None,
+        }
+    }
+
+    /// Service whose Stats carries the HTTP figures of `hub`.
+    pub fn with_http(agent: Arc<Mutex<Agent>>, metrics: Arc<Metrics>, hub: Arc<Hub>) -> Self {
+        Self {
+            agent,
+            metrics,
+            hub: Some(hub),
+        }
     }
 
     async fn run<T, F>(&self, op: &'static str, f: F) -> Result<T, Status>
@@ -186,8 +203,16 @@ impl pb::agent_server::Agent for AgentService {
         req: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         let r = req.into_inner();
+        let hub = self.hub.clone();
         Ok(Response::new(
-            self.run("stats", move |a| a.stats(&r.program)).await?,
+            self.run("stats", move |a| {
+                let mut s = a.stats(&r.program)?;
+                if let Some(h) = hub {
+                    h.fill_stats(&mut s);
+                }
+                Ok(s)
+            })
+            .await?,
         ))
     }
 
@@ -224,15 +249,39 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(format!("reading {what} {}", path.display()), e))
 }
 
-/// Runs the listeners until `shutdown` completes.
+/// Runs the listeners until `shutdown` completes, with the HTTP tracer
+/// runtime on and its default settings.
 pub async fn serve(
     agent: Agent,
     listen: Listen,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    serve_with(agent, listen, HttpConfig::default(), shutdown).await
+}
+
+/// Runs the listeners until `shutdown` completes; the HTTP tracer runtime
+/// runs when `http.enabled`.
+pub async fn serve_with(
+    agent: Agent,
+    listen: Listen,
+    http: HttpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let agent = Arc::new(Mutex::new(agent));
-    let metrics = Metrics::new(agent.clone());
-    let svc = AgentService::new(agent.clone(), metrics.clone());
+    let hub = if http.enabled {
+        Some(Arc::new(Hub::new(http)?))
+    } else {
+        None
+    };
+    let metrics = Metrics::with_http(agent.clone(), hub.clone());
+    let svc = match &hub {
+        Some(h) => AgentService::with_http(agent.clone(), metrics.clone(), h.clone()),
+        None => AgentService::new(agent.clone(), metrics.clone()),
+    };
+    // Stopped (threads joined) when this function returns.
+    let _runtime = hub
+        .as_ref()
+        .map(|h| Runtime::start(agent.clone(), h.clone()));
     let make = || {
         AgentServer::new(svc.clone())
             .max_decoding_message_size(MAX_MESSAGE)

@@ -1,0 +1,211 @@
+//! Who a traced process is: its Kubernetes pod (pod UID from
+//! `/proc/<pid>/cgroup`, namespace and name from kubelet's pod log
+//! directory `/var/log/pods/<namespace>_<pod>_<uid>/`, which exists on every
+//! node and needs no apiserver access) or, outside pods, its process name.
+//!
+//! Answers are cached per process for a minute; the number of distinct
+//! service names is capped (then `other`) so label cardinality stays
+//! bounded whatever runs on the node.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bpfleet_httptrace::cgroup;
+
+/// What the metrics label a process with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// `service_name`: the pod's only container, else the pod, else the
+    /// process name; `unknown` when the process is gone.
+    pub service: String,
+    /// Empty outside pods.
+    pub namespace: String,
+    /// Empty outside pods.
+    pub pod: String,
+}
+
+/// A pod as kubelet's log directory names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    /// Container names (subdirectories), sorted.
+    pub containers: Vec<String>,
+}
+
+/// Finds pod `uid` under `pods_dir` (`<namespace>_<pod>_<uid>`).
+pub fn pod_from_log_dir(pods_dir: &Path, uid: &str) -> Option<PodInfo> {
+    let suffix = format!("_{uid}");
+    for ent in std::fs::read_dir(pods_dir).ok()?.flatten() {
+        let name = ent.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_suffix(&suffix) else {
+            continue;
+        };
+        // Namespaces cannot contain '_', pod names cannot either.
+        let Some((namespace, pod)) = rest.split_once('_') else {
+            continue;
+        };
+        let mut containers: Vec<String> = std::fs::read_dir(ent.path())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        containers.sort();
+        return Some(PodInfo {
+            namespace: namespace.to_string(),
+            name: pod.to_string(),
+            containers,
+        });
+    }
+    None
+}
+
+const TTL: Duration = Duration::from_secs(60);
+const MAX_CACHED: usize = 4096;
+
+/// Resolves and caches identities by process id.
+#[derive(Debug)]
+pub struct Resolver {
+    proc_root: PathBuf,
+    pods_dir: PathBuf,
+    cache: HashMap<u32, (Instant, Arc<Identity>)>,
+    max_services: usize,
+    services: HashSet<String>,
+}
+
+impl Resolver {
+    pub fn new(proc_root: PathBuf, pods_dir: PathBuf, max_services: usize) -> Self {
+        Self {
+            proc_root,
+            pods_dir,
+            cache: HashMap::new(),
+            max_services: max_services.max(1),
+            services: HashSet::new(),
+        }
+    }
+
+    pub fn resolve(&mut self, tgid: u32) -> Arc<Identity> {
+        let now = Instant::now();
+        if let Some((at, id)) = self.cache.get(&tgid)
+            && now.duration_since(*at) < TTL
+        {
+            return id.clone();
+        }
+        if self.cache.len() >= MAX_CACHED {
+            self.cache
+                .retain(|_, (at, _)| now.duration_since(*at) < TTL);
+            if self.cache.len() >= MAX_CACHED {
+                self.cache.clear();
+            }
+        }
+        let mut id = self.lookup(tgid);
+        if !self.services.contains(&id.service) {
+            if self.services.len() < self.max_services {
+                self.services.insert(id.service.clone());
+            } else {
+                id.service = "other".into();
+            }
+        }
+        let id = Arc::new(id);
+        self.cache.insert(tgid, (now, id.clone()));
+        id
+    }
+
+    fn lookup(&self, tgid: u32) -> Identity {
+        let dir = self.proc_root.join(tgid.to_string());
+        let comm = std::fs::read_to_string(dir.join("comm"))
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty());
+        let pod = std::fs::read_to_string(dir.join("cgroup"))
+            .ok()
+            .and_then(|t| cgroup::parse_proc_cgroup(&t))
+            .and_then(|r| pod_from_log_dir(&self.pods_dir, &r.pod_uid));
+        match pod {
+            Some(p) => Identity {
+                service: match p.containers.as_slice() {
+                    [only] => only.clone(),
+                    _ => p.name.clone(),
+                },
+                namespace: p.namespace,
+                pod: p.name,
+            },
+            None => Identity {
+                service: comm.unwrap_or_else(|| "unknown".into()),
+                namespace: String::new(),
+                pod: String::new(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "0b9f3c2e-1d4a-4c8e-9f00-1a2b3c4d5e6f";
+
+    fn fake_proc(root: &Path, pid: u32, comm: &str, cgroup: &str) {
+        let d = root.join(pid.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("comm"), format!("{comm}\n")).unwrap();
+        std::fs::write(d.join("cgroup"), cgroup).unwrap();
+    }
+
+    #[test]
+    fn pods_from_kubelet_log_dirs_and_processes_by_name() {
+        let t = tempfile::tempdir().unwrap();
+        let proc_root = t.path().join("proc");
+        let pods = t.path().join("pods");
+        std::fs::create_dir_all(pods.join(format!("shop_checkout-7d9f_{UID}/api"))).unwrap();
+        std::fs::create_dir_all(pods.join("other_x_11111111-2222-3333-4444-555555555555/a"))
+            .unwrap();
+        fake_proc(
+            &proc_root,
+            10,
+            "checkout",
+            &format!(
+                "0::/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{}.scope\n",
+                UID.replace('-', "_"),
+                "a".repeat(64)
+            ),
+        );
+        fake_proc(
+            &proc_root,
+            11,
+            "python3",
+            "0::/user.slice/session-1.scope\n",
+        );
+        let mut r = Resolver::new(proc_root, pods, 10);
+        assert_eq!(
+            *r.resolve(10),
+            Identity {
+                service: "api".into(),
+                namespace: "shop".into(),
+                pod: "checkout-7d9f".into()
+            }
+        );
+        assert_eq!(r.resolve(11).service, "python3");
+        assert_eq!(r.resolve(11).pod, "");
+        assert_eq!(r.resolve(12).service, "unknown", "a process that is gone");
+    }
+
+    #[test]
+    fn service_names_are_capped() {
+        let t = tempfile::tempdir().unwrap();
+        for (pid, comm) in [(1, "a"), (2, "b"), (3, "c")] {
+            fake_proc(t.path(), pid, comm, "0::/\n");
+        }
+        let mut r = Resolver::new(t.path().into(), t.path().join("none"), 2);
+        assert_eq!(r.resolve(1).service, "a");
+        assert_eq!(r.resolve(2).service, "b");
+        assert_eq!(r.resolve(3).service, "other");
+        assert_eq!(r.resolve(1).service, "a");
+    }
+}

@@ -1,0 +1,539 @@
+//! The HTTP tracer's userspace inside the agent. A program is a tracer
+//! when its shared (persistent) maps include the tracer's ring buffer and
+//! lost counter (`http_events`, `http_lost`); for each such program a
+//! reader thread turns the pinned ring buffer into exchanges
+//! ([`bpfleet_tracer::pipeline::Pipeline`]) and records them here. The
+//! ring buffer is shared by every revision, so the reader survives
+//! switches; each event carries the gate token of the revision that
+//! reported it, and exchanges are attributed by that token.
+//!
+//! Kept here, behind one lock: per-revision cumulative figures (the gRPC
+//! Stats `HttpFigures` the operator's gates read), sliding windows per
+//! service and route (the analytics API) and alert state; the Prometheus
+//! families live in [`export`]. Nothing here touches the kernel except the
+//! reader threads ([`runtime`]).
+
+pub mod api;
+pub mod export;
+pub mod identity;
+pub mod record;
+pub mod runtime;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bpfleet_httptrace::alerts::{Alerts, Rule, Signal, Transition};
+use bpfleet_httptrace::route::{BadRoute, Routes, Unmatched};
+use bpfleet_httptrace::stats::{Window, Windows};
+use bpfleet_proto::v1 as pb;
+
+use crate::agent::ProgramView;
+use crate::error::{Error, Result};
+use record::{Figures, Key, Record, Side};
+
+/// The shared maps that make a program an HTTP tracer.
+pub const EVENTS_MAP: &str = bpfleet_tracer::pinned::EVENTS_MAP;
+pub const LOST_MAP: &str = bpfleet_tracer::pinned::LOST_MAP;
+
+/// Configuration of the tracer runtime (from the command line).
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Run readers for tracer programs.
+    pub enabled: bool,
+    /// Route patterns (`/api/users/{id}`, `/static/*`).
+    pub routes: Vec<String>,
+    pub unmatched: Unmatched,
+    /// Distinct heuristic routes before unmatched paths become `/*`.
+    pub max_routes: usize,
+    /// Distinct service names before further ones become `other`.
+    pub max_services: usize,
+    /// Most (service, route, side) series in the sliding windows.
+    pub max_series: usize,
+    /// Connections tracked at once per tracer program.
+    pub max_connections: usize,
+    /// A request without an answer after this long is a timeout.
+    pub request_timeout: Duration,
+    /// kubelet's pod log directory (pod UID to namespace and name).
+    pub pods_dir: PathBuf,
+    /// Where process information is read (`/proc`).
+    pub proc_root: PathBuf,
+    /// Alert rules evaluated in-process.
+    pub rules: Vec<Rule>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            routes: Vec::new(),
+            unmatched: Unmatched::Heuristic,
+            max_routes: 200,
+            max_services: 64,
+            max_series: 2000,
+            max_connections: 16384,
+            request_timeout: Duration::from_secs(30),
+            pods_dir: PathBuf::from("/var/log/pods"),
+            proc_root: PathBuf::from("/proc"),
+            rules: default_rules(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The route mapper these settings describe.
+    pub fn route_mapper(&self) -> Result<Routes> {
+        let patterns: Vec<&str> = self.routes.iter().map(String::as_str).collect();
+        Routes::new(&patterns, self.unmatched, self.max_routes)
+            .map_err(|e: BadRoute| Error::Invalid(format!("--http-route: {e}")))
+    }
+}
+
+/// Error rate above 5 % or p99 above 1 s over five minutes, with at least
+/// 20 requests.
+pub fn default_rules() -> Vec<Rule> {
+    vec![
+        Rule {
+            name: "HttpHighErrorRate".into(),
+            signal: Signal::ErrorRate,
+            threshold: 0.05,
+            window: Window::FiveMinutes,
+            min_requests: 20,
+        },
+        Rule {
+            name: "HttpHighLatencyP99".into(),
+            signal: Signal::P99Latency,
+            threshold: 1.0,
+            window: Window::FiveMinutes,
+            min_requests: 20,
+        },
+    ]
+}
+
+/// Parses `NAME=SIGNAL>THRESHOLD/WINDOW[/MIN_REQUESTS]`, e.g.
+/// `HighErrors=error_rate>0.05/5m/20` or `Slow=p99>0.5/1m` (seconds).
+pub fn parse_rule(s: &str) -> Result<Rule> {
+    let bad = |why: &str| {
+        Error::Invalid(format!(
+            "alert rule {s:?}: {why} (NAME=error_rate|p99>THRESHOLD/1m|5m|15m|1h[/MIN_REQUESTS])"
+        ))
+    };
+    let (name, rest) = s.split_once('=').ok_or_else(|| bad("no '='"))?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(bad("the name is letters, digits and '_'"));
+    }
+    let (signal, rest) = rest.split_once('>').ok_or_else(|| bad("no '>'"))?;
+    let signal = match signal {
+        "error_rate" => Signal::ErrorRate,
+        "p99" => Signal::P99Latency,
+        _ => return Err(bad("unknown signal")),
+    };
+    let mut parts = rest.split('/');
+    let threshold: f64 = parts
+        .next()
+        .and_then(|t| t.parse().ok())
+        .filter(|t: &f64| t.is_finite() && *t >= 0.0)
+        .ok_or_else(|| bad("the threshold is a non-negative number"))?;
+    let window = match parts.next() {
+        Some(w) => Window::ALL
+            .into_iter()
+            .find(|x| x.label() == w)
+            .ok_or_else(|| bad("unknown window"))?,
+        None => return Err(bad("no window")),
+    };
+    let min_requests = match parts.next() {
+        Some(m) => m.parse().map_err(|_| bad("MIN_REQUESTS is a count"))?,
+        None => 1,
+    };
+    if parts.next().is_some() {
+        return Err(bad("too many '/'"));
+    }
+    Ok(Rule {
+        name: name.to_string(),
+        signal,
+        threshold,
+        window,
+        min_requests,
+    })
+}
+
+/// A tracer program as the hub knows it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ProgramInfo {
+    /// Revision -> gate token.
+    revisions: BTreeMap<String, u64>,
+    active_token: u64,
+    events_pin: PathBuf,
+    lost_pin: PathBuf,
+}
+
+/// What a reader reports about itself.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ReaderStatus {
+    running: bool,
+    error: Option<String>,
+    events: u64,
+    malformed: u64,
+    connections: u64,
+    evicted: u64,
+    exchanges: u64,
+    /// Exchanges of the agent's own process, dropped.
+    own_dropped: u64,
+    lost: u64,
+    last_exchange: Option<Instant>,
+}
+
+/// A firing alert.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Firing {
+    value: f64,
+    since: Instant,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    programs: BTreeMap<String, ProgramInfo>,
+    readers: BTreeMap<String, ReaderStatus>,
+    /// (program, gate token) -> cumulative figures.
+    figures: BTreeMap<(String, u64), Figures>,
+    windows: Windows<Key>,
+    alerts: Alerts<Key>,
+    firing: BTreeMap<(String, Key), Firing>,
+}
+
+/// The tracer runtime's shared state; see the module doc.
+#[derive(Debug)]
+pub struct Hub {
+    cfg: HttpConfig,
+    state: Mutex<State>,
+    families: export::Families,
+}
+
+impl Hub {
+    /// Checks the configuration (route patterns) and builds the hub.
+    pub fn new(cfg: HttpConfig) -> Result<Self> {
+        cfg.route_mapper()?;
+        let overflow = Key {
+            service: "other".into(),
+            route: "/*".into(),
+            side: Side::Server,
+        };
+        Ok(Self {
+            state: Mutex::new(State {
+                programs: BTreeMap::new(),
+                readers: BTreeMap::new(),
+                figures: BTreeMap::new(),
+                windows: Windows::new(cfg.max_series, overflow),
+                alerts: Alerts::default(),
+                firing: BTreeMap::new(),
+            }),
+            families: export::Families::default(),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &HttpConfig {
+        &self.cfg
+    }
+
+    pub fn families(&self) -> &export::Families {
+        &self.families
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves figures that are at worst
+        // one batch short; keep serving them.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Which programs are tracers, with their pins and tokens; forgets
+    /// programs that are gone (their figures with them).
+    pub fn set_programs(&self, views: &[ProgramView]) {
+        let mut st = self.lock();
+        let mut programs = BTreeMap::new();
+        for v in views {
+            let (Some(events), Some(lost)) =
+                (v.shared_maps.get(EVENTS_MAP), v.shared_maps.get(LOST_MAP))
+            else {
+                continue;
+            };
+            let active_token = v
+                .active
+                .as_ref()
+                .and_then(|a| v.revisions.get(a))
+                .copied()
+                .unwrap_or(0);
+            programs.insert(
+                v.program.clone(),
+                ProgramInfo {
+                    revisions: v.revisions.clone(),
+                    active_token,
+                    events_pin: events.clone(),
+                    lost_pin: lost.clone(),
+                },
+            );
+        }
+        st.figures.retain(|(p, tok), _| {
+            programs
+                .get(p)
+                .is_some_and(|i| i.revisions.values().any(|t| t == tok))
+        });
+        st.readers.retain(|p, _| programs.contains_key(p));
+        st.programs = programs;
+    }
+
+    /// Tracer programs: (program, events pin, lost pin).
+    pub fn tracer_programs(&self) -> Vec<(String, PathBuf, PathBuf)> {
+        self.lock()
+            .programs
+            .iter()
+            .map(|(p, i)| (p.clone(), i.events_pin.clone(), i.lost_pin.clone()))
+            .collect()
+    }
+
+    pub(crate) fn reader_status(&self, program: &str, f: impl FnOnce(&mut ReaderStatus)) {
+        let mut st = self.lock();
+        f(st.readers.entry(program.to_string()).or_default());
+    }
+
+    /// Records a batch of exchanges of `program`.
+    pub fn apply(&self, program: &str, records: &[Record]) {
+        if records.is_empty() {
+            return;
+        }
+        for r in records {
+            self.families.observe(r);
+        }
+        let mut st = self.lock();
+        let active = st.programs.get(program).map_or(0, |p| p.active_token);
+        for r in records {
+            let token = if r.token == 0 { active } else { r.token };
+            st.figures
+                .entry((program.to_string(), token))
+                .or_default()
+                .record(r);
+            st.windows
+                .record(r.key(), r.end_ns, r.duration_ns, r.semconv_error());
+        }
+        let s = st.readers.entry(program.to_string()).or_default();
+        s.exchanges += records.len() as u64;
+        s.last_exchange = Some(Instant::now());
+    }
+
+    /// Evaluates the alert rules at `now_ns` (kernel monotonic time) and
+    /// drops window slots older than the longest window; returns the
+    /// transitions (also counted in the metrics and logged).
+    pub fn evaluate(&self, now_ns: u64) -> Vec<Transition<Key>> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        st.windows.expire(now_ns);
+        let transitions = st.alerts.evaluate(&self.cfg.rules, &st.windows, now_ns);
+        for t in &transitions {
+            match t {
+                Transition::Firing { rule, key, value } => {
+                    tracing::warn!(
+                        rule,
+                        service = key.service,
+                        route = key.route,
+                        side = key.side.as_str(),
+                        value,
+                        "HTTP alert firing"
+                    );
+                    self.families.transition(rule, "firing");
+                    st.firing.insert(
+                        (rule.clone(), key.clone()),
+                        Firing {
+                            value: *value,
+                            since: Instant::now(),
+                        },
+                    );
+                }
+                Transition::Resolved { rule, key, value } => {
+                    tracing::info!(
+                        rule,
+                        service = key.service,
+                        route = key.route,
+                        side = key.side.as_str(),
+                        value,
+                        "HTTP alert resolved"
+                    );
+                    self.families.transition(rule, "resolved");
+                    st.firing.remove(&(rule.clone(), key.clone()));
+                }
+            }
+        }
+        transitions
+    }
+
+    /// Fills `http` of every revision of a tracer program (zero figures
+    /// for revisions that saw no traffic yet); leaves other programs alone.
+    pub fn fill_stats(&self, stats: &mut pb::StatsResponse) {
+        let st = self.lock();
+        for rs in &mut stats.revisions {
+            let Some(info) = st.programs.get(&rs.program) else {
+                continue;
+            };
+            let Some(token) = info.revisions.get(&rs.revision) else {
+                continue;
+            };
+            let fig = st
+                .figures
+                .get(&(rs.program.clone(), *token))
+                .cloned()
+                .unwrap_or_default();
+            rs.http = Some(fig.to_proto());
+        }
+    }
+}
+
+/// Kernel monotonic time in ns (the clock of `bpf_ktime_get_ns`, which
+/// stamps every event).
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use bpfleet_httptrace::Outcome;
+
+    #[test]
+    fn rules_parse_and_bad_ones_say_why() {
+        let r = parse_rule("HighErrors=error_rate>0.05/5m/20").unwrap();
+        assert_eq!(r.signal, Signal::ErrorRate);
+        assert_eq!(r.window, Window::FiveMinutes);
+        assert_eq!((r.threshold, r.min_requests), (0.05, 20));
+        let r = parse_rule("Slow=p99>0.5/1m").unwrap();
+        assert_eq!((r.signal, r.min_requests), (Signal::P99Latency, 1));
+        for bad in [
+            "x",
+            "=error_rate>1/1m",
+            "a b=p99>1/1m",
+            "a=cpu>1/1m",
+            "a=p99>-1/1m",
+            "a=p99>NaN/1m",
+            "a=p99>1/2m",
+            "a=p99>1",
+            "a=p99>1/1m/x",
+            "a=p99>1/1m/1/2",
+        ] {
+            let e = parse_rule(bad).unwrap_err().to_string();
+            assert!(e.contains("alert rule"), "{bad}: {e}");
+        }
+    }
+
+    fn view(program: &str, active: &str) -> ProgramView {
+        ProgramView {
+            program: program.into(),
+            shared_maps: [
+                (EVENTS_MAP.to_string(), PathBuf::from("/x/_map_http_events")),
+                (LOST_MAP.to_string(), PathBuf::from("/x/_map_http_lost")),
+            ]
+            .into(),
+            revisions: [("r1".to_string(), 1), ("r2".to_string(), 2)].into(),
+            active: Some(active.into()),
+        }
+    }
+
+    fn rec(token: u64, status: Option<u16>) -> Record {
+        Record {
+            token,
+            side: Side::Server,
+            method: "GET",
+            status,
+            route: "/a".into(),
+            service: "svc".into(),
+            namespace: String::new(),
+            pod: String::new(),
+            duration_ns: 2_000_000,
+            end_ns: 100 * 1_000_000_000,
+            request_body_bytes: Some(10),
+            response_body_bytes: Some(20),
+            outcome: Outcome::Complete,
+        }
+    }
+
+    #[test]
+    fn figures_per_revision_and_only_for_tracers() {
+        let hub = Hub::new(HttpConfig::default()).unwrap();
+        let other = ProgramView {
+            program: "syscount".into(),
+            revisions: [("v1".to_string(), 1)].into(),
+            ..Default::default()
+        };
+        hub.set_programs(&[view("t", "r2"), other]);
+        // Token 0 (an object loaded outside the agent) goes to the active one.
+        hub.apply(
+            "t",
+            &[rec(1, Some(200)), rec(2, Some(503)), rec(0, Some(200))],
+        );
+        let mut s = pb::StatsResponse {
+            revisions: ["r1", "r2"]
+                .iter()
+                .map(|r| pb::RevisionStats {
+                    program: "t".into(),
+                    revision: r.to_string(),
+                    ..Default::default()
+                })
+                .chain([pb::RevisionStats {
+                    program: "syscount".into(),
+                    revision: "v1".into(),
+                    ..Default::default()
+                }])
+                .collect(),
+            stats_enabled: true,
+        };
+        hub.fill_stats(&mut s);
+        let r1 = s.revisions[0].http.clone().unwrap();
+        let r2 = s.revisions[1].http.clone().unwrap();
+        assert_eq!((r1.requests, r1.errors), (1, 0));
+        assert_eq!((r2.requests, r2.errors), (2, 1));
+        assert_eq!(r2.latency_bucket_counts[0], 2, "2 ms <= 5 ms");
+        assert!(s.revisions[2].http.is_none(), "not a tracer");
+        // A program that goes away takes its figures along.
+        hub.set_programs(&[]);
+        hub.fill_stats(&mut s);
+        assert!(hub.lock().figures.is_empty());
+    }
+
+    #[test]
+    fn alerts_fire_and_count_transitions() {
+        let cfg = HttpConfig {
+            rules: vec![parse_rule("Errors=error_rate>0.5/1m/2").unwrap()],
+            ..Default::default()
+        };
+        let hub = Hub::new(cfg).unwrap();
+        hub.set_programs(&[view("t", "r1")]);
+        hub.apply("t", &[rec(1, Some(500)), rec(1, Some(500)), rec(1, None)]);
+        let t = hub.evaluate(101 * 1_000_000_000);
+        assert!(matches!(&t[..], [Transition::Firing { rule, .. }] if rule == "Errors"));
+        assert_eq!(hub.lock().firing.len(), 1);
+        assert!(hub.evaluate(102 * 1_000_000_000).is_empty());
+        let t = hub.evaluate(400 * 1_000_000_000);
+        assert!(matches!(&t[..], [Transition::Resolved { .. }]));
+        assert!(hub.lock().firing.is_empty());
+    }
+
+    #[test]
+    fn bad_route_patterns_are_refused() {
+        let cfg = HttpConfig {
+            routes: vec!["/a/*/b".into()],
+            ..Default::default()
+        };
+        let e = Hub::new(cfg).unwrap_err().to_string();
+        assert!(e.contains("routes[0]"), "{e}");
+    }
+}

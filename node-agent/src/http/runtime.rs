@@ -1,0 +1,314 @@
+//! The threads of the tracer runtime: a watcher that follows the agent's
+//! programs (every 250 ms) and starts one reader per tracer program, stops
+//! readers of programs that were unloaded, keeps the kernel side from
+//! tracing the agent itself (`bpfleet_config[CFG_IGNORE_TGID]` = the
+//! agent's pid, written through UpdateConfig so it is audited) and
+//! evaluates alert rules every second; and the readers, which turn the
+//! pinned ring buffer into [`Record`]s for the [`Hub`].
+//!
+//! Threads are started after the agent dropped its capabilities, so they
+//! run with the reduced set.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bpfleet_httptrace::Role;
+use bpfleet_httptrace::redact::Redactor;
+use bpfleet_httptrace::route::Routes;
+use bpfleet_proto::v1 as pb;
+use bpfleet_tracer::event::config::IGNORE_TGID;
+use bpfleet_tracer::pinned::Pinned;
+use bpfleet_tracer::pipeline::{Pipeline, Traced};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use super::identity::Resolver;
+use super::record::{Record, Side, normalize_method};
+use super::{Hub, mono_ns};
+use crate::agent::{Agent, ProgramView};
+use crate::kernel::CONFIG_MAP;
+
+/// How often the watcher looks at the agent's programs.
+const WATCH: Duration = Duration::from_millis(250);
+/// Longest wait for ring-buffer data (the kernel side batches wake-ups).
+const POLL: Duration = Duration::from_millis(100);
+/// Timeouts, the lost counter and alert evaluation run this often.
+const TICK: Duration = Duration::from_secs(1);
+/// A reader that failed is retried after this long.
+const RETRY: Duration = Duration::from_secs(5);
+
+struct Reader {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+    events_pin: PathBuf,
+}
+
+/// The running watcher; stops it and every reader when dropped.
+#[derive(Debug)]
+pub struct Runtime {
+    stop: Arc<AtomicBool>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// Starts the watcher over `agent`.
+    pub fn start(agent: Arc<Mutex<Agent>>, hub: Arc<Hub>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let watcher = std::thread::Builder::new()
+            .name("http-tracer".into())
+            .spawn(move || watch(&agent, &hub, &flag))
+            .map_err(|e| tracing::error!(error = %e, "cannot start the HTTP tracer watcher"))
+            .ok();
+        Self { stop, watcher }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.watcher.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn watch(agent: &Mutex<Agent>, hub: &Arc<Hub>, stop: &AtomicBool) {
+    let mut readers: BTreeMap<String, Reader> = BTreeMap::new();
+    let mut failed: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut last_eval = Instant::now();
+    let own = std::process::id();
+    while !stop.load(Ordering::Relaxed) {
+        let views = match agent.lock() {
+            Ok(mut a) => {
+                let views = a.program_views();
+                for v in &views {
+                    if is_tracer(v) {
+                        ignore_self(&mut a, v, own);
+                    }
+                }
+                views
+            }
+            Err(_) => {
+                tracing::error!("agent state lock poisoned; the HTTP tracer stops");
+                break;
+            }
+        };
+        hub.set_programs(&views);
+        let wanted: BTreeMap<String, (PathBuf, PathBuf)> = hub
+            .tracer_programs()
+            .into_iter()
+            .map(|(p, e, l)| (p, (e, l)))
+            .collect();
+        // Readers of programs that went away, or whose pins changed.
+        let gone: Vec<String> = readers
+            .iter()
+            .filter(|(p, r)| wanted.get(*p).is_none_or(|(e, _)| *e != r.events_pin))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in gone {
+            if let Some(r) = readers.remove(&p) {
+                r.stop.store(true, Ordering::Relaxed);
+                let _ = r.handle.join();
+                tracing::info!(program = p, "HTTP tracer reader stopped");
+            }
+        }
+        // Readers that ended by themselves (an error, or the pin vanished).
+        let ended: Vec<String> = readers
+            .iter()
+            .filter(|(_, r)| r.handle.is_finished())
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in ended {
+            if let Some(r) = readers.remove(&p) {
+                let _ = r.handle.join();
+                failed.insert(p, Instant::now());
+            }
+        }
+        failed.retain(|p, at| wanted.contains_key(p) && at.elapsed() < RETRY);
+        for (p, (events, lost)) in wanted {
+            if readers.contains_key(&p) || failed.contains_key(&p) {
+                continue;
+            }
+            let flag = Arc::new(AtomicBool::new(false));
+            let (h, prog, ev, st) = (hub.clone(), p.clone(), events.clone(), flag.clone());
+            match std::thread::Builder::new()
+                .name(format!("http-reader-{p}"))
+                .spawn(move || read(&h, &prog, &ev, &lost, &st))
+            {
+                Ok(handle) => {
+                    tracing::info!(program = p, "HTTP tracer reader started");
+                    readers.insert(
+                        p,
+                        Reader {
+                            stop: flag,
+                            handle,
+                            events_pin: events,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(program = p, error = %e, "cannot start an HTTP tracer reader");
+                    failed.insert(p, Instant::now());
+                }
+            }
+        }
+        if last_eval.elapsed() >= TICK {
+            hub.evaluate(mono_ns());
+            last_eval = Instant::now();
+        }
+        let until = Instant::now() + WATCH;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+    for (_, r) in readers {
+        r.stop.store(true, Ordering::Relaxed);
+        let _ = r.handle.join();
+    }
+}
+
+fn is_tracer(v: &ProgramView) -> bool {
+    v.shared_maps.contains_key(super::EVENTS_MAP) && v.shared_maps.contains_key(super::LOST_MAP)
+}
+
+/// Makes sure the kernel side ignores the agent's own process (its HTTP
+/// endpoint would otherwise trace itself); written only when it differs.
+fn ignore_self(agent: &mut Agent, v: &ProgramView, own: u32) {
+    let Some(pin) = v.shared_maps.get(CONFIG_MAP) else {
+        return;
+    };
+    let current = MapHandle::from_pinned_path(pin).ok().and_then(|m| {
+        m.lookup(&IGNORE_TGID.to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()
+    });
+    let want = u64::from(own).to_ne_bytes();
+    if current.as_deref() == Some(&want[..]) {
+        return;
+    }
+    let req = pb::UpdateConfigRequest {
+        program: v.program.clone(),
+        map: String::new(),
+        entries: vec![pb::ConfigEntry {
+            key: IGNORE_TGID.to_ne_bytes().to_vec(),
+            value: want.to_vec(),
+        }],
+    };
+    if let Err(e) = agent.update_config(&req, "agent:http-tracer") {
+        tracing::warn!(program = v.program, error = %e, "cannot tell the tracer to ignore the agent");
+    }
+}
+
+/// One reader: until `stop` or until the ring buffer's pin disappears.
+fn read(
+    hub: &Hub,
+    program: &str,
+    events_pin: &std::path::Path,
+    lost_pin: &std::path::Path,
+    stop: &AtomicBool,
+) {
+    let cfg = hub.config();
+    let fail = |e: String| {
+        tracing::warn!(program, error = e, "HTTP tracer reader failed");
+        hub.reader_status(program, |s| {
+            s.running = false;
+            s.error = Some(e);
+        });
+    };
+    let pinned = match Pinned::open(events_pin, lost_pin) {
+        Ok(p) => p,
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut routes = match cfg.route_mapper() {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut resolver = Resolver::new(
+        cfg.proc_root.clone(),
+        cfg.pods_dir.clone(),
+        cfg.max_services,
+    );
+    let mut pipeline = Pipeline::new(Arc::new(Redactor::builtin()), cfg.max_connections);
+    pipeline.request_timeout_ns = u64::try_from(cfg.request_timeout.as_nanos()).unwrap_or(u64::MAX);
+    hub.reader_status(program, |s| {
+        s.running = true;
+        s.error = None;
+    });
+    let own = std::process::id();
+    let shared = RefCell::new((pipeline, Vec::<Traced>::new()));
+    let mut last_tick = Instant::now();
+    let mut records = Vec::new();
+    let mut own_dropped = 0u64;
+    let res = pinned.run(
+        stop,
+        POLL,
+        |raw| {
+            let mut g = shared.borrow_mut();
+            let (p, out) = &mut *g;
+            p.handle_raw(raw, out);
+        },
+        || {
+            let mut g = shared.borrow_mut();
+            let (p, out) = &mut *g;
+            let tick = last_tick.elapsed() >= TICK;
+            if tick {
+                p.tick(mono_ns(), out);
+                last_tick = Instant::now();
+            }
+            for t in out.drain(..) {
+                if t.conn.tgid == own {
+                    own_dropped += 1;
+                } else {
+                    records.push(to_record(t, &mut routes, &mut resolver));
+                }
+            }
+            hub.apply(program, &records);
+            records.clear();
+            let h = p.health();
+            let conns = p.connections() as u64;
+            let lost = if tick { pinned.lost().ok() } else { None };
+            hub.reader_status(program, |s| {
+                s.events = h.events;
+                s.malformed = h.malformed;
+                s.evicted = h.connections_evicted;
+                s.connections = conns;
+                s.own_dropped = own_dropped;
+                if let Some(l) = lost {
+                    s.lost = l;
+                }
+            });
+        },
+    );
+    match res {
+        Ok(()) => hub.reader_status(program, |s| s.running = false),
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+fn to_record(t: Traced, routes: &mut Routes, resolver: &mut Resolver) -> Record {
+    let id = resolver.resolve(t.conn.tgid);
+    let e = t.exchange;
+    Record {
+        token: u64::from(t.revision),
+        side: match e.role {
+            Role::Server => Side::Server,
+            Role::Client => Side::Client,
+        },
+        method: normalize_method(&e.method),
+        status: e.status,
+        route: routes.route(&e.target),
+        service: id.service.clone(),
+        namespace: id.namespace.clone(),
+        pod: id.pod.clone(),
+        duration_ns: e.duration_ns(),
+        end_ns: e.end_ns,
+        request_body_bytes: e.request_body_bytes,
+        response_body_bytes: e.response_body_bytes,
+        outcome: e.outcome,
+    }
+}
