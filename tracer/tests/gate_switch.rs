@@ -190,6 +190,10 @@ fn switching_revisions_loses_and_doubles_nothing() {
     assert!(sent > 500, "too little traffic to mean anything: {sent}");
     assert_eq!(switches, 6);
     assert_eq!(server_side, sent, "server side: every request once");
+    // Each exchange names the revision that reported it: r1 has gate token
+    // 1, r2 token 2, and both ran.
+    let revisions: std::collections::BTreeSet<u32> = got.iter().map(|t| t.revision).collect();
+    assert_eq!(revisions, [1, 2].into());
     assert_eq!(client_side, sent, "client side: every request once");
     let dropped: u64 = lost
         .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
