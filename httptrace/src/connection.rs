@@ -127,6 +127,12 @@ impl Connection {
         self.role
     }
 
+    /// Message heads that could not be parsed since the last call (the
+    /// stream then resynchronises at the next message).
+    pub fn take_parse_errors(&mut self) -> u64 {
+        self.requests.take_invalid() + self.responses.take_invalid()
+    }
+
     /// Requests dropped because too many were waiting for answers.
     pub fn dropped(&self) -> u64 {
         self.dropped

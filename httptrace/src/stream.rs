@@ -105,6 +105,9 @@ struct Open {
 pub struct Stream {
     kind: Kind,
     state: State,
+    /// Heads that could not be parsed (not HTTP/1.x where a message was
+    /// due), since the last [`Stream::take_invalid`].
+    invalid: u64,
 }
 
 /// What the response framing depends on in the request it answers.
@@ -118,7 +121,13 @@ impl Stream {
         Self {
             kind,
             state: State::Idle,
+            invalid: 0,
         }
+    }
+
+    /// Heads that failed to parse since the last call.
+    pub fn take_invalid(&mut self) -> u64 {
+        std::mem::take(&mut self.invalid)
     }
 
     /// Whether the stream is between messages (nothing open).
@@ -218,6 +227,7 @@ impl Stream {
                             return;
                         }
                         Parsed::Invalid => {
+                            self.invalid += 1;
                             self.state = State::Lost { open: None };
                             return;
                         }
@@ -594,6 +604,28 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn invalid_heads_are_counted_once_and_the_stream_recovers() {
+        let mut s = Stream::new(Kind::Requests);
+        let mut out = Vec::new();
+        let bad = b"GET / HTTP/1.1\r\nBad Header Line\r\n\r\n";
+        s.feed(
+            &Segment::full(1, Direction::Read, bad),
+            &mut RequestContext::default,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        let good = b"GET /ok HTTP/1.1\r\n\r\n";
+        s.feed(
+            &Segment::full(2, Direction::Read, good),
+            &mut RequestContext::default,
+            &mut out,
+        );
+        assert_eq!(ended(&out), vec![(2, good.len() as u64)]);
+        assert_eq!(s.take_invalid(), 1);
+        assert_eq!(s.take_invalid(), 0);
     }
 
     #[test]

@@ -37,6 +37,8 @@ struct Entry {
 pub struct Health {
     pub events: u64,
     pub malformed: u64,
+    /// HTTP message heads that could not be parsed.
+    pub parse_errors: u64,
     pub connections_evicted: u64,
 }
 
@@ -111,6 +113,7 @@ impl Pipeline {
                     data: e.data,
                 };
                 let done = entry.conn.feed(&seg);
+                self.health.parse_errors += entry.conn.take_parse_errors();
                 emit(e.conn, entry, done, out);
             }
         }

@@ -220,7 +220,7 @@ impl Collector for HealthCollector {
                 let r = st.readers.get(program).cloned().unwrap_or_default();
                 lost.push((l.clone(), r.lost));
                 events.push((l.clone(), r.events));
-                malformed.push((l.clone(), r.malformed));
+                malformed.push((l.clone(), r.malformed + r.parse_errors));
                 evicted.push((l.clone(), r.evicted));
                 conns.push((l.clone(), r.connections as i64));
                 up.push((l, i64::from(r.running)));
@@ -266,7 +266,7 @@ impl Collector for HealthCollector {
         counter(
             e,
             "bpfleet_tracer_parse_errors",
-            "Ring-buffer events the agent could not decode",
+            "Ring-buffer events the agent could not decode, and HTTP message heads it could not parse",
             &malformed,
         )?;
         counter(

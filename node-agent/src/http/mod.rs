@@ -174,7 +174,10 @@ pub(crate) struct ReaderStatus {
     running: bool,
     error: Option<String>,
     events: u64,
+    /// Ring-buffer records that could not be decoded.
     malformed: u64,
+    /// HTTP heads that could not be parsed.
+    parse_errors: u64,
     connections: u64,
     evicted: u64,
     exchanges: u64,

@@ -275,6 +275,7 @@ fn read(
             hub.reader_status(program, |s| {
                 s.events = h.events;
                 s.malformed = h.malformed;
+                s.parse_errors = h.parse_errors;
                 s.evicted = h.connections_evicted;
                 s.connections = conns;
                 s.own_dropped = own_dropped;
