@@ -1125,6 +1125,51 @@ fn dockerfiles_build_workspace_binaries_from_pinned_bases() {
             "COPY --from=build /out/{binary} /usr/local/bin/{binary}"
         )));
         assert!(df.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{binary}\"]")));
+        // Syntax, as far as it can be checked without BuildKit: every
+        // instruction is known, exec forms are JSON arrays, RUN --mount
+        // comes with the dockerfile frontend that supports it.
+        let mut logical = String::new();
+        for line in df.lines() {
+            let t = line.trim();
+            if logical.is_empty() && (t.is_empty() || t.starts_with('#')) {
+                continue;
+            }
+            logical.push_str(t.trim_end_matches('\\'));
+            logical.push(' ');
+            if t.ends_with('\\') {
+                continue;
+            }
+            let (inst, rest) = logical.trim().split_once(' ').unwrap();
+            assert!(
+                [
+                    "FROM",
+                    "RUN",
+                    "COPY",
+                    "ARG",
+                    "ENV",
+                    "WORKDIR",
+                    "LABEL",
+                    "USER",
+                    "EXPOSE",
+                    "ENTRYPOINT",
+                    "CMD"
+                ]
+                .contains(&inst),
+                "{file}: unknown instruction {inst}"
+            );
+            if inst == "ENTRYPOINT" || inst == "CMD" {
+                serde_json::from_str::<Vec<String>>(rest.trim())
+                    .unwrap_or_else(|e| panic!("{file}: {inst} {rest} is not exec form: {e}"));
+            }
+            logical.clear();
+        }
+        assert!(logical.is_empty(), "{file} ends inside a continuation");
+        if df.contains("--mount=type=cache") {
+            assert!(
+                df.starts_with("# syntax=docker/dockerfile:1."),
+                "{file}: RUN --mount needs the syntax line"
+            );
+        }
         let froms: Vec<&str> = df.lines().filter(|l| l.starts_with("FROM ")).collect();
         assert!(froms.len() >= 2, "{file} is multi-stage");
         for f in &froms {
