@@ -393,20 +393,24 @@ fn chart_lints_with_defaults_and_everything_on() {
 #[test]
 fn bad_values_fail_with_the_field_named() {
     let cases: &[(&[&str], &[&str])] = &[
-        (&["--set", "operator.replicas=0"], &["replicas"]),
-        (&["--set", "agent.grpcPort=70000"], &["grpcPort"]),
-        (&["--set", "tls.mode=selfsigned"], &["mode"]),
+        (&["--set", "operator.replicas=0"], &["/operator/replicas"]),
+        (&["--set", "agent.grpcPort=70000"], &["/agent/grpcPort"]),
+        (&["--set", "tls.mode=selfsigned"], &["/tls/mode"]),
         (
             &["--set", "agent.seccompProfile=Unconfied"],
             &["seccompProfile"],
         ),
-        (&["--set", "operator.replica=2"], &["replica"]),
+        (&["--set", "operator.replica=2"], &["'replica' not allowed"]),
         (&["--set", "agent.pinRoot=/var/run/bpf"], &["pinRoot"]),
         (
             &["--set", "monitoring.prometheusRule.httpErrorRatio=5"],
             &["httpErrorRatio"],
         ),
         (&["--set", "agent.image.digest=latest"], &["digest"]),
+        (
+            &["--set-string", "operator.agentSelector=tier in (agent)"],
+            &["/operator/agentSelector"],
+        ),
         (
             &["--set", "operator.leaderElection.enabled=false"],
             &["operator.leaderElection.enabled"],

@@ -97,3 +97,12 @@ app.kubernetes.io/component: agent
 {{- end -}}
 {{- join "," $attrs -}}
 {{- end -}}
+
+{{/* A label map as a selector string: k=v,k=v (sorted). */}}
+{{- define "bpfleet.selectorString" -}}
+{{- $terms := list -}}
+{{- range $k, $v := . -}}
+{{- $terms = append $terms (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $terms -}}
+{{- end -}}
