@@ -197,6 +197,10 @@ pub struct ServeArgs {
     /// (HttpHighErrorRate=error_rate>0.05/5m/20, HttpHighLatencyP99=p99>1/5m/20).
     #[arg(long = "http-alert")]
     pub http_alerts: Vec<String>,
+    /// Export every traced exchange as an OTLP span to this gRPC endpoint
+    /// (`http://otel-collector:4317`, Jaeger's OTLP port); off when unset.
+    #[arg(long, env = "BPFLEET_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServeArgs {
@@ -215,8 +219,12 @@ impl ServeArgs {
                 self.http_request_timeout_seconds.max(1),
             ),
             pods_dir: self.pods_log_dir.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
             ..Default::default()
         };
+        if let Some(e) = &cfg.otlp_endpoint {
+            crate::http::otlp::check_endpoint(e)?;
+        }
         if !self.http_alerts.is_empty() {
             cfg.rules = self
                 .http_alerts

@@ -278,6 +278,10 @@ pub async fn serve_with(
         Some(h) => AgentService::with_http(agent.clone(), metrics.clone(), h.clone()),
         None => AgentService::new(agent.clone(), metrics.clone()),
     };
+    if let Some((endpoint, rx, counters)) = hub.as_ref().and_then(|h| h.take_otlp()) {
+        tracing::info!(endpoint, "exporting HTTP spans over OTLP");
+        tokio::spawn(crate::http::otlp::run(endpoint, rx, counters));
+    }
     // Stopped (threads joined) when this function returns.
     let _runtime = hub
         .as_ref()

@@ -5,8 +5,10 @@
 //! and side on `/metrics` and in Stats' `HttpFigures`, the latency bucket
 //! of a handler that sleeps a known time, 4xx/5xx classification, per-
 //! revision attribution across a switch, `/api/health` and
-//! `/api/analytics`, and that an Authorization header value or a token
-//! query value never shows anywhere. Needs root.
+//! `/api/analytics`, OTLP spans received by a gRPC trace collector in the
+//! test (the real OTLP protocol; no Jaeger on these machines), and that an
+//! Authorization header value or a token query value never shows anywhere.
+//! Needs root.
 
 // Test code: a failed setup panics, which is the report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -26,6 +28,14 @@ use bpfleet_proto::v1 as pb;
 use bpfleet_tracer::event::config;
 use bpfleet_tracer::{PERSISTENT_MAPS, PROGRAMS};
 use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
 
 const PROGRAM: &str = "http-tracer";
 const SECRET: &str = "s3cr3t-bearer-XYZZY";
@@ -249,6 +259,75 @@ fn curl(extra: &[&str], urls: &[String]) -> Vec<u16> {
         .collect()
 }
 
+// ---------------------------------------------------------- OTLP collector
+
+/// An OTLP/gRPC trace collector: keeps (service.name, span).
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<std::sync::Mutex<Vec<(String, Span)>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for rs in req.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref()?.value.clone())
+                .map(|v| match v {
+                    Value::StringValue(s) => s,
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    spans.push((service.clone(), span));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Collector {
+    async fn start(&self) -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let svc = TraceServiceServer::new(self.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+        port
+    }
+
+    fn spans(&self) -> Vec<(String, Span)> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+fn attr(s: &Span, key: &str) -> Option<String> {
+    s.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.clone())
+        .map(|v| match v {
+            Value::StringValue(s) => s,
+            Value::IntValue(i) => i.to_string(),
+            other => format!("{other:?}"),
+        })
+}
+
 // ------------------------------------------------------- agent endpoints
 
 /// GET `path` on the agent's metrics listener: (status, body).
@@ -361,6 +440,8 @@ async fn tracer_in_the_agent_exports_exact_figures() {
     let root = PinRoot::new("http");
     let mport = free_port();
     let mlisten = format!("127.0.0.1:{mport}");
+    let collector = Collector::default();
+    let otlp = format!("http://127.0.0.1:{}", collector.start().await);
     let agent = AgentProc::start(
         &root,
         None,
@@ -372,6 +453,8 @@ async fn tracer_in_the_agent_exports_exact_figures() {
             "/items/{id}",
             "--http-alert",
             "Errors5xx=error_rate>0.05/1m/3",
+            "--otlp-endpoint",
+            &otlp,
         ],
     );
     let mut c = agent.client().await;
@@ -584,6 +667,76 @@ async fn tracer_in_the_agent_exports_exact_figures() {
         2.0
     );
 
+    // One OTLP span per exchange, by service, kind, name and status.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while collector.spans().len() < total as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spans = collector.spans();
+    assert_eq!(spans.len(), total as usize);
+    const SERVER: i32 = 2;
+    const CLIENT: i32 = 3;
+    let named = |service: Option<&str>, kind: i32, name: &str| -> Vec<&Span> {
+        spans
+            .iter()
+            .filter(|(svc, s)| service.is_none_or(|w| w == svc) && s.kind == kind && s.name == name)
+            .map(|(_, s)| s)
+            .collect()
+    };
+    assert_eq!(named(Some(&me), SERVER, "GET /ok").len(), 23);
+    assert_eq!(named(None, CLIENT, "GET /ok").len(), 23);
+    assert_eq!(named(Some("python3"), SERVER, "GET /hello.txt").len(), 2);
+    assert_eq!(named(Some(&me), SERVER, "POST /items/{id}").len(), 1);
+    let boom = named(Some(&me), SERVER, "GET /boom");
+    assert_eq!(boom.len(), 1);
+    assert_eq!(
+        boom[0].status.as_ref().map(|s| s.code),
+        Some(2),
+        "status error"
+    );
+    assert_eq!(
+        attr(boom[0], "http.response.status_code").as_deref(),
+        Some("500")
+    );
+    assert_eq!(attr(boom[0], "error.type").as_deref(), Some("500"));
+    let missing = named(Some(&me), SERVER, "GET /missing");
+    assert_eq!(
+        missing[0].status.as_ref().map_or(0, |s| s.code),
+        0,
+        "404 is no server error"
+    );
+    for s in named(Some(&me), SERVER, "GET /slow") {
+        let d = s.end_time_unix_nano - s.start_time_unix_nano;
+        assert!((170_000_000..250_000_000).contains(&d), "/slow span {d} ns");
+        assert_eq!(attr(s, "server.port"), Some(server.port.to_string()));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    for (_, s) in &spans {
+        assert!(
+            s.end_time_unix_nano <= now && now - s.end_time_unix_nano < 120_000_000_000,
+            "span times are wall-clock: {s:?}"
+        );
+    }
+    assert!(
+        spans
+            .iter()
+            .any(|(_, s)| attr(s, "url.query").as_deref() == Some("token=[REDACTED]")),
+        "the token query value is redacted in spans"
+    );
+    let (_, text) = get(mport, "/metrics");
+    assert_eq!(
+        sum(
+            &parse_metrics(&text),
+            "bpfleet_tracer_spans_exported_total",
+            &[]
+        ),
+        total as f64
+    );
+
     // Analytics: the Rust server's /ok over every window.
     let (status, body) = get(mport, "/api/analytics");
     assert_eq!(status, 200);
@@ -670,6 +823,7 @@ async fn tracer_in_the_agent_exports_exact_figures() {
         get(mport, "/api/analytics").1,
         get(mport, "/api/health").1,
         format!("{:?}", figures(&mut c).await),
+        format!("{:?}", collector.spans()),
         std::fs::read_to_string(root.audit_log()).unwrap(),
     ]
     .join("\n");

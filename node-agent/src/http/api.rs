@@ -246,6 +246,9 @@ mod tests {
                 duration_ns: (i + 1) * 1_000_000,
                 // 100 exchanges over the last 100 s: all in 5m, some in 1m.
                 end_ns: now - (100 - i) * S,
+                target: "/a".into(),
+                local_port: 80,
+                remote_port: 40000,
                 request_body_bytes: None,
                 response_body_bytes: None,
                 outcome: Outcome::Complete,

@@ -299,6 +299,29 @@ impl Collector for HealthCollector {
             "HTTP exchanges with a 5xx response or no response, per revision (what the canary gates read)",
             &errors,
         )?;
+        if let Some(c) = self.hub.otlp_counters() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let none: Vec<(String, String)> = Vec::new();
+            for (name, help, v) in [
+                (
+                    "bpfleet_tracer_spans_exported",
+                    "Spans accepted by the OTLP endpoint",
+                    c.exported.load(Relaxed),
+                ),
+                (
+                    "bpfleet_tracer_spans_dropped",
+                    "Spans dropped because the export queue was full",
+                    c.dropped.load(Relaxed),
+                ),
+                (
+                    "bpfleet_tracer_span_export_failures",
+                    "Spans whose export failed",
+                    c.failed.load(Relaxed),
+                ),
+            ] {
+                counter(e, name, help, &[(none.clone(), v)])?;
+            }
+        }
         gauge(
             e,
             "bpfleet_http_alert_firing",

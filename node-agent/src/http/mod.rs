@@ -16,6 +16,7 @@
 pub mod api;
 pub mod export;
 pub mod identity;
+pub mod otlp;
 pub mod record;
 pub mod runtime;
 
@@ -61,6 +62,8 @@ pub struct HttpConfig {
     pub proc_root: PathBuf,
     /// Alert rules evaluated in-process.
     pub rules: Vec<Rule>,
+    /// OTLP/gRPC endpoint for spans (`http://collector:4317`); none: off.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -77,6 +80,7 @@ impl Default for HttpConfig {
             pods_dir: PathBuf::from("/var/log/pods"),
             proc_root: PathBuf::from("/proc"),
             rules: default_rules(),
+            otlp_endpoint: None,
         }
     }
 }
@@ -211,12 +215,23 @@ pub struct Hub {
     cfg: HttpConfig,
     state: Mutex<State>,
     families: export::Families,
+    otlp: Option<otlp::Sink>,
+    /// The exporting end of the span queue, until [`Hub::take_otlp`].
+    otlp_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Record>>>,
 }
 
 impl Hub {
     /// Checks the configuration (route patterns) and builds the hub.
     pub fn new(cfg: HttpConfig) -> Result<Self> {
         cfg.route_mapper()?;
+        let (otlp, otlp_rx) = match &cfg.otlp_endpoint {
+            Some(e) => {
+                otlp::check_endpoint(e)?;
+                let (sink, rx) = otlp::queue();
+                (Some(sink), Some(rx))
+            }
+            None => (None, None),
+        };
         let overflow = Key {
             service: "other".into(),
             route: "/*".into(),
@@ -232,8 +247,29 @@ impl Hub {
                 firing: BTreeMap::new(),
             }),
             families: export::Families::default(),
+            otlp,
+            otlp_rx: Mutex::new(otlp_rx),
             cfg,
         })
+    }
+
+    /// The span exporter's work, once: (endpoint, queue, counters); run it
+    /// with [`otlp::run`] on a tokio runtime.
+    pub fn take_otlp(
+        &self,
+    ) -> Option<(
+        String,
+        tokio::sync::mpsc::Receiver<Record>,
+        std::sync::Arc<otlp::Counters>,
+    )> {
+        let rx = self.otlp_rx.lock().ok()?.take()?;
+        let endpoint = self.cfg.otlp_endpoint.clone()?;
+        let counters = self.otlp.as_ref()?.counters.clone();
+        Some((endpoint, rx, counters))
+    }
+
+    pub(crate) fn otlp_counters(&self) -> Option<&otlp::Counters> {
+        self.otlp.as_ref().map(|s| &*s.counters)
     }
 
     pub fn config(&self) -> &HttpConfig {
@@ -307,6 +343,9 @@ impl Hub {
         }
         for r in records {
             self.families.observe(r);
+            if let Some(o) = &self.otlp {
+                o.send(r);
+            }
         }
         let mut st = self.lock();
         let active = st.programs.get(program).map_or(0, |p| p.active_token);
@@ -463,6 +502,9 @@ mod tests {
             pod: String::new(),
             duration_ns: 2_000_000,
             end_ns: 100 * 1_000_000_000,
+            target: "/a".into(),
+            local_port: 80,
+            remote_port: 40000,
             request_body_bytes: Some(10),
             response_body_bytes: Some(20),
             outcome: Outcome::Complete,

@@ -51,6 +51,11 @@ pub struct Record {
     pub duration_ns: u64,
     /// Kernel monotonic time the exchange ended.
     pub end_ns: u64,
+    /// Request target, already redacted (for spans; never a label).
+    pub target: String,
+    /// Port of the traced process's end, and of the peer.
+    pub local_port: u16,
+    pub remote_port: u16,
     /// `None` when the head was not captured whole.
     pub request_body_bytes: Option<u64>,
     /// `None` without a response or when its head was cut short.
@@ -167,6 +172,9 @@ mod tests {
             pod: String::new(),
             duration_ns: ms * 1_000_000,
             end_ns: 0,
+            target: "/".into(),
+            local_port: 0,
+            remote_port: 0,
             request_body_bytes: None,
             response_body_bytes: None,
             outcome: if status.is_some() {
