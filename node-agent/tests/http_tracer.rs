@@ -68,7 +68,7 @@ fn free_port() -> u16 {
 // ------------------------------------------------------------ Rust server
 
 /// A keep-alive HTTP/1.1 server: /ok 200, /missing 404, /boom 500, /slow
-/// (sleeps [`SLOW`]) 200, POST /items/<id> 201.
+/// (sleeps [`SLOW`]) 200, POST /items/<id> 201, /hang never answers.
 struct Server {
     port: u16,
     stop: Arc<AtomicBool>,
@@ -139,6 +139,12 @@ fn serve(stream: TcpStream) {
             return;
         }
         let path = path.split('?').next().unwrap_or("/");
+        if path == "/hang" {
+            // Never answers: waits for the client to give up and close.
+            let mut b = [0u8; 1];
+            let _ = reader.read(&mut b);
+            return;
+        }
         let resp: &[u8] = match path {
             "/missing" => b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found",
             "/boom" => b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nboom",
@@ -455,6 +461,8 @@ async fn tracer_in_the_agent_exports_exact_figures() {
             "Errors5xx=error_rate>0.05/1m/3",
             "--otlp-endpoint",
             &otlp,
+            "--http-request-timeout-seconds",
+            "1",
         ],
     );
     let mut c = agent.client().await;
@@ -756,6 +764,34 @@ async fn tracer_in_the_agent_exports_exact_figures() {
         .unwrap();
     let p99 = slow["windows"]["1m"]["p99_seconds"].as_f64().unwrap();
     assert!((0.17..0.25).contains(&p99), "p99 of /slow: {p99}");
+    // A request that never gets an answer: curl gives up after 2 s, the
+    // agent calls it a timeout after 1 s, on both sides.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "2", "-o", "/dev/null"])
+        .arg(format!("{base}/hang"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(28), "curl timed out");
+    let f = wait_requests(&mut c, "r1", total + 2).await;
+    assert_eq!(f["r1"].errors, 2 + 2, "unanswered requests are gate errors");
+    let (_, text) = get(mport, "/metrics");
+    let m = parse_metrics(&text);
+    for name in [server_count, client_count] {
+        assert_eq!(
+            sum(
+                &m,
+                name,
+                &[
+                    ("http_route", "/hang"),
+                    ("error_type", "timeout"),
+                    ("http_response_status_code", "")
+                ]
+            ),
+            1.0,
+            "{name}"
+        );
+    }
+
     // The in-process rule (error rate > 5 % over 1m, at least 3 requests)
     // has not fired: /boom had one request. Two more make it fire.
     let (_, text) = get(mport, "/metrics");
@@ -812,8 +848,8 @@ async fn tracer_in_the_agent_exports_exact_figures() {
     let f = wait_requests(&mut c, "r2", 10).await;
     assert_eq!(
         f["r1"].requests,
-        total + 4,
-        "r1 keeps its figures (+2 /boom x 2 sides)"
+        total + 2 + 4,
+        "r1 keeps its figures (+ /hang and 2 /boom, both sides)"
     );
     assert_eq!(f["r2"].errors, 0);
 
