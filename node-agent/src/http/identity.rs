@@ -3,9 +3,10 @@
 //! directory `/var/log/pods/<namespace>_<pod>_<uid>/`, which exists on every
 //! node and needs no apiserver access) or, outside pods, its process name.
 //!
-//! Answers are cached per process for a minute; the number of distinct
-//! service names is capped (then `other`) so label cardinality stays
-//! bounded whatever runs on the node.
+//! Answers are cached per process for a minute; the numbers of distinct
+//! service names and of distinct pods are capped (then `other`) so label
+//! cardinality stays bounded whatever runs on the node, for as long as the
+//! agent runs.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -76,6 +77,8 @@ pub struct Resolver {
     cache: HashMap<u32, (Instant, Arc<Identity>)>,
     max_services: usize,
     services: HashSet<String>,
+    max_pods: usize,
+    pods: HashSet<(String, String)>,
 }
 
 impl Resolver {
@@ -86,6 +89,8 @@ impl Resolver {
             cache: HashMap::new(),
             max_services: max_services.max(1),
             services: HashSet::new(),
+            max_pods: max_services.max(1) * 4,
+            pods: HashSet::new(),
         }
     }
 
@@ -109,6 +114,16 @@ impl Resolver {
                 self.services.insert(id.service.clone());
             } else {
                 id.service = "other".into();
+            }
+        }
+        if !id.pod.is_empty() {
+            let pod = (id.namespace.clone(), id.pod.clone());
+            if !self.pods.contains(&pod) {
+                if self.pods.len() < self.max_pods {
+                    self.pods.insert(pod);
+                } else {
+                    id.pod = "other".into();
+                }
             }
         }
         let id = Arc::new(id);
@@ -194,6 +209,29 @@ mod tests {
         assert_eq!(r.resolve(11).service, "python3");
         assert_eq!(r.resolve(11).pod, "");
         assert_eq!(r.resolve(12).service, "unknown", "a process that is gone");
+    }
+
+    #[test]
+    fn pods_are_capped() {
+        let t = tempfile::tempdir().unwrap();
+        let proc_root = t.path().join("proc");
+        let pods = t.path().join("pods");
+        // One service name (the container "api"), five pods: the cap is
+        // four pods per allowed service.
+        for i in 0..5u32 {
+            let uid = format!("0b9f3c2e-1d4a-4c8e-9f00-00000000000{i}");
+            std::fs::create_dir_all(pods.join(format!("shop_api-{i}_{uid}/api"))).unwrap();
+            fake_proc(
+                &proc_root,
+                100 + i,
+                "api",
+                &format!("0::/kubepods/pod{uid}/{}\n", "b".repeat(64)),
+            );
+        }
+        let mut r = Resolver::new(proc_root, pods, 1);
+        let got: Vec<String> = (0..5).map(|i| r.resolve(100 + i).pod.clone()).collect();
+        assert_eq!(got, ["api-0", "api-1", "api-2", "api-3", "other"]);
+        assert_eq!(r.resolve(104).service, "api");
     }
 
     #[test]
