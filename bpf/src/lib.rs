@@ -26,6 +26,12 @@ object!(
     SYSCOUNT_BAD, "syscount_bad.bpf.o"
 );
 object!(
+    /// A syscount revision that loads and counts (slot 2) but reports a
+    /// program error (`bpfleet_errors`) on every event while active: the
+    /// unhealthy revision a health gate must roll back.
+    SYSCOUNT_FAULTY, "syscount_faulty.bpf.o"
+);
+object!(
     /// Raw tracepoint `sys_enter`, program `count_raw`: counts getppid into
     /// slot 2 of `counts`. Gated.
     SYSCOUNT_RAW, "syscount_raw.bpf.o"
@@ -75,6 +81,25 @@ object!(
     HTTP_TRACER, "http_tracer.bpf.o"
 );
 
+/// Every example object by the file name the build gives it, for tools that
+/// write them to disk (the demo, `bpfleet-objects`).
+pub const OBJECTS: [(&str, &[u8]); 14] = [
+    ("syscount_v1.bpf.o", SYSCOUNT_V1),
+    ("syscount_v2.bpf.o", SYSCOUNT_V2),
+    ("syscount_bad.bpf.o", SYSCOUNT_BAD),
+    ("syscount_faulty.bpf.o", SYSCOUNT_FAULTY),
+    ("syscount_raw.bpf.o", SYSCOUNT_RAW),
+    ("xdpcount_v1.bpf.o", XDPCOUNT_V1),
+    ("xdpcount_v2.bpf.o", XDPCOUNT_V2),
+    ("tccount_v1.bpf.o", TCCOUNT_V1),
+    ("tccount_v2.bpf.o", TCCOUNT_V2),
+    ("ucount.bpf.o", UCOUNT),
+    ("cgcount_v1.bpf.o", CGCOUNT_V1),
+    ("cgcount_v2.bpf.o", CGCOUNT_V2),
+    ("kprobe_probe.bpf.o", KPROBE_PROBE),
+    ("http_tracer.bpf.o", HTTP_TRACER),
+];
+
 /// Directory holding `bpfleet_gate.h`, for building programs out of tree.
 pub const INCLUDE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
 
@@ -88,6 +113,7 @@ mod tests {
             SYSCOUNT_V1,
             SYSCOUNT_V2,
             SYSCOUNT_BAD,
+            SYSCOUNT_FAULTY,
             SYSCOUNT_RAW,
             XDPCOUNT_V1,
             XDPCOUNT_V2,

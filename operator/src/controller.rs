@@ -557,18 +557,27 @@ async fn ask(
         }
     };
     let call = async {
-        let list = client
+        // An agent that holds nothing of the program answers NotFound.
+        let list = match client
             .list(pb::ListRequest {
                 program: program.to_string(),
             })
-            .await?
-            .into_inner();
-        let stats = client
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => pb::ListResponse::default(),
+            Err(s) => return Err(s),
+        };
+        let stats = match client
             .stats(pb::StatsRequest {
                 program: program.to_string(),
             })
-            .await?
-            .into_inner();
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => pb::StatsResponse::default(),
+            Err(s) => return Err(s),
+        };
         Ok::<_, tonic::Status>((list, stats))
     };
     match tokio::time::timeout(ctx.observe_timeout, call).await {

@@ -181,14 +181,22 @@ where
     (reader, stream)
 }
 
-/// Runs the operator until a signal, a lost lease or a fatal error.
+/// Runs the operator until a signal, a lost lease or a fatal error, with
+/// the client of the environment (in-cluster, or KUBECONFIG).
 pub async fn run(args: Args) -> Result<()> {
     let client = Client::try_default().await?;
+    run_with(client, args).await
+}
+
+/// [`run`] with a given client (tests run the operator in-process against
+/// their own apiserver).
+pub async fn run_with(client: Client, args: Args) -> Result<()> {
     let metrics = Metrics::new();
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .map_err(|e| Error::Config(format!("--metrics-listen {}: {e}", args.metrics_listen)))?;
-    info!(addr = %args.metrics_listen, "serving /metrics, /healthz, /readyz");
+    let addr = listener.local_addr().unwrap_or(args.metrics_listen);
+    info!(%addr, "serving /metrics, /healthz, /readyz");
     let m = metrics.clone();
     tokio::spawn(async move {
         if let Err(e) = metrics::serve(listener, m).await {
