@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # The main job, locally: a real control plane (etcd + kube-apiserver), the
-# bpfleet CRDs, the example TracerPrograms and TracerPolicy, and what
-# `kubectl get` shows for them. With --keep it stays up until Ctrl-C and
-# prints the KUBECONFIG to use; otherwise it stops everything at the end.
+# bpfleet CRDs, the operator, and three node agents as local processes
+# standing for three nodes (Node objects annotated with each agent's
+# socket; each agent pins under /sys/fs/bpf/bpfleet-<node>/). Then:
+#   1. the HTTP tracer rolled out to every node, traffic to a local server,
+#      and what the agents' metrics say about it;
+#   2. a syscall counter v1, then v2 by canary (one node, pause, all), shown
+#      as `kubectl get tp -w` would;
+#   3. a deliberately unhealthy v3 that fails its analysis gate and is
+#      rolled back automatically, explained by `kubectl bpfleet status`;
+#   4. everything deleted: the finalizer unloads every program from every node.
+# With --keep it stays up after step 3 until Ctrl-C and prints the
+# KUBECONFIG to use. Run as root (the agents load BPF programs).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -11,44 +20,154 @@ keep=0
 case "${1:-}" in
   --keep) keep=1 ;;
   "") ;;
-  -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "demo.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
 esac
+[ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (the agents load BPF programs)" >&2; exit 1; }
 
 run=$root/.run
+rm -rf "$run"
 mkdir -p "$run"
 export KUBECONFIG=$run/kubeconfig
-rm -f "$KUBECONFIG"
-kubectl=$root/.cache/controlplane/bin/kubectl
+export PATH=$root/.cache/controlplane/bin:$root/target/debug:$PATH
+nodes=(node-a node-b node-c)
+pids=()
 
-cargo build -q --locked -p bpfleet-e2e --bin bpfleet-controlplane
-"$root/target/debug/bpfleet-controlplane" --kubeconfig "$KUBECONFIG" --install-crds >"$run/controlplane.log" 2>&1 &
-cp_pid=$!
-cleanup() { kill "$cp_pid" 2>/dev/null && wait "$cp_pid" 2>/dev/null; true; }
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+cleanup() {
+  set +e
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  for n in "${nodes[@]}"; do rm -rf "/sys/fs/bpf/bpfleet-$n"; done
+}
 trap cleanup EXIT INT TERM
 
-for _ in $(seq 1 180); do
+say "building the control plane harness, operator, agent and example objects"
+cargo build -q --locked -p bpfleet-e2e --bin bpfleet-controlplane \
+  -p bpfleet-operator --bin bpfleet-operator --bin kubectl-bpfleet \
+  -p bpfleet-agent --bin bpfleet-agent -p bpfleet-bpf --bin bpfleet-objects \
+  -p bpfleet-tracer --bin http-tracer-manifest
+bpfleet-objects "$run/objects" >/dev/null
+sha() { sha256sum "$run/objects/$1" | cut -d' ' -f1; }
+
+say "starting etcd + kube-apiserver and installing the CRDs"
+bpfleet-controlplane --kubeconfig "$KUBECONFIG" --install-crds >"$run/controlplane.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 240); do
   grep -q '^KUBECONFIG=' "$run/controlplane.log" 2>/dev/null && break
-  kill -0 "$cp_pid" 2>/dev/null || { cat "$run/controlplane.log" >&2; exit 1; }
+  kill -0 "${pids[0]}" 2>/dev/null || { cat "$run/controlplane.log" >&2; exit 1; }
   sleep 0.5
 done
 grep -q '^KUBECONFIG=' "$run/controlplane.log" || { echo "control plane did not come up" >&2; cat "$run/controlplane.log" >&2; exit 1; }
-head -1 "$run/controlplane.log"
+kubectl get crd
 
-echo "+ kubectl apply --server-side -f examples/"
-"$kubectl" apply --server-side -f examples/
-echo "+ kubectl get crd"
-"$kubectl" get crd
-echo "+ kubectl get tracerprograms"
-"$kubectl" get tracerprograms
-echo "+ kubectl get tracerpolicies"
-"$kubectl" get tracerpolicies
-echo "+ kubectl explain tracerprogram.spec.strategy.canary.steps"
-"$kubectl" explain tracerprogram.spec.strategy.canary.steps | sed -n '1,20p'
+say "three node agents (local processes) and their Node objects"
+i=0
+for n in "${nodes[@]}"; do
+  mkdir -p "$run/$n"
+  rm -rf "/sys/fs/bpf/bpfleet-$n"
+  bpfleet-agent serve --pin-root "/sys/fs/bpf/bpfleet-$n" --state-file "$run/$n/state.json" \
+    --audit-log "$run/$n/audit.jsonl" --socket "$run/$n/agent.sock" --allow-unsigned \
+    --node-name "$n" --metrics-listen "127.0.0.1:$((9101 + i))" >"$run/$n/agent.log" 2>&1 &
+  pids+=($!)
+  i=$((i + 1))
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Node
+metadata:
+  name: $n
+  labels: {kubernetes.io/hostname: $n, kubernetes.io/os: linux}
+  annotations: {bpfleet.dev/agent-endpoint: "unix://$run/$n/agent.sock"}
+EOF
+done
+kubectl get nodes -L kubernetes.io/hostname 2>/dev/null || kubectl get nodes
+
+say "the operator"
+bpfleet-operator --namespace default --metrics-listen 127.0.0.1:9100 --resync-seconds 10 \
+  >"$run/operator.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 60); do curl -sf http://127.0.0.1:9100/readyz >/dev/null && break; sleep 0.5; done
+curl -sf http://127.0.0.1:9100/readyz
+
+wait_phase() { # name phase [revision-field=value] timeout
+  kubectl wait --for=jsonpath='{.status.phase}'="$2" "tp/$1" --timeout="${3:-120s}" >/dev/null
+}
+
+say "1. the HTTP tracer on every node"
+http-tracer-manifest --object "$run/objects/http_tracer.bpf.o" --sha256 "$(sha http_tracer.bpf.o)" >"$run/http-tracer.yaml"
+kubectl apply -f "$run/http-tracer.yaml"
+wait_phase http-tracer Healthy
+kubectl get tp http-tracer
+python3 -m http.server 18080 --bind 127.0.0.1 --directory "$run/objects" >/dev/null 2>&1 &
+pids+=($!)
+sleep 1
+for _ in $(seq 1 20); do curl -s -o /dev/null http://127.0.0.1:18080/; curl -s -o /dev/null http://127.0.0.1:18080/missing; done
+sleep 2
+echo "+ curl node-a's agent metrics (HTTP requests it traced)"
+curl -s http://127.0.0.1:9101/metrics | grep -E '^(http_server_request_duration_seconds_count|bpfleet_program_runs_total)' | head -8 || true
+
+say "2. syscount v1 (immediate), then v2 by canary"
+python3 -c 'import os, time
+while True:
+    os.getppid(); time.sleep(0.001)' &
+pids+=($!)
+kubectl apply -f - <<EOF
+apiVersion: bpfleet.dev/v1alpha1
+kind: TracerPolicy
+metadata: {name: syscount-health}
+spec:
+  targets: {programNames: [syscount]}
+  health: {maxProgramFailures: 0, minSamples: 1, consecutiveFailureLimit: 1}
+EOF
+syscount() { # version object strategy
+  cat <<EOF
+apiVersion: bpfleet.dev/v1alpha1
+kind: TracerProgram
+metadata: {name: syscount}
+spec:
+  version: "$1"
+  bytecode: {file: {path: $run/objects/$2}}
+  sha256: $(sha "$2")
+  programs:
+    - {name: count_getppid, type: Tracepoint, tracepoint: {category: syscalls, name: sys_enter_getppid}}
+  persistentMaps: [counts]
+  strategy: $3
+EOF
+}
+syscount 1.0.0 syscount_v1.bpf.o '{immediate: {}}' | kubectl apply -f -
+wait_phase syscount Healthy
+kubectl get tp syscount
+kubectl get tp syscount -w >"$run/watch.log" 2>&1 &
+watch_pid=$!
+pids+=("$watch_pid")
+syscount 2.0.0 syscount_v2.bpf.o '{canary: {steps: [{setNodePercent: 33}, {pause: {duration: 5s}}, {setNodePercent: 100}]}}' | kubectl apply -f -
+until [ "$(kubectl get tp syscount -o jsonpath='{.status.phase}/{.status.history[0].version}')" = Healthy/2.0.0 ]; do
+  sleep 1
+done
+sleep 1
+kill "$watch_pid" 2>/dev/null || true
+echo "+ kubectl get tp syscount -w"
+cat "$run/watch.log"
+
+say "3. an unhealthy v3: program errors fail the analysis gate, rolled back"
+syscount 3.0.0 syscount_faulty.bpf.o '{canary: {steps: [{setNodePercent: 33}, {analysis: {durationSeconds: 12, intervalSeconds: 3}}, {setNodePercent: 100}]}}' | kubectl apply -f -
+wait_phase syscount Aborted 120s
+kubectl get tp
+echo "+ kubectl bpfleet status syscount"
+kubectl-bpfleet status syscount
+echo "+ kubectl get events (syscount)"
+kubectl get events --field-selector involvedObject.name=syscount --sort-by=.lastTimestamp 2>/dev/null | tail -8 || true
 
 if [ "$keep" = 1 ]; then
   echo
-  echo "control plane stays up; in another shell: export KUBECONFIG=$KUBECONFIG; PATH=$root/.cache/controlplane/bin:\$PATH"
+  echo "everything stays up; in another shell: export KUBECONFIG=$KUBECONFIG PATH=$root/.cache/controlplane/bin:$root/target/debug:\$PATH"
   echo "Ctrl-C stops it."
-  wait "$cp_pid"
+  wait "${pids[1]}"
 fi
+
+say "4. delete: the finalizer unloads every program from every node"
+kubectl delete tp --all --wait=true --timeout=120s
+left=$(find "${nodes[@]/#//sys/fs/bpf/bpfleet-}" -type f 2>/dev/null | wc -l)
+echo "pins left under the agents' roots: $left"
+[ "$left" = 0 ]
+echo "demo done"
