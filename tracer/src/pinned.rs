@@ -45,20 +45,26 @@ impl Pinned {
 
     /// Reads the ring buffer until `stop` is set or the ring buffer's pin
     /// disappears (the program was unloaded), handing each record to `f`
-    /// and calling `tick` after every poll (at least every `poll`).
+    /// and calling `tick` after every poll (at least every `poll`) and
+    /// every [`BATCH`] records.
     pub fn run(
         &self,
         stop: &AtomicBool,
         poll: Duration,
         f: impl FnMut(&[u8]),
-        mut tick: impl FnMut(),
+        tick: impl FnMut(),
     ) -> Result<()> {
         let pin = &self.events_pin;
+        let tick = std::cell::RefCell::new(tick);
         read_ring(
             &self.events,
             poll,
             || {
-                tick();
+                (tick.borrow_mut())();
+                !stop.load(Ordering::Relaxed)
+            },
+            || {
+                (tick.borrow_mut())();
                 !stop.load(Ordering::Relaxed) && pin.exists()
             },
             f,
@@ -83,13 +89,22 @@ pub(crate) fn lost_sum(map: &dyn MapCore) -> Result<u64> {
         .sum())
 }
 
-/// The one ring-buffer read loop: polls at most `poll`, drains what is
-/// there on every tick as well (the kernel side wakes the reader only when
-/// the backlog crosses a threshold, so a poll that timed out reports
-/// nothing), and stops when `again` says so.
+/// Records handled between two calls of the batch callback: bounds what a
+/// reader holds before handing it on, and how long it goes without
+/// checking whether to stop, however fast the kernel side produces.
+pub const BATCH: usize = 4096;
+
+/// The one ring-buffer read loop: waits at most `poll` for a wake-up (the
+/// kernel side wakes the reader only when the backlog crosses a threshold,
+/// so the wait is mostly a timer), then drains in batches of [`BATCH`]
+/// records, calling `batch` after each full one (stop draining when it
+/// says so), and `again` once drained. libbpf's own poll and consume keep
+/// going while the producer keeps producing, which under sustained load
+/// never returns; this loop always does.
 pub(crate) fn read_ring(
     map: &dyn MapCore,
     poll: Duration,
+    mut batch: impl FnMut() -> bool,
     mut again: impl FnMut() -> bool,
     mut f: impl FnMut(&[u8]),
 ) -> Result<()> {
@@ -101,9 +116,36 @@ pub(crate) fn read_ring(
         })
         .map_err(bpf("opening the ring buffer"))?;
     let rb = builder.build().map_err(bpf("opening the ring buffer"))?;
+    let timeout_ms = i32::try_from(poll.as_millis()).unwrap_or(i32::MAX);
     loop {
-        rb.poll(poll).map_err(bpf("polling the ring buffer"))?;
-        rb.consume().map_err(bpf("reading the ring buffer"))?;
+        let mut pfd = libc::pollfd {
+            fd: rb.epoll_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the epoll fd lives as long as `rb`.
+        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(crate::Error::Bpf {
+                    what: "waiting for the ring buffer".into(),
+                    source: libbpf_rs::Error::from(e),
+                });
+            }
+        }
+        loop {
+            let n = rb.consume_raw_n(BATCH);
+            if n < 0 {
+                return Err(crate::Error::Bpf {
+                    what: "reading the ring buffer".into(),
+                    source: libbpf_rs::Error::from_raw_os_error(-n),
+                });
+            }
+            if (n as usize) < BATCH || !batch() {
+                break;
+            }
+        }
         if !again() {
             return Ok(());
         }

@@ -96,7 +96,7 @@ impl Standalone {
         again: impl FnMut() -> bool,
         f: impl FnMut(&[u8]),
     ) -> Result<()> {
-        crate::pinned::read_ring(&self.map("http_events")?, poll, again, f)
+        crate::pinned::read_ring(&self.map("http_events")?, poll, || true, again, f)
     }
 
     /// Total (run_cnt, run_time_ns) of all tracer programs; run time is only
