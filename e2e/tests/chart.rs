@@ -279,6 +279,9 @@ fn registered_metrics(src: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for part in src.split("registry.register(").skip(1) {
         let call = &part[..part.find(");").unwrap()];
+        if !call.trim_start().starts_with('"') {
+            continue; // a name from a variable: see the literal passes below
+        }
         let name = format!("{prefix}{}", call.split('"').nth(1).unwrap());
         let var = call
             .rsplit(',')
@@ -286,10 +289,17 @@ fn registered_metrics(src: &str) -> BTreeSet<String> {
             .unwrap()
             .trim()
             .trim_end_matches(".clone()");
+        // `let var = Family::<..>` or a struct field `var: Family<..>`.
+        let field = var.trim_start_matches("self.");
         let decl = src
             .lines()
-            .find(|l| l.trim().starts_with(&format!("let {var} =")))
-            .unwrap_or_else(|| panic!("no `let {var} =` for {name}"));
+            .map(str::trim)
+            .find(|l| {
+                l.starts_with(&format!("let {var} ="))
+                    || l.starts_with(&format!("{field}:"))
+                    || l.starts_with(&format!("pub {field}:"))
+            })
+            .unwrap_or_else(|| panic!("no declaration of {var} for {name}"));
         if decl.contains("Histogram") {
             for s in ["_bucket", "_count", "_sum"] {
                 out.insert(format!("{name}{s}"));
@@ -301,6 +311,9 @@ fn registered_metrics(src: &str) -> BTreeSet<String> {
         }
     }
     for part in src.split("encode_descriptor(").skip(1) {
+        if !part.trim_start().starts_with('"') {
+            continue;
+        }
         let name = part.split('"').nth(1).unwrap();
         let call = &part[..part.find(")?;").unwrap()];
         if call.contains("MetricType::Counter") {
@@ -312,9 +325,61 @@ fn registered_metrics(src: &str) -> BTreeSet<String> {
     out
 }
 
+/// Metric names written as string literals and typed by the call they are
+/// passed to, nearest first: `counter(` / `gauge(` helpers, the histogram
+/// families' `(name, help, fam)` list, a `(name, help, v)` list of counters
+/// (node-agent/src/http/export.rs).
+fn literal_metrics(src: &str) -> BTreeSet<String> {
+    let markers = [
+        ("counter(", "counter"),
+        ("gauge(", "gauge"),
+        ("(name, help, fam)", "histogram"),
+        ("(name, help, v)", "counter"),
+    ];
+    let mut out = BTreeSet::new();
+    for (i, lit) in src.split('"').enumerate() {
+        let is_name = (lit.starts_with("bpfleet_") || lit.starts_with("http_"))
+            && lit.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+        if i % 2 == 0 || !is_name {
+            continue;
+        }
+        let before: String = src.split('"').take(i).collect::<Vec<_>>().join("\"");
+        let Some((_, kind)) = markers
+            .iter()
+            .filter_map(|(m, k)| before.rfind(m).map(|at| (at, *k)))
+            .max_by_key(|(at, _)| *at)
+        else {
+            continue;
+        };
+        match kind {
+            "counter" => out.insert(format!("{lit}_total")),
+            "histogram" => {
+                for suffix in ["_bucket", "_count", "_sum"] {
+                    out.insert(format!("{lit}{suffix}"));
+                }
+                true
+            }
+            _ => out.insert(lit.to_string()),
+        };
+    }
+    out
+}
+
+/// What the agent exports: its registry and collectors (metrics.rs) and
+/// the HTTP tracer's (http/export.rs).
 fn agent_metrics() -> BTreeSet<String> {
-    let out = registered_metrics(&read("node-agent/src/metrics.rs"));
-    assert!(out.contains("bpfleet_program_run_seconds_total"), "{out:?}");
+    let mut out = registered_metrics(&read("node-agent/src/metrics.rs"));
+    let export = read("node-agent/src/http/export.rs");
+    out.extend(registered_metrics(&export));
+    out.extend(literal_metrics(&export));
+    for m in [
+        "bpfleet_program_run_seconds_total",
+        "bpfleet_tracer_events_lost_total",
+        "bpfleet_tracer_reader_up",
+        "http_server_request_duration_seconds_count",
+    ] {
+        assert!(out.contains(m), "{m} not found in the agent: {out:?}");
+    }
     out
 }
 
@@ -561,11 +626,16 @@ fn containers_hold_only_what_the_code_needs() {
                 "/sys/fs/bpf",
                 "/sys/kernel/btf",
                 "/sys/kernel/tracing",
-                "/var/lib/bpfleet"
+                "/var/lib/bpfleet",
+                "/var/log/pods"
             ],
             "{label}: agent host paths"
         );
-        for ro in ["/sys/kernel/btf", "/sys/kernel/tracing"] {
+        assert_eq!(
+            pod["automountServiceAccountToken"], false,
+            "{label}: the agent calls no API, so holds no token"
+        );
+        for ro in ["/sys/kernel/btf", "/sys/kernel/tracing", "/var/log/pods"] {
             assert_eq!(mounts[&host[ro]]["readOnly"], true, "{label}: {ro}");
         }
         assert_ne!(
@@ -579,7 +649,6 @@ fn containers_hold_only_what_the_code_needs() {
 fn flags_ports_and_selectors_agree_with_the_code() {
     let serve = agent_serve_flags();
     let operator = operator_flags();
-    let cli = read("node-agent/src/cli.rs");
     for extra in [vec![], vec!["-f".to_string(), all_on()]] {
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let d = docs(&render(&extra));
@@ -601,9 +670,11 @@ fn flags_ports_and_selectors_agree_with_the_code() {
             .collect();
         for (f, v) in flags(&args) {
             let Some(v) = v else { continue };
-            if v.starts_with('/') && f != "--pin-root" {
+            if v.starts_with('/') && f != "--pin-root" && f != "--http-route" {
                 assert!(
-                    mount_paths.iter().any(|m| v.starts_with(&format!("{m}/"))),
+                    mount_paths
+                        .iter()
+                        .any(|m| v == *m || v.starts_with(&format!("{m}/"))),
                     "{f}={v} is not on a mounted volume"
                 );
             }
@@ -618,18 +689,19 @@ fn flags_ports_and_selectors_agree_with_the_code() {
         let metrics = port_of(agent, "metrics");
         assert_eq!(port_in(&flag(&args, "--listen")), grpc);
         assert_eq!(port_in(&flag(&args, "--metrics-listen")), metrics);
-        // The readiness probe calls the agent's own `health` client.
-        let probe = strs(&agent["readinessProbe"]["exec"]["command"]);
-        assert_eq!(probe[..2], ["bpfleet-agent", "health"]);
-        assert!(
-            cli.contains("    Health {"),
-            "bpfleet-agent has a health subcommand"
-        );
-        assert_eq!(
-            probe[2],
-            format!("--socket={}", flag(&args, "--socket")),
-            "probe uses the agent's socket"
-        );
+        // Probes hit paths the agent's metrics listener serves.
+        let served = read("node-agent/src/metrics.rs");
+        for (probe, path) in [
+            ("readinessProbe", "/api/health"),
+            ("livenessProbe", "/metrics"),
+        ] {
+            assert_eq!(agent[probe]["httpGet"]["path"], path, "{probe}");
+            assert_eq!(agent[probe]["httpGet"]["port"], "metrics", "{probe}");
+            assert!(
+                served.contains(&format!("\"{path}\"")),
+                "the agent serves no {path}"
+            );
+        }
 
         let op = container(&d, OPERATOR, "Deployment");
         let oargs = strs(&op["args"]);
@@ -858,10 +930,23 @@ fn rbac_grants_exactly_what_the_code_uses() {
             ),
         ])
     );
-    assert_eq!(
-        grants(named(&d, "ClusterRole", AGENT)),
-        expand(&[("", &["pods", "namespaces"], &["get", "list", "watch"], "")])
+    // The agent never calls the API (pod identity from kubelet's log
+    // directory): no role at all, no token mounted.
+    let agent_cargo = read("node-agent/Cargo.toml");
+    assert!(
+        !agent_cargo
+            .lines()
+            .any(|l| l.starts_with("kube") || l.starts_with("k8s-openapi")),
+        "the agent now depends on a Kubernetes client: give it RBAC in the chart"
     );
+    for b in kind(&d, "ClusterRoleBinding")
+        .into_iter()
+        .chain(kind(&d, "RoleBinding"))
+    {
+        for s in b["subjects"].as_array().unwrap() {
+            assert_ne!(s["name"], AGENT, "the agent is bound to a role");
+        }
+    }
     // Every binding names this release's service accounts only.
     for b in kind(&d, "ClusterRoleBinding")
         .into_iter()
@@ -875,23 +960,32 @@ fn rbac_grants_exactly_what_the_code_uses() {
     }
 }
 
-/// Every `bpfleet_*` identifier in a PromQL expression.
-fn bpfleet_metrics_in(expr: &str) -> Vec<String> {
+/// Metric names in a PromQL expression: every `bpfleet_*` identifier, and
+/// `http_*` identifiers used as a selector (followed by `{` or `[`; the
+/// tracer's label names start with `http_` too).
+fn metrics_in(expr: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut rest = expr;
-    while let Some(i) = rest.find("bpfleet_") {
-        let tail = &rest[i..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        let preceded = i > 0 && {
-            let c = rest.as_bytes()[i - 1] as char;
-            c.is_ascii_alphanumeric() || c == '_'
-        };
-        if !preceded {
-            out.push(tail[..end].to_string());
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i] as char;
+        if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < bytes.len()
+                && ((bytes[i] as char).is_ascii_alphanumeric() || bytes[i] == b'_')
+            {
+                i += 1;
+            }
+            let word = &expr[start..i];
+            let next = expr[i..].trim_start().chars().next();
+            if word.starts_with("bpfleet_")
+                || (word.starts_with("http_") && matches!(next, Some('{' | '[')))
+            {
+                out.push(word.to_string());
+            }
+        } else {
+            i += 1;
         }
-        rest = &tail[end..];
     }
     out
 }
@@ -900,12 +994,18 @@ fn bpfleet_metrics_in(expr: &str) -> Vec<String> {
 fn alerts_and_dashboards_use_metrics_that_exist() {
     let values: Value = serde_yaml::from_str(&read("charts/bpfleet/values.yaml")).unwrap();
     let pr = &values["monitoring"]["prometheusRule"];
-    // The HTTP tracer's metrics are being added to the agent; their names
-    // live in values (one place to change) and follow OTel semconv.
-    let pending = pr["eventsLostMetric"].as_str().unwrap().to_string();
     let mut known = agent_metrics();
     known.extend(operator_metrics());
-    known.insert(pending.clone());
+    // The tracer metric names in values are ones the agent exports.
+    for m in [
+        pr["eventsLostMetric"].as_str().unwrap().to_string(),
+        format!("{}_count", pr["httpDurationMetric"].as_str().unwrap()),
+    ] {
+        assert!(
+            known.contains(&m),
+            "values name {m}, which the agent does not export"
+        );
+    }
 
     let d = docs(&render(&["-f", &all_on()]));
     let rule = &kind(&d, "PrometheusRule")[0];
@@ -963,7 +1063,7 @@ fn alerts_and_dashboards_use_metrics_that_exist() {
     }
     let mut used = BTreeSet::new();
     for e in &exprs {
-        for m in bpfleet_metrics_in(e) {
+        for m in metrics_in(e) {
             assert!(
                 known.contains(&m),
                 "{m} is exported by nobody (in `{e}`); known: {known:?}"
@@ -971,8 +1071,14 @@ fn alerts_and_dashboards_use_metrics_that_exist() {
             used.insert(m);
         }
     }
-    // Every agent metric is shown or alerted on somewhere.
-    for m in agent_metrics() {
+    // Every metric of the agent core, and the tracer's health, is shown or
+    // alerted on somewhere.
+    let mut core = registered_metrics(&read("node-agent/src/metrics.rs"));
+    core.extend([
+        "bpfleet_tracer_events_lost_total".to_string(),
+        "bpfleet_tracer_reader_up".to_string(),
+    ]);
+    for m in core {
         assert!(used.contains(&m), "{m} appears in no dashboard or alert");
     }
 }
@@ -1744,11 +1850,10 @@ async fn rendered_chart_applies_to_a_real_apiserver() {
     for a in op_no {
         assert!(!can_i(&cp, OPERATOR, a), "operator may {a:?}");
     }
-    for a in [&["watch", "pods", "-A"][..], &["list", "namespaces"]] {
-        assert!(can_i(&cp, AGENT, a), "agent may not {a:?}");
-    }
     for a in [
-        &["get", "secrets", "-n", NS][..],
+        &["watch", "pods", "-A"][..],
+        &["list", "namespaces"],
+        &["get", "secrets", "-n", NS],
         &["get", "configmaps", "-n", NS],
         &["patch", "pods", "-n", NS],
         &["list", "nodes"],

@@ -77,27 +77,6 @@ app.kubernetes.io/component: agent
 {{- end -}}
 {{- end -}}
 
-{{/* Standard OTEL_* variables when otlp.enabled. */}}
-{{- define "bpfleet.otlpEnv" -}}
-{{- if .root.Values.otlp.enabled -}}
-- name: OTEL_EXPORTER_OTLP_ENDPOINT
-  value: {{ required "otlp.endpoint is required with otlp.enabled" .root.Values.otlp.endpoint | quote }}
-- name: OTEL_EXPORTER_OTLP_PROTOCOL
-  value: {{ .root.Values.otlp.protocol | quote }}
-- name: OTEL_SERVICE_NAME
-  value: {{ .service | quote }}
-- name: OTEL_RESOURCE_ATTRIBUTES
-  value: {{ include "bpfleet.otlpAttributes" .root | quote }}
-{{- end }}
-{{- end -}}
-{{- define "bpfleet.otlpAttributes" -}}
-{{- $attrs := list (printf "k8s.namespace.name=%s" .Release.Namespace) -}}
-{{- range $k, $v := .Values.otlp.resourceAttributes -}}
-{{- $attrs = append $attrs (printf "%s=%s" $k $v) -}}
-{{- end -}}
-{{- join "," $attrs -}}
-{{- end -}}
-
 {{/* A label map as a selector string: k=v,k=v (sorted). */}}
 {{- define "bpfleet.selectorString" -}}
 {{- $terms := list -}}
