@@ -2257,3 +2257,264 @@ fn images_carry_every_library_the_binaries_need() {
         }
     }
 }
+
+// -------------------------------------------------- the real agent
+
+/// A child process, killed and reaped on drop.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:port: (status, body), None when nothing answers.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// An mTLS handshake with openssl as the client, checking the server's
+/// certificate for `name` against `ca`. Ok when the server keeps the
+/// connection (it accepted the client certificate), Err(openssl's account)
+/// when it ends it.
+fn tls_client(port: u16, ca: &str, cert: Option<(&str, &str)>, name: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let err = dir.path().join("stderr");
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args([
+            "-CAfile",
+            ca,
+            "-verify_hostname",
+            name,
+            "-verify_return_error",
+        ])
+        .args(["-alpn", "h2", "-quiet"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap());
+    if let Some((c, k)) = cert {
+        cmd.args(["-cert", c, "-key", k]);
+    }
+    let mut child = Running(cmd.spawn().expect("openssl is installed"));
+    for _ in 0..30 {
+        if let Ok(Some(_)) = child.0.try_wait() {
+            return Err(std::fs::read_to_string(&err).unwrap_or_default());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// The agent binary, started exactly with the arguments the chart renders
+/// (everything on), paths moved to a temporary directory and addresses to
+/// loopback, and the Helm-generated certificates: it starts, reports ready
+/// on the probe path, exports only metrics the tests know, accepts the
+/// operator's client certificate and refuses any other. Needs root and
+/// bpffs, like the agent's own tests.
+#[test]
+fn the_agent_runs_with_the_charts_arguments() {
+    use base64::Engine;
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test runs the real agent: run it as root (as CI does)"
+    );
+    let exe = build_binaries().remove(AGENT).expect("agent built");
+    let helm_tls = docs(&render(&[]));
+    let full = docs(&render(&["-f", &all_on()]));
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().to_string_lossy().into_owned();
+    let put = |rel: &str, bytes: &[u8]| {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let secret = |name: &str, key: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(
+                named(&helm_tls, "Secret", name)["data"][key]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap()
+    };
+    // Files where the chart mounts them: every volume under /etc/bpfleet,
+    // key by key as its items say (Secrets as Helm generates them;
+    // cert-manager writes Secrets of the same names and keys).
+    let agent = container(&full, AGENT, "DaemonSet");
+    let volumes = named(&full, "DaemonSet", AGENT)["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .clone();
+    for m in agent["volumeMounts"].as_array().unwrap() {
+        let Some(sub) = m["mountPath"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("/etc/bpfleet/")
+        else {
+            continue;
+        };
+        let v = volumes.iter().find(|v| v["name"] == m["name"]).unwrap();
+        if let Some(secret_name) = v["secret"]["secretName"].as_str() {
+            for item in v["secret"]["items"].as_array().unwrap() {
+                let (key, path) = (
+                    item["key"].as_str().unwrap(),
+                    item["path"].as_str().unwrap(),
+                );
+                put(&format!("etc/{sub}/{path}"), &secret(secret_name, key));
+            }
+        } else if let Some(cm) = v["configMap"]["name"].as_str() {
+            for (file, text) in named(&full, "ConfigMap", cm)["data"].as_object().unwrap() {
+                put(
+                    &format!("etc/{sub}/{file}"),
+                    text.as_str().unwrap().as_bytes(),
+                );
+            }
+        }
+    }
+    // What the operator holds: its certificate and the agents' CA.
+    let agent_ca = put(
+        "client/agent-ca.crt",
+        &secret("bpfleet-agent-tls", "ca.crt"),
+    );
+    let op_crt = put("client/op.crt", &secret("bpfleet-operator-tls", "tls.crt"));
+    let op_key = put("client/op.key", &secret("bpfleet-operator-tls", "tls.key"));
+    let agent_crt = put("client/agent.crt", &secret("bpfleet-agent-tls", "tls.crt"));
+    let agent_key = put("client/agent.key", &secret("bpfleet-agent-tls", "tls.key"));
+    std::fs::create_dir_all(dir.path().join("pods")).unwrap();
+
+    let pin_root = format!("/sys/fs/bpf/bpfleet-chart-test-{}", std::process::id());
+    let (grpc, metrics, otlp) = (free_port(), free_port(), free_port());
+    let args: Vec<String> = strs(&agent["args"])
+        .into_iter()
+        .map(|a| {
+            let a = a
+                .replace("/sys/fs/bpf/bpfleet", &pin_root)
+                .replace("=/etc/bpfleet/", &format!("={tmp}/etc/"))
+                .replace("=/var/lib/bpfleet/", &format!("={tmp}/state/"))
+                .replace("=/run/bpfleet/", &format!("={tmp}/run/"))
+                .replace("=/var/log/pods", &format!("={tmp}/pods"))
+                .replace(
+                    &format!("0.0.0.0:{}", port_of(agent, "grpc")),
+                    &format!("127.0.0.1:{grpc}"),
+                )
+                .replace(
+                    &format!("0.0.0.0:{}", port_of(agent, "metrics")),
+                    &format!("127.0.0.1:{metrics}"),
+                );
+            match a.split_once('=') {
+                Some(("--otlp-endpoint", _)) => format!("--otlp-endpoint=http://127.0.0.1:{otlp}"),
+                _ => a,
+            }
+        })
+        .collect();
+    for a in &args {
+        assert!(
+            !a.contains("0.0.0.0") && !a.contains("=/etc/"),
+            "not rewritten: {a}"
+        );
+    }
+    let log = dir.path().join("agent.log");
+    let child = Command::new(&exe)
+        .args(&args)
+        .env("NODE_NAME", "chart-test")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut agent_proc = Running(child);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // Ready on the readiness probe's path.
+    let probe = agent["readinessProbe"]["httpGet"]["path"].as_str().unwrap();
+    let mut health = None;
+    for _ in 0..150 {
+        if let Ok(Some(status)) = agent_proc.0.try_wait() {
+            panic!(
+                "the agent exited ({status}) with the chart's arguments {args:?}:\n{}",
+                log_text()
+            );
+        }
+        if let Some((200, body)) = http_get(metrics, probe) {
+            health = Some(body);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let health: Value = serde_json::from_str(
+        &health.unwrap_or_else(|| panic!("{probe} never answered 200:\n{}", log_text())),
+    )
+    .unwrap();
+    assert_eq!(health["ready"], true, "{health}");
+    assert_eq!(health["agent"]["pin_root"], pin_root.as_str());
+
+    // The liveness path, and only metrics the other tests know about.
+    let live = agent["livenessProbe"]["httpGet"]["path"].as_str().unwrap();
+    let (status, text) = http_get(metrics, live).expect("metrics answer");
+    assert_eq!(status, 200);
+    let known = agent_metrics();
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut w = line.split_whitespace().skip(2);
+        let (name, kind) = (w.next().unwrap(), w.next().unwrap());
+        let sample = match kind {
+            "counter" => format!("{name}_total"),
+            "histogram" => format!("{name}_count"),
+            _ => name.to_string(),
+        };
+        assert!(
+            known.contains(&sample),
+            "the agent exports {sample}, unknown to the chart tests"
+        );
+    }
+
+    // mTLS with the chart's material: the operator's certificate is
+    // accepted, the agent's own (another CA) and none are refused, and the
+    // agent's certificate carries the name the operator checks.
+    let name = flag(
+        &strs(&container(&full, OPERATOR, "Deployment")["args"]),
+        "--agent-tls-name",
+    );
+    tls_client(grpc, &agent_ca, Some((&op_crt, &op_key)), &name)
+        .unwrap_or_else(|e| panic!("operator certificate refused: {e}"));
+    let e = tls_client(grpc, &agent_ca, Some((&agent_crt, &agent_key)), &name)
+        .expect_err("an agent certificate drives another agent");
+    assert!(e.contains("unknown ca"), "{e}");
+    tls_client(grpc, &agent_ca, None, &name).expect_err("no client certificate accepted");
+    let e = tls_client(
+        grpc,
+        &agent_ca,
+        Some((&op_crt, &op_key)),
+        "bpfleet-operator",
+    )
+    .expect_err("agent certificate valid for another name");
+    assert!(e.contains("verify") || e.contains("mismatch"), "{e}");
+
+    drop(agent_proc);
+    let _ = std::fs::remove_dir(&pin_root);
+}
