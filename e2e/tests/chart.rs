@@ -2329,50 +2329,23 @@ fn tls_client(port: u16, ca: &str, cert: Option<(&str, &str)>, name: &str) -> Re
     Ok(())
 }
 
-/// The agent binary, started exactly with the arguments the chart renders
-/// (everything on), paths moved to a temporary directory and addresses to
-/// loopback, and the Helm-generated certificates: it starts, reports ready
-/// on the probe path, exports only metrics the tests know, accepts the
-/// operator's client certificate and refuses any other. Needs root and
-/// bpffs, like the agent's own tests.
-#[test]
-fn the_agent_runs_with_the_charts_arguments() {
+/// Writes the files a workload's container finds under /etc/bpfleet, as
+/// the chart mounts them (volume by volume, key by key), below `root/etc`.
+/// Secrets come from `tls` (a render in helm TLS mode; cert-manager writes
+/// Secrets of the same names and keys).
+fn materialize_mounts(d: &[Value], tls: &[Value], k: &str, workload: &str, root: &Path) {
     use base64::Engine;
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test runs the real agent: run it as root (as CI does)"
-    );
-    let exe = build_binaries().remove(AGENT).expect("agent built");
-    let helm_tls = docs(&render(&[]));
-    let full = docs(&render(&["-f", &all_on()]));
-    let dir = tempfile::tempdir().unwrap();
-    let tmp = dir.path().to_string_lossy().into_owned();
-    let put = |rel: &str, bytes: &[u8]| {
-        let p = dir.path().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, bytes).unwrap();
-        p.to_string_lossy().into_owned()
-    };
-    let secret = |name: &str, key: &str| {
-        base64::engine::general_purpose::STANDARD
-            .decode(
-                named(&helm_tls, "Secret", name)["data"][key]
-                    .as_str()
-                    .unwrap(),
-            )
-            .unwrap()
-    };
-    // Files where the chart mounts them: every volume under /etc/bpfleet,
-    // key by key as its items say (Secrets as Helm generates them;
-    // cert-manager writes Secrets of the same names and keys).
-    let agent = container(&full, AGENT, "DaemonSet");
-    let volumes = named(&full, "DaemonSet", AGENT)["spec"]["template"]["spec"]["volumes"]
+    let c = container(d, workload, k);
+    let volumes = named(d, k, workload)["spec"]["template"]["spec"]["volumes"]
         .as_array()
         .unwrap()
         .clone();
-    for m in agent["volumeMounts"].as_array().unwrap() {
+    let put = |rel: String, bytes: &[u8]| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+    };
+    for m in c["volumeMounts"].as_array().unwrap() {
         let Some(sub) = m["mountPath"]
             .as_str()
             .unwrap()
@@ -2381,35 +2354,48 @@ fn the_agent_runs_with_the_charts_arguments() {
             continue;
         };
         let v = volumes.iter().find(|v| v["name"] == m["name"]).unwrap();
-        if let Some(secret_name) = v["secret"]["secretName"].as_str() {
+        if let Some(secret) = v["secret"]["secretName"].as_str() {
             for item in v["secret"]["items"].as_array().unwrap() {
                 let (key, path) = (
                     item["key"].as_str().unwrap(),
                     item["path"].as_str().unwrap(),
                 );
-                put(&format!("etc/{sub}/{path}"), &secret(secret_name, key));
+                let b64 = named(tls, "Secret", secret)["data"][key].as_str().unwrap();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap();
+                put(format!("etc/{sub}/{path}"), &bytes);
             }
         } else if let Some(cm) = v["configMap"]["name"].as_str() {
-            for (file, text) in named(&full, "ConfigMap", cm)["data"].as_object().unwrap() {
+            for (file, text) in named(d, "ConfigMap", cm)["data"].as_object().unwrap() {
                 put(
-                    &format!("etc/{sub}/{file}"),
+                    format!("etc/{sub}/{file}"),
                     text.as_str().unwrap().as_bytes(),
                 );
             }
         }
     }
-    // What the operator holds: its certificate and the agents' CA.
-    let agent_ca = put(
-        "client/agent-ca.crt",
-        &secret("bpfleet-agent-tls", "ca.crt"),
-    );
-    let op_crt = put("client/op.crt", &secret("bpfleet-operator-tls", "tls.crt"));
-    let op_key = put("client/op.key", &secret("bpfleet-operator-tls", "tls.key"));
-    let agent_crt = put("client/agent.crt", &secret("bpfleet-agent-tls", "tls.crt"));
-    let agent_key = put("client/agent.key", &secret("bpfleet-agent-tls", "tls.key"));
-    std::fs::create_dir_all(dir.path().join("pods")).unwrap();
+}
 
-    let pin_root = format!("/sys/fs/bpf/bpfleet-chart-test-{}", std::process::id());
+/// The agent started with the arguments `d` renders, files from
+/// [`materialize_mounts`] under `root`, addresses on loopback; returns the
+/// process, its gRPC and metrics ports and its pin root once /api/health
+/// answers 200 (with the body).
+fn start_agent(
+    d: &[Value],
+    tls: &[Value],
+    exe: &Path,
+    root: &Path,
+) -> (Running, u16, u16, String, Value) {
+    materialize_mounts(d, tls, "DaemonSet", AGENT, root);
+    std::fs::create_dir_all(root.join("pods")).unwrap();
+    let tmp = root.to_string_lossy().into_owned();
+    let agent = container(d, AGENT, "DaemonSet");
+    let pin_root = format!(
+        "/sys/fs/bpf/bpfleet-chart-test-{}-{}",
+        std::process::id(),
+        free_port()
+    );
     let (grpc, metrics, otlp) = (free_port(), free_port(), free_port());
     let args: Vec<String> = strs(&agent["args"])
         .into_iter()
@@ -2440,39 +2426,83 @@ fn the_agent_runs_with_the_charts_arguments() {
             "not rewritten: {a}"
         );
     }
-    let log = dir.path().join("agent.log");
-    let child = Command::new(&exe)
+    let log = root.join("agent.log");
+    let child = Command::new(exe)
         .args(&args)
         .env("NODE_NAME", "chart-test")
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut agent_proc = Running(child);
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-
-    // Ready on the readiness probe's path.
+    let mut proc_ = Running(child);
     let probe = agent["readinessProbe"]["httpGet"]["path"].as_str().unwrap();
-    let mut health = None;
     for _ in 0..150 {
-        if let Ok(Some(status)) = agent_proc.0.try_wait() {
+        if let Ok(Some(status)) = proc_.0.try_wait() {
             panic!(
                 "the agent exited ({status}) with the chart's arguments {args:?}:\n{}",
-                log_text()
+                std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
         if let Some((200, body)) = http_get(metrics, probe) {
-            health = Some(body);
-            break;
+            let health = serde_json::from_str(&body).unwrap();
+            return (proc_, grpc, metrics, pin_root, health);
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let health: Value = serde_json::from_str(
-        &health.unwrap_or_else(|| panic!("{probe} never answered 200:\n{}", log_text())),
-    )
-    .unwrap();
+    panic!(
+        "{probe} never answered 200:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+/// The agent binary, started exactly with the arguments the chart renders
+/// (everything on), paths moved to a temporary directory and addresses to
+/// loopback, and the Helm-generated certificates: it starts, reports ready
+/// on the probe path, exports only metrics the tests know, accepts the
+/// operator's client certificate and refuses any other. Needs root and
+/// bpffs, like the agent's own tests.
+#[test]
+fn the_agent_runs_with_the_charts_arguments() {
+    use base64::Engine;
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test runs the real agent: run it as root (as CI does)"
+    );
+    let exe = build_binaries().remove(AGENT).expect("agent built");
+    let helm_tls = docs(&render(&[]));
+    let full = docs(&render(&["-f", &all_on()]));
+    let dir = tempfile::tempdir().unwrap();
+    let (agent_proc, grpc, metrics, pin_root, health) =
+        start_agent(&full, &helm_tls, &exe, dir.path());
     assert_eq!(health["ready"], true, "{health}");
     assert_eq!(health["agent"]["pin_root"], pin_root.as_str());
+    let agent = container(&full, AGENT, "DaemonSet");
+    // What the operator holds: its certificate and the agents' CA.
+    let secret = |name: &str, key: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(
+                named(&helm_tls, "Secret", name)["data"][key]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap()
+    };
+    let put = |rel: &str, bytes: &[u8]| {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let agent_ca = put(
+        "client/agent-ca.crt",
+        &secret("bpfleet-agent-tls", "ca.crt"),
+    );
+    let op_crt = put("client/op.crt", &secret("bpfleet-operator-tls", "tls.crt"));
+    let op_key = put("client/op.key", &secret("bpfleet-operator-tls", "tls.key"));
+    let agent_crt = put("client/agent.crt", &secret("bpfleet-agent-tls", "tls.crt"));
+    let agent_key = put("client/agent.key", &secret("bpfleet-agent-tls", "tls.key"));
 
     // The liveness path, and only metrics the other tests know about.
     let live = agent["livenessProbe"]["httpGet"]["path"].as_str().unwrap();
