@@ -187,13 +187,19 @@ impl<K: Ord + Clone> Windows<K> {
 
     /// Records one exchange ending at `now_ns`.
     pub fn record(&mut self, key: K, now_ns: u64, latency_ns: u64, error: bool) {
-        let key = if self.series.contains_key(&key) || self.series.len() < self.max_keys {
-            key
-        } else {
-            self.overflow.clone()
-        };
+        self.record_ref(&key, now_ns, latency_ns, error);
+    }
+
+    /// Like [`Windows::record`], cloning the key only for a new series.
+    pub fn record_ref(&mut self, key: &K, now_ns: u64, latency_ns: u64, error: bool) {
         let slot = now_ns - now_ns % SLOT_NS;
-        let slots = self.series.entry(key).or_default();
+        let slots = if let Some(slots) = self.series.get_mut(key) {
+            slots
+        } else if self.series.len() < self.max_keys {
+            self.series.entry(key.clone()).or_default()
+        } else {
+            self.series.entry(self.overflow.clone()).or_default()
+        };
         if slots.back().is_none_or(|(s, _)| *s < slot) {
             slots.push_back((slot, Red::default()));
         }

@@ -86,8 +86,12 @@ impl Default for Families {
 }
 
 impl Families {
-    /// Records one exchange.
-    pub fn observe(&self, r: &Record) {
+    /// Records exchanges that share their labels (see
+    /// [`Record::group`]); `rs` is not empty.
+    pub fn observe(&self, rs: &[&Record]) {
+        let Some(r) = rs.first() else {
+            return;
+        };
         let labels = HttpLabels {
             http_request_method: r.method.to_string(),
             http_response_status_code: r.status.map(|s| s.to_string()).unwrap_or_default(),
@@ -109,13 +113,23 @@ impl Families {
                 &self.client_response_body,
             ),
         };
-        dur.get_or_create(&labels)
-            .observe(r.duration_ns as f64 / 1e9);
-        if let Some(b) = r.request_body_bytes {
-            req.get_or_create(&labels).observe(b as f64);
+        {
+            let h = dur.get_or_create(&labels);
+            for r in rs {
+                h.observe(r.duration_ns as f64 / 1e9);
+            }
         }
-        if let Some(b) = r.response_body_bytes {
-            resp.get_or_create(&labels).observe(b as f64);
+        if rs.iter().any(|r| r.request_body_bytes.is_some()) {
+            let h = req.get_or_create(&labels);
+            for b in rs.iter().filter_map(|r| r.request_body_bytes) {
+                h.observe(b as f64);
+            }
+        }
+        if rs.iter().any(|r| r.response_body_bytes.is_some()) {
+            let h = resp.get_or_create(&labels);
+            for b in rs.iter().filter_map(|r| r.response_body_bytes) {
+                h.observe(b as f64);
+            }
         }
     }
 

@@ -20,7 +20,7 @@ pub mod otlp;
 pub mod record;
 pub mod runtime;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -341,22 +341,35 @@ impl Hub {
         if records.is_empty() {
             return;
         }
+        // A batch's records mostly share their labels: group them so label
+        // sets and series are built and looked up once per group.
+        let mut groups: HashMap<record::Group<'_>, Vec<&Record>> = HashMap::new();
         for r in records {
-            self.families.observe(r);
+            groups.entry(r.group()).or_default().push(r);
             if let Some(o) = &self.otlp {
                 o.send(r);
             }
         }
+        for rs in groups.values() {
+            self.families.observe(rs);
+        }
         let mut st = self.lock();
         let active = st.programs.get(program).map_or(0, |p| p.active_token);
-        for r in records {
-            let token = if r.token == 0 { active } else { r.token };
+        let mut per_token: BTreeMap<u64, Figures> = BTreeMap::new();
+        for rs in groups.values() {
+            let key = rs[0].key();
+            for r in rs {
+                let token = if r.token == 0 { active } else { r.token };
+                per_token.entry(token).or_default().record(r);
+                st.windows
+                    .record_ref(&key, r.end_ns, r.duration_ns, r.semconv_error());
+            }
+        }
+        for (token, f) in per_token {
             st.figures
                 .entry((program.to_string(), token))
                 .or_default()
-                .record(r);
-            st.windows
-                .record(r.key(), r.end_ns, r.duration_ns, r.semconv_error());
+                .merge(&f);
         }
         let s = st.readers.entry(program.to_string()).or_default();
         s.exchanges += records.len() as u64;

@@ -92,6 +92,20 @@ impl Record {
         }
     }
 
+    /// What the metric labels of this record depend on.
+    pub fn group(&self) -> Group<'_> {
+        Group {
+            side: self.side,
+            method: self.method,
+            status: self.status,
+            outcome: self.outcome,
+            route: &self.route,
+            service: &self.service,
+            namespace: &self.namespace,
+            pod: &self.pod,
+        }
+    }
+
     pub fn key(&self) -> Key {
         Key {
             service: self.service.clone(),
@@ -99,6 +113,19 @@ impl Record {
             side: self.side,
         }
     }
+}
+
+/// Records with equal groups have equal metric labels and window keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Group<'a> {
+    side: Side,
+    method: &'static str,
+    status: Option<u16>,
+    outcome: Outcome,
+    route: &'a str,
+    service: &'a str,
+    namespace: &'a str,
+    pod: &'a str,
 }
 
 /// Methods kept as they are; everything else is `_OTHER` (semantic
@@ -144,6 +171,14 @@ impl Figures {
         self.requests += 1;
         self.errors += u64::from(r.gate_error());
         self.buckets[bucket_index(r.duration_ns as f64 / 1e9)] += 1;
+    }
+
+    pub fn merge(&mut self, other: &Figures) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
     }
 
     pub fn to_proto(&self) -> pb::HttpFigures {
