@@ -2548,3 +2548,182 @@ fn the_agent_runs_with_the_charts_arguments() {
     drop(agent_proc);
     let _ = std::fs::remove_dir(&pin_root);
 }
+
+/// The operator binary, started with the arguments the chart renders and
+/// the files it mounts, acting as its ServiceAccount (kubeconfig
+/// impersonation) with the chart's RBAC applied for real, drives the real
+/// agent (started the same way) over the chart's mTLS: it finds the agent
+/// through the node annotation, writes status and finalizer, holds its
+/// Lease, keeps a revision snapshot, and is refused nothing by the
+/// apiserver. Needs root and bpffs (the agent).
+#[tokio::test]
+async fn operator_drives_the_agent_with_the_charts_arguments_and_rbac() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "runs the real agent: run as root"
+    );
+    let bins = build_binaries();
+    let d = docs(&render(&[]));
+    let dir = tempfile::tempdir().unwrap();
+    let (_agent, grpc, _metrics, pin_root, _) =
+        start_agent(&d, &d, &bins[AGENT], &dir.path().join("agent"));
+
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    cp.install_crds().expect("CRDs");
+    cp.kubectl_ok(&["create", "namespace", NS]).unwrap();
+    let rbac: Vec<Value> = d
+        .iter()
+        .filter(|o| {
+            matches!(
+                o["kind"].as_str(),
+                Some(
+                    "ServiceAccount"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Role"
+                        | "RoleBinding"
+                )
+            )
+        })
+        .cloned()
+        .collect();
+    let f = write(
+        dir.path(),
+        "rbac.json",
+        &json!({"apiVersion": "v1", "kind": "List", "items": rbac}).to_string(),
+    );
+    cp.kubectl_ok(&["apply", "--server-side", "-f", &f])
+        .expect("RBAC applies");
+    // A node whose agent is the one started above.
+    let node = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "chart-node", "labels": {"kubernetes.io/os": "linux"},
+                     "annotations": {"bpfleet.dev/agent-endpoint": format!("https://127.0.0.1:{grpc}")}},
+    });
+    let f = write(dir.path(), "node.json", &node.to_string());
+    cp.kubectl_ok(&["apply", "--server-side", "-f", &f])
+        .unwrap();
+
+    // The operator, as its ServiceAccount.
+    let sa = format!("system:serviceaccount:{NS}:{OPERATOR}");
+    let kc = std::fs::read_to_string(&cp.kubeconfig).unwrap();
+    let kc = kc.replacen(
+        "    client-key-data:",
+        &format!("    as: {sa}\n    client-key-data:"),
+        1,
+    );
+    let kubeconfig = write(dir.path(), "operator.kubeconfig", &kc);
+    let op_root = dir.path().join("operator");
+    materialize_mounts(&d, &d, "Deployment", OPERATOR, &op_root);
+    let op = container(&d, OPERATOR, "Deployment");
+    let metrics = free_port();
+    let root = op_root.to_string_lossy().into_owned();
+    let args: Vec<String> = strs(&op["args"])
+        .into_iter()
+        .map(|a| {
+            a.replace("$(POD_NAMESPACE)", NS)
+                .replace("$(POD_NAME)", "bpfleet-operator-0")
+                .replace("=/etc/bpfleet/", &format!("={root}/etc/"))
+                .replace(
+                    &format!("0.0.0.0:{}", port_of(op, "metrics")),
+                    &format!("127.0.0.1:{metrics}"),
+                )
+        })
+        .collect();
+    let log = dir.path().join("operator.log");
+    let child = Command::new(&bins[OPERATOR])
+        .args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", NS)
+        .env("POD_NAME", "bpfleet-operator-0")
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut operator = Running(child);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let ready = op["readinessProbe"]["httpGet"]["path"].as_str().unwrap();
+    let mut up = false;
+    for _ in 0..150 {
+        if let Ok(Some(s)) = operator.0.try_wait() {
+            panic!("the operator exited ({s}) with {args:?}:\n{}", log_text());
+        }
+        if matches!(http_get(metrics, ready), Some((200, _))) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(up, "{ready} never answered 200:\n{}", log_text());
+
+    // A program whose object is not on this "node": the agent refuses the
+    // load, so the failure the status reports comes from the agent itself
+    // (an mTLS failure would make it unreachable instead).
+    cp.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &workspace_root()
+            .join("examples/syscall-counter-immediate.yaml")
+            .to_string_lossy(),
+    ])
+    .unwrap();
+    let mut last = Value::Null;
+    for _ in 0..120 {
+        let out = cp
+            .kubectl_ok(&["get", "tracerprogram", "syscall-counter", "-o", "json"])
+            .unwrap();
+        last = serde_json::from_str(&out).unwrap();
+        if last["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("chart-node"))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    // The agent's own words, carried back over mTLS into status.
+    let message = last["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(
+            "chart-node: AgentError: reading /var/lib/bpfleet/objects/syscall_counter.bpf.o"
+        ),
+        "no refusal from the agent in status: {last}\n{}",
+        log_text()
+    );
+    assert!(!message.contains("Unreachable"), "{message}");
+    assert!(
+        last["status"]["observedGeneration"].is_i64(),
+        "status written: {last}"
+    );
+    assert!(
+        !strs(&last["metadata"]["finalizers"]).is_empty(),
+        "finalizer added: {last}"
+    );
+    let holder = cp
+        .kubectl_ok(&[
+            "-n",
+            NS,
+            "get",
+            "lease",
+            "bpfleet-operator",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .expect("the operator holds its Lease");
+    assert_eq!(holder, "bpfleet-operator-0");
+    let snapshots = cp
+        .kubectl_ok(&["-n", NS, "get", "controllerrevisions", "-o", "name"])
+        .unwrap();
+    assert!(!snapshots.trim().is_empty(), "revision snapshot kept");
+    let text = log_text();
+    assert!(
+        !text.contains("forbidden") && !text.contains("Forbidden"),
+        "the apiserver refused the operator something its code does:\n{text}"
+    );
+    drop(operator);
+    let _ = std::fs::remove_dir_all(&pin_root);
+}
