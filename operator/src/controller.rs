@@ -236,11 +236,12 @@ async fn finish(
     if acted {
         carry_out(ctx, &name, spec, spec_revision, &out.actions, targets).await;
     }
-    // Look again soon after acting (to observe the result), at the machine's
-    // next timer, and in any case at the resync interval.
+    // Look again right after acting (the calls completed, so the next
+    // reconcile sees their result and moves the next batch of nodes), at
+    // the machine's next timer, and in any case at the resync interval.
     let mut after = ctx.resync;
     if acted {
-        after = after.min(Duration::from_secs(2));
+        after = after.min(Duration::from_millis(500));
     }
     if let Some(s) = out.requeue_after {
         after = after.min(Duration::from_secs(u64::try_from(s.max(1)).unwrap_or(1)));
