@@ -2279,10 +2279,22 @@ fn free_port() -> u16 {
 }
 
 /// `GET path` on 127.0.0.1:port: (status, body), None when nothing answers.
+/// GET with retries: under a loaded CI machine a debug-build agent may take
+/// a while to render its metrics.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    for attempt in 0..5 {
+        if let Some(r) = http_get_once(port, path) {
+            return Some(r);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500 * (attempt + 1)));
+    }
+    None
+}
+
+fn http_get_once(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
         .ok()?;
     write!(
         s,
