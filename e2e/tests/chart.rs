@@ -2260,13 +2260,17 @@ fn images_carry_every_library_the_binaries_need() {
 
 // -------------------------------------------------- the real agent
 
-/// A child process, killed and reaped on drop.
-struct Running(std::process::Child);
+/// A child process, killed and reaped on drop; then the pin root it used
+/// (if any) is removed, also when the test failed.
+struct Running(std::process::Child, Option<std::path::PathBuf>);
 
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if let Some(p) = &self.1 {
+            let _ = std::fs::remove_dir_all(p);
+        }
     }
 }
 
@@ -2331,7 +2335,7 @@ fn tls_client(port: u16, ca: &str, cert: Option<(&str, &str)>, name: &str) -> Re
     if let Some((c, k)) = cert {
         cmd.args(["-cert", c, "-key", k]);
     }
-    let mut child = Running(cmd.spawn().expect("openssl is installed"));
+    let mut child = Running(cmd.spawn().expect("openssl is installed"), None);
     for _ in 0..30 {
         if let Ok(Some(_)) = child.0.try_wait() {
             return Err(std::fs::read_to_string(&err).unwrap_or_default());
@@ -2446,7 +2450,7 @@ fn start_agent(
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut proc_ = Running(child);
+    let mut proc_ = Running(child, Some(std::path::PathBuf::from(&pin_root)));
     let probe = agent["readinessProbe"]["httpGet"]["path"].as_str().unwrap();
     for _ in 0..150 {
         if let Ok(Some(status)) = proc_.0.try_wait() {
@@ -2655,7 +2659,7 @@ async fn operator_drives_the_agent_with_the_charts_arguments_and_rbac() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut operator = Running(child);
+    let mut operator = Running(child, None);
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     let ready = op["readinessProbe"]["httpGet"]["path"].as_str().unwrap();
     let mut up = false;
