@@ -273,7 +273,8 @@ impl HookType {
     }
 
     /// Whether a switch between revisions can be an atomic link update
-    /// (`bpf_link_update`); the others switch through the gate map.
+    /// (`bpf_link_update`); the others switch through the agent's
+    /// dispatcher (a one-slot program array the hook tail-calls through).
     pub fn switches_by_link_update(self) -> bool {
         matches!(
             self,

@@ -1,31 +1,26 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
- * bpfleet_gate.h: what a program managed by bpfleet includes so that the
- * node agent can switch between its revisions atomically on hooks that have
- * no bpf_link_update (tracepoints, raw tracepoints, uprobes).
+ * bpfleet_gate.h: what a program managed by bpfleet may include to take
+ * part in bpfleet's revision handling.
  *
- * Every revision of a program shares one pinned array map, bpfleet_gate,
- * whose single u64 holds the token of the active revision. The agent writes
- * this revision's token into bpfleet_revision before load. A program calls
- * BPFLEET_GATE() first; while another revision is active it returns at once.
- * Activate and rollback are then one word written to the gate: no reload, no
- * verifier run, and each event is seen by exactly one revision.
+ * Switching between revisions needs nothing from the program. On hooks with
+ * bpf_link_update (xdp, tcx, cgroup) the agent swaps the link's program; on
+ * the others (tracepoints, raw tracepoints, uprobes) it attaches one small
+ * dispatcher of its own per hook, which tail-calls the active revision
+ * through a one-slot program array. Activate and rollback replace that slot:
+ * the slot is read once per event, so each event runs exactly one revision.
  *
- * Also provided:
- *   bpfleet_config  16 x u64 runtime settings written by UpdateConfig
- *   BPFLEET_ERROR() counts a program-reported error (Stats program_errors)
+ * What this header provides:
+ *   bpfleet_revision  the revision's token, written by the agent before
+ *                     load (programs that report events can stamp it)
+ *   bpfleet_config    16 x u64 runtime settings written by UpdateConfig,
+ *                     shared by every revision of the program
+ *   BPFLEET_ERROR()   counts a program-reported error (Stats program_errors)
  */
 #ifndef __BPFLEET_GATE_H
 #define __BPFLEET_GATE_H
 
 #include <bpf/bpf_helpers.h>
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} bpfleet_gate SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -45,26 +40,12 @@ struct {
  * finds it without parsing BTF. */
 const volatile __u64 bpfleet_revision SEC(".rodata.bpfleet") = 0;
 
-static __always_inline int bpfleet_is_active(void)
-{
-	__u32 zero = 0;
-	__u64 *active = bpf_map_lookup_elem(&bpfleet_gate, &zero);
-
-	return active && *active == bpfleet_revision;
-}
-
 static __always_inline __u64 bpfleet_config_get(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&bpfleet_config, &idx);
 
 	return v ? *v : 0;
 }
-
-#define BPFLEET_GATE(ret)                                                      \
-	do {                                                                   \
-		if (!bpfleet_is_active())                                      \
-			return (ret);                                          \
-	} while (0)
 
 #define BPFLEET_ERROR()                                                        \
 	do {                                                                   \

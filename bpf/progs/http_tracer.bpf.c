@@ -8,11 +8,12 @@
  * by an HTTP start line. close ends a connection. Userspace
  * (bpfleet-tracer) reassembles HTTP from these events.
  *
- * Revision switching: enter hooks pass BPFLEET_GATE and stamp the stored
- * arguments with their revision; an exit hook handles only arguments its own
- * revision stored. With http_args, http_conns, http_events and http_lost
- * declared persistent (shared by all revisions), every syscall is reported
- * by exactly one revision across a switch: none lost, none twice.
+ * Revision switching: the agent's dispatcher runs exactly one revision per
+ * event. Enter hooks stamp the stored arguments with their revision; an exit
+ * hook takes whatever arguments the thread stored, also when the enter ran
+ * under the previous revision. With http_args, http_conns, http_events and
+ * http_lost declared persistent (shared by all revisions), every syscall is
+ * reported by exactly one revision across a switch: none lost, none twice.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -119,7 +120,7 @@ static __always_inline void store_args(__u32 fd, __u64 ptr, __u8 kind, __u8 dir)
 	__u64 id = bpf_get_current_pid_tgid();
 	struct args a = {};
 
-	if (!traced_process(id >> 32) || !bpfleet_is_active())
+	if (!traced_process(id >> 32))
 		return;
 	a.ptr = ptr;
 	a.rev = bpfleet_revision;
@@ -129,13 +130,14 @@ static __always_inline void store_args(__u32 fd, __u64 ptr, __u8 kind, __u8 dir)
 	bpf_map_update_elem(&http_args, &id, &a, BPF_ANY);
 }
 
-/* Takes this thread's stored arguments if this revision stored them. */
+/* Takes this thread's stored arguments, whichever revision stored them
+ * (the revisions share http_args and its layout). */
 static __always_inline int take_args(struct args *out)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct args *a = bpf_map_lookup_elem(&http_args, &id);
 
-	if (!a || a->rev != bpfleet_revision)
+	if (!a)
 		return 0;
 	*out = *a;
 	bpf_map_delete_elem(&http_args, &id);
@@ -523,7 +525,6 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	struct conn *c;
 	struct http_event *e;
 
-	BPFLEET_GATE(0);
 	c = bpf_map_lookup_elem(&http_conns, &k);
 	if (!c)
 		return 0;

@@ -1,9 +1,10 @@
-//! bpfleet's BPF side: `include/bpfleet_gate.h`, the header every managed
-//! program includes so the node agent can switch revisions with one word
-//! written to a pinned gate map, and the example programs the agent's tests
-//! and benchmarks load. The objects are compiled from `progs/*.bpf.c` by the
-//! build script (CO-RE, `vmlinux.h` dumped from the running kernel) and
-//! embedded here; this crate has no logic and touches no kernel state.
+//! bpfleet's BPF side: `include/bpfleet_gate.h`, the header a managed
+//! program may include (revision token, runtime config map, error counter),
+//! the node agent's dispatcher (one per hook without bpf_link_update; it
+//! tail-calls the active revision), and the example programs the agent's
+//! tests and benchmarks load. The objects are compiled from `progs/*.bpf.c`
+//! by the build script (CO-RE, `vmlinux.h` dumped from the running kernel)
+//! and embedded here; this crate has no logic and touches no kernel state.
 
 macro_rules! object {
     ($(#[$doc:meta])* $name:ident, $file:literal) => {
@@ -13,8 +14,14 @@ macro_rules! object {
 }
 
 object!(
+    /// The agent's dispatcher: programs `dispatch_tp` (tracepoint),
+    /// `dispatch_raw_tp` (raw tracepoint) and `dispatch_uprobe` (uprobe and
+    /// uretprobe), each tail-calling slot 0 of the program array `slot`.
+    DISPATCH, "bpfleet_dispatch.bpf.o"
+);
+object!(
     /// Tracepoint `syscalls/sys_enter_getppid`, program `count_getppid`:
-    /// counts into slot 0 of the map `counts` (slot 3: total). Gated.
+    /// counts into slot 0 of the map `counts` (slot 3: total). Switched by the dispatcher.
     SYSCOUNT_V1, "syscount_v1.bpf.o"
 );
 object!(
@@ -33,7 +40,7 @@ object!(
 );
 object!(
     /// Raw tracepoint `sys_enter`, program `count_raw`: counts getppid into
-    /// slot 2 of `counts`. Gated.
+    /// slot 2 of `counts`. Switched by the dispatcher.
     SYSCOUNT_RAW, "syscount_raw.bpf.o"
 );
 object!(
@@ -55,7 +62,7 @@ object!(
     TCCOUNT_V2, "tccount_v2.bpf.o"
 );
 object!(
-    /// uprobe program `count_call`: counts calls into slot 0 of `calls`. Gated.
+    /// uprobe program `count_call`: counts calls into slot 0 of `calls`. Switched by the dispatcher.
     UCOUNT, "ucount.bpf.o"
 );
 object!(
@@ -76,8 +83,8 @@ object!(
     /// The HTTP tracer: syscall tracepoints for the read/write family,
     /// accept, connect and close; events in the ring buffer `http_events`
     /// (layout in `progs/http_tracer.h`), drops counted in `http_lost`.
-    /// Gated; `http_args`, `http_conns`, `http_events` and `http_lost` are
-    /// meant to be persistent across revisions.
+    /// Switched by the dispatcher; `http_args`, `http_conns`, `http_events`
+    /// and `http_lost` are meant to be persistent across revisions.
     HTTP_TRACER, "http_tracer.bpf.o"
 );
 
@@ -110,6 +117,7 @@ mod tests {
     #[test]
     fn objects_are_bpf_elf() {
         for obj in [
+            DISPATCH,
             SYSCOUNT_V1,
             SYSCOUNT_V2,
             SYSCOUNT_BAD,

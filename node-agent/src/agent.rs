@@ -19,9 +19,11 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use crate::audit::{Audit, now_ms};
 use crate::error::{Error, Result};
 use crate::hooks::{self, NodeSupport, check_caps, hook_from_i32, switch_method};
-use crate::kernel::{self, CONFIG_MAP, ERRORS_MAP, GATE_MAP, hook_of};
+use crate::kernel::{self, CONFIG_MAP, ERRORS_MAP, hook_of};
 use crate::names::check_name;
-use crate::state::{EntryState, Persister, ProgramState, RevisionState, SharedLink, StateFile};
+use crate::state::{
+    EntryState, Persister, ProgramState, RevisionState, RunFigures, SharedLink, StateFile,
+};
 use crate::trust::{Verifiers, check_digest};
 
 /// Most entries one revision may declare.
@@ -84,7 +86,10 @@ impl Config {
 
 #[derive(Default)]
 struct Runtime {
-    gate: Option<MapHandle>,
+    /// Dispatcher key -> its slot (program array).
+    slots: BTreeMap<String, MapHandle>,
+    /// Dispatcher key -> the dispatcher program (for its run figures).
+    dispatchers: BTreeMap<String, OwnedFd>,
     /// (revision, bpf program) -> program fd.
     progs: BTreeMap<(String, String), OwnedFd>,
     /// Shared link key -> link fd.
@@ -108,7 +113,7 @@ pub struct ProgramView {
     pub program: String,
     /// Shared map name -> pin.
     pub shared_maps: BTreeMap<String, PathBuf>,
-    /// Revision -> gate token.
+    /// Revision -> revision token.
     pub revisions: BTreeMap<String, u64>,
     pub active: Option<String>,
 }
@@ -235,6 +240,8 @@ impl Agent {
             return;
         };
         let mut problems = Vec::new();
+        // (key, pin, is the slot) of dispatchers found pinned.
+        let mut dispatch_pins = Vec::new();
         // Scan the program directory for pins the state file lacks.
         if let Ok(dir) = std::fs::read_dir(&prog_dir) {
             for ent in dir.flatten() {
@@ -242,14 +249,15 @@ impl Agent {
                 let path = ent.path();
                 if let Some(m) = fname.strip_prefix("_map_") {
                     p.shared_maps.entry(m.to_string()).or_insert(path);
-                } else if fname == "_gate" {
-                    p.shared_maps.entry(GATE_MAP.to_string()).or_insert(path);
                 } else if let Some(k) = fname.strip_prefix("_link_") {
                     p.shared_links.entry(k.to_string()).or_insert(SharedLink {
                         pin: path,
-                        hook: 0,
-                        target: String::new(),
+                        ..SharedLink::default()
                     });
+                } else if let Some(k) = fname.strip_prefix("_slot_") {
+                    dispatch_pins.push((k.to_string(), path, true));
+                } else if let Some(k) = fname.strip_prefix("_disp_") {
+                    dispatch_pins.push((k.to_string(), path, false));
                 } else if path.is_dir()
                     && check_name("revision", &fname).is_ok()
                     && !p.revisions.contains_key(&fname)
@@ -266,8 +274,6 @@ impl Agent {
                                 r.progs.insert(x.to_string(), f.path());
                             } else if let Some(x) = n.strip_prefix("map_") {
                                 r.maps.insert(x.to_string(), f.path());
-                            } else if let Some(x) = n.strip_prefix("link_") {
-                                r.links.insert(x.to_string(), f.path());
                             }
                         }
                     }
@@ -282,10 +288,19 @@ impl Agent {
             }
             ok
         });
-        if let Some(pin) = p.shared_maps.get(GATE_MAP) {
-            match MapHandle::from_pinned_path(pin) {
-                Ok(h) => rt.gate = Some(h),
-                Err(e) => problems.push(format!("gate of {name} cannot be opened: {e}")),
+        for (k, pin, is_slot) in dispatch_pins {
+            match p.shared_links.get_mut(&k) {
+                Some(l) if is_slot => {
+                    l.slot.get_or_insert(pin);
+                }
+                Some(l) => {
+                    l.dispatcher.get_or_insert(pin);
+                }
+                None => {
+                    // A dispatcher whose link is gone runs nothing.
+                    problems.push(format!("{} had no dispatcher link; removed", pin.display()));
+                    let _ = std::fs::remove_file(&pin);
+                }
             }
         }
         let mut gone = Vec::new();
@@ -314,6 +329,23 @@ impl Agent {
         for (k, l) in &p.shared_links {
             match kernel::obj_get(&l.pin) {
                 Ok(fd) => {
+                    if let Some(slot) = &l.slot {
+                        let opened = MapHandle::from_pinned_path(slot)
+                            .map_err(|e| Error::kernel(format!("opening {}", slot.display()), e))
+                            .and_then(|h| {
+                                let disp = l.dispatcher.as_deref().ok_or_else(|| {
+                                    Error::Precondition("its program is not pinned".into())
+                                })?;
+                                Ok((h, kernel::obj_get(disp)?))
+                            });
+                        match opened {
+                            Ok((h, disp)) => {
+                                rt.slots.insert(k.clone(), h);
+                                rt.dispatchers.insert(k.clone(), disp);
+                            }
+                            Err(e) => problems.push(format!("dispatcher {name}/{k}: {e}")),
+                        }
+                    }
                     rt.links.insert(k.clone(), fd);
                 }
                 Err(e) => {
@@ -323,30 +355,38 @@ impl Agent {
             }
         }
         for k in dead_links {
-            p.shared_links.remove(&k);
+            if let Some(l) = p.shared_links.remove(&k) {
+                for pin in l.slot.iter().chain(&l.dispatcher) {
+                    let _ = std::fs::remove_file(pin);
+                }
+            }
         }
-        // The kernel decides what is active: the gate word, else the links.
-        let mut kernel_active = None;
-        if let Some(g) = &rt.gate
-            && let Ok(tok) = kernel::gate_read(g)
-            && tok != 0
-        {
-            kernel_active = p
-                .revisions
+        // The kernel decides what is active: what the dispatcher slots and
+        // the links run.
+        let prog_ids: Vec<(String, u32)> = rt
+            .progs
+            .iter()
+            .filter_map(|((r, _), fd)| {
+                kernel::prog_figures(fd.as_fd())
+                    .ok()
+                    .map(|f| (r.clone(), f.id))
+            })
+            .collect();
+        let revision_of = |id: u32| {
+            prog_ids
                 .iter()
-                .find(|(_, r)| r.token == tok && !r.orphaned)
-                .map(|(n, _)| n.clone());
-        }
+                .find(|(_, pid)| *pid == id)
+                .map(|(r, _)| r.clone())
+        };
+        let mut kernel_active = rt
+            .slots
+            .values()
+            .filter_map(kernel::slot_prog_id)
+            .find_map(&revision_of);
         if kernel_active.is_none() {
             for fd in rt.links.values() {
                 if let Ok((_, prog_id)) = kernel::link_ids(fd.as_fd()) {
-                    kernel_active = rt
-                        .progs
-                        .iter()
-                        .find(|(_, pfd)| {
-                            kernel::prog_figures(pfd.as_fd()).map(|f| f.id).ok() == Some(prog_id)
-                        })
-                        .map(|((r, _), _)| r.clone());
+                    kernel_active = revision_of(prog_id);
                     if kernel_active.is_some() {
                         break;
                     }
@@ -430,11 +470,6 @@ impl Agent {
             if m.is_empty() || m.len() > 64 || m.contains('/') || m.contains('\0') {
                 return Err(Error::Invalid(format!(
                     "persistent map name {m:?} is not a map name"
-                )));
-            }
-            if m == GATE_MAP {
-                return Err(Error::Invalid(format!(
-                    "{GATE_MAP} is managed by the agent"
                 )));
             }
         }
@@ -563,6 +598,14 @@ impl Agent {
             .map_err(|e| Error::io(format!("creating {}", prog_dir.display()), e))?;
         let token = existing.map_or(1, |p| p.next_token.max(1));
         let rev_dir = prog_dir.join(&req.revision);
+        let dispatchers: BTreeMap<String, PathBuf> = existing
+            .map(|p| {
+                p.shared_links
+                    .iter()
+                    .filter_map(|(k, l)| Some((k.clone(), l.dispatcher.clone()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let started = Instant::now();
         let spec = kernel::LoadSpec {
             bytes: &bytes,
@@ -573,6 +616,7 @@ impl Agent {
             token,
             max_new_map_bytes: room,
             name: &req.program,
+            dispatchers: &dispatchers,
         };
         let loaded = match kernel::load(&spec) {
             Ok(l) => l,
@@ -600,11 +644,10 @@ impl Agent {
             }
         }
         // Shared maps libbpf created or reused for this revision.
-        let mut shared = vec![(GATE_MAP.to_string(), kernel::gate_pin(&prog_dir))];
-        shared.push((
+        let mut shared = vec![(
             CONFIG_MAP.to_string(),
             kernel::shared_map_pin(&prog_dir, CONFIG_MAP),
-        ));
+        )];
         for m in &req.persistent_maps {
             shared.push((m.clone(), kernel::shared_map_pin(&prog_dir, m)));
         }
@@ -614,12 +657,29 @@ impl Agent {
             }
         }
         let rt = self.rt.entry(req.program.clone()).or_default();
-        if rt.gate.is_none()
-            && let Some(pin) = p.shared_maps.get(GATE_MAP)
-        {
-            rt.gate = Some(
-                MapHandle::from_pinned_path(pin)
-                    .map_err(|e| Error::kernel("opening the gate", e))?,
+        let keys = kernel::entry_keys(&entries);
+        for (key, pins) in loaded.dispatchers {
+            let Some(e) = keys.iter().position(|k| *k == key).map(|i| &entries[i]) else {
+                continue;
+            };
+            rt.dispatchers
+                .insert(key.clone(), kernel::obj_get(&pins.prog)?);
+            rt.slots.insert(
+                key.clone(),
+                MapHandle::from_pinned_path(&pins.slot)
+                    .map_err(|er| Error::kernel(format!("opening {}", pins.slot.display()), er))?,
+            );
+            rt.links.insert(key.clone(), kernel::obj_get(&pins.link)?);
+            p.shared_links.insert(
+                key,
+                SharedLink {
+                    pin: pins.link,
+                    hook: e.hook,
+                    target: e.target.clone(),
+                    slot: Some(pins.slot),
+                    dispatcher: Some(pins.prog),
+                    base: RunFigures::default(),
+                },
             );
         }
         for (bp, pin) in &loaded.progs {
@@ -634,11 +694,11 @@ impl Agent {
                 entries,
                 progs: loaded.progs,
                 maps: loaded.maps,
-                links: loaded.links,
                 loaded_at_unix_ms: now_ms(),
                 load_nanos,
                 orphaned: false,
                 map_memory_bytes: loaded.map_memory_bytes,
+                dispatched: BTreeMap::new(),
             },
         );
         self.save()?;
@@ -757,21 +817,23 @@ impl Agent {
         }
         let rt = self.rt.entry(program.to_string()).or_default();
         let new_entries = r.entries.clone();
-        let token = r.token;
+        let new_keys = kernel::entry_keys(&new_entries);
         let old_entries: Vec<EntryState> = p
             .revisions
             .get(&previous)
             .map(|o| o.entries.clone())
             .unwrap_or_default();
+        let old_keys = kernel::entry_keys(&old_entries);
+        // What the previous revision ran on a key.
+        let old_program = |key: &str| {
+            old_keys
+                .iter()
+                .position(|k| k == key)
+                .map(|i| old_entries[i].bpf_program.clone())
+        };
 
         let started = Instant::now();
-        let mut wanted_keys = Vec::new();
-        for e in new_entries
-            .iter()
-            .filter(|e| switch_method(hook_of(e)) == SwitchMethod::LinkUpdate)
-        {
-            let key = kernel::shared_link_key(e);
-            wanted_keys.push(key.clone());
+        for (e, key) in new_entries.iter().zip(&new_keys) {
             let new_fd = rt
                 .progs
                 .get(&(revision.to_string(), e.bpf_program.clone()))
@@ -781,41 +843,55 @@ impl Agent {
                         e.bpf_program
                     ))
                 })?;
-            if let Some(link) = rt.links.get(&key) {
-                let old_fd = old_entries
-                    .iter()
-                    .find(|o| kernel::shared_link_key(o) == key)
-                    .and_then(|o| rt.progs.get(&(previous.clone(), o.bpf_program.clone())));
+            if switch_method(hook_of(e)) == SwitchMethod::Dispatch {
+                let slot = rt.slots.get(key).ok_or_else(|| {
+                    Error::Precondition(format!(
+                        "the dispatcher {key} of {program} is gone; unload the program and load it again"
+                    ))
+                })?;
+                settle(p, rt, key, &previous, old_program(key).as_deref());
+                kernel::slot_set(slot, new_fd.as_fd())?;
+                continue;
+            }
+            if let Some(link) = rt.links.get(key) {
+                let old_fd = old_program(key).and_then(|bp| rt.progs.get(&(previous.clone(), bp)));
                 kernel::link_update(link.as_fd(), new_fd.as_fd(), old_fd.map(AsFd::as_fd))?;
             } else {
-                let pin = kernel::shared_link_pin(&prog_dir, &key);
+                let pin = kernel::shared_link_pin(&prog_dir, key);
                 let fd = kernel::create_shared_link(new_fd.as_fd(), e, &pin)?;
                 rt.links.insert(key.clone(), fd);
                 p.shared_links.insert(
-                    key,
+                    key.clone(),
                     SharedLink {
                         pin,
                         hook: e.hook,
                         target: e.target.clone(),
+                        ..SharedLink::default()
                     },
                 );
             }
         }
-        if let Some(g) = &rt.gate {
-            kernel::gate_write(g, token)?;
+        // Hooks the new revision does not use: dispatchers stop running
+        // anything (other revisions may still use them); links are detached.
+        let stale: Vec<(String, bool)> = p
+            .shared_links
+            .iter()
+            .filter(|(k, _)| !new_keys.contains(k))
+            .map(|(k, l)| (k.clone(), l.slot.is_some()))
+            .collect();
+        for (k, dispatcher) in &stale {
+            if *dispatcher && let Some(slot) = rt.slots.get(k) {
+                settle(p, rt, k, &previous, old_program(k).as_deref());
+                kernel::slot_clear(slot)?;
+            }
         }
         let nanos = started.elapsed().as_nanos() as u64;
-        // Shared links the new revision does not use are detached.
-        let stale: Vec<String> = p
-            .shared_links
-            .keys()
-            .filter(|k| !wanted_keys.contains(k))
-            .cloned()
-            .collect();
-        for k in stale {
-            rt.links.remove(&k);
-            if let Some(l) = p.shared_links.remove(&k) {
-                let _ = std::fs::remove_file(&l.pin);
+        for (k, dispatcher) in stale {
+            if !dispatcher {
+                rt.links.remove(&k);
+                if let Some(l) = p.shared_links.remove(&k) {
+                    let _ = std::fs::remove_file(&l.pin);
+                }
             }
         }
         if push_history && !previous.is_empty() {
@@ -885,6 +961,28 @@ impl Agent {
                         remove_revision_pins(&r, &mut removed);
                     }
                     p.history.retain(|h| h != revision);
+                    // Dispatchers no remaining revision runs behind.
+                    let used: Vec<String> = p
+                        .revisions
+                        .values()
+                        .flat_map(|r| kernel::entry_keys(&r.entries))
+                        .collect();
+                    let unused: Vec<String> = p
+                        .shared_links
+                        .iter()
+                        .filter(|(k, l)| l.slot.is_some() && !used.contains(k))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in unused {
+                        if let Some(rt) = self.rt.get_mut(program) {
+                            rt.links.remove(&k);
+                            rt.slots.remove(&k);
+                            rt.dispatchers.remove(&k);
+                        }
+                        if let Some(l) = p.shared_links.remove(&k) {
+                            remove_shared_link_pins(&l, &mut removed);
+                        }
+                    }
                 }
                 let _ = std::fs::remove_dir(prog_dir.join(revision));
                 self.save()?;
@@ -897,7 +995,7 @@ impl Agent {
         let mut removed = Vec::new();
         if let Some(p) = self.state.programs.remove(program) {
             for l in p.shared_links.values() {
-                remove_pin(&l.pin, &mut removed);
+                remove_shared_link_pins(l, &mut removed);
             }
             for (rname, r) in &p.revisions {
                 remove_revision_pins(r, &mut removed);
@@ -941,20 +1039,21 @@ impl Agent {
             }
         }
         let mut links = Vec::new();
-        for e in &r.entries {
+        for (e, key) in r.entries.iter().zip(kernel::entry_keys(&r.entries)) {
             let method = switch_method(hook_of(e));
-            let (key, pin) = if method == SwitchMethod::Gate {
-                let k = kernel::entry_link_key(e);
-                (k.clone(), r.links.get(&k).cloned())
-            } else {
-                let k = kernel::shared_link_key(e);
-                (k.clone(), p.shared_links.get(&k).map(|l| l.pin.clone()))
-            };
-            let (link_id, prog_id) = pin
+            let pin = p.shared_links.get(&key).map(|l| l.pin.clone());
+            let (link_id, mut prog_id) = pin
                 .as_ref()
                 .and_then(|pin| kernel::obj_get(pin).ok())
                 .and_then(|fd| kernel::link_ids(fd.as_fd()).ok())
                 .unwrap_or_default();
+            if method == SwitchMethod::Dispatch {
+                // The dispatcher runs what is in its slot.
+                prog_id = rt
+                    .and_then(|rt| rt.slots.get(&key))
+                    .and_then(kernel::slot_prog_id)
+                    .unwrap_or(0);
+            }
             links.push(LinkInfo {
                 entry: key,
                 hook: e.hook,
@@ -969,7 +1068,6 @@ impl Agent {
             .progs
             .values()
             .chain(r.maps.values())
-            .chain(r.links.values())
             .map(|p| p.display().to_string())
             .collect();
         let state = if r.orphaned {
@@ -984,7 +1082,7 @@ impl Agent {
             revision: revision.to_string(),
             state: state as i32,
             sha256: r.sha256.clone(),
-            gate_token: r.token,
+            revision_token: r.token,
             prog_ids,
             pins,
             links,
@@ -1018,6 +1116,11 @@ impl Agent {
                 .shared_maps
                 .values()
                 .chain(p.shared_links.values().map(|l| &l.pin))
+                .chain(
+                    p.shared_links
+                        .values()
+                        .flat_map(|l| l.slot.iter().chain(&l.dispatcher)),
+                )
                 .map(|p| p.display().to_string())
                 .collect();
             out.push(pb::ProgramInfo {
@@ -1059,17 +1162,34 @@ impl Agent {
                     load_nanos: r.load_nanos,
                     ..Default::default()
                 };
+                // Programs behind a dispatcher: what it ran for them.
+                let mut dispatched = r.dispatched.clone();
+                if rs.active
+                    && let Some(rt) = rt
+                {
+                    for (e, key) in r.entries.iter().zip(kernel::entry_keys(&r.entries)) {
+                        if let Some(l) = p.shared_links.get(&key).filter(|l| l.slot.is_some()) {
+                            let open = since_settled(rt, l, &key);
+                            let acc = dispatched.entry(e.bpf_program.clone()).or_default();
+                            acc.runs += open.runs;
+                            acc.run_ns += open.run_ns;
+                        }
+                    }
+                }
                 for bp in r.progs.keys() {
                     if let Some(fd) = rt.and_then(|rt| rt.progs.get(&(rname.clone(), bp.clone())))
                         && let Ok(f) = kernel::prog_figures(fd.as_fd())
                     {
-                        rs.run_cnt += f.run_cnt;
-                        rs.run_time_ns += f.run_time_ns;
+                        let d = dispatched.get(bp).copied().unwrap_or_default();
+                        let run_cnt = f.run_cnt + d.runs;
+                        let run_time_ns = f.run_time_ns + d.run_ns;
+                        rs.run_cnt += run_cnt;
+                        rs.run_time_ns += run_time_ns;
                         rs.progs.push(pb::ProgStats {
                             bpf_program: bp.clone(),
                             prog_id: f.id,
-                            run_cnt: f.run_cnt,
-                            run_time_ns: f.run_time_ns,
+                            run_cnt,
+                            run_time_ns,
                             recursion_misses: f.recursion_misses,
                         });
                     }
@@ -1158,11 +1278,6 @@ impl Agent {
         } else {
             req.map.as_str()
         };
-        if map == GATE_MAP {
-            return Err(Error::Invalid(format!(
-                "{GATE_MAP} is written by Activate and Rollback only"
-            )));
-        }
         if req.entries.is_empty() || req.entries.len() > 4096 {
             return Err(Error::Invalid("1..=4096 config entries expected".into()));
         }
@@ -1276,6 +1391,53 @@ impl Agent {
     }
 }
 
+/// Closes the active period of a dispatcher slot before it changes: the
+/// dispatcher's runs since the slot last changed are credited to the
+/// revision program that was in it (tail-called programs have no kernel
+/// run figures of their own), and the dispatcher's figures become the new
+/// base.
+fn settle(
+    p: &mut ProgramState,
+    rt: &Runtime,
+    key: &str,
+    revision: &str,
+    bpf_program: Option<&str>,
+) {
+    let Some(now) = rt
+        .dispatchers
+        .get(key)
+        .and_then(|fd| kernel::prog_figures(fd.as_fd()).ok())
+    else {
+        return;
+    };
+    let now = RunFigures {
+        runs: now.run_cnt,
+        run_ns: now.run_time_ns,
+    };
+    let Some(link) = p.shared_links.get_mut(key) else {
+        return;
+    };
+    let base = std::mem::replace(&mut link.base, now);
+    if let Some(bp) = bpf_program
+        && let Some(r) = p.revisions.get_mut(revision)
+    {
+        let acc = r.dispatched.entry(bp.to_string()).or_default();
+        acc.runs += now.runs.saturating_sub(base.runs);
+        acc.run_ns += now.run_ns.saturating_sub(base.run_ns);
+    }
+}
+
+/// The dispatcher's figures since its slot last changed.
+fn since_settled(rt: &Runtime, link: &SharedLink, key: &str) -> RunFigures {
+    rt.dispatchers
+        .get(key)
+        .and_then(|fd| kernel::prog_figures(fd.as_fd()).ok())
+        .map_or(RunFigures::default(), |f| RunFigures {
+            runs: f.run_cnt.saturating_sub(link.base.runs),
+            run_ns: f.run_time_ns.saturating_sub(link.base.run_ns),
+        })
+}
+
 fn remove_pin(pin: &Path, removed: &mut Vec<String>) {
     match std::fs::remove_file(pin) {
         Ok(()) => removed.push(pin.display().to_string()),
@@ -1285,11 +1447,15 @@ fn remove_pin(pin: &Path, removed: &mut Vec<String>) {
 }
 
 fn remove_revision_pins(r: &RevisionState, removed: &mut Vec<String>) {
-    // Links first so nothing runs while the programs go.
-    for pin in r.links.values() {
+    for pin in r.progs.values().chain(r.maps.values()) {
         remove_pin(pin, removed);
     }
-    for pin in r.progs.values().chain(r.maps.values()) {
+}
+
+fn remove_shared_link_pins(l: &SharedLink, removed: &mut Vec<String>) {
+    // The link first: the hook stops before its slot goes.
+    remove_pin(&l.pin, removed);
+    for pin in l.slot.iter().chain(&l.dispatcher) {
         remove_pin(pin, removed);
     }
 }

@@ -94,7 +94,7 @@ pub fn switch_method(h: HookKind) -> SwitchMethod {
         | HookKind::CgroupSkbIngress
         | HookKind::CgroupSkbEgress
         | HookKind::SockOps => SwitchMethod::LinkUpdate,
-        _ => SwitchMethod::Gate,
+        _ => SwitchMethod::Dispatch,
     }
 }
 
@@ -396,11 +396,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn link_hooks_switch_by_link_update_others_by_gate() {
+    fn link_hooks_switch_by_link_update_others_by_dispatch() {
         assert_eq!(switch_method(HookKind::Xdp), SwitchMethod::LinkUpdate);
         assert_eq!(switch_method(HookKind::TcxEgress), SwitchMethod::LinkUpdate);
-        assert_eq!(switch_method(HookKind::Tracepoint), SwitchMethod::Gate);
-        assert_eq!(switch_method(HookKind::Uprobe), SwitchMethod::Gate);
+        assert_eq!(switch_method(HookKind::Tracepoint), SwitchMethod::Dispatch);
+        assert_eq!(switch_method(HookKind::Uprobe), SwitchMethod::Dispatch);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Everything that talks to the kernel through libbpf: opening and loading
-//! an object with its pins, attaching, link updates, the gate word, program
-//! and map info, bpffs and BPF stats. No bookkeeping lives here; the agent
+//! an object with its pins, dispatchers and their slots, attaching, link
+//! updates, program and map info, bpffs and BPF stats. No bookkeeping lives here; the agent
 //! module decides what to do, this module does it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,8 +21,6 @@ use crate::hooks::{expected_prog_type, hook_name, switch_method};
 use crate::names::pin_component;
 use crate::state::EntryState;
 
-/// Name of the gate map every gated program shares.
-pub const GATE_MAP: &str = "bpfleet_gate";
 /// Name of the config map written by UpdateConfig (shared by revisions).
 pub const CONFIG_MAP: &str = "bpfleet_config";
 /// Name of the per-revision program error counter.
@@ -100,11 +98,6 @@ fn verifier_error(lines: &[String]) -> Option<Error> {
 
 // ------------------------------------------------------------------- layout
 
-/// Pin of the gate map of a program.
-pub fn gate_pin(prog_dir: &Path) -> PathBuf {
-    prog_dir.join("_gate")
-}
-
 /// Pin of a persistent (shared) map.
 pub fn shared_map_pin(prog_dir: &Path, map: &str) -> PathBuf {
     prog_dir.join(format!("_map_{}", pin_component(map)))
@@ -115,14 +108,42 @@ pub fn shared_link_key(e: &EntryState) -> String {
     format!("{}-{}", hook_name(hook_of(e)), pin_component(&e.target))
 }
 
-/// Key of a gated entry's own link.
-pub fn entry_link_key(e: &EntryState) -> String {
-    format!(
-        "{}-{}-{}",
-        pin_component(&e.bpf_program),
-        hook_name(hook_of(e)),
-        pin_component(&e.target)
-    )
+/// Keys of a revision's entries: the hook slot each takes turns on with
+/// the other revisions. The n-th (n > 1) entry of one revision on the same
+/// hook and target gets `-n` appended, so each has a slot of its own.
+pub fn entry_keys(entries: &[EntryState]) -> Vec<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    entries
+        .iter()
+        .map(|e| {
+            let base = shared_link_key(e);
+            let n = seen.entry(base.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 { base } else { format!("{base}-{n}") }
+        })
+        .collect()
+}
+
+/// Pin of a dispatcher's program array.
+pub fn slot_pin(prog_dir: &Path, key: &str) -> PathBuf {
+    prog_dir.join(format!("_slot_{key}"))
+}
+
+/// Pin of a dispatcher program (kept so the agent reads its run figures
+/// without CAP_SYS_ADMIN, which opening a program by id needs).
+pub fn dispatcher_pin(prog_dir: &Path, key: &str) -> PathBuf {
+    prog_dir.join(format!("_disp_{key}"))
+}
+
+/// Pins of one dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatcherPins {
+    /// Its link on the hook.
+    pub link: PathBuf,
+    /// Its one-slot program array.
+    pub slot: PathBuf,
+    /// The dispatcher program.
+    pub prog: PathBuf,
 }
 
 /// Pin of a shared link.
@@ -149,12 +170,15 @@ pub struct LoadSpec<'a> {
     pub entries: &'a [EntryState],
     /// Maps shared across revisions.
     pub persistent_maps: &'a [String],
-    /// Gate token of this revision.
+    /// Token of this revision (written into `bpfleet_revision` if the
+    /// object has it).
     pub token: u64,
     /// Refuse before load when the maps this revision creates would exceed this.
     pub max_new_map_bytes: u64,
     /// Object name (for the kernel's program names).
     pub name: &'a str,
+    /// Key -> program pin of the dispatchers the program already has.
+    pub dispatchers: &'a BTreeMap<String, PathBuf>,
 }
 
 /// What a load produced.
@@ -164,16 +188,17 @@ pub struct Loaded {
     pub progs: BTreeMap<String, PathBuf>,
     /// Revision-local map -> pin.
     pub maps: BTreeMap<String, PathBuf>,
-    /// Gated entry link key -> pin.
-    pub links: BTreeMap<String, PathBuf>,
+    /// Dispatchers this load created, by key.
+    pub dispatchers: BTreeMap<String, DispatcherPins>,
     /// Memory of the maps this revision created (kernel memlock).
     pub map_memory_bytes: u64,
-    /// Whether the object has the gate.
-    pub has_gate: bool,
 }
 
-/// Loads, pins and (for gated entries) attaches one revision. On failure
-/// every pin it created is removed again.
+/// Loads and pins one revision; for entries switched by dispatch, makes
+/// sure the hook has a dispatcher (attached with an empty slot if new) and
+/// that the dispatcher can tail-call the revision's program. Nothing of
+/// the revision runs until its programs are put in the slots or links. On
+/// failure every pin it created is removed again.
 pub fn load(spec: &LoadSpec<'_>) -> Result<Loaded> {
     let mut created: Vec<PathBuf> = Vec::new();
     let res = load_inner(spec, &mut created);
@@ -242,13 +267,7 @@ fn load_inner(spec: &LoadSpec<'_>, created: &mut Vec<PathBuf>) -> Result<Loaded>
         )));
     }
 
-    let needs_gate = spec
-        .entries
-        .iter()
-        .any(|e| switch_method(hook_of(e)) == SwitchMethod::Gate);
     let mut shared: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let mut has_gate = false;
-    let mut has_token = false;
     let mut new_bytes = 0u64;
     let object_maps: BTreeSet<String> = open
         .maps()
@@ -263,16 +282,12 @@ fn load_inner(spec: &LoadSpec<'_>, created: &mut Vec<PathBuf>) -> Result<Loaded>
     }
     for mut m in open.maps_mut() {
         let name = m.name().to_string_lossy().into_owned();
-        let pin = if name == GATE_MAP {
-            has_gate = true;
-            Some(gate_pin(spec.prog_dir))
-        } else if name == CONFIG_MAP || spec.persistent_maps.contains(&name) {
+        let pin = if name == CONFIG_MAP || spec.persistent_maps.contains(&name) {
             Some(shared_map_pin(spec.prog_dir, &name))
         } else {
             None
         };
         if name.ends_with(REVISION_SECTION) {
-            has_token = true;
             let bytes = spec.token.to_ne_bytes();
             let Some(v) = m.initial_value_mut() else {
                 return Err(Error::Invalid(format!(
@@ -309,13 +324,6 @@ fn load_inner(spec: &LoadSpec<'_>, created: &mut Vec<PathBuf>) -> Result<Loaded>
             }
         }
     }
-    if needs_gate && !(has_gate && has_token) {
-        return Err(Error::Invalid(
-            "the object has gated hooks (tracepoint, raw_tracepoint, uprobe) but no bpfleet gate: \
-             include bpfleet_gate.h and call BPFLEET_GATE() first"
-                .into(),
-        ));
-    }
     if new_bytes > spec.max_new_map_bytes {
         return Err(Error::Budget(format!(
             "the object's maps need about {new_bytes} bytes, the budget leaves {}",
@@ -338,10 +346,7 @@ fn load_inner(spec: &LoadSpec<'_>, created: &mut Vec<PathBuf>) -> Result<Loaded>
     };
     drop(capture);
 
-    let mut out = Loaded {
-        has_gate,
-        ..Loaded::default()
-    };
+    let mut out = Loaded::default();
     for mut p in obj.progs_mut() {
         if !p.autoload() {
             continue;
@@ -369,23 +374,35 @@ fn load_inner(spec: &LoadSpec<'_>, created: &mut Vec<PathBuf>) -> Result<Loaded>
         out.maps.insert(name, pin);
         out.map_memory_bytes += memlock;
     }
-    for e in spec.entries {
-        let hook = hook_of(e);
-        if switch_method(hook) != SwitchMethod::Gate {
+    for (e, key) in spec.entries.iter().zip(entry_keys(spec.entries)) {
+        if switch_method(hook_of(e)) != SwitchMethod::Dispatch {
             continue;
         }
         let prog = obj
-            .progs_mut()
+            .progs()
             .find(|p| p.name().as_bytes() == e.bpf_program.as_bytes())
             .ok_or_else(|| {
                 Error::Invalid(format!("object has no BPF program named {}", e.bpf_program))
             })?;
-        let mut link = attach_gated(&prog, e)?;
-        let pin = spec.rev_dir.join(format!("link_{}", entry_link_key(e)));
-        link.pin(&pin)
-            .map_err(|er| Error::kernel(format!("pinning link {}", pin.display()), er))?;
-        created.push(pin.clone());
-        out.links.insert(entry_link_key(e), pin);
+        let disp_prog = match spec.dispatchers.get(&key) {
+            Some(pin) => obj_get(pin)?,
+            None => {
+                let pins = DispatcherPins {
+                    link: shared_link_pin(spec.prog_dir, &key),
+                    slot: slot_pin(spec.prog_dir, &key),
+                    prog: dispatcher_pin(spec.prog_dir, &key),
+                };
+                let d = create_dispatcher(e, &pins, created)?;
+                out.dispatchers.insert(key.clone(), pins);
+                d
+            }
+        };
+        check_dispatchable(disp_prog.as_fd(), prog.as_fd()).map_err(|er| {
+            Error::Precondition(format!(
+                "program {} cannot run behind the dispatcher of {}: {er}",
+                e.bpf_program, key
+            ))
+        })?;
     }
     Ok(out)
 }
@@ -421,7 +438,7 @@ fn check_compatible(name: &str, m: &libbpf_rs::OpenMapMut<'_>, pin: &Path) -> Re
     }
 }
 
-fn attach_gated(prog: &libbpf_rs::ProgramMut<'_>, e: &EntryState) -> Result<Link> {
+fn attach_dispatcher(prog: &libbpf_rs::ProgramMut<'_>, e: &EntryState) -> Result<Link> {
     let hook = hook_of(e);
     let what = format!(
         "attaching {} to {} {}",
@@ -457,10 +474,123 @@ fn attach_gated(prog: &libbpf_rs::ProgramMut<'_>, e: &EntryState) -> Result<Link
                 .map_err(|er| Error::kernel(what, er))
         }
         other => Err(Error::Precondition(format!(
-            "hook {} cannot be attached by the gate method",
+            "hook {} has no dispatcher",
             hook_name(other)
         ))),
     }
+}
+
+// --------------------------------------------------------------- dispatch
+
+/// Loads a dispatcher for the hook of `e`, pins it and its (empty) slot,
+/// attaches it and pins the link. Returns the dispatcher program. Pins it
+/// made are pushed to `created`.
+fn create_dispatcher(
+    e: &EntryState,
+    pins: &DispatcherPins,
+    created: &mut Vec<PathBuf>,
+) -> Result<OwnedFd> {
+    let hook = hook_of(e);
+    let wanted = match hook {
+        HookKind::Tracepoint => "dispatch_tp",
+        HookKind::RawTracepoint => "dispatch_raw_tp",
+        HookKind::Uprobe | HookKind::Uretprobe => "dispatch_uprobe",
+        other => {
+            return Err(Error::Precondition(format!(
+                "hook {} has no dispatcher",
+                hook_name(other)
+            )));
+        }
+    };
+    let mut builder = ObjectBuilder::default();
+    builder
+        .name("bpfleet_disp")
+        .map_err(|er| Error::kernel("naming the dispatcher", er))?;
+    let mut open = builder
+        .open_memory(bpfleet_bpf::DISPATCH)
+        .map_err(|er| Error::kernel("opening the dispatcher object", er))?;
+    for mut p in open.progs_mut() {
+        if p.name().as_bytes() != wanted.as_bytes() {
+            p.set_autoload(false);
+        }
+    }
+    let mut obj = open
+        .load()
+        .map_err(|er| Error::kernel("loading the dispatcher", er))?;
+    let mut slot = obj
+        .maps_mut()
+        .find(|m| m.name().as_bytes() == b"slot")
+        .ok_or_else(|| Error::Invalid("the dispatcher object has no slot map".into()))?;
+    slot.pin(&pins.slot)
+        .map_err(|er| Error::kernel(format!("pinning {}", pins.slot.display()), er))?;
+    created.push(pins.slot.clone());
+    let mut prog = obj
+        .progs_mut()
+        .find(|p| p.name().as_bytes() == wanted.as_bytes())
+        .ok_or_else(|| Error::Invalid(format!("the dispatcher object has no {wanted}")))?;
+    prog.pin(&pins.prog)
+        .map_err(|er| Error::kernel(format!("pinning {}", pins.prog.display()), er))?;
+    created.push(pins.prog.clone());
+    let fd = prog
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|er| Error::io("duplicating the dispatcher fd", er))?;
+    let mut link = attach_dispatcher(&prog, e)?;
+    link.pin(&pins.link)
+        .map_err(|er| Error::kernel(format!("pinning link {}", pins.link.display()), er))?;
+    created.push(pins.link.clone());
+    Ok(fd)
+}
+
+/// Checks that a dispatcher can tail-call `prog`: puts both into a
+/// scratch program array (the first entry fixes what the array accepts,
+/// the kernel refuses the second unless it is compatible).
+fn check_dispatchable(dispatcher: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> Result<()> {
+    let opts = libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+        ..Default::default()
+    };
+    let scratch = MapHandle::create(MapType::ProgArray, None::<&str>, 4, 4, 2, &opts)
+        .map_err(|er| Error::kernel("creating a scratch program array", er))?;
+    for (i, fd) in [dispatcher, prog].into_iter().enumerate() {
+        scratch
+            .update(
+                &(i as u32).to_ne_bytes(),
+                &(fd.as_raw_fd() as u32).to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .map_err(|er| Error::kernel("putting it into a program array", er))?;
+    }
+    Ok(())
+}
+
+/// Puts `prog` into a dispatcher's slot: from the next event on, the
+/// dispatcher runs it.
+pub fn slot_set(slot: &MapHandle, prog: BorrowedFd<'_>) -> Result<()> {
+    slot.update(
+        &0u32.to_ne_bytes(),
+        &(prog.as_raw_fd() as u32).to_ne_bytes(),
+        MapFlags::ANY,
+    )
+    .map_err(|e| Error::kernel("writing the dispatcher slot", e))
+}
+
+/// Empties a dispatcher's slot: the hook runs nothing.
+pub fn slot_clear(slot: &MapHandle) -> Result<()> {
+    match slot.delete(&0u32.to_ne_bytes()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::kernel("clearing the dispatcher slot", e)),
+    }
+}
+
+/// Id of the program in a dispatcher's slot, if any.
+pub fn slot_prog_id(slot: &MapHandle) -> Option<u32> {
+    slot.lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .ok()
+        .flatten()
+        .and_then(|v| v.get(..4).and_then(|b| b.try_into().ok()))
+        .map(u32::from_ne_bytes)
 }
 
 // ------------------------------------------------------------- link update
@@ -626,23 +756,6 @@ pub fn link_ids(fd: BorrowedFd<'_>) -> Result<(u32, u32)> {
     Ok((info.id, info.prog_id))
 }
 
-/// Writes the gate word.
-pub fn gate_write(gate: &MapHandle, token: u64) -> Result<()> {
-    gate.update(&0u32.to_ne_bytes(), &token.to_ne_bytes(), MapFlags::ANY)
-        .map_err(|e| Error::kernel("writing the gate", e))
-}
-
-/// Reads the gate word.
-pub fn gate_read(gate: &MapHandle) -> Result<u64> {
-    let v = gate
-        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-        .map_err(|e| Error::kernel("reading the gate", e))?
-        .unwrap_or_default();
-    Ok(v.get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_ne_bytes))
-}
-
 /// Sum of the u64 values of all CPUs for key 0 of a per-CPU counter map.
 pub fn percpu_sum(map: &MapHandle) -> u64 {
     map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
@@ -747,17 +860,31 @@ mod tests {
     }
 
     #[test]
-    fn link_keys_are_flat_file_names() {
-        let e = EntryState {
-            bpf_program: "p".into(),
+    fn entry_keys_are_flat_file_names_and_unique_per_revision() {
+        let e = |bp: &str, target: &str| EntryState {
+            bpf_program: bp.into(),
             hook: HookKind::Tracepoint as i32,
-            target: "syscalls/sys_enter_getppid".into(),
+            target: target.into(),
             pid: 0,
         };
+        let keys = entry_keys(&[
+            e("a", "syscalls/sys_enter_getppid"),
+            e("b", "syscalls/sys_enter_read"),
+            e("c", "syscalls/sys_enter_getppid"),
+        ]);
         assert_eq!(
-            entry_link_key(&e),
-            "p-tracepoint-syscalls_sys_enter_getppid"
+            keys,
+            [
+                "tracepoint-syscalls_sys_enter_getppid",
+                "tracepoint-syscalls_sys_enter_read",
+                "tracepoint-syscalls_sys_enter_getppid-2",
+            ]
         );
-        assert!(!shared_link_key(&e).contains('/'));
+        // Another revision with other program names takes the same slots.
+        assert_eq!(
+            entry_keys(&[e("a2", "syscalls/sys_enter_getppid")])[0],
+            keys[0]
+        );
+        assert!(keys.iter().all(|k| !k.contains('/')));
     }
 }

@@ -1,7 +1,8 @@
 //! The agent's on-disk state file: what it loaded, under which pins, which
 //! revision is active. Written atomically (write to a temporary file in the
 //! same directory, then rename). The kernel stays the truth for what runs:
-//! on start the agent reconciles this file against the pins and the gate.
+//! on start the agent reconciles this file against the pins, the links and
+//! the dispatcher slots.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -32,13 +33,14 @@ pub struct ProgramState {
     pub active: Option<String>,
     /// Previously active revisions, most recent last (for Rollback).
     pub history: Vec<String>,
-    /// Next gate token to hand out.
+    /// Next revision token to hand out.
     pub next_token: u64,
     /// Revisions by name.
     pub revisions: BTreeMap<String, RevisionState>,
-    /// Switchable links shared by the revisions, keyed by entry key.
+    /// Switchable links shared by the revisions, keyed by entry key: links
+    /// swapped by bpf_link_update and the links of dispatchers.
     pub shared_links: BTreeMap<String, SharedLink>,
-    /// Maps shared by the revisions (gate, config, persistent) -> pin.
+    /// Maps shared by the revisions (config, persistent) -> pin.
     #[serde(default)]
     pub shared_maps: BTreeMap<String, PathBuf>,
 }
@@ -48,7 +50,7 @@ pub struct ProgramState {
 pub struct RevisionState {
     /// Hex sha256 of the object.
     pub sha256: String,
-    /// Value of the gate while this revision is active.
+    /// Token written into the revision's `bpfleet_revision` before load.
     pub token: u64,
     /// Program entries as requested.
     pub entries: Vec<EntryState>,
@@ -56,8 +58,6 @@ pub struct RevisionState {
     pub progs: BTreeMap<String, PathBuf>,
     /// Map name -> pin path (maps of this revision only).
     pub maps: BTreeMap<String, PathBuf>,
-    /// Entry key -> link pin (gate-switched entries, attached at load).
-    pub links: BTreeMap<String, PathBuf>,
     /// Load time, milliseconds since the epoch.
     pub loaded_at_unix_ms: u64,
     /// How long loading took.
@@ -68,6 +68,20 @@ pub struct RevisionState {
     /// Kernel-reported map memory of this revision's own maps.
     #[serde(default)]
     pub map_memory_bytes: u64,
+    /// BPF program -> run figures of the dispatcher while it ran this
+    /// revision's program (tail-called programs have no kernel stats of
+    /// their own), summed over the closed active periods.
+    #[serde(default)]
+    pub dispatched: BTreeMap<String, RunFigures>,
+}
+
+/// Run count and run time.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunFigures {
+    /// Runs.
+    pub runs: u64,
+    /// Run time in ns.
+    pub run_ns: u64,
 }
 
 /// One program entry: which BPF program attaches where.
@@ -83,7 +97,8 @@ pub struct EntryState {
     pub pid: i32,
 }
 
-/// A link shared by the revisions and switched with bpf_link_update.
+/// A link shared by the revisions: switched with bpf_link_update, or the
+/// link of a dispatcher (then `slot` is set).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SharedLink {
     /// Pin path of the link.
@@ -92,6 +107,16 @@ pub struct SharedLink {
     pub hook: i32,
     /// Hook target.
     pub target: String,
+    /// Pin of the dispatcher's program array (dispatchers only).
+    #[serde(default)]
+    pub slot: Option<PathBuf>,
+    /// Pin of the dispatcher program (dispatchers only).
+    #[serde(default)]
+    pub dispatcher: Option<PathBuf>,
+    /// The dispatcher's run figures when its slot last changed: what the
+    /// active revision has run since is the difference to now.
+    #[serde(default)]
+    pub base: RunFigures,
 }
 
 impl StateFile {
@@ -214,9 +239,10 @@ mod tests {
 
 /// Writes the state file, either at once (load, unload: the caller waits
 /// until the pins it made are on record) or soon, on a background thread
-/// (activate, rollback: the kernel's gate and links are the truth for what
-/// is active and the agent reconciles with them on start, so the file may
-/// trail by one write without harm, and a switch stays in microseconds).
+/// (activate, rollback: the kernel's links and dispatcher slots are the
+/// truth for what is active and the agent reconciles with them on start, so
+/// the file may trail by one write without harm, and a switch stays in
+/// microseconds).
 /// A stale snapshot never overwrites a newer one.
 pub struct Persister {
     path: PathBuf,

@@ -123,7 +123,7 @@ async fn xdp_switch_kill9_restart_and_unload() {
     let after = slots(&pkts);
     assert_eq!((after[0] - before[0], after[1] - before[1]), (300, 0));
 
-    // A gated tracepoint program next to it.
+    // A tracepoint program behind its dispatcher next to it.
     c.load(syscount("v1", objs::SYSCOUNT_V1)).await.unwrap();
     c.update_config(only_thread("syscount", gettid()))
         .await

@@ -1,4 +1,4 @@
-//! Lifecycle of gated (tracepoint) programs against the real kernel, with
+//! Lifecycle of dispatched (tracepoint) programs against the real kernel, with
 //! the agent core in-process: load inactive, activate, switch under load
 //! without losing events, roll back, persistent map, verifier rejection,
 //! trust refusals, malformed requests, unload.
@@ -33,7 +33,8 @@ fn switch_and_rollback_under_load_lose_no_event() {
     a.update_config(&only_thread("syscount", tid), "test")
         .unwrap();
 
-    // Loaded but inactive: attached, gated, counts nothing.
+    // Loaded but inactive: the dispatcher is attached with an empty slot,
+    // nothing counts.
     getppid_n(500);
     assert_eq!(slots(&counts), [0, 0, 0, 0]);
 
@@ -46,14 +47,29 @@ fn switch_and_rollback_under_load_lose_no_event() {
     assert_eq!(v2.state, RevisionState::Inactive as i32);
     getppid_n(1000);
     assert_eq!(slots(&counts), [2000, 0, 0, 2000]);
+    // The kernel's figures: v1 ran (behind the dispatcher), v2 never did.
+    let st = a.stats("syscount").unwrap();
+    let runs = |st: &bpfleet_proto::v1::StatsResponse, r: &str| {
+        st.revisions
+            .iter()
+            .find(|x| x.revision == r)
+            .map(|x| x.run_cnt)
+            .unwrap()
+    };
+    assert!(runs(&st, "v1") >= 2000, "{st:?}");
+    assert_eq!(runs(&st, "v2"), 0, "{st:?}");
 
-    // Switch while another thread drives events: every event is counted by
-    // exactly one revision.
+    // Switch back and forth many times while another thread drives events:
+    // every event is counted by exactly one revision, none by both or
+    // neither, however the switches fall between events.
     let (tx, rx) = std::sync::mpsc::channel();
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let still = running.clone();
     let driver = std::thread::spawn(move || {
         tx.send(gettid()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
-        getppid_n(300_000);
+        getppid_n(400_000);
+        still.store(false, std::sync::atomic::Ordering::SeqCst);
     });
     let driver_tid = rx.recv().unwrap();
     a.update_config(&only_thread("syscount", driver_tid), "test")
@@ -61,12 +77,26 @@ fn switch_and_rollback_under_load_lose_no_event() {
     std::thread::sleep(std::time::Duration::from_millis(80));
     let s = a.activate("syscount", "v2", "test").unwrap();
     assert_eq!((s.previous.as_str(), s.active.as_str()), ("v1", "v2"));
+    let mut switches = 1;
+    while running.load(std::sync::atomic::Ordering::SeqCst) {
+        let to = if switches % 2 == 0 { "v2" } else { "v1" };
+        a.activate("syscount", to, "test").unwrap();
+        switches += 1;
+    }
     driver.join().unwrap();
+    if switches % 2 == 0 {
+        a.activate("syscount", "v2", "test").unwrap();
+    }
     let c = slots(&counts);
-    assert_eq!(c[0] + c[1], 2000 + 300_000, "lost or doubled events: {c:?}");
+    eprintln!("{switches} switches under load: {c:?}");
+    assert_eq!(
+        c[0] + c[1],
+        2000 + 400_000,
+        "lost or doubled events over {switches} switches: {c:?}"
+    );
     assert!(
-        c[0] > 2000 && c[1] > 0,
-        "the switch did not happen under load: {c:?}"
+        switches >= 100 && c[0] > 2000 && c[1] > 0,
+        "the switches did not happen under load ({switches}): {c:?}"
     );
 
     // After the switch only v2 counts; the persistent total kept growing.
@@ -339,10 +369,9 @@ fn incompatible_persistent_map_is_refused() {
     let root = PinRoot::new("incompat");
     let mut a = agent(&root);
     a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
-    // xdpcount's `pkts` has the same shape, so declare the gate map
-    // against a different program: reuse syscount's `counts` pin under a
-    // program whose `counts` would differ is simulated by pinning a map of
-    // another shape where the next revision expects `counts`.
+    // A program whose pinned `counts` has another shape than the one the
+    // next revision declares: pin a map of another shape where the revision
+    // expects `counts`.
     let pin = root.path.join("other/_map_counts");
     std::fs::create_dir_all(root.path.join("other")).unwrap();
     let mut m = libbpf_rs::MapHandle::create(
@@ -375,7 +404,7 @@ fn incompatible_persistent_map_is_refused() {
 }
 
 #[test]
-fn raw_tracepoint_revision_counts_behind_the_gate() {
+fn raw_tracepoint_revision_counts_behind_the_dispatcher() {
     let root = PinRoot::new("rawtp");
     let mut a = agent(&root);
     let counts = root.path.join("rawcount/_map_counts");
@@ -452,7 +481,7 @@ fn restart_follows_the_kernel_when_the_state_file_disagrees() {
         v["programs"]["syscount"]["active"], "v2",
         "state file not reconciled"
     );
-    // Gate still says v2: v2 counts.
+    // The dispatcher's slot still holds v2: v2 counts.
     let counts = root.path.join("syscount/_map_counts");
     a.update_config(&only_thread("syscount", gettid()), "t")
         .unwrap();
@@ -497,7 +526,7 @@ pub extern "C" fn bpfleet_test_probe_target(x: u64) -> u64 {
 }
 
 #[test]
-fn uprobe_revision_counts_calls_behind_the_gate() {
+fn uprobe_revision_counts_calls_behind_the_dispatcher() {
     let root = PinRoot::new("uprobe");
     let mut a = agent(&root);
     let calls = root.path.join("ucount/_map_calls");

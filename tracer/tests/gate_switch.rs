@@ -1,8 +1,8 @@
 //! The tracer as bpfleet runs it: loaded by the real node agent as a
 //! managed program in two revisions with shared maps, switched back and
-//! forth through the gate while a client keeps sending requests. Every
-//! request must be reported exactly once on each side — none lost in a
-//! switch, none seen by both revisions. Needs root.
+//! forth through the agent's dispatchers while a client keeps sending
+//! requests. Every request must be reported exactly once on each side —
+//! none lost in a switch, none seen by both revisions. Needs root.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -190,7 +190,7 @@ fn switching_revisions_loses_and_doubles_nothing() {
     assert!(sent > 500, "too little traffic to mean anything: {sent}");
     assert_eq!(switches, 6);
     assert_eq!(server_side, sent, "server side: every request once");
-    // Each exchange names the revision that reported it: r1 has gate token
+    // Each exchange names the revision that reported it: r1 has revision token
     // 1, r2 token 2, and both ran.
     let revisions: std::collections::BTreeSet<u32> = got.iter().map(|t| t.revision).collect();
     assert_eq!(revisions, [1, 2].into());

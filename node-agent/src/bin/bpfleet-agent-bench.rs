@@ -1,7 +1,7 @@
 //! Benchmarks of the node agent on the real kernel (run as root):
 //!
-//! 1. Activate / Rollback latency over many switches, for a gated
-//!    tracepoint program (gate word) and an XDP program (bpf_link_update),
+//! 1. Activate / Rollback latency over many switches, for a tracepoint
+//!    program (dispatcher slot) and an XDP program (bpf_link_update),
 //!    in-process and through gRPC over the Unix socket, against
 //!    unload + reload + activate of the same revision in the same run;
 //! 2. load time of the example objects against `bpftool prog loadall`;
@@ -228,11 +228,17 @@ fn main() -> anyhow::Result<()> {
     a.load(syscount("syscount", "v2", objs::SYSCOUNT_V2), "bench")?;
     a.activate("syscount", "v1", "bench")?;
     let (act, rb, k) = switch_loop(&mut a, "syscount", args.switches)?;
-    let gate_act = summarize(act);
-    row("activate, gate (tracepoint), in-process", &gate_act);
-    row("rollback, gate (tracepoint), in-process", &summarize(rb));
-    row("  kernel part: gate word write", &summarize(k));
-    let gate_reload = summarize(reload_loop(
+    let disp_act = summarize(act);
+    row("activate, dispatcher (tracepoint), in-process", &disp_act);
+    row(
+        "rollback, dispatcher (tracepoint), in-process",
+        &summarize(rb),
+    );
+    row(
+        "  kernel part: slot write (+ run figures read)",
+        &summarize(k),
+    );
+    let disp_reload = summarize(reload_loop(
         &mut a,
         || syscount("syscount", "v1", objs::SYSCOUNT_V1),
         "syscount",
@@ -240,7 +246,7 @@ fn main() -> anyhow::Result<()> {
     )?);
     row(
         "unload+load+activate, tracepoint (the reload path)",
-        &gate_reload,
+        &disp_reload,
     );
 
     a.load(xdpcount("v1", objs::XDPCOUNT_V1), "bench")?;
@@ -297,7 +303,7 @@ fn main() -> anyhow::Result<()> {
     a.unload("tccount", "", "bench")?;
     println!(
         "  reload/switch p50 ratio: tracepoint {:.0}x, xdp {:.1}x, tcx {:.0}x",
-        gate_reload.p50 / gate_act.p50,
+        disp_reload.p50 / disp_act.p50,
         xdp_reload.p50 / xdp_act.p50,
         tc_reload.p50 / tc_act.p50
     );
@@ -350,8 +356,14 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok((act, rb))
     })?;
-    row("activate, gate, gRPC over unix socket", &summarize(act));
-    row("rollback, gate, gRPC over unix socket", &summarize(rb));
+    row(
+        "activate, dispatcher, gRPC over unix socket",
+        &summarize(act),
+    );
+    row(
+        "rollback, dispatcher, gRPC over unix socket",
+        &summarize(rb),
+    );
     let _ = stop_tx.send(());
     rt.block_on(server)??;
 

@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The node agent's dispatcher for hooks without bpf_link_update
+ * (tracepoint, raw tracepoint, uprobe/uretprobe). The agent loads one
+ * program of this object per hook of a managed program, pins the
+ * one-slot program array and attaches the dispatcher. Each event reads
+ * the slot once and tail-calls the active revision's program; an empty slot
+ * runs nothing. Activate and rollback replace the slot (one map update),
+ * so every event runs exactly one revision, also during a switch.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} slot SEC(".maps");
+
+SEC("tracepoint")
+int dispatch_tp(void *ctx)
+{
+	bpf_tail_call(ctx, &slot, 0);
+	return 0;
+}
+
+SEC("raw_tracepoint")
+int dispatch_raw_tp(void *ctx)
+{
+	bpf_tail_call(ctx, &slot, 0);
+	return 0;
+}
+
+SEC("uprobe")
+int dispatch_uprobe(void *ctx)
+{
+	bpf_tail_call(ctx, &slot, 0);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
