@@ -387,7 +387,19 @@ async fn main() {
     };
     let log_path = dir.path().join("operator.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut operator = std::process::Command::new(env!("CARGO_BIN_EXE_bpfleet-operator"))
+    // FLEET_OPERATOR_WRAPPER (e.g. "heaptrack -o /tmp/op") runs the
+    // operator under a profiler; its RSS is then the wrapper's business.
+    let wrapper = std::env::var("FLEET_OPERATOR_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut operator = match words.next() {
+        Some(program) => {
+            let mut c = std::process::Command::new(program);
+            c.args(words).arg(env!("CARGO_BIN_EXE_bpfleet-operator"));
+            c
+        }
+        None => std::process::Command::new(env!("CARGO_BIN_EXE_bpfleet-operator")),
+    };
+    let mut operator = operator
         .env("KUBECONFIG", &cp.kubeconfig)
         .env("RUST_LOG", "warn")
         .args(["--namespace", "default", "--metrics-listen"])

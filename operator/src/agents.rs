@@ -161,6 +161,12 @@ pub fn endpoint<'a>(
     d: &Discovery,
     selector: &[(String, String)],
 ) -> Option<String> {
+    endpoint_in(node, &pod_endpoints(pods, d, selector))
+}
+
+/// [`endpoint`] with the agent pods already indexed by [`pod_endpoints`]
+/// (one pass over the pods for a whole fleet of nodes).
+pub fn endpoint_in(node: &Node, pod_endpoints: &HashMap<String, String>) -> Option<String> {
     if let Some(e) = node
         .metadata
         .annotations
@@ -171,29 +177,47 @@ pub fn endpoint<'a>(
     {
         return Some(e.to_string());
     }
-    let name = node.metadata.name.as_deref()?;
-    pods.into_iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(d.namespace.as_str()))
-        .filter(|p| {
-            let labels = p.metadata.labels.as_ref();
-            selector
-                .iter()
-                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-        })
-        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name))
-        .filter_map(|p| {
-            let st = p.status.as_ref()?;
-            (st.phase.as_deref() == Some("Running")).then_some(())?;
-            st.pod_ip.clone()
-        })
-        .next()
-        .map(|ip| {
-            if ip.contains(':') {
-                format!("https://[{ip}]:{}", d.port)
-            } else {
-                format!("https://{ip}:{}", d.port)
-            }
-        })
+    pod_endpoints.get(node.metadata.name.as_deref()?).cloned()
+}
+
+/// The endpoint of the first Running agent pod of each node, by node name.
+pub fn pod_endpoints<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    d: &Discovery,
+    selector: &[(String, String)],
+) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for p in pods {
+        if p.metadata.namespace.as_deref() != Some(d.namespace.as_str()) {
+            continue;
+        }
+        let labels = p.metadata.labels.as_ref();
+        if !selector
+            .iter()
+            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        {
+            continue;
+        }
+        let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+            continue;
+        };
+        let Some(st) = p.status.as_ref() else {
+            continue;
+        };
+        if st.phase.as_deref() != Some("Running") || out.contains_key(node) {
+            continue;
+        }
+        let Some(ip) = st.pod_ip.as_deref() else {
+            continue;
+        };
+        let e = if ip.contains(':') {
+            format!("https://[{ip}]:{}", d.port)
+        } else {
+            format!("https://{ip}:{}", d.port)
+        };
+        out.insert(node.to_string(), e);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -34,9 +34,10 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::agents::{self, Discovery, Pool};
+use crate::cache::{Fetch, NodeCache};
 use crate::load::{self, LoadSpec, Source};
 use crate::metrics::Metrics;
-use crate::observe::{self, FailureBook, SampleBook};
+use crate::observe::{self, FailureBook, NodeView, SampleBook};
 use crate::revision::revision_id;
 use crate::rollout::{self, ActionKind, Input, NodeAction, NodeFailure, NodeReport, Output};
 use crate::{Error, Result, requests, selector};
@@ -49,15 +50,23 @@ pub const MANAGER: &str = "bpfleet-operator";
 pub const PROGRAM_LABEL: &str = "bpfleet.dev/program";
 pub const REVISION_LABEL: &str = "bpfleet.dev/revision";
 
-/// Agent calls in flight at once per reconcile.
+/// Nodes acted on at once per reconcile.
 const FANOUT: usize = 64;
+/// Nodes observed at once, operator-wide (each one `List` and one `Stats`).
+pub const OBSERVE_FANOUT: usize = 64;
+/// One reconcile moves batch after batch of nodes while they confirm, for
+/// at most this many passes and this long; then it requeues.
+const MAX_PASSES: usize = 32;
+const PASS_BUDGET: Duration = Duration::from_secs(5);
 
 /// Everything a reconcile uses.
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    pub pool: Pool,
+    pub pool: Arc<Pool>,
+    /// What agents hold, shared by every program's reconcile.
+    pub cache: NodeCache,
     pub discovery: Discovery,
     pub agent_selector: Vec<(String, String)>,
     pub nodes: Store<Node>,
@@ -65,8 +74,6 @@ pub struct Context {
     pub policies: Store<TracerPolicy>,
     /// Where revision snapshots (ControllerRevisions) live.
     pub namespace: String,
-    /// Timeout of List and Stats calls.
-    pub observe_timeout: Duration,
     /// Requeue of a program with nothing pending (drift check).
     pub resync: Duration,
     pub samples: Mutex<SampleBook>,
@@ -77,8 +84,9 @@ pub struct Context {
 }
 
 impl Context {
-    fn now_ns(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    /// `at` in nanoseconds since the operator started (the sample clock).
+    fn ns(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.started).as_nanos()).unwrap_or(u64::MAX)
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, FailureBook> {
@@ -179,48 +187,85 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
         Ok(t) => t,
         Err(e) => return stalled(tp, ctx, &status, generation, &e).await,
     };
-    let (nodes, departed) = observe_all(&name, &targets, ctx).await;
+    let all: Vec<&Target> = targets.iter().collect();
+    let mut reports = observe(&name, &all, ctx).await;
+    forget_unloaded(ctx, &name, &targets, &reports);
 
     let source_commit = tp
         .annotations()
         .get(bpfleet_api::program::SOURCE_COMMIT_ANNOTATION)
         .map(String::as_str);
-    let input = Input {
-        program: &name,
-        generation,
-        spec: &tp.spec,
-        status: &status,
-        source_commit,
-        nodes: &nodes,
-        departed: &departed,
-        gates: &gates,
-        requests: &requests,
-        now: now(),
-    };
-    let out = match rollout::reconcile(&input) {
-        Ok(out) => out,
-        Err(e) => return stalled(tp, ctx, &status, generation, &e).await,
-    };
-    finish(tp, ctx, &status, &out, &targets, &tp.spec, &revision).await
+    // Pass after pass: decide, write status, act, and look again at the
+    // nodes acted on. Each pass is one ordinary reconcile of the machine
+    // (its status fed back as the last status), so a rollout whose nodes
+    // confirm quickly moves batch after batch of `maxUnavailable` nodes
+    // without waiting for a requeue; the loop ends when the machine waits
+    // (pause, analysis, nodes that did not move), when a call failed, when
+    // the machine asks again for something already done in this reconcile
+    // (left to the next reconcile, after a fresh look), or at the budget.
+    let begun = Instant::now();
+    let mut written = status.clone();
+    let mut sent: HashSet<NodeAction> = HashSet::new();
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        let (nodes, departed) = split(&targets, &reports);
+        let input = Input {
+            program: &name,
+            generation,
+            spec: &tp.spec,
+            status: &written,
+            source_commit,
+            nodes: &nodes,
+            departed: &departed,
+            gates: &gates,
+            requests: &requests,
+            now: now(),
+        };
+        let out = match rollout::reconcile(&input) {
+            Ok(out) => out,
+            Err(e) => return stalled(tp, ctx, &written, generation, &e).await,
+        };
+        // Status first: what was decided is on record before it is done.
+        if out.status != written {
+            write_status(ctx, &name, &out.status).await?;
+        }
+        publish(tp, ctx, &out.events).await;
+        let repeated = out.actions.iter().any(|a| sent.contains(a));
+        let mut more = !out.actions.is_empty() && !repeated;
+        if more {
+            let ok = carry_out(ctx, &name, &tp.spec, &revision, &out.actions, &targets).await;
+            sent.extend(out.actions.iter().cloned());
+            more = ok && passes < MAX_PASSES && begun.elapsed() < PASS_BUDGET;
+        }
+        if !more {
+            return finish(tp, ctx, &status, &out, !out.actions.is_empty()).await;
+        }
+        let acted: HashSet<&str> = out.actions.iter().map(|a| a.node.as_str()).collect();
+        let again: Vec<usize> = (0..targets.len())
+            .filter(|&i| acted.contains(targets[i].name.as_str()))
+            .collect();
+        let looked: Vec<&Target> = again.iter().map(|&i| &targets[i]).collect();
+        let fresh = observe(&name, &looked, ctx).await;
+        for (i, r) in again.into_iter().zip(fresh) {
+            reports[i] = r;
+        }
+        written = out.status;
+    }
 }
 
-/// Writes status and events, carries out the actions, and says when to look
-/// again.
+/// After the last pass: snapshots of trimmed revisions, metrics, and when
+/// to look again (`acted`: that pass had actions, carried out or not).
 async fn finish(
     tp: &TracerProgram,
     ctx: &Context,
     old: &TracerProgramStatus,
     out: &Output,
-    targets: &[Target],
-    spec: &TracerProgramSpec,
-    spec_revision: &str,
+    acted: bool,
 ) -> Result<Action> {
     let name = tp.name_any();
-    if out.status != *old {
-        write_status(ctx, &name, &out.status).await?;
-        if history_ids(old) != history_ids(&out.status) {
-            prune_snapshots(ctx, &name, &out.status).await;
-        }
+    if history_ids(old) != history_ids(&out.status) {
+        prune_snapshots(ctx, &name, &out.status).await;
     }
     ctx.metrics.set_phase(&name, out.status.phase);
     if out.status.phase == Some(Phase::Aborted) && old.phase != Some(Phase::Aborted) {
@@ -231,12 +276,7 @@ async fn finish(
             })
             .inc();
     }
-    publish(tp, ctx, &out.events).await;
-    let acted = !out.actions.is_empty();
-    if acted {
-        carry_out(ctx, &name, spec, spec_revision, &out.actions, targets).await;
-    }
-    // Look again right after acting (the calls completed, so the next
+    // Look again soon after acting (the calls completed, so the next
     // reconcile sees their result and moves the next batch of nodes), at
     // the machine's next timer, and in any case at the resync interval.
     let mut after = ctx.resync;
@@ -259,7 +299,9 @@ async fn cleanup(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
     // Every node with an agent counts: the program may linger on nodes the
     // selector stopped matching.
     let targets = all_targets(ctx);
-    let (nodes, departed) = observe_all(&name, &targets, ctx).await;
+    let all: Vec<&Target> = targets.iter().collect();
+    let reports = observe(&name, &all, ctx).await;
+    let (nodes, departed) = split(&targets, &reports);
     let gates = HealthGates::default();
     let requests = rollout::Requests::default();
     let input = Input {
@@ -284,7 +326,7 @@ async fn cleanup(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
     if out.actions.is_empty() && unreachable.is_empty() {
         delete_snapshots(ctx, &name).await?;
         ctx.failures().forget(&name);
-        ctx.samples().retain(&name, &[]);
+        ctx.samples().retain(&name, |_, _| false);
         ctx.metrics.forget_program(&name);
         info!(program = %name, "unloaded from every node; removing the finalizer");
         return Ok(Action::await_change());
@@ -442,23 +484,27 @@ fn cores(node: &Node) -> u32 {
         .unwrap_or(1)
 }
 
-fn target(node: &Node, ctx: &Context, pods: &[Arc<Pod>], selected: bool) -> Target {
+fn target(node: &Node, pods: &HashMap<String, String>, selected: bool) -> Target {
     Target {
         name: node.name_any(),
-        endpoint: agents::endpoint(
-            node,
-            pods.iter().map(|p| &**p),
-            &ctx.discovery,
-            &ctx.agent_selector,
-        ),
+        endpoint: agents::endpoint_in(node, pods),
         cores: cores(node),
         selected,
     }
 }
 
+fn pod_endpoints(ctx: &Context) -> HashMap<String, String> {
+    let pods = ctx.pods.state();
+    agents::pod_endpoints(
+        pods.iter().map(|p| &**p),
+        &ctx.discovery,
+        &ctx.agent_selector,
+    )
+}
+
 /// Every node, marked selected when `spec.nodeSelector` matches it.
 fn targets(tp: &TracerProgram, ctx: &Context) -> Result<Vec<Target>> {
-    let pods = ctx.pods.state();
+    let pods = pod_endpoints(ctx);
     let mut out = Vec::new();
     for node in ctx.nodes.state() {
         let selected = match &tp.spec.node_selector {
@@ -466,148 +512,158 @@ fn targets(tp: &TracerProgram, ctx: &Context) -> Result<Vec<Target>> {
             Some(s) => selector::matches(s, node.labels())
                 .map_err(|e| Error::InvalidSpec(format!("spec.nodeSelector: {e}")))?,
         };
-        out.push(target(&node, ctx, &pods, selected));
+        out.push(target(&node, &pods, selected));
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
 fn all_targets(ctx: &Context) -> Vec<Target> {
-    let pods = ctx.pods.state();
+    let pods = pod_endpoints(ctx);
     let mut out: Vec<Target> = ctx
         .nodes
         .state()
         .iter()
-        .map(|n| target(n, ctx, &pods, true))
+        .map(|n| target(n, &pods, true))
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
 
-/// Asks every target's agent what it holds of `program`. Selected nodes
-/// always get a report (unreachable when the agent does not answer);
-/// other nodes only when their agent holds the program.
-async fn observe_all(
-    program: &str,
-    targets: &[Target],
-    ctx: &Context,
-) -> (Vec<NodeReport>, Vec<NodeReport>) {
-    // Futures built up front (not in a stream's closure) keep the reconcile
-    // future Send for any lifetime of the borrowed targets.
-    let calls: Vec<_> = targets
+/// What each of `targets` holds of `program` (in order), through the
+/// cache: a node whose agent has no endpoint or does not answer is
+/// unreachable.
+async fn observe(program: &str, targets: &[&Target], ctx: &Context) -> Vec<NodeReport> {
+    let asked: Vec<(&str, &str)> = targets
         .iter()
-        .enumerate()
-        .map(|(i, t)| async move { (i, ask(program, t, ctx).await) })
+        .filter_map(|t| Some((t.name.as_str(), t.endpoint.as_deref()?)))
         .collect();
-    let answers: Vec<(usize, Option<(pb::ListResponse, pb::StatsResponse)>)> =
-        futures::stream::iter(calls)
-            .buffer_unordered(FANOUT)
-            .collect()
-            .await;
-    let mut by_index: Vec<Option<(pb::ListResponse, pb::StatsResponse)>> =
-        vec![None; targets.len()];
-    for (i, a) in answers {
-        by_index[i] = a;
-    }
-    let now_ns = ctx.now_ns();
+    let mut seen = ctx.cache.observe(program, &asked).await.into_iter();
+    let failures = ctx.failures();
+    let mut samples = ctx.samples();
+    targets
+        .iter()
+        .map(|t| {
+            if t.endpoint.is_none() {
+                return observe::unreachable(&t.name);
+            }
+            match seen.next() {
+                Some(s) => match &s.view {
+                    Some(view) => observe::report(
+                        &t.name,
+                        program,
+                        view,
+                        &mut samples,
+                        &failures,
+                        ctx.ns(s.at),
+                        t.cores,
+                    ),
+                    None => observe::unreachable(&t.name),
+                },
+                None => observe::unreachable(&t.name),
+            }
+        })
+        .collect()
+}
+
+/// Selected nodes always get a report (unreachable when the agent does not
+/// answer); other nodes only when their agent holds the program.
+fn split(targets: &[Target], reports: &[NodeReport]) -> (Vec<NodeReport>, Vec<NodeReport>) {
     let mut nodes = Vec::new();
     let mut departed = Vec::new();
-    let mut live = Vec::new();
-    {
-        let failures = ctx.failures();
-        let mut samples = ctx.samples();
-        for (t, a) in targets.iter().zip(by_index) {
-            let report = match a {
-                Some((list, stats)) => observe::report(
-                    &t.name,
-                    program,
-                    &list,
-                    &stats,
-                    &mut samples,
-                    &failures,
-                    now_ns,
-                    t.cores,
-                ),
-                None => observe::unreachable(&t.name),
-            };
-            for r in &report.revisions {
-                live.push((t.name.clone(), r.revision.clone()));
-            }
-            if t.selected {
-                nodes.push(report);
-            } else if !report.revisions.is_empty() {
-                departed.push(report);
-            }
+    for (t, r) in targets.iter().zip(reports) {
+        if t.selected {
+            nodes.push(r.clone());
+        } else if !r.revisions.is_empty() {
+            departed.push(r.clone());
         }
-        samples.retain(program, &live);
     }
     (nodes, departed)
 }
 
-async fn ask(
-    program: &str,
-    t: &Target,
-    ctx: &Context,
-) -> Option<(pb::ListResponse, pb::StatsResponse)> {
-    let endpoint = t.endpoint.as_deref()?;
-    let mut client = match ctx.pool.client(endpoint) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(node = %t.name, error = %e, "no client for agent");
-            return None;
-        }
-    };
-    let call = async {
-        // An agent that holds nothing of the program answers NotFound.
-        let list = match client
-            .list(pb::ListRequest {
-                program: program.to_string(),
-            })
-            .await
-        {
-            Ok(r) => r.into_inner(),
-            Err(s) if s.code() == tonic::Code::NotFound => pb::ListResponse::default(),
-            Err(s) => return Err(s),
-        };
-        let stats = match client
-            .stats(pb::StatsRequest {
-                program: program.to_string(),
-            })
-            .await
-        {
-            Ok(r) => r.into_inner(),
-            Err(s) if s.code() == tonic::Code::NotFound => pb::StatsResponse::default(),
-            Err(s) => return Err(s),
-        };
-        Ok::<_, tonic::Status>((list, stats))
-    };
-    match tokio::time::timeout(ctx.observe_timeout, call).await {
-        Ok(Ok(v)) => {
-            ctx.metrics.call("observe", "ok");
-            Some(v)
-        }
-        Ok(Err(status)) => {
-            ctx.metrics.call("observe", "unreachable");
-            warn!(node = %t.name, %endpoint, code = ?status.code(), message = %status.message(), "agent did not answer List/Stats");
-            if matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::Unknown
-            ) {
-                ctx.pool.forget(endpoint);
+/// Drops the sample windows of revisions no node holds any more.
+fn forget_unloaded(ctx: &Context, program: &str, targets: &[Target], reports: &[NodeReport]) {
+    let live: HashSet<(&str, &str)> = targets
+        .iter()
+        .zip(reports)
+        .flat_map(|(t, r)| {
+            r.revisions
+                .iter()
+                .map(move |v| (t.name.as_str(), v.revision.as_str()))
+        })
+        .collect();
+    ctx.samples().retain(program, |n, r| live.contains(&(n, r)));
+}
+
+/// The cache's call to an agent: its `List` and `Stats` of every program,
+/// both at once, within `timeout`.
+pub fn agent_fetch(pool: Arc<Pool>, metrics: Arc<Metrics>, timeout: Duration) -> Fetch {
+    Arc::new(move |node: String, endpoint: String| {
+        let (pool, metrics) = (pool.clone(), metrics.clone());
+        Box::pin(async move {
+            let client = match pool.client(&endpoint) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(%node, error = %e, "no client for agent");
+                    return None;
+                }
+            };
+            let (mut lc, mut sc) = (client.clone(), client);
+            // NotFound from an agent means it holds nothing.
+            let list = async move {
+                match lc
+                    .list(pb::ListRequest {
+                        program: String::new(),
+                    })
+                    .await
+                {
+                    Ok(r) => Ok(r.into_inner()),
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(pb::ListResponse::default()),
+                    Err(s) => Err(s),
+                }
+            };
+            let stats = async move {
+                match sc
+                    .stats(pb::StatsRequest {
+                        program: String::new(),
+                    })
+                    .await
+                {
+                    Ok(r) => Ok(r.into_inner()),
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(pb::StatsResponse::default()),
+                    Err(s) => Err(s),
+                }
+            };
+            match tokio::time::timeout(timeout, futures::future::try_join(list, stats)).await {
+                Ok(Ok((list, stats))) => {
+                    metrics.call("observe", "ok");
+                    Some(NodeView::from_answers(&list, &stats))
+                }
+                Ok(Err(status)) => {
+                    metrics.call("observe", "unreachable");
+                    warn!(%node, %endpoint, code = ?status.code(), message = %status.message(), "agent did not answer List/Stats");
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown
+                    ) {
+                        pool.forget(&endpoint);
+                    }
+                    None
+                }
+                Err(_) => {
+                    metrics.call("observe", "unreachable");
+                    warn!(%node, %endpoint, "agent timed out on List/Stats");
+                    pool.forget(&endpoint);
+                    None
+                }
             }
-            None
-        }
-        Err(_) => {
-            ctx.metrics.call("observe", "unreachable");
-            warn!(node = %t.name, %endpoint, "agent timed out on List/Stats");
-            ctx.pool.forget(endpoint);
-            None
-        }
-    }
+        })
+    })
 }
 
 /// Carries out the machine's actions: per node in order (stopping at the
-/// first failure on that node), nodes in parallel.
+/// first failure on that node), nodes in parallel. True when every action
+/// succeeded.
 async fn carry_out(
     ctx: &Context,
     program: &str,
@@ -615,7 +671,7 @@ async fn carry_out(
     spec_revision: &str,
     actions: &[NodeAction],
     targets: &[Target],
-) {
+) -> bool {
     let mut per_node: BTreeMap<&str, Vec<&NodeAction>> = BTreeMap::new();
     for a in actions {
         per_node.entry(a.node.as_str()).or_default().push(a);
@@ -629,18 +685,47 @@ async fn carry_out(
         .map(|(node, acts)| {
             let endpoint = endpoints.get(node).copied().flatten();
             async move {
-                for a in acts {
-                    if !act(ctx, program, spec, spec_revision, a, endpoint).await {
-                        break;
+                // Boxed when it starts: a node waiting its turn holds only
+                // its arguments, not room for a whole gRPC call.
+                Box::pin(async move {
+                    // Whatever happens to the calls (done, refused, or this
+                    // future dropped), the node's cached view predates them.
+                    let _seen = Acted {
+                        cache: &ctx.cache,
+                        node,
+                        program,
+                    };
+                    for a in acts {
+                        if !act(ctx, program, spec, spec_revision, a, endpoint).await {
+                            return false;
+                        }
                     }
-                }
+                    true
+                })
+                .await
             }
         })
         .collect();
     futures::stream::iter(per_node)
         .buffer_unordered(FANOUT)
-        .collect::<Vec<()>>()
-        .await;
+        .collect::<Vec<bool>>()
+        .await
+        .into_iter()
+        .all(|ok| ok)
+}
+
+/// Tells the cache, when dropped, that the operator acted on `node` for
+/// `program`.
+struct Acted<'a> {
+    cache: &'a NodeCache,
+    node: &'a str,
+    program: &'a str,
+}
+
+impl Drop for Acted<'_> {
+    fn drop(&mut self) {
+        self.cache.acted(self.node, self.program);
+    }
 }
 
 /// One action on one node; false when it failed.

@@ -2,7 +2,8 @@
 //! state machine ([`rollout`]), the health-gate evaluation ([`gates`]) and
 //! the revision ids ([`revision`]). Around it, the reconciler
 //! ([`controller`]) feeds the machine the spec, the last status, what the
-//! node agents report ([`observe`], over gRPC via [`agents`]) and the time,
+//! node agents report ([`observe`], over gRPC via [`agents`], shared by
+//! every program through the per-node [`cache`]) and the time,
 //! then writes the status and carries out the node actions it returns
 //! ([`load`] builds the agent requests). Everything the machine needs to
 //! resume lives in `TracerProgramStatus`, so a restarted operator continues
@@ -11,10 +12,11 @@
 //! `kubectl bpfleet` command.
 //!
 //! Dependencies point one way: `rollout`, `gates`, `revision`, `selector`,
-//! `requests`, `load` and `observe` know nothing of kube clients or tonic
-//! channels; `controller` and `run` do.
+//! `requests`, `load`, `observe` and `cache` know nothing of kube clients
+//! or tonic channels; `controller` and `run` do.
 
 pub mod agents;
+pub mod cache;
 pub mod controller;
 pub mod error;
 pub mod gates;

@@ -1,11 +1,12 @@
 //! From what agents answer to what the state machine reads: a
-//! [`NodeReport`] per node, built from the agent's `List` and `Stats`, with
-//! health samples as per-interval deltas of the agent's cumulative counters
-//! ([`SampleBook`]) and the failures of the operator's own calls
+//! [`NodeView`] per node (everything its agent holds, every program, built
+//! from one `List` and one `Stats`), then per program a [`NodeReport`],
+//! with health samples as per-interval deltas of the agent's cumulative
+//! counters ([`SampleBook`]) and the failures of the operator's own calls
 //! ([`FailureBook`]: the agent keeps no record of a load it refused).
 //!
 //! Pure apart from the books' memory; the clock comes in as nanoseconds of
-//! a monotonic clock.
+//! a monotonic clock (the time the agent answered).
 
 use std::collections::HashMap;
 
@@ -23,8 +24,97 @@ pub const MAX_WINDOW_NS: u64 = 10_000_000_000;
 /// Longest failure message kept in status (verifier logs can be long).
 pub const MAX_MESSAGE: usize = 900;
 
-type Key = (String, String, String);
+/// What one node's agent holds, every program, in the few fields the
+/// operator reads (pins, links and entries of `List` are dropped: a fleet
+/// of these stays small).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeView {
+    /// Sorted by program name.
+    pub programs: Vec<ProgramView>,
+}
 
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProgramView {
+    pub program: String,
+    /// Sorted by revision.
+    pub revisions: Vec<RevisionView>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RevisionView {
+    pub revision: String,
+    pub active: bool,
+    /// From `Stats`; None when the agent reported no figures for it.
+    pub figures: Option<Figures>,
+}
+
+/// The cumulative counters of one revision on one node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Figures {
+    pub run_time_ns: u64,
+    pub program_errors: u64,
+    pub map_memory_bytes: u64,
+    pub http: Option<pb::HttpFigures>,
+}
+
+impl From<&pb::RevisionStats> for Figures {
+    fn from(s: &pb::RevisionStats) -> Self {
+        Figures {
+            run_time_ns: s.run_time_ns,
+            program_errors: s.program_errors,
+            map_memory_bytes: s.map_memory_bytes,
+            http: s.http.clone(),
+        }
+    }
+}
+
+impl NodeView {
+    /// The view of an agent's `List` and `Stats` answers (of every program,
+    /// or of one: the view then holds only that one).
+    pub fn from_answers(list: &pb::ListResponse, stats: &pb::StatsResponse) -> Self {
+        let figures: HashMap<(&str, &str), &pb::RevisionStats> = stats
+            .revisions
+            .iter()
+            .map(|s| ((s.program.as_str(), s.revision.as_str()), s))
+            .collect();
+        let mut programs: Vec<ProgramView> = list
+            .programs
+            .iter()
+            .map(|p| {
+                let mut revisions: Vec<RevisionView> = p
+                    .revisions
+                    .iter()
+                    .map(|r| RevisionView {
+                        revision: r.revision.clone(),
+                        active: r.state == pb::RevisionState::Active as i32
+                            || (!p.active_revision.is_empty() && p.active_revision == r.revision),
+                        figures: figures
+                            .get(&(p.program.as_str(), r.revision.as_str()))
+                            .map(|s| Figures::from(*s)),
+                    })
+                    .collect();
+                revisions.sort_by(|a, b| a.revision.cmp(&b.revision));
+                ProgramView {
+                    program: p.program.clone(),
+                    revisions,
+                }
+            })
+            .collect();
+        programs.sort_by(|a, b| a.program.cmp(&b.program));
+        // An agent lists a program once; should one repeat it, the first wins.
+        programs.dedup_by(|a, b| a.program == b.program);
+        NodeView { programs }
+    }
+
+    /// What the node holds of `program` (nothing when it holds none).
+    pub fn program(&self, program: &str) -> &[RevisionView] {
+        self.programs
+            .binary_search_by(|p| p.program.as_str().cmp(program))
+            .map_or(&[], |i| self.programs[i].revisions.as_slice())
+    }
+}
+
+/// The counters of one revision at one moment.
 #[derive(Clone, Debug, PartialEq)]
 struct Snapshot {
     at_ns: u64,
@@ -33,58 +123,80 @@ struct Snapshot {
     http: Option<pb::HttpFigures>,
 }
 
-/// Per (node, program, revision): the counters at the start of the current
-/// window and the last sample computed.
+/// One revision's window on one node: the counters at its start and the
+/// last sample computed.
+#[derive(Debug)]
+struct Window {
+    revision: String,
+    base: Snapshot,
+    last: Option<HealthSample>,
+}
+
+/// Per program, node and revision: the counters at the start of the
+/// current window and the last sample computed. Nested by program and node
+/// so that a fleet of windows costs one entry per loaded revision.
 #[derive(Default, Debug)]
 pub struct SampleBook {
-    base: HashMap<Key, Snapshot>,
-    last: HashMap<Key, HealthSample>,
+    programs: HashMap<String, HashMap<String, Vec<Window>>>,
 }
 
 impl SampleBook {
-    /// The health sample of one revision on one node, from its cumulative
-    /// stats now; None until a window of [`MIN_WINDOW_NS`] has passed.
+    /// The health sample of `revision` of `program` on `node`, from its
+    /// cumulative figures at `now_ns` (when the agent answered); None until
+    /// a window of [`MIN_WINDOW_NS`] has passed.
     pub fn sample(
         &mut self,
         node: &str,
-        stats: &pb::RevisionStats,
+        program: &str,
+        revision: &str,
+        figures: &Figures,
         now_ns: u64,
         cpu_cores: u32,
     ) -> Option<HealthSample> {
-        let key = (
-            node.to_string(),
-            stats.program.clone(),
-            stats.revision.clone(),
-        );
         let cur = Snapshot {
             at_ns: now_ns,
-            run_time_ns: stats.run_time_ns,
-            program_errors: stats.program_errors,
-            http: stats.http.clone(),
+            run_time_ns: figures.run_time_ns,
+            program_errors: figures.program_errors,
+            http: figures.http.clone(),
         };
-        let Some(base) = self.base.get(&key) else {
-            self.base.insert(key, cur);
+        // Looked up before inserting: the keys are cloned only for a new
+        // program or node, not on every call.
+        if !self.programs.contains_key(program) {
+            self.programs.insert(program.to_string(), HashMap::new());
+        }
+        let nodes = self.programs.get_mut(program)?;
+        if !nodes.contains_key(node) {
+            nodes.insert(node.to_string(), Vec::new());
+        }
+        let windows = nodes.get_mut(node)?;
+        let Some(w) = windows.iter_mut().find(|w| w.revision == revision) else {
+            windows.push(Window {
+                revision: revision.to_string(),
+                base: cur,
+                last: None,
+            });
             return None;
         };
+        let base = &w.base;
         let reset = cur.run_time_ns < base.run_time_ns
             || cur.program_errors < base.program_errors
             || http_reset(base.http.as_ref(), cur.http.as_ref());
         if reset {
             // The revision was reloaded: its counters started again.
-            self.base.insert(key.clone(), cur);
-            self.last.remove(&key);
+            w.base = cur;
+            w.last = None;
             return None;
         }
         let elapsed = now_ns.saturating_sub(base.at_ns);
         if elapsed < MIN_WINDOW_NS {
-            return self.last.get(&key).cloned();
+            return w.last.clone();
         }
         let mut s = HealthSample {
             program_failures: cur.program_errors - base.program_errors,
             run_time_ns_delta: cur.run_time_ns - base.run_time_ns,
             wall_time_ns: elapsed,
             cpu_cores,
-            map_memory_bytes: stats.map_memory_bytes,
+            map_memory_bytes: figures.map_memory_bytes,
             ..Default::default()
         };
         if let Some(h) = &cur.http {
@@ -95,26 +207,38 @@ impl SampleBook {
             s.p99_latency_ms = quantile_ms(h, b, 0.99);
         }
         if elapsed >= MAX_WINDOW_NS {
-            self.base.insert(key.clone(), cur);
+            w.base = cur;
         }
-        self.last.insert(key, s.clone());
+        w.last = Some(s.clone());
         Some(s)
     }
 
-    /// Forgets every entry of `program` whose (node, revision) is not in
-    /// `keep`, so the book stays as large as what is loaded.
-    pub fn retain(&mut self, program: &str, keep: &[(String, String)]) {
-        let live = |k: &Key| k.1 != program || keep.iter().any(|(n, r)| *n == k.0 && *r == k.2);
-        self.base.retain(|k, _| live(k));
-        self.last.retain(|k, _| live(k));
+    /// Forgets every window of `program` whose (node, revision) is not
+    /// `live`, so the book stays as large as what is loaded.
+    pub fn retain(&mut self, program: &str, live: impl Fn(&str, &str) -> bool) {
+        let Some(nodes) = self.programs.get_mut(program) else {
+            return;
+        };
+        nodes.retain(|node, windows| {
+            windows.retain(|w| live(node, &w.revision));
+            !windows.is_empty()
+        });
+        if nodes.is_empty() {
+            self.programs.remove(program);
+        }
     }
 
+    /// Windows kept, all programs.
     pub fn len(&self) -> usize {
-        self.base.len()
+        self.programs
+            .values()
+            .flat_map(|nodes| nodes.values())
+            .map(Vec::len)
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.base.is_empty()
+        self.programs.is_empty()
     }
 }
 
@@ -163,6 +287,8 @@ pub fn quantile_ms(cur: &pb::HttpFigures, base: &pb::HttpFigures, q: f64) -> Opt
     }
     bounds.last().map(|b| b * 1000.0)
 }
+
+type Key = (String, String, String);
 
 /// Failures of the operator's calls to agents, per (node, program,
 /// revision), kept until a later call for the same revision succeeds.
@@ -250,37 +376,29 @@ pub fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// What the machine reads about `program` on one node, from the agent's
-/// answers (`list` and `stats` of that program).
-#[allow(clippy::too_many_arguments)]
+/// What the machine reads about `program` on one node, from its agent's
+/// view answered at `at_ns`.
 pub fn report(
     node: &str,
     program: &str,
-    list: &pb::ListResponse,
-    stats: &pb::StatsResponse,
+    view: &NodeView,
     samples: &mut SampleBook,
     failures: &FailureBook,
-    now_ns: u64,
+    at_ns: u64,
     cpu_cores: u32,
 ) -> NodeReport {
-    let mut revisions = Vec::new();
-    for p in list.programs.iter().filter(|p| p.program == program) {
-        for r in &p.revisions {
-            let active = r.state == pb::RevisionState::Active as i32
-                || (!p.active_revision.is_empty() && p.active_revision == r.revision);
-            let health = stats
-                .revisions
-                .iter()
-                .find(|s| s.program == program && s.revision == r.revision)
-                .and_then(|s| samples.sample(node, s, now_ns, cpu_cores));
-            revisions.push(LoadedRevision {
-                revision: r.revision.clone(),
-                active,
-                health,
-            });
-        }
-    }
-    revisions.sort_by(|a, b| a.revision.cmp(&b.revision));
+    let revisions = view
+        .program(program)
+        .iter()
+        .map(|r| LoadedRevision {
+            revision: r.revision.clone(),
+            active: r.active,
+            health: r
+                .figures
+                .as_ref()
+                .and_then(|f| samples.sample(node, program, &r.revision, f, at_ns, cpu_cores)),
+        })
+        .collect();
     NodeReport {
         node: node.to_string(),
         reachable: true,
@@ -303,15 +421,23 @@ mod tests {
     use super::*;
     use crate::rollout::clock::time;
 
-    fn stats(run_time_ns: u64, errors: u64, http: Option<pb::HttpFigures>) -> pb::RevisionStats {
-        pb::RevisionStats {
-            program: "p".into(),
-            revision: "r1".into(),
+    fn stats(run_time_ns: u64, errors: u64, http: Option<pb::HttpFigures>) -> Figures {
+        Figures {
             run_time_ns,
             program_errors: errors,
             map_memory_bytes: 4096,
             http,
-            ..Default::default()
+        }
+    }
+
+    /// Program "p", revision "r1".
+    trait P1 {
+        fn p1(&mut self, node: &str, f: &Figures, now: u64, cores: u32) -> Option<HealthSample>;
+    }
+
+    impl P1 for SampleBook {
+        fn p1(&mut self, node: &str, f: &Figures, now: u64, cores: u32) -> Option<HealthSample> {
+            self.sample(node, "p", "r1", f, now, cores)
         }
     }
 
@@ -329,12 +455,10 @@ mod tests {
     #[test]
     fn first_sight_has_no_sample_then_deltas_over_the_window() {
         let mut b = SampleBook::default();
-        assert_eq!(b.sample("n1", &stats(1000, 2, None), 0, 2), None);
+        assert_eq!(b.p1("n1", &stats(1000, 2, None), 0, 2), None);
         // Too soon: still nothing to say.
-        assert_eq!(b.sample("n1", &stats(1500, 2, None), S / 2, 2), None);
-        let s = b
-            .sample("n1", &stats(2_001_000, 5, None), 2 * S, 2)
-            .unwrap();
+        assert_eq!(b.p1("n1", &stats(1500, 2, None), S / 2, 2), None);
+        let s = b.p1("n1", &stats(2_001_000, 5, None), 2 * S, 2).unwrap();
         assert_eq!(s.run_time_ns_delta, 2_000_000);
         assert_eq!(s.program_failures, 3);
         assert_eq!(s.wall_time_ns, 2 * S);
@@ -342,9 +466,7 @@ mod tests {
         // 2 ms of BPF time in 2 s on 2 cores = 0.05 %.
         assert!((s.cpu_overhead_percent().unwrap() - 0.05).abs() < 1e-9);
         // Later calls still measure from the start of the window.
-        let again = b
-            .sample("n1", &stats(2_002_000, 5, None), 4 * S, 2)
-            .unwrap();
+        let again = b.p1("n1", &stats(2_002_000, 5, None), 4 * S, 2).unwrap();
         assert_eq!(
             (again.run_time_ns_delta, again.wall_time_ns),
             (2_001_000, 4 * S)
@@ -354,29 +476,29 @@ mod tests {
     #[test]
     fn counters_going_back_mean_a_reload_and_restart_the_window() {
         let mut b = SampleBook::default();
-        b.sample("n1", &stats(5000, 9, None), 0, 1);
-        assert_eq!(b.sample("n1", &stats(10, 0, None), 3 * S, 1), None);
-        let s = b.sample("n1", &stats(110, 1, None), 5 * S, 1).unwrap();
+        b.p1("n1", &stats(5000, 9, None), 0, 1);
+        assert_eq!(b.p1("n1", &stats(10, 0, None), 3 * S, 1), None);
+        let s = b.p1("n1", &stats(110, 1, None), 5 * S, 1).unwrap();
         assert_eq!((s.run_time_ns_delta, s.program_failures), (100, 1));
     }
 
     #[test]
     fn window_restarts_after_max_window() {
         let mut b = SampleBook::default();
-        b.sample("n1", &stats(0, 0, None), 0, 1);
-        let s = b.sample("n1", &stats(100, 0, None), 11 * S, 1).unwrap();
+        b.p1("n1", &stats(0, 0, None), 0, 1);
+        let s = b.p1("n1", &stats(100, 0, None), 11 * S, 1).unwrap();
         assert_eq!(s.run_time_ns_delta, 100);
-        let s = b.sample("n1", &stats(130, 0, None), 13 * S, 1).unwrap();
+        let s = b.p1("n1", &stats(130, 0, None), 13 * S, 1).unwrap();
         assert_eq!((s.run_time_ns_delta, s.wall_time_ns), (30, 2 * S));
     }
 
     #[test]
     fn http_figures_become_interval_rates_and_p99() {
         let mut b = SampleBook::default();
-        b.sample("n1", &stats(0, 0, Some(hist(10, 1, [10, 0, 0, 0]))), 0, 1);
+        b.p1("n1", &stats(0, 0, Some(hist(10, 1, [10, 0, 0, 0]))), 0, 1);
         // 100 more requests: 90 under 10 ms, 10 between 100 ms and 1 s.
         let s = b
-            .sample(
+            .p1(
                 "n1",
                 &stats(0, 0, Some(hist(110, 6, [100, 0, 10, 0]))),
                 5 * S,
@@ -410,13 +532,14 @@ mod tests {
     #[test]
     fn retain_forgets_unloaded_revisions_of_that_program_only() {
         let mut b = SampleBook::default();
-        b.sample("n1", &stats(0, 0, None), 0, 1);
-        b.sample("n2", &stats(0, 0, None), 0, 1);
-        let mut other = stats(0, 0, None);
-        other.program = "q".into();
-        b.sample("n1", &other, 0, 1);
-        b.retain("p", &[("n2".into(), "r1".into())]);
+        b.p1("n1", &stats(0, 0, None), 0, 1);
+        b.p1("n2", &stats(0, 0, None), 0, 1);
+        b.sample("n1", "q", "r1", &stats(0, 0, None), 0, 1);
+        b.retain("p", |n, r| (n, r) == ("n2", "r1"));
         assert_eq!(b.len(), 2);
+        b.retain("p", |_, _| false);
+        b.retain("q", |_, _| false);
+        assert!(b.is_empty());
     }
 
     #[test]
@@ -486,16 +609,8 @@ mod tests {
                 at: time(5),
             },
         );
-        let r = report(
-            "n1",
-            "p",
-            &list,
-            &pb::StatsResponse::default(),
-            &mut SampleBook::default(),
-            &fails,
-            0,
-            1,
-        );
+        let view = NodeView::from_answers(&list, &pb::StatsResponse::default());
+        let r = report("n1", "p", &view, &mut SampleBook::default(), &fails, 0, 1);
         assert_eq!(r.active(), Some("r1"));
         assert!(r.has("r2"));
         assert_eq!(

@@ -22,7 +22,8 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{error, info, warn};
 
 use crate::agents::{self, Discovery, Pool, Tls};
-use crate::controller::{Context, error_policy, reconcile};
+use crate::cache::NodeCache;
+use crate::controller::{Context, OBSERVE_FANOUT, agent_fetch, error_policy, reconcile};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::{self, Metrics};
 use crate::{Error, Result};
@@ -68,6 +69,11 @@ pub struct Args {
     /// Timeout of the List and Stats calls that observe a node.
     #[arg(long, default_value_t = 5)]
     pub observe_timeout_seconds: u64,
+    /// How long one answer of an agent's List and Stats serves every
+    /// program's reconcile. Never after the operator acted on that node for
+    /// the program: that program's next look asks the agent again.
+    #[arg(long, default_value_t = 2000)]
+    pub observe_max_age_millis: u64,
     /// Look at every program at least this often (drift on nodes).
     #[arg(long, default_value_t = 30)]
     pub resync_seconds: u64,
@@ -253,6 +259,19 @@ pub async fn run_with(client: Client, args: Args) -> Result<()> {
         changes(policy_events, policy_property).boxed(),
     ]);
 
+    let pool = Arc::new(Pool::new(
+        tls,
+        Duration::from_secs(args.agent_timeout_seconds),
+    ));
+    let cache = NodeCache::new(
+        Duration::from_millis(args.observe_max_age_millis),
+        OBSERVE_FANOUT,
+        agent_fetch(
+            pool.clone(),
+            metrics.clone(),
+            Duration::from_secs(args.observe_timeout_seconds),
+        ),
+    );
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -263,7 +282,8 @@ pub async fn run_with(client: Client, args: Args) -> Result<()> {
             },
         ),
         metrics: metrics.clone(),
-        pool: Pool::new(tls, Duration::from_secs(args.agent_timeout_seconds)),
+        pool,
+        cache,
         discovery: Discovery {
             port: args.agent_port,
             namespace: agent_namespace,
@@ -274,7 +294,6 @@ pub async fn run_with(client: Client, args: Args) -> Result<()> {
         pods: pods.clone(),
         policies: policies.clone(),
         namespace: args.namespace.clone(),
-        observe_timeout: Duration::from_secs(args.observe_timeout_seconds),
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         samples: Mutex::default(),
         failures: Mutex::default(),

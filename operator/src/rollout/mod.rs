@@ -179,7 +179,7 @@ pub struct Output {
     pub requeue_after: Option<i64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeAction {
     pub node: String,
     pub revision: String,
