@@ -2,13 +2,14 @@
 # Prepares a fresh machine for bpfleet's build, tests and demo. Idempotent:
 # a second run installs nothing and takes a second.
 #  - Debian packages for BPF C (clang, llvm, libbpf's build: libelf, zlib,
-#    pkg-config), bpftool, iproute2 for network namespaces;
+#    pkg-config), bpftool, iproute2 for network namespaces, wrk and
+#    nginx-light for the tracer benchmark (scripts/bench-tracer.sh);
 #  - a bpffs on /sys/fs/bpf and tracefs on /sys/kernel/tracing;
 #  - etcd, kube-apiserver and kubectl built from the Go module proxy.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-packages=(clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 gcc make curl python3 lua5.4 openssl)
+packages=(clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 gcc make curl python3 lua5.4 openssl wrk nginx-light)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -81,6 +81,38 @@ pub struct RuntimeConfig {
     pub filters: Filters,
     #[serde(default)]
     pub redaction: Redaction,
+    /// How request paths become `http.route` values (HTTP tracer).
+    #[serde(default)]
+    pub routes: RouteNaming,
+}
+
+/// Route naming for the HTTP tracer: configured patterns first, then a
+/// bounded form of unmatched paths, so metric series stay few.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteNaming {
+    /// Patterns such as `/api/users/{id}` or `/static/*` (`*` only last);
+    /// the first match names the route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128), inner(regex(pattern = r"^/[^?#\s]{0,255}$")))]
+    pub patterns: Vec<String>,
+    /// What a path no pattern matches becomes.
+    #[serde(default)]
+    pub unmatched: UnmatchedRoutes,
+    /// Distinct routes named from unmatched paths per node before further
+    /// ones become `/*` (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_routes: Option<i32>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UnmatchedRoutes {
+    /// Identifier-like segments become `{id}`, at most three segments.
+    #[default]
+    Heuristic,
+    /// Every unmatched path is `/*`.
+    Wildcard,
 }
 
 /// Restrict what is traced. Empty lists mean no restriction.

@@ -25,6 +25,7 @@ pub mod alerts;
 pub mod cgroup;
 pub mod redact;
 pub mod route;
+pub mod rules;
 pub mod stats;
 
 pub use connection::{Connection, Exchange, Outcome, Role};

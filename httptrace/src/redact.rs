@@ -121,8 +121,8 @@ impl Redactor {
     /// Header list with sensitive values replaced.
     pub fn headers(&self, mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
         for (name, value) in &mut headers {
-            let lower = name.to_ascii_lowercase();
-            if self.headers.contains(&lower) {
+            // `self.headers` is lower case; no lower-cased copy per header.
+            if self.headers.iter().any(|h| h.eq_ignore_ascii_case(name)) {
                 *value = REDACTED.to_string();
             }
         }

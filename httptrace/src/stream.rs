@@ -24,7 +24,8 @@ pub enum Kind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Head {
     pub start: Start,
-    /// Headers in order, names as sent. Empty when the head was cut short.
+    /// Headers in order, names as sent (of a response only those framing
+    /// needs). Empty when the head was cut short.
     pub headers: Vec<(String, String)>,
     /// The head was cut short: headers are missing and framing is unknown.
     pub truncated: bool,
@@ -386,7 +387,7 @@ fn parse_head(kind: Kind, buf: &[u8]) -> Parsed {
                         Some(code) => Start::Response { status: code },
                         None => return Parsed::Partial,
                     };
-                    (status, start, collect(resp.headers))
+                    (status, start, framing_headers(resp.headers))
                 }
                 Err(httparse::Error::TooManyHeaders) => return Parsed::Partial,
                 Err(_) => return Parsed::Invalid,
@@ -410,6 +411,25 @@ fn collect(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
     headers
         .iter()
         .filter(|h| !h.name.is_empty())
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A response's headers as far as framing needs them: nothing downstream
+/// looks at the others, and copying them costs an allocation per name and
+/// value on every response.
+fn framing_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|h| {
+            h.name.eq_ignore_ascii_case("content-length")
+                || h.name.eq_ignore_ascii_case("transfer-encoding")
+        })
         .map(|h| {
             (
                 h.name.to_string(),

@@ -16,6 +16,7 @@ use crate::hooks::{ALL_HOOKS, hook_name};
 use crate::http::{HttpConfig, parse_rule};
 use crate::server::{Listen, MAX_MESSAGE, TlsFiles};
 use bpfleet_httptrace::route::Unmatched;
+use bpfleet_httptrace::rules::{RouteRules, Rules};
 
 /// bpfleet node agent.
 #[derive(Debug, Parser)]
@@ -183,6 +184,12 @@ pub struct ServeArgs {
     /// Distinct heuristic routes before unmatched paths become `/*`.
     #[arg(long, default_value_t = 200)]
     pub http_max_routes: usize,
+    /// The TracerPolicy whose redaction and route rules the tracer applies:
+    /// a file with its `spec.config` or the whole manifest (YAML or JSON).
+    /// Its routes come after `--http-route`; its redaction lists add to
+    /// the built-in defaults (unless `disableDefaults`).
+    #[arg(long, env = "BPFLEET_HTTP_RULES")]
+    pub http_rules: Option<PathBuf>,
     /// Distinct service names before further ones become `other`.
     #[arg(long, default_value_t = 64)]
     pub http_max_services: usize,
@@ -208,12 +215,17 @@ impl ServeArgs {
     pub fn http_config(&self) -> Result<HttpConfig> {
         let mut cfg = HttpConfig {
             enabled: !self.no_http_tracer,
-            routes: self.http_routes.clone(),
-            unmatched: match self.http_unmatched.as_str() {
-                "wildcard" => Unmatched::Wildcard,
-                _ => Unmatched::Heuristic,
+            tracer_rules: Rules {
+                routes: RouteRules {
+                    patterns: self.http_routes.clone(),
+                    unmatched: match self.http_unmatched.as_str() {
+                        "wildcard" => Unmatched::Wildcard,
+                        _ => Unmatched::Heuristic,
+                    },
+                    max_routes: self.http_max_routes,
+                },
+                ..Default::default()
             },
-            max_routes: self.http_max_routes,
             max_services: self.http_max_services,
             request_timeout: std::time::Duration::from_secs(
                 self.http_request_timeout_seconds.max(1),
@@ -232,7 +244,11 @@ impl ServeArgs {
                 .map(|r| parse_rule(r))
                 .collect::<Result<_>>()?;
         }
+        if let Some(path) = &self.http_rules {
+            cfg.tracer_rules = crate::http::rules::load_policy(cfg.tracer_rules, path)?;
+        }
         cfg.route_mapper()?;
+        cfg.redactor()?;
         Ok(cfg)
     }
 

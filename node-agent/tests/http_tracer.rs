@@ -7,7 +7,9 @@
 //! revision attribution across a switch, `/api/health` and
 //! `/api/analytics`, OTLP spans received by a gRPC trace collector in the
 //! test (the real OTLP protocol; no Jaeger on these machines), and that an
-//! Authorization header value or a token query value never shows anywhere.
+//! Authorization header value, a token query value, and a header and query
+//! value redacted by the TracerPolicy's own rules (`--http-rules`) never
+//! show anywhere; the policy's route pattern names the route.
 //! Needs root.
 
 // Test code: a failed setup panics, which is the report.
@@ -40,6 +42,27 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 const PROGRAM: &str = "http-tracer";
 const SECRET: &str = "s3cr3t-bearer-XYZZY";
 const QUERY_SECRET: &str = "qwerty-QUERYSECRET";
+/// Redacted only because the TracerPolicy's rules say so.
+const SID_SECRET: &str = "sid-SESSIONID-777";
+const HEADER_SECRET: &str = "hdr-XSESSION-888";
+/// A TracerPolicy manifest as `kubectl get -o yaml` prints it: its
+/// redaction and route rules are what the agent's tracer applies
+/// (`--http-rules`). The route pattern's name differs from what the
+/// heuristic would make of `/items/42` (`/items/{id}`).
+const POLICY: &str = "apiVersion: bpfleet.dev/v1alpha1
+kind: TracerPolicy
+metadata:
+  name: http-rules
+spec:
+  targets:
+    programNames: [http-tracer]
+  config:
+    redaction:
+      headers: [X-Session]
+      queryParams: [sid]
+    routes:
+      patterns: [\"/items/{item}\"]
+";
 /// What the slow handler sleeps: inside the (0.1, 0.25] s bucket.
 const SLOW: Duration = Duration::from_millis(180);
 
@@ -239,6 +262,8 @@ fn curl(extra: &[&str], urls: &[String]) -> Vec<u16> {
         "-sS".into(),
         "-H".into(),
         format!("Authorization: Bearer {SECRET}"),
+        "-H".into(),
+        format!("X-Session: {HEADER_SECRET}"),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     for u in urls {
@@ -444,6 +469,8 @@ fn self_comm() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracer_in_the_agent_exports_exact_figures() {
     let root = PinRoot::new("http");
+    let rules = root.scratch.path().join("policy.yaml");
+    std::fs::write(&rules, POLICY).unwrap();
     let mport = free_port();
     let mlisten = format!("127.0.0.1:{mport}");
     let collector = Collector::default();
@@ -455,8 +482,8 @@ async fn tracer_in_the_agent_exports_exact_figures() {
             "--allow-unsigned",
             "--metrics-listen",
             &mlisten,
-            "--http-route",
-            "/items/{id}",
+            "--http-rules",
+            rules.to_str().unwrap(),
             "--http-alert",
             "Errors5xx=error_rate>0.05/1m/3",
             "--otlp-endpoint",
@@ -531,7 +558,7 @@ async fn tracer_in_the_agent_exports_exact_figures() {
     let codes = curl(
         &[],
         &[
-            format!("{base}/ok?token={QUERY_SECRET}"),
+            format!("{base}/ok?token={QUERY_SECRET}&sid={SID_SECRET}"),
             format!("{base}/ok"),
             format!("{base}/ok"),
             format!("{base}/missing"),
@@ -616,7 +643,7 @@ async fn tracer_in_the_agent_exports_exact_figures() {
         by(
             server_count,
             &[rust[0], ("http_request_method", "POST")],
-            "/items/{id}",
+            "/items/{item}",
             "201"
         ),
         1.0
@@ -629,7 +656,7 @@ async fn tracer_in_the_agent_exports_exact_figures() {
     assert_eq!(by(client_count, &rust, "/ok", "200"), 20.0);
     assert_eq!(by(client_count, &[], "/missing", "404"), 2.0);
     assert_eq!(by(client_count, &[], "/hello.txt", "200"), 2.0);
-    assert_eq!(by(client_count, &[], "/items/{id}", "201"), 1.0);
+    assert_eq!(by(client_count, &[], "/items/{item}", "201"), 1.0);
     // error.type: the 500 on both sides, 404 only on the client side.
     assert_eq!(sum(&m, server_count, &[("error_type", "500")]), 1.0);
     assert_eq!(sum(&m, server_count, &[("error_type", "404")]), 0.0);
@@ -648,7 +675,7 @@ async fn tracer_in_the_agent_exports_exact_figures() {
         sum(
             &m,
             "http_server_request_body_size_bytes_sum",
-            &[("http_route", "/items/{id}")]
+            &[("http_route", "/items/{item}")]
         ),
         7.0
     );
@@ -656,7 +683,7 @@ async fn tracer_in_the_agent_exports_exact_figures() {
         sum(
             &m,
             "http_server_response_body_size_bytes_sum",
-            &[("http_route", "/items/{id}")]
+            &[("http_route", "/items/{item}")]
         ),
         7.0
     );
@@ -695,7 +722,7 @@ async fn tracer_in_the_agent_exports_exact_figures() {
     assert_eq!(named(Some(&me), SERVER, "GET /ok").len(), 23);
     assert_eq!(named(None, CLIENT, "GET /ok").len(), 23);
     assert_eq!(named(Some("python3"), SERVER, "GET /hello.txt").len(), 2);
-    assert_eq!(named(Some(&me), SERVER, "POST /items/{id}").len(), 1);
+    assert_eq!(named(Some(&me), SERVER, "POST /items/{item}").len(), 1);
     let boom = named(Some(&me), SERVER, "GET /boom");
     assert_eq!(boom.len(), 1);
     assert_eq!(
@@ -730,10 +757,10 @@ async fn tracer_in_the_agent_exports_exact_figures() {
         );
     }
     assert!(
-        spans
-            .iter()
-            .any(|(_, s)| attr(s, "url.query").as_deref() == Some("token=[REDACTED]")),
-        "the token query value is redacted in spans"
+        spans.iter().any(
+            |(_, s)| attr(s, "url.query").as_deref() == Some("token=[REDACTED]&sid=[REDACTED]")
+        ),
+        "the token (built-in rule) and sid (the policy's rule) query values are redacted in spans"
     );
     let (_, text) = get(mport, "/metrics");
     assert_eq!(
@@ -863,7 +890,7 @@ async fn tracer_in_the_agent_exports_exact_figures() {
         std::fs::read_to_string(root.audit_log()).unwrap(),
     ]
     .join("\n");
-    for secret in [SECRET, QUERY_SECRET] {
+    for secret in [SECRET, QUERY_SECRET, SID_SECRET, HEADER_SECRET] {
         assert!(!everything.contains(secret), "{secret} leaked");
     }
 

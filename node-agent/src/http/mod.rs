@@ -18,6 +18,7 @@ pub mod export;
 pub mod identity;
 pub mod otlp;
 pub mod record;
+pub mod rules;
 pub mod runtime;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,7 +27,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bpfleet_httptrace::alerts::{Alerts, Rule, Signal, Transition};
-use bpfleet_httptrace::route::{BadRoute, Routes, Unmatched};
+use bpfleet_httptrace::redact::Redactor;
+use bpfleet_httptrace::route::Routes;
+use bpfleet_httptrace::rules::Rules;
 use bpfleet_httptrace::stats::{Window, Windows};
 use bpfleet_proto::v1 as pb;
 
@@ -43,11 +46,9 @@ pub const LOST_MAP: &str = bpfleet_tracer::pinned::LOST_MAP;
 pub struct HttpConfig {
     /// Run readers for tracer programs.
     pub enabled: bool,
-    /// Route patterns (`/api/users/{id}`, `/static/*`).
-    pub routes: Vec<String>,
-    pub unmatched: Unmatched,
-    /// Distinct heuristic routes before unmatched paths become `/*`.
-    pub max_routes: usize,
+    /// Redaction and route naming: the command line's routes and the
+    /// TracerPolicy's rules ([`rules`]).
+    pub tracer_rules: Rules,
     /// Distinct service names before further ones become `other`.
     pub max_services: usize,
     /// Most (service, route, side) series in the sliding windows.
@@ -70,9 +71,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            routes: Vec::new(),
-            unmatched: Unmatched::Heuristic,
-            max_routes: 200,
+            tracer_rules: Rules::default(),
             max_services: 64,
             max_series: 2000,
             max_connections: 16384,
@@ -86,11 +85,18 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
-    /// The route mapper these settings describe.
+    /// A fresh route mapper for a reader.
     pub fn route_mapper(&self) -> Result<Routes> {
-        let patterns: Vec<&str> = self.routes.iter().map(String::as_str).collect();
-        Routes::new(&patterns, self.unmatched, self.max_routes)
-            .map_err(|e: BadRoute| Error::Invalid(format!("--http-route: {e}")))
+        self.tracer_rules
+            .routes()
+            .map_err(|e| Error::Invalid(format!("HTTP route rules: {e}")))
+    }
+
+    /// The redactor every connection of a reader shares.
+    pub fn redactor(&self) -> Result<Redactor> {
+        self.tracer_rules
+            .redactor()
+            .map_err(|e| Error::Invalid(format!("HTTP redaction rules: {e}")))
     }
 }
 
@@ -224,6 +230,7 @@ impl Hub {
     /// Checks the configuration (route patterns) and builds the hub.
     pub fn new(cfg: HttpConfig) -> Result<Self> {
         cfg.route_mapper()?;
+        cfg.redactor()?;
         let (otlp, otlp_rx) = match &cfg.otlp_endpoint {
             Some(e) => {
                 otlp::check_endpoint(e)?;
@@ -587,11 +594,13 @@ mod tests {
 
     #[test]
     fn bad_route_patterns_are_refused() {
-        let cfg = HttpConfig {
-            routes: vec!["/a/*/b".into()],
-            ..Default::default()
-        };
+        let mut cfg = HttpConfig::default();
+        cfg.tracer_rules.routes.patterns = vec!["/a/*/b".into()];
         let e = Hub::new(cfg).unwrap_err().to_string();
-        assert!(e.contains("routes[0]"), "{e}");
+        assert!(e.contains("routes.patterns[0]"), "{e}");
+        let mut cfg = HttpConfig::default();
+        cfg.tracer_rules.redaction.command_line_patterns = vec!["(".into()];
+        let e = Hub::new(cfg).unwrap_err().to_string();
+        assert!(e.contains("redaction.commandLinePatterns[0]"), "{e}");
     }
 }

@@ -18,7 +18,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bpfleet_httptrace::Role;
-use bpfleet_httptrace::redact::Redactor;
 use bpfleet_httptrace::route::Routes;
 use bpfleet_proto::v1 as pb;
 use bpfleet_tracer::event::config::IGNORE_TGID;
@@ -233,7 +232,11 @@ fn read(
         cfg.pods_dir.clone(),
         cfg.max_services,
     );
-    let mut pipeline = Pipeline::new(Arc::new(Redactor::builtin()), cfg.max_connections);
+    let redactor = match cfg.redactor() {
+        Ok(r) => Arc::new(r),
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut pipeline = Pipeline::new(redactor, cfg.max_connections);
     pipeline.request_timeout_ns = u64::try_from(cfg.request_timeout.as_nanos()).unwrap_or(u64::MAX);
     hub.reader_status(program, |s| {
         s.running = true;

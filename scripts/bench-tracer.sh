@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The HTTP tracer benchmark (root, real kernel): wrk against nginx on
+# loopback with and without the tracer loaded in the release agent, in
+# alternating rounds, plus a fixed-rate run per round. See
+# tracer/benches/wrk.rs for what is measured; settings by environment
+# (BENCH_ROUNDS, BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_RATE,
+# BENCH_RATE_SECONDS, BENCH_RATE_THREADS).
+#
+#   sudo scripts/bench-tracer.sh
+#
+# Leaves nothing loaded or running: it prints the BPF program count before
+# and after, and the bench fails if one of the tracer's programs survives.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "bench-tracer.sh: needs root (BPF, network namespaces)" >&2
+  exit 1
+fi
+for tool in wrk nginx nsenter ip bpftool; do
+  command -v "$tool" >/dev/null || {
+    echo "bench-tracer.sh: $tool missing (scripts/setup.sh installs it)" >&2
+    exit 1
+  }
+done
+
+# The bench removes what it made, also when it fails; a signal (Ctrl-C)
+# kills it before it can: then remove its namespace and pin root here
+# (nginx and the agent are in this process group and get the signal too).
+leftovers() {
+  for ns in $(ip netns list | awk '/^bpfleet-bench-/ {print $1}'); do ip netns del "$ns"; done
+  for pin in /sys/fs/bpf/bpfleet-bench-*; do [ -e "$pin" ] && rm -rf "$pin"; done
+  return 0
+}
+trap leftovers EXIT
+
+cargo build --release -p bpfleet-agent --bin bpfleet-agent
+cargo bench -p bpfleet-tracer --bench wrk --no-run
+before=$(bpftool prog show | grep -c '^[0-9]*:' || true)
+echo "BPF programs loaded before: $before"
+cargo bench -p bpfleet-tracer --bench wrk
+after=$(bpftool prog show | grep -c '^[0-9]*:' || true)
+echo "BPF programs loaded after: $after"
+trap - EXIT
+if ip netns list | grep -q '^bpfleet-bench-' || ls /sys/fs/bpf | grep -q '^bpfleet-bench-'; then
+  echo "bench-tracer.sh: a bench namespace or pin root was left behind" >&2
+  exit 1
+fi
