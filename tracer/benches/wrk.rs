@@ -34,7 +34,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -391,9 +391,9 @@ fn with_peak_rss<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
     })
 }
 
-/// (name, run_cnt, run_time_ns) of programs by id; ids that are gone are
-/// left out.
-fn prog_stats(ids: &[u32]) -> Vec<(String, u64, u64)> {
+/// (id, name, run_cnt, run_time_ns) of programs by id; ids that are gone
+/// are left out.
+fn prog_stats(ids: &[u32]) -> Vec<(u32, String, u64, u64)> {
     let mut out = Vec::new();
     for id in ids {
         // SAFETY: plain syscall wrappers; the fd is closed below.
@@ -412,6 +412,7 @@ fn prog_stats(ids: &[u32]) -> Vec<(String, u64, u64)> {
                     .map(|c| *c as u8)
                     .collect();
                 out.push((
+                    *id,
                     String::from_utf8_lossy(&name).into_owned(),
                     info.run_cnt,
                     info.run_time_ns,
@@ -427,7 +428,24 @@ fn prog_stats(ids: &[u32]) -> Vec<(String, u64, u64)> {
 fn run_stats(ids: &[u32]) -> (u64, u64) {
     prog_stats(ids)
         .iter()
-        .fold((0, 0), |(c, n), (_, c1, n1)| (c + c1, n + n1))
+        .fold((0, 0), |(c, n), (_, _, c1, n1)| (c + c1, n + n1))
+}
+
+/// Kernel id of the program pinned at `pin`.
+fn pinned_prog_id(pin: &Path) -> u32 {
+    let c = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: plain syscall wrappers on a valid C string and an info struct
+    // of the right size; the fd is closed below.
+    unsafe {
+        let fd = libbpf_sys::bpf_obj_get(c.as_ptr());
+        assert!(fd >= 0, "bpf_obj_get {}", pin.display());
+        let mut info = libbpf_sys::bpf_prog_info::default();
+        let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+        let rc = libbpf_sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len);
+        libc::close(fd);
+        assert_eq!(rc, 0, "program info of {}", pin.display());
+        info.id
+    }
 }
 
 fn prog_exists(id: u32) -> bool {
@@ -464,10 +482,19 @@ fn load_request() -> pb::LoadRequest {
 
 type Client = pb::agent_client::AgentClient<tonic::transport::Channel>;
 
-/// Loads and activates the tracer for nginx's port; returns its program ids.
-async fn load_tracer(c: &mut Client, port: u16) -> Vec<u32> {
+/// Loads and activates the tracer for nginx's port; returns the ids of
+/// every program it runs as: the revision's own, and what its hooks' links
+/// run (the agent's dispatchers on tracepoints, which tail-call the
+/// revision: tail-called programs get no run time of their own, the
+/// dispatcher's covers both).
+async fn load_tracer(
+    c: &mut Client,
+    port: u16,
+    pin_dir: &Path,
+) -> (Vec<u32>, BTreeMap<u32, String>) {
     let r = c.load(load_request()).await.unwrap().into_inner();
-    let ids = r.revision.unwrap().prog_ids;
+    let rev = r.revision.unwrap();
+    let mut ids = rev.prog_ids;
     let cfg = |map: &str, key: Vec<u8>, value: Vec<u8>| pb::UpdateConfigRequest {
         program: PROGRAM.into(),
         map: map.into(),
@@ -489,7 +516,20 @@ async fn load_tracer(c: &mut Client, port: u16) -> Vec<u32> {
     })
     .await
     .unwrap();
-    ids
+    // The agent pins each hook's dispatcher as <program>/_disp_<entry>.
+    let mut labels = BTreeMap::new();
+    for e in std::fs::read_dir(pin_dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(entry) = name.strip_prefix("_disp_") else {
+            continue;
+        };
+        let id = pinned_prog_id(&e.path());
+        if !ids.contains(&id) {
+            ids.push(id);
+            labels.insert(id, format!("{entry} (dispatcher)"));
+        }
+    }
+    (ids, labels)
 }
 
 struct Spread {
@@ -612,7 +652,11 @@ fn main() {
         // Without the tracer: nothing of it is loaded.
         let (base_rps, _) = wrk(&ns, port, secs, conns);
 
-        let ids = rt.block_on(load_tracer(&mut client, port));
+        let (ids, labels) = rt.block_on(load_tracer(
+            &mut client,
+            port,
+            &setup.pin_root.join(PROGRAM),
+        ));
         all_ids.extend(ids.iter().copied());
         let deadline = Instant::now() + Duration::from_secs(10);
         while metric(mport, "bpfleet_tracer_reader_up") < 1.0 {
@@ -700,8 +744,9 @@ fn main() {
             let mut parts: Vec<String> = per_prog1
                 .iter()
                 .zip(&per_prog0)
-                .filter(|((_, c1, _), (_, c0, _))| c1 > c0)
-                .map(|((name, c1, n1), (_, c0, n0))| {
+                .filter(|((_, _, c1, _), (_, _, c0, _))| c1 > c0)
+                .map(|((id, name, c1, n1), (_, _, c0, n0))| {
+                    let name = labels.get(id).unwrap_or(name);
                     format!(
                         "{name} {:.1}/req {:.0} ns/run",
                         (c1 - c0) as f64 / n as f64,
