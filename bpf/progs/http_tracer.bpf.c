@@ -40,7 +40,9 @@ struct args {
 	__u32 fd;
 	__u8 kind;
 	__u8 dir;
-	__u8 pad[2];
+	/* 1 between an enter hook and its exit hook. */
+	__u8 set;
+	__u8 pad;
 };
 
 struct conn_key {
@@ -60,10 +62,13 @@ struct conn {
 	__u8 pad;
 };
 
+/* Arguments of the syscall in progress, per thread: task-local storage is
+ * a pointer away from the task, where a hash keyed by thread id cost an
+ * update on every enter and a lookup and delete on every exit. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct args);
 } http_args SEC(".maps");
 
@@ -120,30 +125,32 @@ static __always_inline int traced_process(__u32 tgid)
 
 static __always_inline void store_args(__u32 fd, __u64 ptr, __u8 kind, __u8 dir)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct args a = {};
+	struct args *a;
 
-	if (!traced_process(id >> 32))
+	if (!traced_process(bpf_get_current_pid_tgid() >> 32))
 		return;
-	a.ptr = ptr;
-	a.rev = bpfleet_revision;
-	a.fd = fd;
-	a.kind = kind;
-	a.dir = dir;
-	bpf_map_update_elem(&http_args, &id, &a, BPF_ANY);
+	a = bpf_task_storage_get(&http_args, bpf_get_current_task_btf(), 0,
+				 BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!a)
+		return;
+	a->ptr = ptr;
+	a->rev = bpfleet_revision;
+	a->fd = fd;
+	a->kind = kind;
+	a->dir = dir;
+	a->set = 1;
 }
 
 /* Takes this thread's stored arguments, whichever revision stored them
  * (the revisions share http_args and its layout). */
 static __always_inline int take_args(struct args *out)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct args *a = bpf_map_lookup_elem(&http_args, &id);
+	struct args *a = bpf_task_storage_get(&http_args, bpf_get_current_task_btf(), 0, 0);
 
-	if (!a)
+	if (!a || !a->set)
 		return 0;
 	*out = *a;
-	bpf_map_delete_elem(&http_args, &id);
+	a->set = 0;
 	return 1;
 }
 
