@@ -272,13 +272,15 @@ impl HookType {
         }
     }
 
-    /// Whether a switch between revisions can be an atomic link update
-    /// (`bpf_link_update`); the others switch through the agent's
-    /// dispatcher (a one-slot program array the hook tail-calls through).
+    /// Whether the agent switches revisions on this hook with an atomic
+    /// link update (`bpf_link_update`); the others switch through the
+    /// agent's dispatcher (a one-slot program array the hook tail-calls
+    /// through). XDP has a link update, but every XDP program change costs
+    /// the kernel milliseconds, so XDP goes through the dispatcher too.
     pub fn switches_by_link_update(self) -> bool {
         matches!(
             self,
-            HookType::Xdp | HookType::Tcx | HookType::CgroupSkb | HookType::SockOps
+            HookType::Tcx | HookType::CgroupSkb | HookType::SockOps
         )
     }
 }

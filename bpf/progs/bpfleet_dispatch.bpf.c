@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
  * The node agent's dispatcher for hooks without bpf_link_update
- * (tracepoint, raw tracepoint, uprobe/uretprobe). The agent loads one
+ * (tracepoint, raw tracepoint, uprobe/uretprobe) and for XDP, whose link
+ * update costs milliseconds (the kernel rebuilds its XDP dispatcher and
+ * waits for an RCU grace period on every program change). The agent loads one
  * program of this object per hook of a managed program, pins the
  * one-slot program array and attaches the dispatcher. Each event reads
  * the slot once and tail-calls the active revision's program; an empty slot
@@ -37,6 +39,14 @@ int dispatch_uprobe(void *ctx)
 {
 	bpf_tail_call(ctx, &slot, 0);
 	return 0;
+}
+
+/* An empty slot lets every packet pass, as if nothing were attached. */
+SEC("xdp")
+int dispatch_xdp(struct xdp_md *ctx)
+{
+	bpf_tail_call(ctx, &slot, 0);
+	return XDP_PASS;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -88,8 +88,7 @@ pub fn hook_from_i32(v: i32) -> Result<HookKind> {
 /// How the agent switches revisions on a hook.
 pub fn switch_method(h: HookKind) -> SwitchMethod {
     match h {
-        HookKind::Xdp
-        | HookKind::TcxIngress
+        HookKind::TcxIngress
         | HookKind::TcxEgress
         | HookKind::CgroupSkbIngress
         | HookKind::CgroupSkbEgress
@@ -118,8 +117,13 @@ pub fn expected_prog_type(h: HookKind) -> Option<ProgramType> {
 
 /// Capabilities a hook needs (each satisfied by CAP_SYS_ADMIN as well).
 pub fn needed_caps(h: HookKind) -> &'static [u32] {
-    match switch_method(h) {
-        SwitchMethod::LinkUpdate => &[caps::BPF, caps::NET_ADMIN],
+    match h {
+        HookKind::Xdp
+        | HookKind::TcxIngress
+        | HookKind::TcxEgress
+        | HookKind::CgroupSkbIngress
+        | HookKind::CgroupSkbEgress
+        | HookKind::SockOps => &[caps::BPF, caps::NET_ADMIN],
         _ => &[caps::BPF, caps::PERFMON],
     }
 }
@@ -396,8 +400,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn link_hooks_switch_by_link_update_others_by_dispatch() {
-        assert_eq!(switch_method(HookKind::Xdp), SwitchMethod::LinkUpdate);
+    fn tcx_and_cgroup_hooks_switch_by_link_update_others_by_dispatch() {
+        assert_eq!(switch_method(HookKind::Xdp), SwitchMethod::Dispatch);
         assert_eq!(switch_method(HookKind::TcxEgress), SwitchMethod::LinkUpdate);
         assert_eq!(switch_method(HookKind::Tracepoint), SwitchMethod::Dispatch);
         assert_eq!(switch_method(HookKind::Uprobe), SwitchMethod::Dispatch);

@@ -473,6 +473,9 @@ fn attach_dispatcher(prog: &libbpf_rs::ProgramMut<'_>, e: &EntryState) -> Result
             prog.attach_uprobe_with_opts(pid, path, 0, opts)
                 .map_err(|er| Error::kernel(what, er))
         }
+        HookKind::Xdp => prog
+            .attach_xdp(ifindex(&e.target)?)
+            .map_err(|er| Error::kernel(what, er)),
         other => Err(Error::Precondition(format!(
             "hook {} has no dispatcher",
             hook_name(other)
@@ -495,6 +498,7 @@ fn create_dispatcher(
         HookKind::Tracepoint => "dispatch_tp",
         HookKind::RawTracepoint => "dispatch_raw_tp",
         HookKind::Uprobe | HookKind::Uretprobe => "dispatch_uprobe",
+        HookKind::Xdp => "dispatch_xdp",
         other => {
             return Err(Error::Precondition(format!(
                 "hook {} has no dispatcher",
@@ -593,6 +597,20 @@ pub fn slot_prog_id(slot: &MapHandle) -> Option<u32> {
         .map(u32::from_ne_bytes)
 }
 
+/// Index of a network interface of this node (the caller's namespace).
+fn ifindex(name: &str) -> Result<i32> {
+    let c =
+        CString::new(name).map_err(|_| Error::Invalid("interface name has a NUL byte".into()))?;
+    // SAFETY: c is a valid C string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(Error::Precondition(format!(
+            "no interface named {name:?} on this node"
+        )));
+    }
+    Ok(idx as i32)
+}
+
 // ------------------------------------------------------------- link update
 
 /// Creates a link of a switchable hook for a pinned program and pins it.
@@ -600,22 +618,13 @@ pub fn create_shared_link(prog_fd: BorrowedFd<'_>, e: &EntryState, pin: &Path) -
     let hook = hook_of(e);
     let (target_fd, _target_owner, attach) = match hook {
         HookKind::Xdp | HookKind::TcxIngress | HookKind::TcxEgress => {
-            let ifname = CString::new(e.target.as_str())
-                .map_err(|_| Error::Invalid("interface name has a NUL byte".into()))?;
-            // SAFETY: ifname is a valid C string.
-            let idx = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
-            if idx == 0 {
-                return Err(Error::Precondition(format!(
-                    "no interface named {:?} on this node",
-                    e.target
-                )));
-            }
+            let idx = ifindex(&e.target)?;
             let attach = match hook {
                 HookKind::Xdp => libbpf_sys::BPF_XDP,
                 HookKind::TcxIngress => libbpf_sys::BPF_TCX_INGRESS,
                 _ => libbpf_sys::BPF_TCX_EGRESS,
             };
-            (idx as i32, None, attach)
+            (idx, None, attach)
         }
         HookKind::CgroupSkbIngress | HookKind::CgroupSkbEgress | HookKind::SockOps => {
             let dir = std::fs::File::open(&e.target)
