@@ -25,6 +25,30 @@ pub struct Identity {
     pub namespace: String,
     /// Empty outside pods.
     pub pod: String,
+    /// The Deployment that owns the pod, when its name says so
+    /// ([`deployment_of`]); empty otherwise.
+    pub deployment: String,
+}
+
+/// Characters of the generated parts of Kubernetes names (apimachinery's
+/// safe alphabet: no vowels, no 0, 1 or 3).
+const GENERATED: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// The Deployment owning a pod, from the pod's name alone. A Deployment
+/// names its ReplicaSet `<deployment>-<pod-template-hash>` (a 32-bit hash
+/// written in the safe alphabet: 6 to 10 characters in practice) and the
+/// ReplicaSet names its pods `<replicaset>-<5 generated characters>`.
+/// StatefulSet pods (`<name>-<ordinal>`), DaemonSet and Job pods
+/// (`<name>-<5 generated>`) and bare pods give `None`: without the
+/// apiserver they cannot be told apart, so no owner is guessed for them.
+pub fn deployment_of(pod: &str) -> Option<&str> {
+    let generated = |s: &str, len: std::ops::RangeInclusive<usize>| {
+        len.contains(&s.len()) && s.bytes().all(|b| GENERATED.contains(&b))
+    };
+    let (replicaset, suffix) = pod.rsplit_once('-')?;
+    let (deployment, hash) = replicaset.rsplit_once('-')?;
+    (!deployment.is_empty() && generated(suffix, 5..=5) && generated(hash, 6..=10))
+        .then_some(deployment)
 }
 
 /// A pod as kubelet's log directory names it.
@@ -148,12 +172,14 @@ impl Resolver {
                     _ => p.name.clone(),
                 },
                 namespace: p.namespace,
+                deployment: deployment_of(&p.name).unwrap_or_default().to_string(),
                 pod: p.name,
             },
             None => Identity {
                 service: comm.unwrap_or_else(|| "unknown".into()),
                 namespace: String::new(),
                 pod: String::new(),
+                deployment: String::new(),
             },
         }
     }
@@ -203,12 +229,55 @@ mod tests {
             Identity {
                 service: "api".into(),
                 namespace: "shop".into(),
-                pod: "checkout-7d9f".into()
+                pod: "checkout-7d9f".into(),
+                deployment: String::new(),
             }
         );
         assert_eq!(r.resolve(11).service, "python3");
         assert_eq!(r.resolve(11).pod, "");
         assert_eq!(r.resolve(12).service, "unknown", "a process that is gone");
+    }
+
+    #[test]
+    fn deployments_from_replicaset_pod_names() {
+        for (pod, want) in [
+            ("checkout-7d9f8c6b5d-x2k4q", Some("checkout")),
+            ("web-api-5c6b7d8f9-zq2lm", Some("web-api")),
+            ("a-b-c-56d7f8b9c4-ww9xz", Some("a-b-c")),
+            // StatefulSet, DaemonSet / Job / bare ReplicaSet, plain names.
+            ("kafka-0", None),
+            ("fluentd-x7k2p", None),
+            ("kube-proxy-x7k2p", None),
+            ("checkout-7d9f", None),
+            // A vowel, or a 1, is never generated.
+            ("checkout-7d9f8c6b5a-x2k4q", None),
+            ("checkout-7d9f8c6b5d-x2k1q", None),
+            ("-7d9f8c6b5d-x2k4q", None),
+            ("", None),
+        ] {
+            assert_eq!(deployment_of(pod), want, "{pod}");
+        }
+    }
+
+    #[test]
+    fn a_deployments_pod_names_its_owner() {
+        let t = tempfile::tempdir().unwrap();
+        let proc_root = t.path().join("proc");
+        let pods = t.path().join("pods");
+        std::fs::create_dir_all(pods.join(format!("shop_checkout-7d9f8c6b5d-x2k4q_{UID}/api")))
+            .unwrap();
+        fake_proc(
+            &proc_root,
+            10,
+            "checkout",
+            &format!("0::/kubepods/pod{UID}/{}\n", "c".repeat(64)),
+        );
+        let mut r = Resolver::new(proc_root, pods, 10);
+        let id = r.resolve(10);
+        assert_eq!(
+            (id.pod.as_str(), id.deployment.as_str()),
+            ("checkout-7d9f8c6b5d-x2k4q", "checkout")
+        );
     }
 
     #[test]

@@ -520,6 +520,7 @@ mod tests {
             service: "svc".into(),
             namespace: String::new(),
             pod: String::new(),
+            deployment: String::new(),
             duration_ns: 2_000_000,
             end_ns: 100 * 1_000_000_000,
             target: "/a".into(),

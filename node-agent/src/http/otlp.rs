@@ -223,6 +223,9 @@ pub fn to_span(
         attributes.push(KeyValue::new("k8s.namespace.name", r.namespace.clone()));
         attributes.push(KeyValue::new("k8s.pod.name", r.pod.clone()));
     }
+    if !r.deployment.is_empty() {
+        attributes.push(KeyValue::new("k8s.deployment.name", r.deployment.clone()));
+    }
     let status = if r.semconv_error() {
         Status::error(error_type)
     } else {
@@ -280,7 +283,8 @@ mod tests {
             route: "/items/{id}".into(),
             service: "shop".into(),
             namespace: "prod".into(),
-            pod: "shop-1".into(),
+            pod: "shop-7d9f8c6b5d-x2k4q".into(),
+            deployment: "shop".into(),
             duration_ns: 180_000_000,
             end_ns: 5_000_000_000,
             request_body_bytes: None,
@@ -314,7 +318,11 @@ mod tests {
         assert_eq!(attr("http.response.status_code").as_deref(), Some("503"));
         assert_eq!(attr("error.type").as_deref(), Some("503"));
         assert_eq!(attr("server.port").as_deref(), Some("8080"));
-        assert_eq!(attr("k8s.pod.name").as_deref(), Some("shop-1"));
+        assert_eq!(
+            attr("k8s.pod.name").as_deref(),
+            Some("shop-7d9f8c6b5d-x2k4q")
+        );
+        assert_eq!(attr("k8s.deployment.name").as_deref(), Some("shop"));
         assert!(matches!(s.status, Status::Error { .. }));
     }
 }

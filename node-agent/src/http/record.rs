@@ -48,6 +48,9 @@ pub struct Record {
     pub service: String,
     pub namespace: String,
     pub pod: String,
+    /// Owning Deployment (from the pod name); empty when unknown. Spans
+    /// only: not a metric label.
+    pub deployment: String,
     pub duration_ns: u64,
     /// Kernel monotonic time the exchange ended.
     pub end_ns: u64,
@@ -205,6 +208,7 @@ mod tests {
             service: "s".into(),
             namespace: String::new(),
             pod: String::new(),
+            deployment: String::new(),
             duration_ns: ms * 1_000_000,
             end_ns: 0,
             target: "/".into(),

@@ -309,6 +309,7 @@ fn to_record(t: Traced, routes: &mut Routes, resolver: &mut Resolver) -> Record 
         service: id.service.clone(),
         namespace: id.namespace.clone(),
         pod: id.pod.clone(),
+        deployment: id.deployment.clone(),
         duration_ns: e.duration_ns(),
         end_ns: e.end_ns,
         target: e.target,
