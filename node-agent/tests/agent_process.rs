@@ -78,7 +78,7 @@ async fn xdp_switch_kill9_restart_and_unload() {
     assert_eq!(slots(&pkts), [1000, 0, 0, 1000]);
     let link_before = link_of(&mut c, "xdpcount").await;
 
-    // Switch with bpf_link_update while frames flow: none lost, none doubled.
+    // Switch (the dispatcher's slot) while frames flow: none lost, none doubled.
     let path = ns.path();
     let sender = std::thread::spawn(move || send_frames_in(&path, 20_000));
     tokio::time::sleep(Duration::from_millis(60)).await;

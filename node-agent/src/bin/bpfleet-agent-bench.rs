@@ -1,7 +1,7 @@
 //! Benchmarks of the node agent on the real kernel (run as root):
 //!
-//! 1. Activate / Rollback latency over many switches, for a tracepoint
-//!    program (dispatcher slot) and an XDP program (bpf_link_update),
+//! 1. Activate / Rollback latency over many switches, for a tracepoint and
+//!    an XDP program (dispatcher slot) and a tcx program (bpf_link_update),
 //!    in-process and through gRPC over the Unix socket, against
 //!    unload + reload + activate of the same revision in the same run;
 //! 2. load time of the example objects against `bpftool prog loadall`;
@@ -254,12 +254,12 @@ fn main() -> anyhow::Result<()> {
     a.activate("xdpcount", "v1", "bench")?;
     let (act, rb, k) = switch_loop(&mut a, "xdpcount", args.switches)?;
     let xdp_act = summarize(act);
-    row("activate, bpf_link_update (xdp), in-process", &xdp_act);
+    row("activate, dispatcher (xdp), in-process", &xdp_act);
+    row("rollback, dispatcher (xdp), in-process", &summarize(rb));
     row(
-        "rollback, bpf_link_update (xdp), in-process",
-        &summarize(rb),
+        "  kernel part: slot write (+ run figures read)",
+        &summarize(k),
     );
-    row("  kernel part: bpf_link_update", &summarize(k));
     let xdp_reload = summarize(reload_loop(
         &mut a,
         || xdpcount("v1", objs::XDPCOUNT_V1),
