@@ -98,9 +98,19 @@ impl Drop for Setup {
         }
         // Pinned programs and links go with their pins.
         let _ = std::fs::remove_dir_all(&self.pin_root);
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
+        // `ip netns del` can fail while the namespace's last users are
+        // still going away (measured: the name outlived the bench once).
+        let path = PathBuf::from(self.netns_path());
+        for _ in 0..50 {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.netns])
+                .stderr(Stdio::null())
+                .status();
+            if !path.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -778,6 +788,7 @@ fn main() {
     }
     drop(client);
     drop(rt);
+    let (netns_path, pin_root) = (PathBuf::from(setup.netns_path()), setup.pin_root.clone());
     drop(setup);
 
     println!(
@@ -854,5 +865,7 @@ fn main() {
 
     let left: Vec<u32> = all_ids.into_iter().filter(|id| prog_exists(*id)).collect();
     assert!(left.is_empty(), "tracer programs left loaded: {left:?}");
+    assert!(!netns_path.exists(), "{} left behind", netns_path.display());
+    assert!(!pin_root.exists(), "{} left behind", pin_root.display());
     println!("  left behind: no tracer program, no pin root, no namespace, no process");
 }
