@@ -12,6 +12,6 @@ demo: setup
 test: setup
 	bash scripts/test.sh
 
-## Regenerate crds/ after changing the API types.
+## Regenerate crds/ and charts/bpfleet/crds/ after changing the API types.
 crds:
 	cargo run -q -p bpfleet-api --bin crdgen
