@@ -9,7 +9,10 @@
 //! Run (no root needed):
 //!     cargo bench -p bpfleet-operator --bench fleet
 //! Knobs (environment): FLEET_NODES (1000), FLEET_PROGRAMS (20),
-//! FLEET_PAUSE_SECONDS (10; each canary has two pauses).
+//! FLEET_PAUSE_SECONDS (10; each canary has two pauses);
+//! FLEET_OPERATOR_WRAPPER runs the operator under a profiler (e.g.
+//! `env LD_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so
+//! DUMP_HEAPTRACK_OUTPUT=/tmp/op.raw`), FLEET_OPERATOR_LOG keeps its log.
 //!
 //! It creates the nodes, rolls v1 of every program out at once
 //! (immediate), then v2 of every program at once by canary
@@ -468,5 +471,14 @@ async fn main() {
         .lines()
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
         .count();
-    println!("  operator warnings    {n} (log: {})", log_path.display());
+    // The temporary directory goes with the bench; FLEET_OPERATOR_LOG
+    // keeps a copy of the operator's log.
+    let kept = match std::env::var_os("FLEET_OPERATOR_LOG") {
+        Some(to) => {
+            std::fs::copy(&log_path, &to).expect("copy the operator log");
+            PathBuf::from(to)
+        }
+        None => log_path,
+    };
+    println!("  operator warnings    {n} (log: {})", kept.display());
 }

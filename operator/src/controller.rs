@@ -10,7 +10,7 @@
 //! status, except the health-sample windows and the failures of calls that
 //! are re-made anyway (both in memory, rebuilt within a reconcile or two).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::agents::{self, Discovery, Pool};
-use crate::cache::{Fetch, NodeCache};
+use crate::cache::{Fetch, NodeCache, Sighting};
 use crate::load::{self, LoadSpec, Source};
 use crate::metrics::Metrics;
 use crate::observe::{self, FailureBook, NodeView, SampleBook};
@@ -76,6 +76,9 @@ pub struct Context {
     pub namespace: String,
     /// Requeue of a program with nothing pending (drift check).
     pub resync: Duration,
+    /// What kube-runtime adds to every requeue (its debounce); timers of
+    /// the machine are requeued this much early so they fire on time.
+    pub debounce: Duration,
     pub samples: Mutex<SampleBook>,
     pub failures: Mutex<FailureBook>,
     /// Revision snapshots known to exist, with their content.
@@ -204,12 +207,18 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
     // the machine asks again for something already done in this reconcile
     // (left to the next reconcile, after a fresh look), or at the budget.
     let begun = Instant::now();
+    let index: HashMap<&str, usize> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
     let mut written = status.clone();
     let mut sent: HashSet<NodeAction> = HashSet::new();
     let mut passes = 0;
     loop {
         passes += 1;
         let (nodes, departed) = split(&targets, &reports);
+        let at = Timestamp::now();
         let input = Input {
             program: &name,
             generation,
@@ -220,7 +229,7 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
             departed: &departed,
             gates: &gates,
             requests: &requests,
-            now: now(),
+            now: Time(at),
         };
         let out = match rollout::reconcile(&input) {
             Ok(out) => out,
@@ -239,28 +248,34 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
             more = ok && passes < MAX_PASSES && begun.elapsed() < PASS_BUDGET;
         }
         if !more {
-            return finish(tp, ctx, &status, &out, !out.actions.is_empty()).await;
+            return finish(tp, ctx, &status, &out, at, !out.actions.is_empty()).await;
         }
-        let acted: HashSet<&str> = out.actions.iter().map(|a| a.node.as_str()).collect();
-        let again: Vec<usize> = (0..targets.len())
-            .filter(|&i| acted.contains(targets[i].name.as_str()))
+        // A fresh look at the nodes acted on (the cache asks their agents
+        // again: what it held of them predates the calls).
+        let again: Vec<usize> = out
+            .actions
+            .iter()
+            .filter_map(|a| index.get(a.node.as_str()).copied())
+            .collect::<BTreeSet<usize>>()
+            .into_iter()
             .collect();
         let looked: Vec<&Target> = again.iter().map(|&i| &targets[i]).collect();
-        let fresh = observe(&name, &looked, ctx).await;
-        for (i, r) in again.into_iter().zip(fresh) {
+        for (i, r) in again.into_iter().zip(observe(&name, &looked, ctx).await) {
             reports[i] = r;
         }
         written = out.status;
     }
 }
 
-/// After the last pass: snapshots of trimmed revisions, metrics, and when
-/// to look again (`acted`: that pass had actions, carried out or not).
+/// After the last pass (decided at `at`): snapshots of trimmed revisions,
+/// metrics, and when to look again (`acted`: that pass had actions,
+/// carried out or not).
 async fn finish(
     tp: &TracerProgram,
     ctx: &Context,
     old: &TracerProgramStatus,
     out: &Output,
+    at: Timestamp,
     acted: bool,
 ) -> Result<Action> {
     let name = tp.name_any();
@@ -284,9 +299,30 @@ async fn finish(
         after = after.min(Duration::from_millis(500));
     }
     if let Some(s) = out.requeue_after {
-        after = after.min(Duration::from_secs(u64::try_from(s.max(1)).unwrap_or(1)));
+        after = after.min(timer(at, s, Timestamp::now(), ctx.debounce));
     }
     Ok(Action::requeue(after))
+}
+
+/// Past the whole second a machine timer is due at, so that the machine
+/// (which reads time in whole seconds) finds it due.
+const TIMER_MARGIN_MS: i64 = 100;
+
+/// The requeue delay, from `now`, for a machine timer of `secs` seconds
+/// set by a pass at `at`: the machine counts from `at` cut to the whole
+/// second, and kube-runtime delays every requeue by `debounce`. Without
+/// both corrections a 10 s pause lasts up to 11.5 s.
+fn timer(at: Timestamp, secs: i64, now: Timestamp, debounce: Duration) -> Duration {
+    let due_ms = at
+        .as_second()
+        .saturating_add(secs.max(1))
+        .saturating_mul(1000)
+        .saturating_add(TIMER_MARGIN_MS);
+    let lead_ms = i64::try_from(debounce.as_millis()).unwrap_or(i64::MAX);
+    let left_ms = due_ms
+        .saturating_sub(now.as_millisecond())
+        .saturating_sub(lead_ms);
+    Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))
 }
 
 fn history_ids(s: &TracerProgramStatus) -> Vec<&str> {
@@ -539,30 +575,39 @@ async fn observe(program: &str, targets: &[&Target], ctx: &Context) -> Vec<NodeR
         .filter_map(|t| Some((t.name.as_str(), t.endpoint.as_deref()?)))
         .collect();
     let mut seen = ctx.cache.observe(program, &asked).await.into_iter();
+    let sightings: Vec<Option<Sighting>> = targets
+        .iter()
+        .map(|t| t.endpoint.as_ref().and_then(|_| seen.next()))
+        .collect();
+    reports_of(program, targets, &sightings, ctx)
+}
+
+/// The reports of `program` on `targets` from what was seen of each.
+fn reports_of(
+    program: &str,
+    targets: &[&Target],
+    seen: &[Option<Sighting>],
+    ctx: &Context,
+) -> Vec<NodeReport> {
     let failures = ctx.failures();
     let mut samples = ctx.samples();
     targets
         .iter()
-        .map(|t| {
-            if t.endpoint.is_none() {
-                return observe::unreachable(&t.name);
-            }
-            match seen.next() {
-                Some(s) => match &s.view {
-                    Some(view) => observe::report(
-                        &t.name,
-                        program,
-                        view,
-                        &mut samples,
-                        &failures,
-                        ctx.ns(s.at),
-                        t.cores,
-                    ),
-                    None => observe::unreachable(&t.name),
-                },
+        .zip(seen)
+        .map(
+            |(t, s)| match s.as_ref().and_then(|s| Some((s.at, s.view.as_ref()?))) {
+                Some((at, view)) => observe::report(
+                    &t.name,
+                    program,
+                    view,
+                    &mut samples,
+                    &failures,
+                    ctx.ns(at),
+                    t.cores,
+                ),
                 None => observe::unreachable(&t.name),
-            }
-        })
+            },
+        )
         .collect()
 }
 
@@ -1045,6 +1090,27 @@ mod tests {
         ));
         let _ = PolicyTargets::default();
         let _ = LabelSelector::default();
+    }
+
+    #[test]
+    fn machine_timers_fire_on_the_whole_second_despite_debounce() {
+        let t = |ms: i64| Timestamp::from_millisecond(ms).expect("timestamp");
+        let debounce = Duration::from_millis(500);
+        // A pass at 43.47 s sets a 10 s pause: due at 53 s (the machine
+        // cut 43.47 to 43); reconcile at 53.1 s, i.e. requeue 9.1 s after
+        // 43.5 s less the debounce.
+        assert_eq!(
+            timer(t(43_470), 10, t(43_500), debounce),
+            Duration::from_millis(9_100)
+        );
+        // A pass at 44.9 s of the same pause (9 s left by the machine's
+        // count) lands on the same moment.
+        assert_eq!(
+            timer(t(44_900), 9, t(44_950), debounce),
+            Duration::from_millis(7_650)
+        );
+        // Already due: at once (the debounce alone delays it).
+        assert_eq!(timer(t(60_000), 1, t(61_000), debounce), Duration::ZERO);
     }
 
     #[test]

@@ -54,7 +54,8 @@ pub struct Figures {
     pub run_time_ns: u64,
     pub program_errors: u64,
     pub map_memory_bytes: u64,
-    pub http: Option<pb::HttpFigures>,
+    /// Boxed: most programs trace no HTTP, and a fleet holds many of these.
+    pub http: Option<Box<pb::HttpFigures>>,
 }
 
 impl From<&pb::RevisionStats> for Figures {
@@ -63,7 +64,7 @@ impl From<&pb::RevisionStats> for Figures {
             run_time_ns: s.run_time_ns,
             program_errors: s.program_errors,
             map_memory_bytes: s.map_memory_bytes,
-            http: s.http.clone(),
+            http: s.http.clone().map(Box::new),
         }
     }
 }
@@ -120,7 +121,7 @@ struct Snapshot {
     at_ns: u64,
     run_time_ns: u64,
     program_errors: u64,
-    http: Option<pb::HttpFigures>,
+    http: Option<Box<pb::HttpFigures>>,
 }
 
 /// One revision's window on one node: the counters at its start and the
@@ -170,6 +171,9 @@ impl SampleBook {
         }
         let windows = nodes.get_mut(node)?;
         let Some(w) = windows.iter_mut().find(|w| w.revision == revision) else {
+            // One or two revisions per node: no room for four (what a
+            // plain push would reserve), times every node and program.
+            windows.reserve_exact(1);
             windows.push(Window {
                 revision: revision.to_string(),
                 base: cur,
@@ -180,7 +184,7 @@ impl SampleBook {
         let base = &w.base;
         let reset = cur.run_time_ns < base.run_time_ns
             || cur.program_errors < base.program_errors
-            || http_reset(base.http.as_ref(), cur.http.as_ref());
+            || http_reset(base.http.as_deref(), cur.http.as_deref());
         if reset {
             // The revision was reloaded: its counters started again.
             w.base = cur;
@@ -201,7 +205,7 @@ impl SampleBook {
         };
         if let Some(h) = &cur.http {
             let zero = pb::HttpFigures::default();
-            let b = base.http.as_ref().unwrap_or(&zero);
+            let b = base.http.as_deref().unwrap_or(&zero);
             s.http_requests = h.requests.saturating_sub(b.requests);
             s.http_errors = h.errors.saturating_sub(b.errors);
             s.p99_latency_ms = quantile_ms(h, b, 0.99);
@@ -426,7 +430,7 @@ mod tests {
             run_time_ns,
             program_errors: errors,
             map_memory_bytes: 4096,
-            http,
+            http: http.map(Box::new),
         }
     }
 

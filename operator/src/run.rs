@@ -96,6 +96,10 @@ pub struct Args {
     pub log_format: String,
 }
 
+/// Triggers of one program within this window make one reconcile (a
+/// status write and the watch event it causes, node and pod bursts).
+const DEBOUNCE: Duration = Duration::from_millis(500);
+
 fn read(path: &PathBuf, flag: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::Config(format!("{flag} {}: {e}", path.display())))
 }
@@ -295,6 +299,7 @@ pub async fn run_with(client: Client, args: Args) -> Result<()> {
         policies: policies.clone(),
         namespace: args.namespace.clone(),
         resync: Duration::from_secs(args.resync_seconds.max(1)),
+        debounce: DEBOUNCE,
         samples: Mutex::default(),
         failures: Mutex::default(),
         snapshots: Mutex::default(),
@@ -306,7 +311,7 @@ pub async fn run_with(client: Client, args: Args) -> Result<()> {
         .with_config(
             controller::Config::default()
                 .concurrency(args.concurrency)
-                .debounce(Duration::from_millis(500)),
+                .debounce(DEBOUNCE),
         )
         .reconcile_all_on(trigger)
         .shutdown_on_signal();
