@@ -127,6 +127,12 @@ impl Connection {
         self.role
     }
 
+    /// Redaction rules for the exchanges this connection completes from
+    /// now on (requests already waiting for an answer included).
+    pub fn set_redactor(&mut self, redactor: Arc<Redactor>) {
+        self.redactor = redactor;
+    }
+
     /// Message heads that could not be parsed since the last call (the
     /// stream then resynchronises at the next message).
     pub fn take_parse_errors(&mut self) -> u64 {

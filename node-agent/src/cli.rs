@@ -245,7 +245,9 @@ impl ServeArgs {
                 .collect::<Result<_>>()?;
         }
         if let Some(path) = &self.http_rules {
-            cfg.tracer_rules = crate::http::rules::load_policy(cfg.tracer_rules, path)?;
+            let base = cfg.tracer_rules.clone();
+            cfg.tracer_rules = crate::http::rules::load_policy(base.clone(), path)?;
+            cfg.rules_file = Some((path.clone(), base));
         }
         cfg.route_mapper()?;
         cfg.redactor()?;

@@ -45,6 +45,8 @@ const QUERY_SECRET: &str = "qwerty-QUERYSECRET";
 /// Redacted only because the TracerPolicy's rules say so.
 const SID_SECRET: &str = "sid-SESSIONID-777";
 const HEADER_SECRET: &str = "hdr-XSESSION-888";
+/// Redacted only after the policy file changes under the running agent.
+const LATE_SECRET: &str = "late-RELOADED-999";
 /// A TracerPolicy manifest as `kubectl get -o yaml` prints it: its
 /// redaction and route rules are what the agent's tracer applies
 /// (`--http-rules`). The route pattern's name differs from what the
@@ -893,6 +895,71 @@ async fn tracer_in_the_agent_exports_exact_figures() {
     for secret in [SECRET, QUERY_SECRET, SID_SECRET, HEADER_SECRET] {
         assert!(!everything.contains(secret), "{secret} leaked");
     }
+
+    // The TracerPolicy changes: the agent re-reads the file and a query
+    // parameter only the new policy names is redacted from then on; a
+    // policy that does not compile is refused and the rules stay.
+    let health = || {
+        let (_, body) = get(mport, "/api/health");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["tracer"].clone()
+    };
+    assert_eq!(health()["rules_generation"], 0);
+    std::fs::write(
+        &rules,
+        POLICY.replace("queryParams: [sid]", "queryParams: [sid, late]"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health()["rules_generation"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "policy not reloaded: {}",
+            health()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Readers switch at their next batch: at most a poll (100 ms) away.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let codes = curl(&[], &[format!("{base}/ok?late={LATE_SECRET}")]);
+    assert_eq!(codes, [200]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !collector
+        .spans()
+        .iter()
+        .any(|(_, s)| attr(s, "url.query").as_deref() == Some("late=[REDACTED]"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no span with the reloaded rule applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::write(&rules, "routes: {patterns: [nope]}\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health()["rules_error"].is_null() {
+        assert!(
+            Instant::now() < deadline,
+            "bad policy not refused: {}",
+            health()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let h = health();
+    assert_eq!(h["rules_generation"], 1, "{h}");
+    assert!(
+        h["rules_error"]
+            .as_str()
+            .unwrap()
+            .contains("routes.patterns[0]"),
+        "{h}"
+    );
+    let everything = [
+        get(mport, "/metrics").1,
+        get(mport, "/api/analytics").1,
+        format!("{:?}", collector.spans()),
+    ]
+    .join("\n");
+    assert!(!everything.contains(LATE_SECRET), "{LATE_SECRET} leaked");
 
     // Unload: the reader stops, nothing stays loaded or pinned.
     c.unload(pb::UnloadRequest {

@@ -65,6 +65,14 @@ impl Pipeline {
         }
     }
 
+    /// New redaction rules, for connections open now and later.
+    pub fn set_redactor(&mut self, redactor: Arc<Redactor>) {
+        for entry in self.conns.values_mut() {
+            entry.conn.set_redactor(redactor.clone());
+        }
+        self.redactor = redactor;
+    }
+
     pub fn health(&self) -> Health {
         self.health
     }

@@ -39,6 +39,12 @@ pub struct AgentHealth {
 #[derive(Debug, Serialize)]
 pub struct TracerHealth {
     pub enabled: bool,
+    /// Redaction and route rules: 0 as started, +1 per reload of the
+    /// TracerPolicy file (`--http-rules`).
+    pub rules_generation: u64,
+    /// Why the policy file's last change was refused (the rules before it
+    /// stay in force).
+    pub rules_error: Option<String>,
     pub programs: Vec<TracerProgramHealth>,
 }
 
@@ -101,6 +107,8 @@ pub fn health(agent: pb::HealthResponse, hub: Option<&Hub>) -> Health {
         },
         tracer: TracerHealth {
             enabled: hub.is_some(),
+            rules_generation: hub.map_or(0, Hub::rules_generation),
+            rules_error: hub.and_then(Hub::rules_error),
             programs,
         },
     }

@@ -23,7 +23,8 @@ pub mod runtime;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bpfleet_httptrace::alerts::{Alerts, Rule, Signal, Transition};
@@ -47,8 +48,11 @@ pub struct HttpConfig {
     /// Run readers for tracer programs.
     pub enabled: bool,
     /// Redaction and route naming: the command line's routes and the
-    /// TracerPolicy's rules ([`rules`]).
+    /// TracerPolicy's rules ([`rules`]), as the agent started with them.
     pub tracer_rules: Rules,
+    /// The TracerPolicy file (`--http-rules`), re-read when it changes,
+    /// with the command line's rules it is laid over.
+    pub rules_file: Option<(PathBuf, Rules)>,
     /// Distinct service names before further ones become `other`.
     pub max_services: usize,
     /// Most (service, route, side) series in the sliding windows.
@@ -72,6 +76,7 @@ impl Default for HttpConfig {
         Self {
             enabled: true,
             tracer_rules: Rules::default(),
+            rules_file: None,
             max_services: 64,
             max_series: 2000,
             max_connections: 16384,
@@ -215,10 +220,21 @@ pub(crate) struct State {
     firing: BTreeMap<(String, Key), Firing>,
 }
 
+/// The rules readers apply now; the generation changes with every reload.
+#[derive(Debug)]
+struct CurrentRules {
+    generation: AtomicU64,
+    rules: Mutex<Arc<Rules>>,
+    /// Why the last reload of the file was refused (the rules before it
+    /// stay in force).
+    error: Mutex<Option<String>>,
+}
+
 /// The tracer runtime's shared state; see the module doc.
 #[derive(Debug)]
 pub struct Hub {
     cfg: HttpConfig,
+    current: CurrentRules,
     state: Mutex<State>,
     families: export::Families,
     otlp: Option<otlp::Sink>,
@@ -244,7 +260,13 @@ impl Hub {
             route: "/*".into(),
             side: Side::Server,
         };
+        let current = CurrentRules {
+            generation: AtomicU64::new(0),
+            rules: Mutex::new(Arc::new(cfg.tracer_rules.clone())),
+            error: Mutex::new(None),
+        };
         Ok(Self {
+            current,
             state: Mutex::new(State {
                 programs: BTreeMap::new(),
                 readers: BTreeMap::new(),
@@ -281,6 +303,43 @@ impl Hub {
 
     pub fn config(&self) -> &HttpConfig {
         &self.cfg
+    }
+
+    /// The rules in force and their generation.
+    pub fn rules(&self) -> (u64, Arc<Rules>) {
+        let rules = self
+            .current
+            .rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (self.current.generation.load(Ordering::Acquire), rules)
+    }
+
+    /// Generation of the rules in force (readers compare it per batch).
+    pub fn rules_generation(&self) -> u64 {
+        self.current.generation.load(Ordering::Acquire)
+    }
+
+    /// Puts checked rules in force; readers pick them up at their next
+    /// batch.
+    pub fn set_rules(&self, rules: Rules) {
+        *self.current.rules.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
+        *self.current.error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.current.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Records why a reload was refused.
+    pub fn set_rules_error(&self, error: Option<String>) {
+        *self.current.error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    pub fn rules_error(&self) -> Option<String> {
+        self.current
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn families(&self) -> &export::Families {

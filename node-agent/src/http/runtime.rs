@@ -11,11 +11,11 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bpfleet_httptrace::Role;
 use bpfleet_httptrace::route::Routes;
@@ -27,6 +27,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::identity::Resolver;
 use super::record::{Record, Side, normalize_method};
+use super::rules::load_policy;
 use super::{Hub, mono_ns};
 use crate::agent::{Agent, ProgramView};
 use crate::kernel::CONFIG_MAP;
@@ -76,12 +77,48 @@ impl Drop for Runtime {
     }
 }
 
+/// Size and modification time of the policy file, to notice a change
+/// (a ConfigMap update swaps a symlink; metadata follows it).
+fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+/// Re-reads the TracerPolicy file when it changed; rules that do not parse
+/// or compile are refused and the ones in force stay.
+fn reload_rules(hub: &Hub, seen: &mut Option<(u64, SystemTime)>) {
+    let Some((path, base)) = &hub.config().rules_file else {
+        return;
+    };
+    let now = stamp(path);
+    if now == *seen {
+        return;
+    }
+    *seen = now;
+    match load_policy(base.clone(), path) {
+        Ok(rules) => {
+            if *hub.rules().1 != rules {
+                tracing::info!(file = %path.display(), "HTTP tracer rules reloaded");
+                hub.set_rules(rules);
+            } else {
+                hub.set_rules_error(None);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "HTTP tracer rules not reloaded; the previous ones stay");
+            hub.set_rules_error(Some(e.to_string()));
+        }
+    }
+}
+
 fn watch(agent: &Mutex<Agent>, hub: &Arc<Hub>, stop: &AtomicBool) {
     let mut readers: BTreeMap<String, Reader> = BTreeMap::new();
+    let mut rules_seen = hub.config().rules_file.as_ref().and_then(|(p, _)| stamp(p));
     let mut failed: BTreeMap<String, Instant> = BTreeMap::new();
     let mut last_eval = Instant::now();
     let own = std::process::id();
     while !stop.load(Ordering::Relaxed) {
+        reload_rules(hub, &mut rules_seen);
         let views = match agent.lock() {
             Ok(mut a) => {
                 let views = a.program_views();
@@ -223,7 +260,8 @@ fn read(
         Ok(p) => p,
         Err(e) => return fail(e.to_string()),
     };
-    let mut routes = match cfg.route_mapper() {
+    let (mut generation, rules) = hub.rules();
+    let mut routes = match rules.routes() {
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),
     };
@@ -232,7 +270,7 @@ fn read(
         cfg.pods_dir.clone(),
         cfg.max_services,
     );
-    let redactor = match cfg.redactor() {
+    let redactor = match rules.redactor() {
         Ok(r) => Arc::new(r),
         Err(e) => return fail(e.to_string()),
     };
@@ -258,6 +296,16 @@ fn read(
         || {
             let mut g = shared.borrow_mut();
             let (p, out) = &mut *g;
+            if hub.rules_generation() != generation {
+                // Reloaded rules (checked by the watcher): exchanges
+                // completed from here on follow them.
+                let (g, rules) = hub.rules();
+                if let (Ok(r), Ok(red)) = (rules.routes(), rules.redactor()) {
+                    routes = r;
+                    p.set_redactor(Arc::new(red));
+                }
+                generation = g;
+            }
             let tick = last_tick.elapsed() >= TICK;
             if tick {
                 p.tick(mono_ns(), out);
