@@ -14,7 +14,11 @@
  *   bpfleet_revision  the revision's token, written by the agent before
  *                     load (programs that report events can stamp it)
  *   bpfleet_config    16 x u64 runtime settings written by UpdateConfig,
- *                     shared by every revision of the program
+ *                     shared by every revision of the program: slots 0-7
+ *                     are the program's own, slots 8-15 carry the
+ *                     targeting TracerPolicy's spec.config (below)
+ *   bpfleet_pids,     the process and port lists of that policy, shared by
+ *   bpfleet_ports     every revision like bpfleet_config
  *   BPFLEET_ERROR()   counts a program-reported error (Stats program_errors)
  */
 #ifndef __BPFLEET_GATE_H
@@ -39,6 +43,46 @@ struct {
 /* Set by the agent before load; a section of its own so that the agent
  * finds it without parsing BTF. */
 const volatile __u64 bpfleet_revision SEC(".rodata.bpfleet") = 0;
+
+/*
+ * The TracerPolicy contract. The operator writes these slots and maps from
+ * the policy that targets the program (spec.config) on every node holding
+ * it, without a reload; a program honours the ones it documents and
+ * ignores the rest. All zero: no policy, program defaults.
+ */
+/* Share kept, per million (connections, events: the program's unit); 0 = all. */
+#define BPFLEET_CFG_SAMPLE_PPM 8
+/* Payload bytes captured per message; 0 = the program's default. */
+#define BPFLEET_CFG_PAYLOAD_BYTES 9
+/* 1: only processes whose tgid is in bpfleet_pids. */
+#define BPFLEET_CFG_PID_FILTER 10
+/* Bit 0 (BPFLEET_PORTS_ONLY): only ports marked BPFLEET_PORT_TRACE in
+ * bpfleet_ports; bit 1 (BPFLEET_PORTS_SKIP): never ports marked
+ * BPFLEET_PORT_SKIP. 0: the map is not looked at. */
+#define BPFLEET_CFG_PORT_FILTER 11
+#define BPFLEET_PORTS_ONLY 1
+#define BPFLEET_PORTS_SKIP 2
+/* Digest of the policy configuration in force (0: none). The operator
+ * writes it last and compares it with what it wants, so a node that
+ * missed a change, or a half-written one, is written again. */
+#define BPFLEET_CFG_POLICY_STAMP 15
+
+#define BPFLEET_PORT_TRACE 1
+#define BPFLEET_PORT_SKIP 2
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u8);
+} bpfleet_pids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 128);
+	__type(key, __u16);
+	__type(value, __u8);
+} bpfleet_ports SEC(".maps");
 
 static __always_inline __u64 bpfleet_config_get(__u32 idx)
 {

@@ -79,13 +79,6 @@ struct {
 	__type(value, struct conn);
 } http_conns SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u16);
-	__type(value, __u8);
-} http_ports SEC(".maps");
-
 /* 8 MiB: about 250 ms of both ends of 50K requests/s. The reader maps the
  * ring twice (for records that wrap) and the kernel fills in every page at
  * mmap time, so the ring counts twice its size in the reader's RSS. */
@@ -113,12 +106,12 @@ struct {
 
 static __always_inline int traced_process(__u32 tgid)
 {
-	__u64 only = bpfleet_config_get(CFG_ONLY_TGID);
 	__u64 ignore = bpfleet_config_get(CFG_IGNORE_TGID);
 
-	if (only && tgid != only)
-		return 0;
 	if (ignore && tgid == ignore)
+		return 0;
+	if (bpfleet_config_get(BPFLEET_CFG_PID_FILTER) &&
+	    !bpf_map_lookup_elem(&bpfleet_pids, &tgid))
 		return 0;
 	return 1;
 }
@@ -209,15 +202,24 @@ static __always_inline void socket_ports(__u32 fd, struct conn *c)
 
 static __always_inline int port_wanted(struct conn *c)
 {
-	if (!bpfleet_config_get(CFG_PORT_FILTER))
+	__u64 mode = bpfleet_config_get(BPFLEET_CFG_PORT_FILTER);
+	__u8 *l, *r;
+
+	if (!mode)
 		return 1;
-	return bpf_map_lookup_elem(&http_ports, &c->local_port) ||
-	       bpf_map_lookup_elem(&http_ports, &c->remote_port);
+	l = bpf_map_lookup_elem(&bpfleet_ports, &c->local_port);
+	r = bpf_map_lookup_elem(&bpfleet_ports, &c->remote_port);
+	if ((mode & BPFLEET_PORTS_SKIP) &&
+	    ((l && *l == BPFLEET_PORT_SKIP) || (r && *r == BPFLEET_PORT_SKIP)))
+		return 0;
+	if (!(mode & BPFLEET_PORTS_ONLY))
+		return 1;
+	return (l && *l == BPFLEET_PORT_TRACE) || (r && *r == BPFLEET_PORT_TRACE);
 }
 
 static __always_inline int sampled(void)
 {
-	__u64 ppm = bpfleet_config_get(CFG_SAMPLE_PPM);
+	__u64 ppm = bpfleet_config_get(BPFLEET_CFG_SAMPLE_PPM);
 
 	return !ppm || ppm >= 1000000 || bpf_get_prandom_u32() % 1000000 < ppm;
 }
@@ -315,7 +317,7 @@ static __always_inline void data_exit(long ret)
 	e = scratch();
 	if (!e)
 		return;
-	cap_cfg = bpfleet_config_get(CFG_CAPTURE);
+	cap_cfg = bpfleet_config_get(BPFLEET_CFG_PAYLOAD_BYTES);
 	if (!cap_cfg)
 		cap_cfg = HTTP_DEFAULT_CAPTURE;
 	n = ret < cap_cfg ? ret : cap_cfg;

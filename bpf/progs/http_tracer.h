@@ -9,15 +9,16 @@
 
 /* Largest payload prefix captured per syscall. */
 #define HTTP_MAX_CAPTURE 4096
-/* Captured when bpfleet_config[CFG_CAPTURE] is 0. */
+/* Captured when bpfleet_config[BPFLEET_CFG_PAYLOAD_BYTES] is 0. */
 #define HTTP_DEFAULT_CAPTURE 256
 
-/* bpfleet_config slots (written by TracerPolicy through UpdateConfig). */
-#define CFG_CAPTURE 0      /* payload bytes per syscall, 0 = default */
-#define CFG_ONLY_TGID 1    /* trace only this process, 0 = all */
+/* The tracer's own bpfleet_config slot (the agent writes it). */
 #define CFG_IGNORE_TGID 2  /* never trace this process (the reader itself) */
-#define CFG_SAMPLE_PPM 3   /* connections kept per million, 0 = all */
-#define CFG_PORT_FILTER 4  /* 1 = only ports present in http_ports */
+/* From the TracerPolicy (bpfleet_gate.h): BPFLEET_CFG_SAMPLE_PPM samples
+ * connections, BPFLEET_CFG_PAYLOAD_BYTES caps the capture per syscall,
+ * BPFLEET_CFG_PID_FILTER and BPFLEET_CFG_PORT_FILTER (a connection is
+ * traced when its local or remote port is marked, skipped when either is
+ * marked to skip). */
 
 enum http_event_kind {
 	/* Bytes moved on a traced connection. */

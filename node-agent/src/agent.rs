@@ -14,7 +14,7 @@ use bpfleet_proto::v1::{
     self as pb, HookKind, LinkInfo, NodeInfoResponse, ProgramEntry, RevisionState as PbState,
     SwitchMethod, load_request::Source,
 };
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use crate::audit::{Audit, now_ms};
 use crate::error::{Error, Result};
@@ -644,10 +644,10 @@ impl Agent {
             }
         }
         // Shared maps libbpf created or reused for this revision.
-        let mut shared = vec![(
-            CONFIG_MAP.to_string(),
-            kernel::shared_map_pin(&prog_dir, CONFIG_MAP),
-        )];
+        let mut shared: Vec<(String, PathBuf)> = kernel::SHARED_MAPS
+            .iter()
+            .map(|m| (m.to_string(), kernel::shared_map_pin(&prog_dir, m)))
+            .collect();
         for m in &req.persistent_maps {
             shared.push((m.clone(), kernel::shared_map_pin(&prog_dir, m)));
         }
@@ -1129,6 +1129,12 @@ impl Agent {
                 revisions,
                 shared_pins,
                 persistent_maps: p.persistent_maps.clone(),
+                config: p
+                    .shared_maps
+                    .get(CONFIG_MAP)
+                    .map(|pin| read_config(pin))
+                    .transpose()?
+                    .unwrap_or_default(),
             });
         }
         if !program.is_empty() && out.is_empty() {
@@ -1278,8 +1284,10 @@ impl Agent {
         } else {
             req.map.as_str()
         };
-        if req.entries.is_empty() || req.entries.len() > 4096 {
-            return Err(Error::Invalid("1..=4096 config entries expected".into()));
+        if req.entries.len() > 4096 || (req.entries.is_empty() && !req.replace) {
+            return Err(Error::Invalid(
+                "entries: 1..=4096 expected (0 only with replace)".into(),
+            ));
         }
         let p = self
             .state
@@ -1310,6 +1318,12 @@ impl Agent {
             })
             .collect::<Result<_>>()?;
         for h in &handles {
+            if req.replace && !matches!(h.map_type(), MapType::Hash | MapType::LruHash) {
+                return Err(Error::Invalid(format!(
+                    "replace: map {map} is a {:?} map; only hash maps can be replaced",
+                    h.map_type()
+                )));
+            }
             for (i, e) in req.entries.iter().enumerate() {
                 if e.key.len() != h.key_size() as usize || e.value.len() != h.value_size() as usize
                 {
@@ -1327,6 +1341,22 @@ impl Agent {
             for e in &req.entries {
                 h.update(&e.key, &e.value, MapFlags::ANY)
                     .map_err(|er| Error::kernel(format!("writing {map}"), er))?;
+            }
+            if req.replace {
+                // The new entries are in before the stale ones go, so a
+                // filter never passes through empty.
+                let keep: std::collections::HashSet<&[u8]> =
+                    req.entries.iter().map(|e| e.key.as_slice()).collect();
+                let stale: Vec<Vec<u8>> =
+                    h.keys().filter(|k| !keep.contains(k.as_slice())).collect();
+                for k in stale {
+                    match h.delete(&k) {
+                        Ok(()) => {}
+                        // Deleted meanwhile by someone else: gone either way.
+                        Err(er) if er.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                        Err(er) => return Err(Error::kernel(format!("clearing {map}"), er)),
+                    }
+                }
             }
         }
         Ok(pins.iter().map(|p| p.display().to_string()).collect())
@@ -1471,4 +1501,27 @@ fn kernel_release() -> String {
     unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
         .to_string_lossy()
         .into_owned()
+}
+
+/// `bpfleet_config` as it holds now (its 16 slots), for List.
+fn read_config(pin: &Path) -> Result<Vec<u64>> {
+    let h = MapHandle::from_pinned_path(pin)
+        .map_err(|e| Error::kernel(format!("opening {}", pin.display()), e))?;
+    if h.key_size() != 4 || h.value_size() != 8 {
+        return Err(Error::Invalid(format!(
+            "{} takes {}-byte keys and {}-byte values, not the u32 -> u64 of bpfleet_gate.h",
+            pin.display(),
+            h.key_size(),
+            h.value_size()
+        )));
+    }
+    (0..h.max_entries())
+        .map(|i| {
+            let v = h
+                .lookup(&i.to_ne_bytes(), MapFlags::ANY)
+                .map_err(|e| Error::kernel(format!("reading {}", pin.display()), e))?;
+            Ok(v.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(0, u64::from_ne_bytes))
+        })
+        .collect()
 }

@@ -89,8 +89,11 @@ pub enum Command {
         #[arg(long, default_value = "")]
         map: String,
         /// KEYHEX=VALUEHEX, e.g. 00000000=e803000000000000
-        #[arg(long = "set", required = true)]
+        #[arg(long = "set", required_unless_present = "replace")]
         entries: Vec<String>,
+        /// Make a hash map hold exactly the --set entries (none: empty it).
+        #[arg(long)]
+        replace: bool,
     },
     /// Agent health.
     Health {
@@ -529,6 +532,7 @@ pub async fn run_client(cmd: Command) -> Result<()> {
             program,
             map,
             entries,
+            replace,
         } => {
             let mut out = Vec::new();
             for e in &entries {
@@ -548,6 +552,7 @@ pub async fn run_client(cmd: Command) -> Result<()> {
                         program,
                         map,
                         entries: out,
+                        replace,
                     })
                     .await,
             )

@@ -23,6 +23,10 @@ use crate::state::EntryState;
 
 /// Name of the config map written by UpdateConfig (shared by revisions).
 pub const CONFIG_MAP: &str = "bpfleet_config";
+/// Maps of `bpfleet_gate.h` that every revision of a program shares
+/// without naming them persistent: the config map and the TracerPolicy's
+/// process and port lists.
+pub const SHARED_MAPS: [&str; 3] = [CONFIG_MAP, "bpfleet_pids", "bpfleet_ports"];
 /// Name of the per-revision program error counter.
 pub const ERRORS_MAP: &str = "bpfleet_errors";
 /// Section holding the revision token the agent writes before load.
@@ -282,7 +286,7 @@ fn load_inner(spec: &LoadSpec<'_>, created: &mut Vec<PathBuf>) -> Result<Loaded>
     }
     for mut m in open.maps_mut() {
         let name = m.name().to_string_lossy().into_owned();
-        let pin = if name == CONFIG_MAP || spec.persistent_maps.contains(&name) {
+        let pin = if SHARED_MAPS.contains(&name.as_str()) || spec.persistent_maps.contains(&name) {
             Some(shared_map_pin(spec.prog_dir, &name))
         } else {
             None

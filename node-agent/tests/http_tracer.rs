@@ -508,11 +508,12 @@ async fn tracer_in_the_agent_exports_exact_figures() {
     for port in [server.port, python.port] {
         c.update_config(pb::UpdateConfigRequest {
             program: PROGRAM.into(),
-            map: "http_ports".into(),
+            map: "bpfleet_ports".into(),
             entries: vec![pb::ConfigEntry {
                 key: port.to_ne_bytes().to_vec(),
                 value: vec![1],
             }],
+            replace: false,
         })
         .await
         .unwrap();
@@ -524,6 +525,7 @@ async fn tracer_in_the_agent_exports_exact_figures() {
             key: config::PORT_FILTER.to_ne_bytes().to_vec(),
             value: 1u64.to_ne_bytes().to_vec(),
         }],
+        replace: false,
     })
     .await
     .unwrap();

@@ -509,8 +509,9 @@ async fn load_tracer(
         program: PROGRAM.into(),
         map: map.into(),
         entries: vec![pb::ConfigEntry { key, value }],
+        replace: false,
     };
-    c.update_config(cfg("http_ports", port.to_ne_bytes().to_vec(), vec![1]))
+    c.update_config(cfg("bpfleet_ports", port.to_ne_bytes().to_vec(), vec![1]))
         .await
         .unwrap();
     c.update_config(cfg(

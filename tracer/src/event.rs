@@ -18,13 +18,18 @@ pub const DEFAULT_CAPTURE: u64 = 256;
 /// The most the kernel side can capture per syscall.
 pub const MAX_CAPTURE: u64 = 4095;
 
-/// Slots of `bpfleet_config` the tracer reads (see `http_tracer.h`).
+/// Slots of `bpfleet_config` the tracer reads: its own (`http_tracer.h`)
+/// and the TracerPolicy's (`bpfleet_gate.h`, written by the operator).
 pub mod config {
-    pub const CAPTURE: u32 = 0;
-    pub const ONLY_TGID: u32 = 1;
+    /// The tracer's own: the reader's process, never traced.
     pub const IGNORE_TGID: u32 = 2;
-    pub const SAMPLE_PPM: u32 = 3;
-    pub const PORT_FILTER: u32 = 4;
+    pub const SAMPLE_PPM: u32 = 8;
+    pub const CAPTURE: u32 = 9;
+    /// 1: only processes in `bpfleet_pids`.
+    pub const PID_FILTER: u32 = 10;
+    /// Bit 0: only ports marked 1 in `bpfleet_ports`; bit 1: never ports
+    /// marked 2.
+    pub const PORT_FILTER: u32 = 11;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -37,14 +37,10 @@ pub const PROGRAMS: [(&str, &str); 23] = [
 ];
 
 /// Maps that must be shared by every revision so a switch neither drops nor
-/// doubles a syscall, and the reader keeps one ring buffer.
-pub const PERSISTENT_MAPS: [&str; 5] = [
-    "http_args",
-    "http_conns",
-    "http_events",
-    "http_lost",
-    "http_ports",
-];
+/// doubles a syscall, and the reader keeps one ring buffer. (The policy's
+/// `bpfleet_config`, `bpfleet_pids` and `bpfleet_ports` are shared by the
+/// agent without being named.)
+pub const PERSISTENT_MAPS: [&str; 4] = ["http_args", "http_conns", "http_events", "http_lost"];
 
 pub mod event;
 pub mod pinned;

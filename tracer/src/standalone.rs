@@ -40,7 +40,7 @@ impl Standalone {
             this.update("bpfleet_config", &slot.to_ne_bytes(), &value.to_ne_bytes())?;
         }
         for port in ports {
-            this.update("http_ports", &port.to_ne_bytes(), &[1])?;
+            this.update("bpfleet_ports", &port.to_ne_bytes(), &[1])?;
         }
         let mut links = Vec::new();
         for prog in this.obj.progs_mut() {
@@ -57,7 +57,9 @@ impl Standalone {
             .ok_or(Error::MissingMap(name))
     }
 
-    fn update(&self, map: &'static str, key: &[u8], value: &[u8]) -> Result<()> {
+    /// Writes one entry of one of the tracer's maps (its config map, the
+    /// policy's `bpfleet_pids` and `bpfleet_ports`), while it runs.
+    pub fn update(&self, map: &'static str, key: &[u8], value: &[u8]) -> Result<()> {
         self.map(map)?
             .update(key, value, MapFlags::ANY)
             .map_err(bpf(format!("writing {map}")))

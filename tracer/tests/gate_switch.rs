@@ -75,6 +75,7 @@ fn write_map(agent: &mut Agent, map: &str, key: Vec<u8>, value: Vec<u8>) {
                 program: PROGRAM.into(),
                 map: map.into(),
                 entries: vec![pb::ConfigEntry { key, value }],
+                replace: false,
             },
             "test",
         )
@@ -124,7 +125,7 @@ fn switching_revisions_loses_and_doubles_nothing() {
     agent.load(load_request("r2"), "test").expect("r2 loads");
     write_map(
         agent,
-        "http_ports",
+        "bpfleet_ports",
         server.port.to_ne_bytes().to_vec(),
         vec![1],
     );

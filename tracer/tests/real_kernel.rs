@@ -63,6 +63,71 @@ fn tracer_for(port: u16) -> Standalone {
     Standalone::load(&[(config::PORT_FILTER, 1)], &[port]).expect("tracer loads (run as root)")
 }
 
+fn curl(local_port: Option<u16>, url: &str) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null"]);
+    if let Some(p) = local_port {
+        cmd.args(["--local-port", &p.to_string()]);
+    }
+    let status = cmd
+        .arg(url)
+        .stdout(Stdio::null())
+        .status()
+        .expect("curl runs");
+    assert!(status.success(), "curl {url}");
+}
+
+/// The TracerPolicy filters of `bpfleet_gate.h` as the tracer honours them:
+/// a port marked skip drops both ends of its connections even when the
+/// other end's port is traced; the process filter keeps only the listed
+/// processes (this one: the server side, not curl).
+#[test]
+fn policy_port_and_process_filters_hold_in_the_kernel() {
+    let server = TestServer::start();
+    let skip_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tracer = Standalone::load(&[(config::PORT_FILTER, 3)], &[server.port]).unwrap();
+    tracer
+        .update("bpfleet_ports", &skip_port.to_ne_bytes(), &[2])
+        .unwrap();
+    let mut pipeline = Pipeline::new(Arc::new(Redactor::builtin()), 1024);
+    let base = format!("http://127.0.0.1:{}", server.port);
+
+    curl(Some(skip_port), &format!("{base}/from-a-skipped-port"));
+    curl(None, &format!("{base}/ok"));
+    let got = collect(&tracer, &mut pipeline, 2);
+    let want: BTreeMap<_, _> = [(key("GET", "/ok", 200), 1)].into_iter().collect();
+    assert_eq!(counts(&got, Role::Server), want, "server side");
+    assert_eq!(counts(&got, Role::Client), want, "client side");
+
+    let me = std::process::id();
+    tracer
+        .update("bpfleet_pids", &me.to_ne_bytes(), &[1])
+        .unwrap();
+    tracer
+        .update(
+            "bpfleet_config",
+            &config::PID_FILTER.to_ne_bytes(),
+            &1u64.to_ne_bytes(),
+        )
+        .unwrap();
+    // New connections: curl's side is not this process.
+    curl(None, &format!("{base}/ok?pid-filter"));
+    let got = collect(&tracer, &mut pipeline, 1);
+    let want: BTreeMap<_, _> = [(key("GET", "/ok?pid-filter", 200), 1)]
+        .into_iter()
+        .collect();
+    assert_eq!(counts(&got, Role::Server), want, "this process is traced");
+    assert_eq!(
+        counts(&got, Role::Client),
+        BTreeMap::new(),
+        "curl is not in bpfleet_pids"
+    );
+}
+
 #[test]
 fn curl_against_a_keep_alive_server_both_sides() {
     let server = TestServer::start();

@@ -234,6 +234,7 @@ fn ignore_self(agent: &mut Agent, v: &ProgramView, own: u32) {
             key: IGNORE_TGID.to_ne_bytes().to_vec(),
             value: want.to_vec(),
         }],
+        replace: false,
     };
     if let Err(e) = agent.update_config(&req, "agent:http-tracer") {
         tracing::warn!(program = v.program, error = %e, "cannot tell the tracer to ignore the agent");

@@ -338,6 +338,7 @@ pub fn only_thread(program: &str, tid: u32) -> pb::UpdateConfigRequest {
             key: 0u32.to_ne_bytes().to_vec(),
             value: u64::from(tid).to_ne_bytes().to_vec(),
         }],
+        replace: false,
     }
 }
 
