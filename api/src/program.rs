@@ -634,6 +634,26 @@ pub struct TracerProgramStatus {
     /// exactly where the previous one stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutProgress>,
+    /// The TracerPolicy whose `spec.config` applies, and on how many of the
+    /// nodes holding the program the agents report it in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<AppliedPolicy>,
+}
+
+/// A TracerPolicy's runtime configuration on the nodes of one program.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedPolicy {
+    pub name: String,
+    /// The policy's `metadata.generation` the figures below are for.
+    pub generation: i64,
+    /// Nodes holding the program.
+    pub nodes: i32,
+    /// Of those, nodes whose agent reports this configuration in force.
+    pub configured_nodes: i32,
+    /// Why some node does not have it, when one refused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Bookkeeping of the rollout state machine. Operator-internal: read it for

@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bpfleet_api::policy::HealthGates;
 use bpfleet_api::program::Phase;
 use bpfleet_api::{TracerPolicy, TracerProgram, TracerProgramSpec, TracerProgramStatus};
 use bpfleet_proto::v1 as pb;
@@ -40,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::observe::{self, FailureBook, NodeView, SampleBook};
 use crate::revision::revision_id;
 use crate::rollout::{self, ActionKind, Input, NodeAction, NodeFailure, NodeReport, Output};
-use crate::{Error, Result, requests, selector};
+use crate::{Error, Result, policy, requests, selector};
 
 /// Finalizer that keeps a TracerProgram until every node unloaded it.
 pub const FINALIZER: &str = "bpfleet.dev/unload";
@@ -83,6 +82,8 @@ pub struct Context {
     pub failures: Mutex<FailureBook>,
     /// Revision snapshots known to exist, with their content.
     pub snapshots: Mutex<HashMap<(String, String), LoadSpec>>,
+    /// Policy configuration writes agents refused.
+    pub refusals: Mutex<policy::Refusals>,
     pub started: Instant,
 }
 
@@ -185,14 +186,19 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
     for p in &problems {
         warn!(program = %name, "{p}");
     }
-    let gates = gates_for(tp, &ctx.policies);
+    let policy = policy_for(tp, &ctx.policies);
+    let gates = policy
+        .as_ref()
+        .map(|p| p.spec.health.clone())
+        .unwrap_or_default();
     let targets = match targets(tp, ctx) {
         Ok(t) => t,
         Err(e) => return stalled(tp, ctx, &status, generation, &e).await,
     };
     let all: Vec<&Target> = targets.iter().collect();
-    let mut reports = observe(&name, &all, ctx).await;
+    let (mut reports, stamps) = observe_stamped(&name, &all, ctx).await;
     forget_unloaded(ctx, &name, &targets, &reports);
+    let applied = configure(tp, ctx, policy.as_deref(), &targets, &reports, &stamps).await;
 
     let source_commit = tp
         .annotations()
@@ -231,10 +237,11 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
             requests: &requests,
             now: Time(at),
         };
-        let out = match rollout::reconcile(&input) {
+        let mut out = match rollout::reconcile(&input) {
             Ok(out) => out,
             Err(e) => return stalled(tp, ctx, &written, generation, &e).await,
         };
+        out.status.policy.clone_from(&applied);
         // Status first: what was decided is on record before it is done.
         if out.status != written {
             write_status(ctx, &name, &out.status).await?;
@@ -338,7 +345,7 @@ async fn cleanup(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
     let all: Vec<&Target> = targets.iter().collect();
     let reports = observe(&name, &all, ctx).await;
     let (nodes, departed) = split(&targets, &reports);
-    let gates = HealthGates::default();
+    let gates = bpfleet_api::policy::HealthGates::default();
     let requests = rollout::Requests::default();
     let input = Input {
         program: &name,
@@ -472,36 +479,19 @@ async fn publish(tp: &TracerProgram, ctx: &Context, events: &[rollout::Event]) {
     }
 }
 
-/// The gates of the first TracerPolicy (by name) targeting `tp`, defaults
-/// when none does.
-pub fn gates_for(tp: &TracerProgram, policies: &Store<TracerPolicy>) -> HealthGates {
+/// The TracerPolicy that applies to `tp` (see [`policy::winner`]).
+fn policy_for(tp: &TracerProgram, policies: &Store<TracerPolicy>) -> Option<Arc<TracerPolicy>> {
+    let all = policies.state();
     let name = tp.name_any();
-    let labels = tp.labels();
-    let mut matching: Vec<Arc<TracerPolicy>> = policies
-        .state()
-        .into_iter()
-        .filter(|p| targets_program(p, &name, labels))
-        .collect();
-    matching.sort_by_key(|p| p.name_any());
-    if matching.len() > 1 {
-        warn!(program = %name, policies = ?matching.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
+    let targeting = all
+        .iter()
+        .filter(|p| policy::targets_program(p, &name, tp.labels()))
+        .count();
+    if targeting > 1 {
+        warn!(program = %name, policies = targeting,
             "several TracerPolicies target this program; the first by name applies");
     }
-    matching
-        .first()
-        .map(|p| p.spec.health.clone())
-        .unwrap_or_default()
-}
-
-/// Whether a policy targets the program `name` with `labels`.
-pub fn targets_program(p: &TracerPolicy, name: &str, labels: &BTreeMap<String, String>) -> bool {
-    let t = &p.spec.targets;
-    if t.program_names.iter().any(|n| n == name) {
-        return true;
-    }
-    t.program_selector
-        .as_ref()
-        .is_some_and(|s| selector::matches(s, labels).unwrap_or(false))
+    policy::winner(&name, tp.labels(), &all).cloned()
 }
 
 fn cores(node: &Node) -> u32 {
@@ -570,6 +560,16 @@ fn all_targets(ctx: &Context) -> Vec<Target> {
 /// cache: a node whose agent has no endpoint or does not answer is
 /// unreachable.
 async fn observe(program: &str, targets: &[&Target], ctx: &Context) -> Vec<NodeReport> {
+    observe_stamped(program, targets, ctx).await.0
+}
+
+/// [`observe`], with the configuration stamp of `program` on each node
+/// (None where the node does not hold it or did not answer).
+async fn observe_stamped(
+    program: &str,
+    targets: &[&Target],
+    ctx: &Context,
+) -> (Vec<NodeReport>, Vec<Option<u64>>) {
     let asked: Vec<(&str, &str)> = targets
         .iter()
         .filter_map(|t| Some((t.name.as_str(), t.endpoint.as_deref()?)))
@@ -579,7 +579,73 @@ async fn observe(program: &str, targets: &[&Target], ctx: &Context) -> Vec<NodeR
         .iter()
         .map(|t| t.endpoint.as_ref().and_then(|_| seen.next()))
         .collect();
-    reports_of(program, targets, &sightings, ctx)
+    let stamps = sightings
+        .iter()
+        .map(|s| s.as_ref()?.view.as_ref()?.config_stamp(program))
+        .collect();
+    (reports_of(program, targets, &sightings, ctx), stamps)
+}
+
+/// Puts the applying policy's configuration in force on every node that
+/// holds the program (see [`policy::sync`]); an Event when it wrote some.
+async fn configure(
+    tp: &TracerProgram,
+    ctx: &Context,
+    policy: Option<&TracerPolicy>,
+    targets: &[Target],
+    reports: &[NodeReport],
+    stamps: &[Option<u64>],
+) -> Option<bpfleet_api::program::AppliedPolicy> {
+    let name = tp.name_any();
+    let holding: Vec<policy::Holding> = targets
+        .iter()
+        .zip(reports)
+        .zip(stamps)
+        .filter_map(|((t, r), s)| {
+            Some(policy::Holding {
+                node: &t.name,
+                endpoint: t.endpoint.as_deref(),
+                stamp: (*s)?,
+                revisions: r
+                    .revisions
+                    .iter()
+                    .map(|v| v.revision.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            })
+        })
+        .collect();
+    let synced = policy::sync(
+        &ctx.pool,
+        &ctx.cache,
+        &ctx.metrics,
+        &ctx.refusals,
+        &name,
+        policy,
+        &holding,
+    )
+    .await;
+    if synced.written > 0 {
+        let message = match policy {
+            Some(p) => format!(
+                "TracerPolicy {} (generation {}) configuration written on {} node(s)",
+                p.name_any(),
+                p.metadata.generation.unwrap_or(0),
+                synced.written
+            ),
+            None => format!(
+                "no TracerPolicy applies: program defaults restored on {} node(s)",
+                synced.written
+            ),
+        };
+        let ev = rollout::Event {
+            reason: "ConfigApplied".into(),
+            message,
+            warning: false,
+        };
+        publish(tp, ctx, std::slice::from_ref(&ev)).await;
+    }
+    synced.applied
 }
 
 /// The reports of `program` on `targets` from what was seen of each.
@@ -1048,49 +1114,8 @@ async fn delete_snapshots(ctx: &Context, program: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bpfleet_api::TracerPolicySpec;
-    use bpfleet_api::policy::PolicyTargets;
     use k8s_openapi::api::core::v1::NodeStatus;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
-    fn policy(names: &[&str], selector: Option<(&str, &str)>) -> TracerPolicy {
-        let spec: TracerPolicySpec = serde_json::from_value(json!({
-            "targets": {
-                "programNames": names,
-                "programSelector": selector.map(|(k, v)| json!({"matchLabels": {k: v}})),
-            }
-        }))
-        .expect("policy spec");
-        TracerPolicy::new("p", spec)
-    }
-
-    #[test]
-    fn policies_target_by_name_or_label() {
-        let labels = BTreeMap::from([("team".to_string(), "net".to_string())]);
-        assert!(targets_program(
-            &policy(&["tracer"], None),
-            "tracer",
-            &labels
-        ));
-        assert!(!targets_program(
-            &policy(&["other"], None),
-            "tracer",
-            &labels
-        ));
-        assert!(targets_program(
-            &policy(&[], Some(("team", "net"))),
-            "tracer",
-            &labels
-        ));
-        assert!(!targets_program(
-            &policy(&[], Some(("team", "web"))),
-            "tracer",
-            &labels
-        ));
-        let _ = PolicyTargets::default();
-        let _ = LabelSelector::default();
-    }
 
     #[test]
     fn machine_timers_fire_on_the_whole_second_despite_debounce() {

@@ -12,7 +12,8 @@
 //! `kubectl bpfleet` command.
 //!
 //! Dependencies point one way: `rollout`, `gates`, `revision`, `selector`,
-//! `requests`, `load`, `observe` and `cache` know nothing of kube clients
+//! `requests`, `load`, `observe`, `cache` and [`runtime_config`] (a
+//! TracerPolicy's `spec.config` as agent writes) know nothing of kube clients
 //! or tonic channels; `controller` and `run` do.
 
 pub mod agents;
@@ -25,10 +26,12 @@ pub mod load;
 pub mod metrics;
 pub mod observe;
 pub mod plugin;
+pub mod policy;
 pub mod requests;
 pub mod revision;
 pub mod rollout;
 pub mod run;
+pub mod runtime_config;
 pub mod selector;
 
 pub use error::{Error, Result};

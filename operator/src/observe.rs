@@ -36,6 +36,8 @@ pub struct NodeView {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProgramView {
     pub program: String,
+    /// The policy-configuration stamp the agent reports (0: defaults).
+    pub config_stamp: u64,
     /// Sorted by revision.
     pub revisions: Vec<RevisionView>,
 }
@@ -97,6 +99,7 @@ impl NodeView {
                 revisions.sort_by(|a, b| a.revision.cmp(&b.revision));
                 ProgramView {
                     program: p.program.clone(),
+                    config_stamp: crate::runtime_config::reported_stamp(&p.config),
                     revisions,
                 }
             })
@@ -105,6 +108,14 @@ impl NodeView {
         // An agent lists a program once; should one repeat it, the first wins.
         programs.dedup_by(|a, b| a.program == b.program);
         NodeView { programs }
+    }
+
+    /// The configuration stamp of `program` on the node, when it holds it.
+    pub fn config_stamp(&self, program: &str) -> Option<u64> {
+        self.programs
+            .binary_search_by(|p| p.program.as_str().cmp(program))
+            .ok()
+            .map(|i| self.programs[i].config_stamp)
     }
 
     /// What the node holds of `program` (nothing when it holds none).

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{error, info, warn};
@@ -26,6 +26,7 @@ use crate::cache::NodeCache;
 use crate::controller::{Context, OBSERVE_FANOUT, agent_fetch, error_policy, reconcile};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::{self, Metrics};
+use crate::policy::{self, PolicyContext};
 use crate::{Error, Result};
 
 /// bpfleet operator: rolls TracerPrograms out to node agents (immediate,
@@ -303,6 +304,7 @@ pub async fn run_with(client: Client, args: Args) -> Result<()> {
         samples: Mutex::default(),
         failures: Mutex::default(),
         snapshots: Mutex::default(),
+        refusals: Mutex::default(),
         started: Instant::now(),
     });
 
@@ -314,6 +316,35 @@ pub async fn run_with(client: Client, args: Args) -> Result<()> {
                 .debounce(DEBOUNCE),
         )
         .reconcile_all_on(trigger)
+        .shutdown_on_signal();
+
+    // TracerPolicy status, from the programs' statuses: every program
+    // change looks at every policy (policies are few; a program may have
+    // left a policy's selector as well as entered it).
+    let policy_ctx = Arc::new(PolicyContext {
+        client: client.clone(),
+        programs: controller.store(),
+        policies: policies.clone(),
+        metrics: metrics.clone(),
+    });
+    let policy_controller = Controller::new(
+        Api::<TracerPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let all_policies = policy_controller.store();
+    let policy_controller = policy_controller
+        .watches(
+            Api::<TracerProgram>::all(client.clone()),
+            watcher::Config::default(),
+            move |_: TracerProgram| {
+                all_policies
+                    .state()
+                    .iter()
+                    .map(|p| ObjectRef::from_obj(&**p))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .with_config(controller::Config::default().debounce(DEBOUNCE))
         .shutdown_on_signal();
 
     // The reflectors run as part of the trigger stream; wait for their
@@ -355,6 +386,21 @@ pub async fn run_with(client: Client, args: Args) -> Result<()> {
                 .for_each(|res| async move {
                     if let Err(e) = res {
                         tracing::debug!(error = %e, "controller");
+                    }
+                }),
+            policy_controller
+                .run(
+                    |p, ctx| async move {
+                        ctx.programs.wait_until_ready().await.ok();
+                        ctx.policies.wait_until_ready().await.ok();
+                        policy::reconcile(p, ctx).await
+                    },
+                    policy::error_policy,
+                    policy_ctx,
+                )
+                .for_each(|res| async move {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "policy controller");
                     }
                 })
         );

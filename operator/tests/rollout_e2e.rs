@@ -322,6 +322,128 @@ fn spec_revision(v: &Value) -> String {
     bpfleet_operator::revision::revision_id(&spec).expect("revision id")
 }
 
+/// Replaces the e2e policy's `spec.config`.
+async fn set_policy_config(policies: &Api<TracerPolicy>, config: Value) {
+    policies
+        .patch(
+            "syscount-health",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"config": null}})),
+        )
+        .await
+        .expect("clear policy config");
+    policies
+        .patch(
+            "syscount-health",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"config": config}})),
+        )
+        .await
+        .expect("set policy config");
+}
+
+/// The e2e policy's Ready condition once it describes the policy's current
+/// generation and satisfies `ok`.
+async fn policy_settled(
+    policies: &Api<TracerPolicy>,
+    what: &str,
+    ok: impl Fn(&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition) -> bool,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = policies.get("syscount-health").await.expect("get policy");
+        let ready = p.status.as_ref().and_then(|s| {
+            (s.observed_generation == p.metadata.generation)
+                .then(|| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                .flatten()
+        });
+        if let Some(c) = ready
+            && ok(c)
+        {
+            return c.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: policy status {:?}",
+            p.status
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A shared map of the program on `agent`, by name.
+fn shared_map(agent: &Agent, name: &str) -> MapHandle {
+    let file = format!("_map_{name}");
+    let pin = agent
+        .pins()
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy() == file))
+        .unwrap_or_else(|| panic!("no {file} pin on {}: {:?}", agent.node, agent.pins()));
+    MapHandle::from_pinned_path(&pin).expect("open pinned map")
+}
+
+/// Slots 8-11 of the program's `bpfleet_config` (sampling, payload, pid
+/// filter, port filter).
+fn config_slots(agent: &Agent) -> [u64; 4] {
+    let m = shared_map(agent, "bpfleet_config");
+    let mut out = [0u64; 4];
+    for (i, v) in out.iter_mut().enumerate() {
+        let key = (8 + i as u32).to_ne_bytes();
+        let b = m
+            .lookup(&key, MapFlags::ANY)
+            .expect("lookup")
+            .expect("slot");
+        *v = u64::from_ne_bytes(b[..8].try_into().expect("u64"));
+    }
+    out
+}
+
+fn config_stamp(agent: &Agent) -> u64 {
+    let m = shared_map(agent, "bpfleet_config");
+    let b = m
+        .lookup(&15u32.to_ne_bytes(), MapFlags::ANY)
+        .expect("lookup")
+        .expect("slot 15");
+    u64::from_ne_bytes(b[..8].try_into().expect("u64"))
+}
+
+/// (key, first value byte) of a hash map, sorted by key bytes.
+fn map_entries<const K: usize>(agent: &Agent, name: &str) -> Vec<([u8; K], u8)> {
+    let m = shared_map(agent, name);
+    let mut out: Vec<([u8; K], u8)> = m
+        .keys()
+        .map(|k| {
+            let v = m.lookup(&k, MapFlags::ANY).expect("lookup").expect("value");
+            (k.try_into().expect("key size"), v[0])
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The kernel program ids of every revision on each agent.
+async fn prog_ids(pool: &Pool, agents: &[Agent]) -> Vec<Vec<u32>> {
+    let mut out = Vec::new();
+    for a in agents {
+        let mut c = pool.client(&a.endpoint()).expect("client");
+        let list = c
+            .list(pb::ListRequest {
+                program: PROGRAM.into(),
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        let mut ids: Vec<u32> = list
+            .programs
+            .iter()
+            .flat_map(|p| p.revisions.iter().flat_map(|r| r.prog_ids.iter().copied()))
+            .collect();
+        ids.sort_unstable();
+        out.push(ids);
+    }
+    out
+}
+
 /// (active revision, loaded revisions) of the program on each agent.
 async fn placement(pool: &Pool, agents: &[Agent]) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
@@ -468,6 +590,70 @@ async fn a_program_lives_through_every_kind_of_rollout() {
         p.iter().all(|(a, _)| *a == r1)
     })
     .await;
+    counting(&agents, 0, &[1, 2]).await;
+
+    // 1b. The policy's runtime configuration reaches every node's kernel
+    //     maps, with no reload, and both statuses say where it is in force;
+    //     a policy change is written again.
+    let ids_before = prog_ids(&pool, &agents).await;
+    let config = json!({"samplingRate": 0.5, "payloadBytes": 512,
+        "filters": {"pids": [4242, 77], "ports": [8080], "excludePorts": [22]}});
+    set_policy_config(&policies, config).await;
+    let pol = policy_settled(&policies, "policy in force", |c| c.reason == "Applied").await;
+    assert!(pol.message.contains("3/3 nodes"), "{}", pol.message);
+    for a in &agents {
+        assert_eq!(config_slots(a), [500_000, 512, 1, 3], "{}", a.node);
+        assert_eq!(
+            map_entries::<4>(a, "bpfleet_pids"),
+            [(77u32.to_ne_bytes(), 1), (4242u32.to_ne_bytes(), 1)]
+        );
+        let mut ports = map_entries::<2>(a, "bpfleet_ports");
+        ports.sort_by_key(|(k, _)| u16::from_ne_bytes(*k));
+        assert_eq!(
+            ports,
+            [(22u16.to_ne_bytes(), 2), (8080u16.to_ne_bytes(), 1)],
+            "{}",
+            a.node
+        );
+        assert_ne!(config_stamp(a), 0, "{}", a.node);
+    }
+    let tp = wait_for(&api, "program reports the policy", 30, |tp| {
+        tp.status
+            .as_ref()
+            .and_then(|s| s.policy.as_ref())
+            .is_some_and(|p| p.configured_nodes == 3)
+    })
+    .await;
+    let applied = tp
+        .status
+        .as_ref()
+        .and_then(|s| s.policy.clone())
+        .expect("policy in status");
+    assert_eq!(
+        (applied.name.as_str(), applied.nodes, applied.message),
+        ("syscount-health", 3, None)
+    );
+    assert_eq!(
+        prog_ids(&pool, &agents).await,
+        ids_before,
+        "configuration must not reload programs"
+    );
+    let stamp = config_stamp(&agents[0]);
+    set_policy_config(&policies, json!({"filters": {"ports": [9090]}})).await;
+    policy_settled(&policies, "changed policy in force", |c| {
+        c.reason == "Applied"
+    })
+    .await;
+    for a in &agents {
+        assert_eq!(config_slots(a), [0, 0, 0, 1], "{}", a.node);
+        assert_eq!(
+            map_entries::<2>(a, "bpfleet_ports"),
+            [(9090u16.to_ne_bytes(), 1)],
+            "{}: replaced, not added",
+            a.node
+        );
+        assert_ne!(config_stamp(a), stamp, "{}", a.node);
+    }
     counting(&agents, 0, &[1, 2]).await;
 
     // 2. v2 by canary: one node of three first, held by a timed pause, then

@@ -51,6 +51,7 @@ impl Fleet {
             .iter()
             .map(|(p, (loaded, active))| ProgramView {
                 program: p.clone(),
+                config_stamp: 0,
                 revisions: loaded
                     .iter()
                     .map(|r| RevisionView {

@@ -1,0 +1,416 @@
+//! TracerPolicies at work. Three parts:
+//!
+//! - which policy applies to a program ([`winner`]: of those targeting it,
+//!   the first by name; its gates judge the rollout, its `spec.config` is
+//!   written to the program's nodes);
+//! - [`sync`], called by the program reconciler: writes that configuration
+//!   ([`crate::runtime_config`]) to every node holding the program whose
+//!   agent reports another stamp, and sums up, for the program's status,
+//!   on how many nodes it is in force;
+//! - the TracerPolicy reconciler ([`reconcile`]), which writes the policy's
+//!   status from the programs' statuses: what it targets, whether it is in
+//!   force, overridden by another policy, refused, or asks for something no
+//!   agent enforces. It never writes the spec.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bpfleet_api::program::AppliedPolicy;
+use bpfleet_api::{TracerPolicy, TracerPolicyStatus, TracerProgram};
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::agents::Pool;
+use crate::cache::NodeCache;
+use crate::metrics::Metrics;
+use crate::observe::{MAX_MESSAGE, truncate};
+use crate::runtime_config::{NodeConfig, PIDS_MAP, PORTS_MAP};
+use crate::{Error, Result, selector};
+
+/// Whether a policy targets the program `name` with `labels`.
+pub fn targets_program(p: &TracerPolicy, name: &str, labels: &BTreeMap<String, String>) -> bool {
+    let t = &p.spec.targets;
+    if t.program_names.iter().any(|n| n == name) {
+        return true;
+    }
+    t.program_selector
+        .as_ref()
+        .is_some_and(|s| selector::matches(s, labels).unwrap_or(false))
+}
+
+/// The policy that applies to program `name`: the first by name of those
+/// targeting it.
+pub fn winner<'a>(
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    policies: impl IntoIterator<Item = &'a Arc<TracerPolicy>>,
+) -> Option<&'a Arc<TracerPolicy>> {
+    policies
+        .into_iter()
+        .filter(|p| targets_program(p, name, labels))
+        .min_by_key(|p| p.name_any())
+}
+
+// ------------------------------------------------------------ writing config
+
+/// One node holding the program, as the reconcile saw it.
+pub struct Holding<'a> {
+    pub node: &'a str,
+    pub endpoint: Option<&'a str>,
+    /// The stamp its agent reports.
+    pub stamp: u64,
+    /// The revisions it holds, joined: a refusal is retried once they change.
+    pub revisions: String,
+}
+
+/// Writes an agent refused, per (node, program): the stamp, the revisions
+/// the node held, and the agent's message. The same write is not made again
+/// until one of them changes, so a program without the policy maps is not
+/// asked every reconcile.
+#[derive(Default)]
+pub struct Refusals(HashMap<(String, String), (u64, String, String)>);
+
+impl Refusals {
+    fn get(&self, node: &str, program: &str, stamp: u64, revisions: &str) -> Option<&str> {
+        self.0
+            .get(&(node.to_string(), program.to_string()))
+            .filter(|(s, r, _)| *s == stamp && r == revisions)
+            .map(|(_, _, m)| m.as_str())
+    }
+}
+
+/// What [`sync`] did and found.
+pub struct Synced {
+    /// For the program's status (None: no policy applies).
+    pub applied: Option<AppliedPolicy>,
+    /// Nodes written in this call.
+    pub written: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The book stays usable even if a holder panicked.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Puts the configuration of `policy` (the defaults when None) in force on
+/// every node of `holding` that reports another stamp, nodes in parallel.
+pub async fn sync(
+    pool: &Pool,
+    cache: &NodeCache,
+    metrics: &Metrics,
+    refusals: &Mutex<Refusals>,
+    program: &str,
+    policy: Option<&TracerPolicy>,
+    holding: &[Holding<'_>],
+) -> Synced {
+    let want = policy.map_or_else(NodeConfig::defaults, |p| NodeConfig::of(&p.spec.config));
+    let mut messages: BTreeMap<&str, String> = BTreeMap::new();
+    let mut todo = Vec::new();
+    {
+        let book = lock(refusals);
+        for h in holding.iter().filter(|h| h.stamp != want.stamp) {
+            match (
+                h.endpoint,
+                book.get(h.node, program, want.stamp, &h.revisions),
+            ) {
+                // Unreachable agents are the rollout's to report.
+                (None, _) => {}
+                (Some(_), Some(m)) => {
+                    messages.insert(h.node, m.to_string());
+                }
+                (Some(e), None) => todo.push((h, e)),
+            }
+        }
+    }
+    let requests = want.requests(program);
+    let requests = &requests;
+    // Collected first and boxed, as carry_out does: the futures borrow the
+    // reconcile's data, which a lazily mapped stream cannot prove Send.
+    let calls: Vec<_> = todo
+        .into_iter()
+        .map(|(h, endpoint)| {
+            Box::pin(async move {
+                let r = write(pool, endpoint, requests).await;
+                // The node's cached view predates the writes.
+                cache.acted(h.node, program);
+                (h, r)
+            })
+        })
+        .collect();
+    let results: Vec<(&Holding, WriteResult)> = futures::stream::iter(calls)
+        .buffer_unordered(crate::controller::OBSERVE_FANOUT)
+        .collect()
+        .await;
+    let mut written = 0;
+    {
+        let mut book = lock(refusals);
+        for (h, r) in results {
+            let key = (h.node.to_string(), program.to_string());
+            match r {
+                Ok(()) => {
+                    metrics.call("update_config", "ok");
+                    book.0.remove(&key);
+                    written += 1;
+                }
+                Err((true, m)) => {
+                    metrics.call("update_config", "refused");
+                    warn!(node = %h.node, %program, message = %m, "agent refused the policy configuration");
+                    book.0
+                        .insert(key, (want.stamp, h.revisions.clone(), m.clone()));
+                    messages.insert(h.node, m);
+                }
+                Err((false, m)) => {
+                    metrics.call("update_config", "unreachable");
+                    warn!(node = %h.node, %program, message = %m, "agent unreachable for the policy configuration");
+                }
+            }
+        }
+    }
+    if written > 0 {
+        info!(%program, nodes = written, stamp = want.stamp, policy = ?policy.map(|p| p.name_any()), "configuration written");
+    }
+    let applied = policy.map(|p| {
+        let stale = holding.iter().filter(|h| h.stamp != want.stamp).count();
+        let missing = stale - written;
+        AppliedPolicy {
+            name: p.name_any(),
+            generation: p.metadata.generation.unwrap_or(0),
+            nodes: i32::try_from(holding.len()).unwrap_or(i32::MAX),
+            configured_nodes: i32::try_from(holding.len() - missing).unwrap_or(i32::MAX),
+            message: messages
+                .iter()
+                .next()
+                .map(|(n, m)| truncate(&format!("node {n}: {m}"), MAX_MESSAGE)),
+        }
+    });
+    Synced { applied, written }
+}
+
+/// Err((refused, message)): refused when the agent answered no, else it
+/// did not answer.
+type WriteResult = std::result::Result<(), (bool, String)>;
+
+/// The calls of one node in order, up to the first that fails.
+async fn write(
+    pool: &Pool,
+    endpoint: &str,
+    requests: &[bpfleet_proto::v1::UpdateConfigRequest],
+) -> WriteResult {
+    let mut client = pool.client(endpoint).map_err(|e| (false, e.to_string()))?;
+    for req in requests {
+        if let Err(s) = client.update_config(req.clone()).await {
+            let map = if req.map.is_empty() {
+                "bpfleet_config"
+            } else {
+                req.map.as_str()
+            };
+            let refused = !matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+            );
+            if !refused {
+                pool.forget(endpoint);
+            }
+            let hint = if s.code() == tonic::Code::NotFound && (map == PIDS_MAP || map == PORTS_MAP)
+            {
+                " (the program was built without the bpfleet_gate.h that declares it, so it cannot filter by it)"
+            } else {
+                ""
+            };
+            return Err((refused, format!("writing {map}: {}{hint}", s.message())));
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------ policy status
+
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+
+/// The status of `policy` given every program and policy (pure).
+pub fn status_of(
+    policy: &TracerPolicy,
+    programs: &[Arc<TracerProgram>],
+    policies: &[Arc<TracerPolicy>],
+    now: &Time,
+) -> TracerPolicyStatus {
+    let me = policy.name_any();
+    let generation = policy.metadata.generation.unwrap_or(0);
+    let mut targeted: Vec<&Arc<TracerProgram>> = programs
+        .iter()
+        .filter(|tp| tp.metadata.deletion_timestamp.is_none())
+        .filter(|tp| targets_program(policy, &tp.name_any(), tp.labels()))
+        .collect();
+    targeted.sort_by_key(|tp| tp.name_any());
+
+    let mut overridden: BTreeMap<String, String> = BTreeMap::new();
+    let mut pending: Vec<String> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
+    let (mut nodes, mut configured) = (0i64, 0i64);
+    for tp in &targeted {
+        let name = tp.name_any();
+        // Not in `policies` yet (a store that lags): this one, then.
+        let w = winner(&name, tp.labels(), policies).map_or_else(|| me.clone(), |w| w.name_any());
+        if w != me {
+            overridden.insert(name, w);
+            continue;
+        }
+        let applied = tp.status.as_ref().and_then(|s| s.policy.as_ref());
+        match applied {
+            Some(a) if a.name == me && a.generation == generation => {
+                nodes += i64::from(a.nodes);
+                configured += i64::from(a.configured_nodes);
+                if let Some(m) = &a.message {
+                    refused.push(format!("{name}: {m}"));
+                } else if a.configured_nodes < a.nodes {
+                    pending.push(format!("{name} {}/{} nodes", a.configured_nodes, a.nodes));
+                }
+            }
+            // The program's reconcile has not written this generation yet.
+            _ => pending.push(format!("{name} not yet reconciled")),
+        }
+    }
+    let applies = targeted.len() - overridden.len();
+    let not_enforced = NodeConfig::of(&policy.spec.config).not_enforced;
+
+    let (ready, reason, message) = if !refused.is_empty() {
+        (
+            false,
+            "ConfigRefused",
+            format!("refused: {}", refused.join("; ")),
+        )
+    } else if !not_enforced.is_empty() {
+        (
+            false,
+            "NotEnforced",
+            format!(
+                "{} is not enforced by the agents of this version; the rest is in force on {configured}/{nodes} nodes",
+                not_enforced.join(", ")
+            ),
+        )
+    } else if !pending.is_empty() {
+        (
+            false,
+            "Applying",
+            format!("writing: {}", pending.join(", ")),
+        )
+    } else if !targeted.is_empty() && applies == 0 {
+        let by: BTreeSet<&str> = overridden.values().map(String::as_str).collect();
+        (
+            false,
+            "Overridden",
+            format!(
+                "every targeted program is configured by {} (the first policy by name applies)",
+                by.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    } else if targeted.is_empty() {
+        (true, "NoTargets", "targets no TracerProgram".to_string())
+    } else {
+        let mut m = format!("in force on {configured}/{nodes} nodes of {applies} program(s)");
+        if !overridden.is_empty() {
+            let list: Vec<String> = overridden
+                .iter()
+                .map(|(p, w)| format!("{p} (by {w})"))
+                .collect();
+            m.push_str(&format!("; overridden for {}", list.join(", ")));
+        }
+        (true, "Applied", m)
+    };
+    let previous = policy
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let condition = |kind: &str, on: bool, reason: &str, message: String| {
+        let status = if on { "True" } else { "False" };
+        let since = previous
+            .iter()
+            .find(|c| c.type_ == kind && c.status == status)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+        Condition {
+            type_: kind.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message: truncate(&message, 1000),
+            observed_generation: Some(generation),
+            last_transition_time: since,
+        }
+    };
+    let reconciling = reason == "Applying";
+    let names: Vec<String> = targeted.iter().map(|tp| tp.name_any()).collect();
+    TracerPolicyStatus {
+        observed_generation: Some(generation),
+        target_summary: Some(format!("{}", names.len())),
+        targeted_programs: names,
+        conditions: vec![
+            condition(READY, ready, reason, message.clone()),
+            condition(
+                RECONCILING,
+                reconciling,
+                if reconciling { "Applying" } else { "Settled" },
+                if reconciling { message } else { String::new() },
+            ),
+        ],
+    }
+}
+
+/// What the TracerPolicy reconciler uses.
+pub struct PolicyContext {
+    pub client: Client,
+    pub programs: Store<TracerProgram>,
+    pub policies: Store<TracerPolicy>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Writes a TracerPolicy's status when it changed. Program changes (their
+/// status included) trigger it through the controller's watch.
+#[instrument(skip(p, ctx), fields(policy = %p.name_any()))]
+pub async fn reconcile(p: Arc<TracerPolicy>, ctx: Arc<PolicyContext>) -> Result<Action> {
+    let status = status_of(
+        &p,
+        &ctx.programs.state(),
+        &ctx.policies.state(),
+        &Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    if p.status.as_ref() != Some(&status) {
+        let api: Api<TracerPolicy> = Api::all(ctx.client.clone());
+        let patch = json!({
+            "apiVersion": TracerPolicy::api_version(&()),
+            "kind": TracerPolicy::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            &p.name_any(),
+            &PatchParams::apply(crate::controller::MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+pub fn error_policy(p: Arc<TracerPolicy>, err: &Error, ctx: Arc<PolicyContext>) -> Action {
+    ctx.metrics
+        .errors
+        .get_or_create(&crate::metrics::KindLabel {
+            kind: err.kind().into(),
+        })
+        .inc();
+    warn!(policy = %p.name_any(), error = %err, "policy status not written");
+    Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,245 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bpfleet_api::program::AppliedPolicy;
+use bpfleet_api::{TracerPolicy, TracerPolicySpec, TracerProgram, TracerProgramStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::json;
+
+use super::*;
+use crate::rollout::clock::time;
+use crate::rollout::testing::spec;
+
+fn policy(name: &str, generation: i64, spec_json: serde_json::Value) -> Arc<TracerPolicy> {
+    let spec: TracerPolicySpec = serde_json::from_value(spec_json).expect("policy spec");
+    let mut p = TracerPolicy::new(name, spec);
+    p.metadata.generation = Some(generation);
+    Arc::new(p)
+}
+
+fn by_name(name: &str, programs: &[&str]) -> Arc<TracerPolicy> {
+    policy(name, 1, json!({"targets": {"programNames": programs}}))
+}
+
+fn program(
+    name: &str,
+    labels: &[(&str, &str)],
+    applied: Option<AppliedPolicy>,
+) -> Arc<TracerProgram> {
+    let mut tp = TracerProgram::new(name, spec("a"));
+    tp.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    tp.status = Some(TracerProgramStatus {
+        policy: applied,
+        ..Default::default()
+    });
+    Arc::new(tp)
+}
+
+fn applied(
+    name: &str,
+    generation: i64,
+    nodes: i32,
+    configured: i32,
+    message: Option<&str>,
+) -> Option<AppliedPolicy> {
+    Some(AppliedPolicy {
+        name: name.into(),
+        generation,
+        nodes,
+        configured_nodes: configured,
+        message: message.map(str::to_string),
+    })
+}
+
+fn cond<'a>(s: &'a TracerPolicyStatus, t: &str) -> &'a Condition {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .expect("condition")
+}
+
+fn now() -> Time {
+    time(1_000)
+}
+
+#[test]
+fn policies_target_by_name_or_label() {
+    let labels = BTreeMap::from([("team".to_string(), "net".to_string())]);
+    let sel = |v: &str| {
+        policy(
+            "p",
+            1,
+            json!({"targets": {"programSelector": {"matchLabels": {"team": v}}}}),
+        )
+    };
+    assert!(targets_program(
+        &by_name("p", &["tracer"]),
+        "tracer",
+        &labels
+    ));
+    assert!(!targets_program(
+        &by_name("p", &["other"]),
+        "tracer",
+        &labels
+    ));
+    assert!(targets_program(&sel("net"), "tracer", &labels));
+    assert!(!targets_program(&sel("web"), "tracer", &labels));
+}
+
+#[test]
+fn the_first_targeting_policy_by_name_wins() {
+    let all = [
+        by_name("zeta", &["t"]),
+        by_name("alpha", &["t"]),
+        by_name("beta", &["u"]),
+    ];
+    let w = winner("t", &BTreeMap::new(), &all).expect("a winner");
+    assert_eq!(w.name_any(), "alpha");
+    assert!(winner("v", &BTreeMap::new(), &all).is_none());
+}
+
+#[test]
+fn in_force_everywhere_is_ready() {
+    let p = by_name("pol", &["t1", "t2"]);
+    let programs = [
+        program("t1", &[], applied("pol", 1, 3, 3, None)),
+        program("t2", &[], applied("pol", 1, 2, 2, None)),
+        program("other", &[], None),
+    ];
+    let s = status_of(&p, &programs, std::slice::from_ref(&p), &now());
+    assert_eq!(s.targeted_programs, ["t1", "t2"]);
+    assert_eq!(s.target_summary.as_deref(), Some("2"));
+    assert_eq!(s.observed_generation, Some(1));
+    let ready = cond(&s, READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Applied")
+    );
+    assert!(ready.message.contains("5/5 nodes"), "{}", ready.message);
+    assert_eq!(cond(&s, RECONCILING).status, "False");
+}
+
+#[test]
+fn nodes_still_to_write_and_an_old_generation_are_pending() {
+    let p = policy("pol", 2, json!({"targets": {"programNames": ["t1", "t2"]}}));
+    let programs = [
+        program("t1", &[], applied("pol", 2, 3, 1, None)),
+        // Still describes generation 1 of the policy.
+        program("t2", &[], applied("pol", 1, 3, 3, None)),
+    ];
+    let s = status_of(&p, &programs, std::slice::from_ref(&p), &now());
+    let ready = cond(&s, READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "Applying")
+    );
+    assert!(ready.message.contains("t1 1/3 nodes"), "{}", ready.message);
+    assert!(
+        ready.message.contains("t2 not yet reconciled"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(cond(&s, RECONCILING).status, "True");
+}
+
+#[test]
+fn a_refusal_is_named_with_the_agents_words() {
+    let p = by_name("pol", &["t1"]);
+    let programs = [program(
+        "t1",
+        &[],
+        applied(
+            "pol",
+            1,
+            3,
+            2,
+            Some("node b: writing bpfleet_ports: program t1 has no map named bpfleet_ports"),
+        ),
+    )];
+    let s = status_of(&p, &programs, std::slice::from_ref(&p), &now());
+    let ready = cond(&s, READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "ConfigRefused")
+    );
+    assert!(
+        ready.message.contains("t1: node b: writing bpfleet_ports"),
+        "{}",
+        ready.message
+    );
+}
+
+#[test]
+fn a_policy_every_target_of_which_another_configures_is_overridden() {
+    let a = by_name("a-first", &["t1"]);
+    let b = by_name("b-second", &["t1"]);
+    let programs = [program("t1", &[], applied("a-first", 1, 1, 1, None))];
+    let all = [a.clone(), b.clone()];
+    let sb = status_of(&b, &programs, &all, &now());
+    let ready = cond(&sb, READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "Overridden")
+    );
+    assert!(ready.message.contains("a-first"), "{}", ready.message);
+    assert_eq!(sb.targeted_programs, ["t1"]);
+    let sa = status_of(&a, &programs, &all, &now());
+    assert_eq!(cond(&sa, READY).status, "True");
+}
+
+#[test]
+fn namespace_filters_are_said_to_be_not_enforced() {
+    let p = policy(
+        "pol",
+        1,
+        json!({"targets": {"programNames": ["t1"]}, "config": {"filters": {"namespaces": ["shop"]}}}),
+    );
+    let programs = [program("t1", &[], applied("pol", 1, 2, 2, None))];
+    let s = status_of(&p, &programs, std::slice::from_ref(&p), &now());
+    let ready = cond(&s, READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "NotEnforced")
+    );
+    assert!(
+        ready.message.contains("config.filters.namespaces"),
+        "{}",
+        ready.message
+    );
+    assert!(ready.message.contains("2/2 nodes"), "{}", ready.message);
+}
+
+#[test]
+fn targeting_nothing_is_ready_and_says_so() {
+    let p = policy(
+        "pol",
+        1,
+        json!({"targets": {"programSelector": {"matchLabels": {"team": "none"}}}}),
+    );
+    let programs = [program("t1", &[("team", "net")], None)];
+    let s = status_of(&p, &programs, std::slice::from_ref(&p), &now());
+    assert!(s.targeted_programs.is_empty());
+    assert_eq!(s.target_summary.as_deref(), Some("0"));
+    assert_eq!(cond(&s, READY).reason, "NoTargets");
+}
+
+#[test]
+fn transition_times_move_only_on_a_change_of_state() {
+    let mut p = (*by_name("pol", &["t1"])).clone();
+    let ok = [program("t1", &[], applied("pol", 1, 1, 1, None))];
+    let first = status_of(&p, &ok, &[], &time(100));
+    p.status = Some(first.clone());
+    let again = status_of(&p, &ok, &[], &time(200));
+    assert_eq!(
+        first, again,
+        "nothing changed: the same status, nothing to write"
+    );
+    let pending = [program("t1", &[], applied("pol", 1, 2, 1, None))];
+    let moved = status_of(&p, &pending, &[], &time(300));
+    assert_eq!(cond(&moved, READY).last_transition_time, time(300));
+}

@@ -1,0 +1,321 @@
+//! What a TracerPolicy's `spec.config` becomes on a node: writes into the
+//! program's `bpfleet_config` slots 8-15 and its `bpfleet_pids` and
+//! `bpfleet_ports` maps, the contract of `bpf/include/bpfleet_gate.h`.
+//!
+//! Pure: the agent requests are plain data. The last write is the stamp
+//! (slot 15), a digest of everything written before it; agents report the
+//! slot in `List`, so the reconciler sees which nodes hold which
+//! configuration and writes again only where the stamp differs: after a
+//! policy change, to a node that joined or whose agent missed a write, and
+//! to the nodes of a program whose policy went away (back to stamp 0, the
+//! program's defaults).
+
+use bpfleet_api::policy::RuntimeConfig;
+use bpfleet_proto::v1 as pb;
+use sha2::{Digest, Sha256};
+
+/// Slots of `bpfleet_config` (see `bpfleet_gate.h`).
+pub const SLOT_SAMPLE_PPM: u32 = 8;
+pub const SLOT_PAYLOAD_BYTES: u32 = 9;
+pub const SLOT_PID_FILTER: u32 = 10;
+pub const SLOT_PORT_FILTER: u32 = 11;
+pub const SLOT_STAMP: u32 = 15;
+pub const PIDS_MAP: &str = "bpfleet_pids";
+pub const PORTS_MAP: &str = "bpfleet_ports";
+/// `bpfleet_ports` values and `BPFLEET_CFG_PORT_FILTER` bits.
+pub const PORT_TRACE: u8 = 1;
+pub const PORT_SKIP: u8 = 2;
+pub const PORTS_ONLY: u64 = 1;
+pub const PORTS_SKIP: u64 = 2;
+
+/// The writes that put one configuration in force on a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Slots 8-11, in slot order.
+    pub slots: [(u32, u64); 4],
+    /// Processes traced (empty: no process filter, map not written).
+    pub pids: Vec<u32>,
+    /// Ports and their mark (empty: no port filter, map not written).
+    pub ports: Vec<(u16, u8)>,
+    /// Digest of the above; 0 only for the defaults.
+    pub stamp: u64,
+    /// Settings of the policy that no agent enforces (named by field).
+    pub not_enforced: Vec<String>,
+}
+
+impl NodeConfig {
+    /// No policy: every slot 0, the program's defaults. The maps are left
+    /// as they are; with their filter bits 0 programs do not look at them.
+    pub fn defaults() -> Self {
+        Self {
+            slots: [
+                (SLOT_SAMPLE_PPM, 0),
+                (SLOT_PAYLOAD_BYTES, 0),
+                (SLOT_PID_FILTER, 0),
+                (SLOT_PORT_FILTER, 0),
+            ],
+            pids: Vec::new(),
+            ports: Vec::new(),
+            stamp: 0,
+            not_enforced: Vec::new(),
+        }
+    }
+
+    /// The configuration of a policy's `spec.config`. The schema bounds
+    /// every value already; out-of-range ones (an old object, a client that
+    /// skipped validation) are clamped to the nearest the program takes.
+    pub fn of(cfg: &RuntimeConfig) -> Self {
+        // 1.0 (or more) keeps everything: the same as no sampling.
+        let ppm = cfg
+            .sampling_rate
+            .filter(|r| r.is_finite() && *r < 1.0)
+            .map_or(0, |r| (r * 1e6).round().clamp(1.0, 999_999.0) as u64);
+        let payload = cfg
+            .payload_bytes
+            .map_or(0, |b| u64::try_from(b.clamp(1, 4096)).unwrap_or(0));
+        let mut pids: Vec<u32> = cfg
+            .filters
+            .pids
+            .iter()
+            .filter_map(|p| u32::try_from(*p).ok().filter(|p| *p > 0))
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        let port = |p: &i32| u16::try_from(*p).ok().filter(|p| *p > 0);
+        let skip: Vec<u16> = cfg.filters.exclude_ports.iter().filter_map(port).collect();
+        // A port both listed and excluded is excluded.
+        let mut ports: Vec<(u16, u8)> = cfg
+            .filters
+            .ports
+            .iter()
+            .filter_map(port)
+            .filter(|p| !skip.contains(p))
+            .map(|p| (p, PORT_TRACE))
+            .chain(skip.iter().map(|p| (*p, PORT_SKIP)))
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        let mut mode = 0;
+        if !cfg.filters.ports.is_empty() {
+            mode |= PORTS_ONLY;
+        }
+        if !skip.is_empty() {
+            mode |= PORTS_SKIP;
+        }
+        let slots = [
+            (SLOT_SAMPLE_PPM, ppm),
+            (SLOT_PAYLOAD_BYTES, payload),
+            (SLOT_PID_FILTER, u64::from(!pids.is_empty())),
+            (SLOT_PORT_FILTER, mode),
+        ];
+        let mut not_enforced = Vec::new();
+        if !cfg.filters.namespaces.is_empty() {
+            not_enforced.push("config.filters.namespaces".to_string());
+        }
+        let mut out = Self {
+            slots,
+            pids,
+            ports,
+            stamp: 0,
+            not_enforced,
+        };
+        out.stamp = out.digest();
+        out
+    }
+
+    /// SHA-256 of the writes, first 8 bytes; never 0 (0 is "defaults").
+    fn digest(&self) -> u64 {
+        let mut h = Sha256::new();
+        for (slot, v) in self.slots {
+            h.update(slot.to_le_bytes());
+            h.update(v.to_le_bytes());
+        }
+        h.update(b"pids");
+        for p in &self.pids {
+            h.update(p.to_le_bytes());
+        }
+        h.update(b"ports");
+        for (p, mark) in &self.ports {
+            h.update(p.to_le_bytes());
+            h.update([*mark]);
+        }
+        let d = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&d[..8]);
+        u64::from_le_bytes(first).max(1)
+    }
+
+    /// The agent calls, in order: the lists (each made to hold exactly its
+    /// entries), then the slots, the stamp last, so a node that stopped
+    /// half-way still shows the old stamp and is written again.
+    pub fn requests(&self, program: &str) -> Vec<pb::UpdateConfigRequest> {
+        let mut out = Vec::new();
+        if !self.pids.is_empty() {
+            out.push(pb::UpdateConfigRequest {
+                program: program.to_string(),
+                map: PIDS_MAP.to_string(),
+                entries: self
+                    .pids
+                    .iter()
+                    .map(|p| pb::ConfigEntry {
+                        key: p.to_ne_bytes().to_vec(),
+                        value: vec![1],
+                    })
+                    .collect(),
+                replace: true,
+            });
+        }
+        if !self.ports.is_empty() {
+            out.push(pb::UpdateConfigRequest {
+                program: program.to_string(),
+                map: PORTS_MAP.to_string(),
+                entries: self
+                    .ports
+                    .iter()
+                    .map(|(p, mark)| pb::ConfigEntry {
+                        key: p.to_ne_bytes().to_vec(),
+                        value: vec![*mark],
+                    })
+                    .collect(),
+                replace: true,
+            });
+        }
+        let slot = |k: u32, v: u64| pb::ConfigEntry {
+            key: k.to_ne_bytes().to_vec(),
+            value: v.to_ne_bytes().to_vec(),
+        };
+        let config = |entries| pb::UpdateConfigRequest {
+            program: program.to_string(),
+            map: String::new(),
+            entries,
+            replace: false,
+        };
+        out.push(config(
+            self.slots.iter().map(|&(k, v)| slot(k, v)).collect(),
+        ));
+        out.push(config(vec![slot(SLOT_STAMP, self.stamp)]));
+        out
+    }
+}
+
+/// The stamp an agent reports for a program (`ProgramInfo.config`): 0 when
+/// the program has no config map or a short one.
+pub fn reported_stamp(config: &[u64]) -> u64 {
+    config.get(SLOT_STAMP as usize).copied().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bpfleet_api::policy::Filters;
+
+    fn cfg(json: serde_json::Value) -> RuntimeConfig {
+        serde_json::from_value(json).expect("runtime config")
+    }
+
+    #[test]
+    fn defaults_write_zeros_and_stamp_zero() {
+        let d = NodeConfig::defaults();
+        assert_eq!(d.stamp, 0);
+        assert!(d.slots.iter().all(|(_, v)| *v == 0));
+        let reqs = d.requests("p");
+        assert_eq!(reqs.len(), 2, "slots, then stamp; no map writes");
+        assert_eq!(reqs[1].entries[0].value, 0u64.to_ne_bytes().to_vec());
+        // An empty policy config is not the defaults' stamp: a node with
+        // no policy and one with an empty policy are told apart, but both
+        // write the same slots.
+        let e = NodeConfig::of(&RuntimeConfig::default());
+        assert_eq!(e.slots, d.slots);
+        assert_ne!(e.stamp, 0);
+    }
+
+    #[test]
+    fn sampling_payload_and_filters_map_onto_the_contract() {
+        let c = NodeConfig::of(&cfg(serde_json::json!({
+            "samplingRate": 0.25,
+            "payloadBytes": 512,
+            "filters": {"pids": [42, 7, 42], "ports": [8080, 80, 9090], "excludePorts": [9090, 22]}
+        })));
+        assert_eq!(
+            c.slots,
+            [
+                (SLOT_SAMPLE_PPM, 250_000),
+                (SLOT_PAYLOAD_BYTES, 512),
+                (SLOT_PID_FILTER, 1),
+                (SLOT_PORT_FILTER, PORTS_ONLY | PORTS_SKIP)
+            ]
+        );
+        assert_eq!(c.pids, vec![7, 42]);
+        assert_eq!(
+            c.ports,
+            vec![
+                (22, PORT_SKIP),
+                (80, PORT_TRACE),
+                (8080, PORT_TRACE),
+                (9090, PORT_SKIP)
+            ],
+            "an excluded port is never also traced"
+        );
+        let reqs = c.requests("tracer");
+        let maps: Vec<&str> = reqs.iter().map(|r| r.map.as_str()).collect();
+        assert_eq!(maps, [PIDS_MAP, PORTS_MAP, "", ""]);
+        assert!(reqs[0].replace && reqs[1].replace && !reqs[2].replace);
+        assert_eq!(reqs[3].entries.len(), 1, "the stamp goes alone, last");
+        assert_eq!(reqs[3].entries[0].key, SLOT_STAMP.to_ne_bytes().to_vec());
+        assert_eq!(reqs[3].entries[0].value, c.stamp.to_ne_bytes().to_vec());
+    }
+
+    #[test]
+    fn only_exclusions_skip_without_restricting() {
+        let c = NodeConfig::of(&RuntimeConfig {
+            filters: Filters {
+                exclude_ports: vec![22],
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        assert_eq!(c.slots[3], (SLOT_PORT_FILTER, PORTS_SKIP));
+    }
+
+    #[test]
+    fn full_sampling_is_no_sampling_and_tiny_rates_keep_something() {
+        let all = NodeConfig::of(&cfg(serde_json::json!({"samplingRate": 1.0})));
+        assert_eq!(all.slots[0], (SLOT_SAMPLE_PPM, 0));
+        let tiny = NodeConfig::of(&cfg(serde_json::json!({"samplingRate": 0.0000001})));
+        assert_eq!(tiny.slots[0], (SLOT_SAMPLE_PPM, 1));
+    }
+
+    #[test]
+    fn stamp_follows_content_only() {
+        let a = NodeConfig::of(&cfg(serde_json::json!({"filters": {"ports": [80, 8080]}})));
+        let b = NodeConfig::of(&cfg(
+            serde_json::json!({"filters": {"ports": [8080, 80, 80]}}),
+        ));
+        let c = NodeConfig::of(&cfg(serde_json::json!({"filters": {"ports": [80]}})));
+        assert_eq!(a.stamp, b.stamp, "order and repeats do not matter");
+        assert_ne!(a.stamp, c.stamp);
+        // Redaction and routes are the agent's (--http-rules), not the
+        // kernel's: they do not change what is written.
+        let d = NodeConfig::of(&cfg(serde_json::json!({
+            "filters": {"ports": [80, 8080]},
+            "redaction": {"headers": ["X-Api-Key"]}
+        })));
+        assert_eq!(a.stamp, d.stamp);
+    }
+
+    #[test]
+    fn namespaces_are_reported_as_not_enforced() {
+        let c = NodeConfig::of(&cfg(
+            serde_json::json!({"filters": {"namespaces": ["shop"]}}),
+        ));
+        assert_eq!(c.not_enforced, ["config.filters.namespaces"]);
+    }
+
+    #[test]
+    fn reported_stamp_reads_slot_15() {
+        let mut config = vec![0u64; 16];
+        config[15] = 99;
+        assert_eq!(reported_stamp(&config), 99);
+        assert_eq!(reported_stamp(&[]), 0);
+    }
+}
