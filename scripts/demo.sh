@@ -98,6 +98,20 @@ http-tracer-manifest --object "$run/objects/http_tracer.bpf.o" --sha256 "$(sha h
 kubectl apply -f "$run/http-tracer.yaml"
 wait_phase http-tracer Healthy
 kubectl get tp http-tracer
+echo "+ a TracerPolicy narrows it to one port: written into every node's maps, no reload"
+kubectl apply -f - <<EOF
+apiVersion: bpfleet.dev/v1alpha1
+kind: TracerPolicy
+metadata: {name: http-tracer-demo}
+spec:
+  targets: {programNames: [http-tracer]}
+  config:
+    payloadBytes: 512
+    filters: {ports: [18080]}
+EOF
+kubectl wait --for=condition=Ready tpol/http-tracer-demo --timeout=60s >/dev/null
+kubectl get tpol http-tracer-demo
+kubectl get tp http-tracer -o jsonpath='{.status.policy}{"\n"}'
 python3 -m http.server 18080 --bind 127.0.0.1 --directory "$run/objects" >/dev/null 2>&1 &
 pids+=($!)
 sleep 1

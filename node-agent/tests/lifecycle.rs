@@ -176,6 +176,93 @@ fn load_is_idempotent_and_revisions_are_immutable() {
     assert!(root.pins().is_empty());
 }
 
+/// The TracerPolicy maps of `bpfleet_gate.h`: shared by both revisions,
+/// replaced whole on request, reported by List; replace is refused on the
+/// config array.
+#[test]
+fn policy_maps_are_shared_replaced_and_listed() {
+    use bpfleet_proto::v1 as pb;
+    let root = PinRoot::new("policy");
+    let mut a = agent(&root);
+    a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
+    a.load(syscount("v2", objs::SYSCOUNT_V2), "t").unwrap();
+    let entry = |k: Vec<u8>, v: Vec<u8>| pb::ConfigEntry { key: k, value: v };
+    let ports = |ps: &[u16]| pb::UpdateConfigRequest {
+        program: "syscount".into(),
+        map: "bpfleet_ports".into(),
+        entries: ps
+            .iter()
+            .map(|p| entry(p.to_ne_bytes().to_vec(), vec![1]))
+            .collect(),
+        replace: true,
+    };
+    let written = a.update_config(&ports(&[80, 8080]), "t").unwrap();
+    assert_eq!(
+        written.len(),
+        1,
+        "one map shared by both revisions: {written:?}"
+    );
+    a.update_config(&ports(&[8080, 9090]), "t").unwrap();
+    let m = libbpf_rs::MapHandle::from_pinned_path(&written[0]).unwrap();
+    use libbpf_rs::MapCore;
+    let mut keys: Vec<u16> = m
+        .keys()
+        .map(|k| u16::from_ne_bytes(k.try_into().unwrap()))
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, [8080, 9090], "80 replaced away");
+    a.update_config(&ports(&[]), "t").unwrap();
+    assert_eq!(m.keys().count(), 0, "replace with nothing empties the map");
+
+    let slot = |k: u32, v: u64| entry(k.to_ne_bytes().to_vec(), v.to_ne_bytes().to_vec());
+    a.update_config(
+        &pb::UpdateConfigRequest {
+            program: "syscount".into(),
+            map: String::new(),
+            entries: vec![slot(8, 250_000), slot(15, 77)],
+            replace: false,
+        },
+        "t",
+    )
+    .unwrap();
+    let listed = a.list("syscount").unwrap();
+    assert_eq!(listed[0].config.len(), 16);
+    assert_eq!((listed[0].config[8], listed[0].config[15]), (250_000, 77));
+
+    let e = a
+        .update_config(
+            &pb::UpdateConfigRequest {
+                program: "syscount".into(),
+                map: String::new(),
+                entries: vec![],
+                replace: true,
+            },
+            "t",
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("only hash maps can be replaced"),
+        "{e}"
+    );
+    let e = a
+        .update_config(
+            &pb::UpdateConfigRequest {
+                program: "syscount".into(),
+                map: "bpfleet_pids".into(),
+                entries: vec![],
+                replace: false,
+            },
+            "t",
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("0 only with replace"), "{e}");
+    a.unload("syscount", "", "t").unwrap();
+    assert!(
+        root.pins().is_empty(),
+        "shared policy maps go with the program"
+    );
+}
+
 #[test]
 fn verifier_rejection_reports_the_log_and_leaves_the_running_revision_alone() {
     let root = PinRoot::new("verifier");
