@@ -119,21 +119,25 @@ pub enum UnmatchedRoutes {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Filters {
+    /// Processes traced, by host process id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(range(min = 1)))]
     pub pids: Vec<i32>,
-    /// Kubernetes namespaces whose pods are traced.
+    /// Kubernetes namespaces whose pods are traced. Not enforced by this
+    /// version's agents: a policy that sets it reports `NotEnforced`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 64),
         inner(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))
     )]
     pub namespaces: Vec<String>,
-    /// Local TCP ports traced (server side) or dialled (client side).
+    /// Only connections with one of these ports at either end are traced
+    /// (a server's port, or the port a client dials).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(range(min = 1, max = 65535)))]
     pub ports: Vec<i32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Connections with one of these ports at either end are never traced.
     #[schemars(length(max = 64), inner(range(min = 1, max = 65535)))]
     pub exclude_ports: Vec<i32>,
 }
