@@ -152,12 +152,7 @@ pub async fn reconcile(tp: Arc<TracerProgram>, ctx: Arc<Context>) -> Result<Acti
 /// Transient errors back off from 2 s up to 2 min per object; permanent
 /// ones wait for a change of the object (they were written to status).
 pub fn error_policy(tp: Arc<TracerProgram>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .errors
-        .get_or_create(&crate::metrics::KindLabel {
-            kind: err.kind().into(),
-        })
-        .inc();
+    ctx.metrics.error(err.kind());
     warn!(program = %tp.name_any(), error = %err, "reconcile failed");
     if err.is_transient() {
         Action::requeue(Duration::from_secs(5))

@@ -152,6 +152,15 @@ impl Metrics {
         }
     }
 
+    /// A reconcile (of a program or a policy) failed with `kind`.
+    pub fn error(&self, kind: &str) {
+        self.errors
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
     pub fn call(&self, call: &str, result: &str) {
         self.agent_calls
             .get_or_create(&CallLabels {

@@ -402,12 +402,7 @@ pub async fn reconcile(p: Arc<TracerPolicy>, ctx: Arc<PolicyContext>) -> Result<
 }
 
 pub fn error_policy(p: Arc<TracerPolicy>, err: &Error, ctx: Arc<PolicyContext>) -> Action {
-    ctx.metrics
-        .errors
-        .get_or_create(&crate::metrics::KindLabel {
-            kind: err.kind().into(),
-        })
-        .inc();
+    ctx.metrics.error(err.kind());
     warn!(policy = %p.name_any(), error = %err, "policy status not written");
     Action::requeue(Duration::from_secs(5))
 }
