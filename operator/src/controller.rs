@@ -194,6 +194,22 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
     let (mut reports, stamps) = observe_stamped(&name, &all, ctx).await;
     forget_unloaded(ctx, &name, &targets, &reports);
     let applied = configure(tp, ctx, policy.as_deref(), &targets, &reports, &stamps).await;
+    // Nodes that do not hold the program yet get the policy's writes right
+    // after their Load, before the Activate that follows.
+    let want = policy::desired(policy.as_deref());
+    let first_load = FirstLoad {
+        requests: if want.stamp == 0 {
+            Vec::new()
+        } else {
+            want.requests(&name)
+        },
+        nodes: targets
+            .iter()
+            .zip(&stamps)
+            .filter(|(_, s)| s.is_none())
+            .map(|(t, _)| t.name.as_str())
+            .collect(),
+    };
 
     let source_commit = tp
         .annotations()
@@ -245,7 +261,16 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
         let repeated = out.actions.iter().any(|a| sent.contains(a));
         let mut more = !out.actions.is_empty() && !repeated;
         if more {
-            let ok = carry_out(ctx, &name, &tp.spec, &revision, &out.actions, &targets).await;
+            let ok = carry_out(
+                ctx,
+                &name,
+                &tp.spec,
+                &revision,
+                &out.actions,
+                &targets,
+                Some(&first_load),
+            )
+            .await;
             sent.extend(out.actions.iter().cloned());
             more = ok && passes < MAX_PASSES && begun.elapsed() < PASS_BUDGET;
         }
@@ -373,7 +398,7 @@ async fn cleanup(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
         write_status(ctx, &name, &out.status).await?;
     }
     publish(tp, ctx, &out.events).await;
-    carry_out(ctx, &name, &tp.spec, "", &out.actions, &targets).await;
+    carry_out(ctx, &name, &tp.spec, "", &out.actions, &targets, None).await;
     Err(Error::Finalizer(format!(
         "waiting to unload {name}: {} node action(s) sent, unreachable: [{}]",
         out.actions.len(),
@@ -767,6 +792,16 @@ pub fn agent_fetch(pool: Arc<Pool>, metrics: Arc<Metrics>, timeout: Duration) ->
     })
 }
 
+/// The policy writes for nodes about to hold the program for the first
+/// time: made after their Load succeeds, before anything else, so that no
+/// revision runs there unfiltered (the config map is shared by every
+/// revision, so later loads find it written).
+struct FirstLoad<'a> {
+    /// Empty when no policy applies (a new config map holds the defaults).
+    requests: Vec<pb::UpdateConfigRequest>,
+    nodes: HashSet<&'a str>,
+}
+
 /// Carries out the machine's actions: per node in order (stopping at the
 /// first failure on that node), nodes in parallel. True when every action
 /// succeeded.
@@ -777,6 +812,7 @@ async fn carry_out(
     spec_revision: &str,
     actions: &[NodeAction],
     targets: &[Target],
+    first_load: Option<&FirstLoad<'_>>,
 ) -> bool {
     let mut per_node: BTreeMap<&str, Vec<&NodeAction>> = BTreeMap::new();
     for a in actions {
@@ -804,6 +840,17 @@ async fn carry_out(
                     for a in acts {
                         if !act(ctx, program, spec, spec_revision, a, endpoint).await {
                             return false;
+                        }
+                        if a.kind == ActionKind::Load
+                            && let (Some(f), Some(endpoint)) = (first_load, endpoint)
+                            && !f.requests.is_empty()
+                            && f.nodes.contains(node)
+                        {
+                            // A failure here is found and reported by the
+                            // next reconcile's look at the node's stamp.
+                            if let Err((_, m)) = policy::write(&ctx.pool, endpoint, &f.requests).await {
+                                warn!(%node, %program, message = %m, "policy configuration after first load failed");
+                            }
                         }
                     }
                     true

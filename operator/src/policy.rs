@@ -99,6 +99,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The configuration `policy` asks for (the defaults when None).
+pub fn desired(policy: Option<&TracerPolicy>) -> NodeConfig {
+    policy.map_or_else(NodeConfig::defaults, |p| NodeConfig::of(&p.spec.config))
+}
+
 /// Puts the configuration of `policy` (the defaults when None) in force on
 /// every node of `holding` that reports another stamp, nodes in parallel.
 pub async fn sync(
@@ -110,7 +115,7 @@ pub async fn sync(
     policy: Option<&TracerPolicy>,
     holding: &[Holding<'_>],
 ) -> Synced {
-    let want = policy.map_or_else(NodeConfig::defaults, |p| NodeConfig::of(&p.spec.config));
+    let want = desired(policy);
     let mut messages: BTreeMap<&str, String> = BTreeMap::new();
     let mut todo = Vec::new();
     {
@@ -198,7 +203,7 @@ pub async fn sync(
 type WriteResult = std::result::Result<(), (bool, String)>;
 
 /// The calls of one node in order, up to the first that fails.
-async fn write(
+pub async fn write(
     pool: &Pool,
     endpoint: &str,
     requests: &[bpfleet_proto::v1::UpdateConfigRequest],

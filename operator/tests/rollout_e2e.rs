@@ -123,6 +123,17 @@ impl Agent {
         }
     }
 
+    /// The actions of the agent's audit log, in order.
+    fn audited_actions(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).expect("audit log");
+        log.lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).expect("audit line is JSON");
+                v["action"].as_str().expect("action").to_string()
+            })
+            .collect()
+    }
+
     fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -591,6 +602,18 @@ async fn a_program_lives_through_every_kind_of_rollout() {
     })
     .await;
     counting(&agents, 0, &[1, 2]).await;
+    // The policy (empty config, still a policy) was written between each
+    // node's first Load and its Activate: no revision ran unconfigured.
+    for a in &agents {
+        let actions = a.audited_actions();
+        let first = |what: &str| actions.iter().position(|x| x == what);
+        let (load, config, activate) = (first("load"), first("update_config"), first("activate"));
+        assert!(
+            load < config && config < activate && load.is_some(),
+            "{}: audit order {actions:?}",
+            a.node
+        );
+    }
 
     // 1b. The policy's runtime configuration reaches every node's kernel
     //     maps, with no reload, and both statuses say where it is in force;
