@@ -119,7 +119,11 @@ pub async fn sync(
     let mut messages: BTreeMap<&str, String> = BTreeMap::new();
     let mut todo = Vec::new();
     {
-        let book = lock(refusals);
+        let mut book = lock(refusals);
+        // Refusals of nodes that no longer hold the program are moot.
+        let held: std::collections::HashSet<&str> = holding.iter().map(|h| h.node).collect();
+        book.0
+            .retain(|(n, p), _| p != program || held.contains(n.as_str()));
         for h in holding.iter().filter(|h| h.stamp != want.stamp) {
             match (
                 h.endpoint,
