@@ -39,6 +39,12 @@ object!(
     SYSCOUNT_FAULTY, "syscount_faulty.bpf.o"
 );
 object!(
+    /// Syscount built against an older `bpfleet_gate.h`: its own
+    /// `bpfleet_config` but no `bpfleet_pids` or `bpfleet_ports`, so it cannot
+    /// honour a TracerPolicy's process or port filter. Counts into slot 0.
+    SYSCOUNT_LEGACY, "syscount_legacy.bpf.o"
+);
+object!(
     /// Raw tracepoint `sys_enter`, program `count_raw`: counts getppid into
     /// slot 2 of `counts`. Switched by the dispatcher.
     SYSCOUNT_RAW, "syscount_raw.bpf.o"
@@ -90,11 +96,12 @@ object!(
 
 /// Every example object by the file name the build gives it, for tools that
 /// write them to disk (the demo, `bpfleet-objects`).
-pub const OBJECTS: [(&str, &[u8]); 14] = [
+pub const OBJECTS: [(&str, &[u8]); 15] = [
     ("syscount_v1.bpf.o", SYSCOUNT_V1),
     ("syscount_v2.bpf.o", SYSCOUNT_V2),
     ("syscount_bad.bpf.o", SYSCOUNT_BAD),
     ("syscount_faulty.bpf.o", SYSCOUNT_FAULTY),
+    ("syscount_legacy.bpf.o", SYSCOUNT_LEGACY),
     ("syscount_raw.bpf.o", SYSCOUNT_RAW),
     ("xdpcount_v1.bpf.o", XDPCOUNT_V1),
     ("xdpcount_v2.bpf.o", XDPCOUNT_V2),
@@ -122,6 +129,7 @@ mod tests {
             SYSCOUNT_V2,
             SYSCOUNT_BAD,
             SYSCOUNT_FAULTY,
+            SYSCOUNT_LEGACY,
             SYSCOUNT_RAW,
             XDPCOUNT_V1,
             XDPCOUNT_V2,

@@ -211,6 +211,7 @@ impl Objects {
             ("v2", bpfleet_bpf::SYSCOUNT_V2),
             ("bad", bpfleet_bpf::SYSCOUNT_BAD),
             ("faulty", bpfleet_bpf::SYSCOUNT_FAULTY),
+            ("legacy", bpfleet_bpf::SYSCOUNT_LEGACY),
         ] {
             let p = dir.path().join(format!("syscount_{name}.bpf.o"));
             std::fs::write(&p, bytes).expect("write object");
@@ -942,6 +943,100 @@ async fn a_program_lives_through_every_kind_of_rollout() {
     operator.kill();
     drop(agents);
     drop(cp);
+}
+
+/// A policy a program cannot honour (a port filter for an object without
+/// `bpfleet_ports`): refused by the agent, said in both statuses with the
+/// agent's words, not asked again every reconcile; a policy it can honour
+/// then goes in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_the_program_cannot_honour_is_reported_not_retried() {
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    cp.install_crds().expect("CRDs install");
+    let client = cp.client().await.expect("client");
+    let objects = Objects::write();
+    let agent = Agent::start("node-legacy");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": agent.node,
+            "annotations": {"bpfleet.dev/agent-endpoint": agent.endpoint()}
+        }
+    }))
+    .expect("node");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create node");
+    let policies: Api<TracerPolicy> = Api::all(client.clone());
+    let policy: TracerPolicy = serde_json::from_value(json!({
+        "apiVersion": "bpfleet.dev/v1alpha1", "kind": "TracerPolicy",
+        "metadata": {"name": "syscount-health"},
+        "spec": {"targets": {"programNames": [PROGRAM]}, "config": {"filters": {"ports": [8080]}}}
+    }))
+    .expect("policy");
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("policy");
+    let api: Api<TracerProgram> = Api::all(client.clone());
+    let operator = Operator::start(client.clone());
+
+    let legacy = objects.spec("legacy", "1.0.0", json!({"immediate": {}}));
+    let rev = spec_revision(&legacy);
+    apply(&api, &legacy).await;
+    let tp = wait_for(&api, "healthy, the policy refused", 60, |tp| {
+        phase(tp) == Some(Phase::Healthy)
+            && stable(tp) == rev
+            && tp
+                .status
+                .as_ref()
+                .and_then(|s| s.policy.as_ref())
+                .is_some_and(|p| p.message.is_some())
+    })
+    .await;
+    let applied = tp.status.and_then(|s| s.policy).expect("status.policy");
+    assert_eq!((applied.nodes, applied.configured_nodes), (1, 0));
+    let message = applied.message.unwrap_or_default();
+    assert!(
+        message.contains("node-legacy") && message.contains("bpfleet_ports"),
+        "{message}"
+    );
+    let ready = policy_settled(&policies, "policy refused", |c| c.reason == "ConfigRefused").await;
+    assert!(ready.message.contains("bpfleet_ports"), "{}", ready.message);
+
+    // Not asked again while nothing changes: the operator resyncs every 5 s.
+    let writes = || {
+        agent
+            .audited_actions()
+            .iter()
+            .filter(|a| *a == "update_config")
+            .count()
+    };
+    let before = writes();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(writes(), before, "a refused write was retried unchanged");
+
+    // A policy it can honour: in force, the refusal gone from both statuses.
+    set_policy_config(&policies, json!({"samplingRate": 0.5})).await;
+    let ready = policy_settled(&policies, "policy in force", |c| c.reason == "Applied").await;
+    assert!(ready.message.contains("1/1 nodes"), "{}", ready.message);
+    assert_eq!(config_slots(&agent), [500_000, 0, 0, 0]);
+    let tp = api.get(PROGRAM).await.expect("get");
+    let applied = tp.status.and_then(|s| s.policy).expect("status.policy");
+    assert_eq!((applied.configured_nodes, applied.message), (1, None));
+
+    api.delete(PROGRAM, &DeleteParams::default())
+        .await
+        .expect("delete");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.get_opt(PROGRAM).await.expect("get").is_some() {
+        assert!(Instant::now() < deadline, "program not deleted");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(agent.pins().is_empty(), "pins left: {:?}", agent.pins());
+    operator.kill();
 }
 
 /// Agents that answer garbage, never answer, or are not there; a program
