@@ -123,8 +123,10 @@ pub struct Filters {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(range(min = 1)))]
     pub pids: Vec<i32>,
-    /// Kubernetes namespaces whose pods are traced. Not enforced by this
-    /// version's agents: a policy that sets it reports `NotEnforced`.
+    /// Kubernetes namespaces whose pods are traced. The agent drops the
+    /// exchanges of every other process (pods of other namespaces and
+    /// processes outside pods) before anything is recorded or exported; the
+    /// kernel side still sees their syscalls.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 64),

@@ -116,6 +116,8 @@ pub struct ProgramView {
     /// Revision -> revision token.
     pub revisions: BTreeMap<String, u64>,
     pub active: Option<String>,
+    /// The namespace filter (empty: none).
+    pub namespaces: Vec<String>,
 }
 
 /// The node agent.
@@ -1135,6 +1137,7 @@ impl Agent {
                     .map(|pin| read_config(pin))
                     .transpose()?
                     .unwrap_or_default(),
+                namespaces: p.namespaces.clone(),
             });
         }
         if !program.is_empty() && out.is_empty() {
@@ -1236,6 +1239,7 @@ impl Agent {
                     .map(|(n, r)| (n.clone(), r.token))
                     .collect(),
                 active: p.active.clone(),
+                namespaces: p.namespaces.clone(),
             })
             .collect()
     }
@@ -1259,11 +1263,19 @@ impl Agent {
                 &req.program,
                 "",
                 "ok",
-                &format!(
-                    "map {map}: {} entries into {} maps",
-                    req.entries.len(),
-                    w.len()
-                ),
+                &match &req.namespaces {
+                    None => format!(
+                        "map {map}: {} entries into {} maps",
+                        req.entries.len(),
+                        w.len()
+                    ),
+                    Some(n) => format!(
+                        "map {map}: {} entries into {} maps; namespace filter [{}]",
+                        req.entries.len(),
+                        w.len(),
+                        n.names.join(",")
+                    ),
+                },
             ),
             Err(e) => self.audit.write(
                 actor,
@@ -1279,6 +1291,33 @@ impl Agent {
 
     fn update_config_inner(&mut self, req: &pb::UpdateConfigRequest) -> Result<Vec<String>> {
         check_name("program", &req.program)?;
+        let namespaces = req
+            .namespaces
+            .as_ref()
+            .map(|n| namespace_list(&n.names))
+            .transpose()?;
+        if !self.state.programs.contains_key(&req.program) {
+            return Err(Error::NotFound(format!("program {}", req.program)));
+        }
+        let only_namespaces = namespaces.is_some() && req.entries.is_empty() && !req.replace;
+        let written = if only_namespaces {
+            Vec::new()
+        } else {
+            self.write_map(req)?
+        };
+        if let Some(ns) = namespaces
+            && let Some(p) = self.state.programs.get_mut(&req.program)
+            && p.namespaces != ns
+        {
+            p.namespaces = ns;
+            self.save()?;
+        }
+        Ok(written)
+    }
+
+    /// The map part of UpdateConfig: every entry checked against every
+    /// instance of the map before the first is written.
+    fn write_map(&self, req: &pb::UpdateConfigRequest) -> Result<Vec<String>> {
         let map = if req.map.is_empty() {
             CONFIG_MAP
         } else {
@@ -1501,6 +1540,33 @@ fn kernel_release() -> String {
     unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
         .to_string_lossy()
         .into_owned()
+}
+
+/// A namespace filter as UpdateConfig gives it: at most 64 Kubernetes
+/// namespace names (DNS labels), sorted, without repeats.
+fn namespace_list(names: &[String]) -> Result<Vec<String>> {
+    if names.len() > 64 {
+        return Err(Error::Invalid(format!(
+            "namespaces: at most 64, got {}",
+            names.len()
+        )));
+    }
+    for (i, n) in names.iter().enumerate() {
+        let ok = (1..=63).contains(&n.len())
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !n.starts_with('-')
+            && !n.ends_with('-');
+        if !ok {
+            return Err(Error::Invalid(format!(
+                "namespaces[{i}]: {n:?} is not a Kubernetes namespace name (1-63 of a-z, 0-9, '-', alphanumeric at both ends)"
+            )));
+        }
+    }
+    let mut out = names.to_vec();
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// `bpfleet_config` as it holds now (its 16 slots), for List.

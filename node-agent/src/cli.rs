@@ -80,7 +80,8 @@ pub enum Command {
         #[arg(long, default_value = "")]
         program: String,
     },
-    /// Write config map entries (hex key=value).
+    /// Write config map entries (hex key=value), and/or set the program's
+    /// namespace filter.
     UpdateConfig {
         #[command(flatten)]
         conn: Conn,
@@ -89,11 +90,15 @@ pub enum Command {
         #[arg(long, default_value = "")]
         map: String,
         /// KEYHEX=VALUEHEX, e.g. 00000000=e803000000000000
-        #[arg(long = "set", required_unless_present = "replace")]
+        #[arg(long = "set", required_unless_present_any = ["replace", "namespaces"])]
         entries: Vec<String>,
         /// Make a hash map hold exactly the --set entries (none: empty it).
         #[arg(long)]
         replace: bool,
+        /// Set the program's namespace filter: comma-separated Kubernetes
+        /// namespaces whose exchanges the HTTP tracer keeps ("" lifts it).
+        #[arg(long)]
+        namespaces: Option<String>,
     },
     /// Agent health.
     Health {
@@ -533,6 +538,7 @@ pub async fn run_client(cmd: Command) -> Result<()> {
             map,
             entries,
             replace,
+            namespaces,
         } => {
             let mut out = Vec::new();
             for e in &entries {
@@ -553,6 +559,14 @@ pub async fn run_client(cmd: Command) -> Result<()> {
                         map,
                         entries: out,
                         replace,
+                        namespaces: namespaces.map(|n| pb::NamespaceFilter {
+                            names: n
+                                .split(',')
+                                .map(str::trim)
+                                .filter(|s| !s.is_empty())
+                                .map(str::to_string)
+                                .collect(),
+                        }),
                     })
                     .await,
             )

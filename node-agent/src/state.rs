@@ -43,6 +43,10 @@ pub struct ProgramState {
     /// Maps shared by the revisions (config, persistent) -> pin.
     #[serde(default)]
     pub shared_maps: BTreeMap<String, PathBuf>,
+    /// Kubernetes namespaces whose exchanges the HTTP tracer runtime keeps
+    /// (empty: all), set by UpdateConfig.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
 }
 
 /// One loaded revision.

@@ -514,6 +514,7 @@ async fn tracer_in_the_agent_exports_exact_figures() {
                 value: vec![1],
             }],
             replace: false,
+            namespaces: None,
         })
         .await
         .unwrap();
@@ -526,6 +527,7 @@ async fn tracer_in_the_agent_exports_exact_figures() {
             value: 1u64.to_ne_bytes().to_vec(),
         }],
         replace: false,
+        namespaces: None,
     })
     .await
     .unwrap();
@@ -1002,4 +1004,233 @@ async fn tracer_in_the_agent_exports_exact_figures() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(agent);
+}
+
+/// A cgroup whose path names a pod UID, as kubelet lays them out
+/// (`.../kubepods/pod<uid>/<container>`), under a directory of the test's
+/// own on the cgroup2 mount; removed when dropped (after its processes).
+struct PodCgroup {
+    top: std::path::PathBuf,
+    leaf: std::path::PathBuf,
+}
+
+impl PodCgroup {
+    fn new(tag: &str, uid: &str) -> Self {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 2 && f[2] == "cgroup2")
+            .map(|f| std::path::PathBuf::from(f[1]))
+            .expect("a cgroup2 mount");
+        let top = root.join(format!("bpfleet-test-{tag}-{}", std::process::id()));
+        let leaf = top.join("kubepods").join(format!("pod{uid}")).join("web");
+        std::fs::create_dir_all(&leaf).unwrap();
+        Self { top, leaf }
+    }
+
+    fn adopt(&self, pid: u32) {
+        std::fs::write(self.leaf.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        // Deepest first; a cgroup with processes cannot go, and the
+        // servers are dropped before this.
+        let mut dirs = vec![self.leaf.clone()];
+        while let Some(parent) = dirs.last().and_then(|d| d.parent()) {
+            if !parent.starts_with(&self.top) {
+                break;
+            }
+            dirs.push(parent.to_path_buf());
+        }
+        for d in dirs {
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}
+
+/// `python3 -m http.server` moved into `cg` as soon as it is spawned.
+fn python_in(cg: &PodCgroup) -> Python {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hello\n").unwrap();
+    let port = free_port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    cg.adopt(child.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "python http.server did not start"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    Python {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+/// The TracerPolicy namespace filter as the agent applies it: two servers
+/// in pods of two namespaces (real cgroups, kubelet's pod log directory
+/// laid out by the test), curl outside any pod; with the filter on `shop`
+/// only the shop pod's exchanges count and the rest are counted as dropped
+/// in `/api/health`; lifting it counts everything again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_filter_keeps_only_pods_of_listed_namespaces() {
+    const SHOP: &str = "0a1b2c3d-0000-4000-8000-00000000a001";
+    const OTHER: &str = "0a1b2c3d-0000-4000-8000-00000000b002";
+    let root = PinRoot::new("httpns");
+    let pods = root.scratch.path().join("pods");
+    for d in [
+        format!("shop_web-a_{SHOP}/web"),
+        format!("other_web-b_{OTHER}/web"),
+    ] {
+        std::fs::create_dir_all(pods.join(d)).unwrap();
+    }
+    let mport = free_port();
+    let mlisten = format!("127.0.0.1:{mport}");
+    let agent = AgentProc::start(
+        &root,
+        None,
+        &[
+            "--allow-unsigned",
+            "--metrics-listen",
+            &mlisten,
+            "--pods-log-dir",
+            pods.to_str().unwrap(),
+        ],
+    );
+    let shop_cg = PodCgroup::new("shop", SHOP);
+    let other_cg = PodCgroup::new("other", OTHER);
+    let shop = python_in(&shop_cg);
+    let other = python_in(&other_cg);
+
+    let mut c = agent.client().await;
+    c.load(tracer_req("r1")).await.unwrap();
+    let slot = |k: u32, v: u64| pb::ConfigEntry {
+        key: k.to_ne_bytes().to_vec(),
+        value: v.to_ne_bytes().to_vec(),
+    };
+    c.update_config(pb::UpdateConfigRequest {
+        program: PROGRAM.into(),
+        map: "bpfleet_ports".into(),
+        entries: [shop.port, other.port]
+            .iter()
+            .map(|p| pb::ConfigEntry {
+                key: p.to_ne_bytes().to_vec(),
+                value: vec![1],
+            })
+            .collect(),
+        replace: true,
+        namespaces: None,
+    })
+    .await
+    .unwrap();
+    let filter = |names: &[&str]| pb::UpdateConfigRequest {
+        program: PROGRAM.into(),
+        map: String::new(),
+        entries: vec![slot(config::PORT_FILTER, 1)],
+        replace: false,
+        namespaces: Some(pb::NamespaceFilter {
+            names: names.iter().map(|n| n.to_string()).collect(),
+        }),
+    };
+    c.update_config(filter(&["shop"])).await.unwrap();
+    let listed = c
+        .list(pb::ListRequest {
+            program: PROGRAM.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.programs[0].namespaces, ["shop"]);
+    c.activate(pb::ActivateRequest {
+        program: PROGRAM.into(),
+        revision: "r1".into(),
+    })
+    .await
+    .unwrap();
+    let health = || {
+        let (_, body) = get(mport, "/api/health");
+        let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+        h["tracer"]["programs"][0].clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health()["reader_running"] != true {
+        assert!(Instant::now() < deadline, "reader did not start");
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    let url = |p: u16| format!("http://127.0.0.1:{p}/hello.txt");
+    curl(&[], &[url(shop.port), url(shop.port), url(shop.port)]);
+    curl(&[], &[url(other.port), url(other.port)]);
+    // Kept: the shop pod's 3 server exchanges. Dropped: the other pod's 2
+    // and curl's 5 (no pod, so no namespace).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = health();
+        if t["exchanges"] == 3 && t["namespace_exchanges_dropped"] == 7 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "tracer health: {t}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let (_, text) = get(mport, "/metrics");
+    let m = parse_metrics(&text);
+    let count = |ns: &str| {
+        sum(
+            &m,
+            "http_server_request_duration_seconds_count",
+            &[("k8s_namespace_name", ns)],
+        )
+    };
+    assert_eq!(count("shop"), 3.0, "{text}");
+    assert_eq!(count("other"), 0.0);
+    assert_eq!(
+        sum(&m, "http_client_request_duration_seconds_count", &[]),
+        0.0
+    );
+
+    // Lifted: the other pod counts again.
+    c.update_config(filter(&[])).await.unwrap();
+    // The agent's watcher hands program changes to the tracer every 250 ms.
+    thread::sleep(Duration::from_millis(600));
+    curl(&[], &[url(other.port)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = get(mport, "/metrics");
+        let n = sum(
+            &parse_metrics(&text),
+            "http_server_request_duration_seconds_count",
+            &[("k8s_namespace_name", "other")],
+        );
+        if n == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    c.unload(pb::UnloadRequest {
+        program: PROGRAM.into(),
+        revision: String::new(),
+    })
+    .await
+    .unwrap();
+    drop(shop);
+    drop(other);
 }

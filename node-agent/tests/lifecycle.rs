@@ -195,6 +195,7 @@ fn policy_maps_are_shared_replaced_and_listed() {
             .map(|p| entry(p.to_ne_bytes().to_vec(), vec![1]))
             .collect(),
         replace: true,
+        namespaces: None,
     };
     let written = a.update_config(&ports(&[80, 8080]), "t").unwrap();
     assert_eq!(
@@ -221,6 +222,7 @@ fn policy_maps_are_shared_replaced_and_listed() {
             map: String::new(),
             entries: vec![slot(8, 250_000), slot(15, 77)],
             replace: false,
+            namespaces: None,
         },
         "t",
     )
@@ -236,6 +238,7 @@ fn policy_maps_are_shared_replaced_and_listed() {
                 map: String::new(),
                 entries: vec![],
                 replace: true,
+                namespaces: None,
             },
             "t",
         )
@@ -251,6 +254,7 @@ fn policy_maps_are_shared_replaced_and_listed() {
                 map: "bpfleet_pids".into(),
                 entries: vec![],
                 replace: false,
+                namespaces: None,
             },
             "t",
         )

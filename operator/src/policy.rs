@@ -9,8 +9,8 @@
 //!   on how many nodes it is in force;
 //! - the TracerPolicy reconciler ([`reconcile`]), which writes the policy's
 //!   status from the programs' statuses: what it targets, whether it is in
-//!   force, overridden by another policy, refused, or asks for something no
-//!   agent enforces. It never writes the spec.
+//!   force, overridden by another policy, or refused. It never writes the
+//!   spec.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -291,22 +291,12 @@ pub fn status_of(
         }
     }
     let applies = targeted.len() - overridden.len();
-    let not_enforced = NodeConfig::of(&policy.spec.config).not_enforced;
 
     let (ready, reason, message) = if !refused.is_empty() {
         (
             false,
             "ConfigRefused",
             format!("refused: {}", refused.join("; ")),
-        )
-    } else if !not_enforced.is_empty() {
-        (
-            false,
-            "NotEnforced",
-            format!(
-                "{} is not enforced by the agents of this version; the rest is in force on {configured}/{nodes} nodes",
-                not_enforced.join(", ")
-            ),
         )
     } else if !pending.is_empty() {
         (

@@ -37,10 +37,11 @@ pub struct NodeConfig {
     pub pids: Vec<u32>,
     /// Ports and their mark (empty: no port filter, map not written).
     pub ports: Vec<(u16, u8)>,
+    /// Kubernetes namespaces whose exchanges the agent keeps (empty: all);
+    /// sent with the slots, held by the agent (userspace, not a map).
+    pub namespaces: Vec<String>,
     /// Digest of the above; 0 only for the defaults.
     pub stamp: u64,
-    /// Settings of the policy that no agent enforces (named by field).
-    pub not_enforced: Vec<String>,
 }
 
 impl NodeConfig {
@@ -56,8 +57,8 @@ impl NodeConfig {
             ],
             pids: Vec::new(),
             ports: Vec::new(),
+            namespaces: Vec::new(),
             stamp: 0,
-            not_enforced: Vec::new(),
         }
     }
 
@@ -108,16 +109,15 @@ impl NodeConfig {
             (SLOT_PID_FILTER, u64::from(!pids.is_empty())),
             (SLOT_PORT_FILTER, mode),
         ];
-        let mut not_enforced = Vec::new();
-        if !cfg.filters.namespaces.is_empty() {
-            not_enforced.push("config.filters.namespaces".to_string());
-        }
+        let mut namespaces = cfg.filters.namespaces.clone();
+        namespaces.sort();
+        namespaces.dedup();
         let mut out = Self {
             slots,
             pids,
             ports,
+            namespaces,
             stamp: 0,
-            not_enforced,
         };
         out.stamp = out.digest();
         out
@@ -138,6 +138,11 @@ impl NodeConfig {
         for (p, mark) in &self.ports {
             h.update(p.to_le_bytes());
             h.update([*mark]);
+        }
+        h.update(b"namespaces");
+        for n in &self.namespaces {
+            h.update(n.as_bytes());
+            h.update([0]);
         }
         let d = h.finalize();
         let mut first = [0u8; 8];
@@ -163,6 +168,7 @@ impl NodeConfig {
                     })
                     .collect(),
                 replace: true,
+                namespaces: None,
             });
         }
         if !self.ports.is_empty() {
@@ -178,22 +184,29 @@ impl NodeConfig {
                     })
                     .collect(),
                 replace: true,
+                namespaces: None,
             });
         }
         let slot = |k: u32, v: u64| pb::ConfigEntry {
             key: k.to_ne_bytes().to_vec(),
             value: v.to_ne_bytes().to_vec(),
         };
-        let config = |entries| pb::UpdateConfigRequest {
+        let config = |entries, namespaces| pb::UpdateConfigRequest {
             program: program.to_string(),
             map: String::new(),
             entries,
             replace: false,
+            namespaces,
         };
+        // The namespace filter travels with the slots (an empty list lifts
+        // it), so it is in force before the stamp says so.
         out.push(config(
             self.slots.iter().map(|&(k, v)| slot(k, v)).collect(),
+            Some(pb::NamespaceFilter {
+                names: self.namespaces.clone(),
+            }),
         ));
-        out.push(config(vec![slot(SLOT_STAMP, self.stamp)]));
+        out.push(config(vec![slot(SLOT_STAMP, self.stamp)], None));
         out
     }
 }
@@ -304,11 +317,24 @@ mod tests {
     }
 
     #[test]
-    fn namespaces_are_reported_as_not_enforced() {
+    fn namespaces_go_with_the_slots_and_into_the_stamp() {
         let c = NodeConfig::of(&cfg(
-            serde_json::json!({"filters": {"namespaces": ["shop"]}}),
+            serde_json::json!({"filters": {"namespaces": ["shop", "pay", "shop"]}}),
         ));
-        assert_eq!(c.not_enforced, ["config.filters.namespaces"]);
+        assert_eq!(c.namespaces, ["pay", "shop"]);
+        let reqs = c.requests("p");
+        assert_eq!(
+            reqs[0].namespaces.as_ref().map(|n| n.names.clone()),
+            Some(vec!["pay".to_string(), "shop".to_string()])
+        );
+        assert!(reqs[1].namespaces.is_none(), "the stamp goes alone");
+        let none = NodeConfig::of(&RuntimeConfig::default());
+        assert_ne!(c.stamp, none.stamp);
+        assert_eq!(
+            none.requests("p")[0].namespaces,
+            Some(pb::NamespaceFilter::default()),
+            "no namespaces: the filter is lifted"
+        );
     }
 
     #[test]

@@ -433,6 +433,28 @@ fn map_entries<const K: usize>(agent: &Agent, name: &str) -> Vec<([u8; K], u8)> 
     out
 }
 
+/// The namespace filter each agent holds for the program.
+async fn namespace_filters(pool: &Pool, agents: &[Agent]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for a in agents {
+        let mut c = pool.client(&a.endpoint()).expect("client");
+        let list = c
+            .list(pb::ListRequest {
+                program: PROGRAM.into(),
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        out.push(
+            list.programs
+                .first()
+                .map(|p| p.namespaces.clone())
+                .unwrap_or_default(),
+        );
+    }
+    out
+}
+
 /// The kernel program ids of every revision on each agent.
 async fn prog_ids(pool: &Pool, agents: &[Agent]) -> Vec<Vec<u32>> {
     let mut out = Vec::new();
@@ -621,7 +643,7 @@ async fn a_program_lives_through_every_kind_of_rollout() {
     //     a policy change is written again.
     let ids_before = prog_ids(&pool, &agents).await;
     let config = json!({"samplingRate": 0.5, "payloadBytes": 512,
-        "filters": {"pids": [4242, 77], "ports": [8080], "excludePorts": [22]}});
+        "filters": {"pids": [4242, 77], "ports": [8080], "excludePorts": [22], "namespaces": ["shop"]}});
     set_policy_config(&policies, config).await;
     let pol = policy_settled(&policies, "policy in force", |c| c.reason == "Applied").await;
     assert!(pol.message.contains("3/3 nodes"), "{}", pol.message);
@@ -662,6 +684,10 @@ async fn a_program_lives_through_every_kind_of_rollout() {
         ids_before,
         "configuration must not reload programs"
     );
+    assert_eq!(
+        namespace_filters(&pool, &agents).await,
+        vec![vec!["shop".to_string()]; 3]
+    );
     let stamp = config_stamp(&agents[0]);
     set_policy_config(&policies, json!({"filters": {"ports": [9090]}})).await;
     policy_settled(&policies, "changed policy in force", |c| {
@@ -678,6 +704,11 @@ async fn a_program_lives_through_every_kind_of_rollout() {
         );
         assert_ne!(config_stamp(a), stamp, "{}", a.node);
     }
+    assert_eq!(
+        namespace_filters(&pool, &agents).await,
+        vec![Vec::<String>::new(); 3],
+        "the new policy has no namespace filter: lifted"
+    );
     counting(&agents, 0, &[1, 2]).await;
 
     // 2. v2 by canary: one node of three first, held by a timed pause, then

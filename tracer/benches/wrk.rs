@@ -510,6 +510,7 @@ async fn load_tracer(
         map: map.into(),
         entries: vec![pb::ConfigEntry { key, value }],
         replace: false,
+        namespaces: None,
     };
     c.update_config(cfg("bpfleet_ports", port.to_ne_bytes().to_vec(), vec![1]))
         .await

@@ -76,6 +76,7 @@ fn write_map(agent: &mut Agent, map: &str, key: Vec<u8>, value: Vec<u8>) {
                 map: map.into(),
                 entries: vec![pb::ConfigEntry { key, value }],
                 replace: false,
+                namespaces: None,
             },
             "test",
         )

@@ -62,6 +62,8 @@ pub struct TracerProgramHealth {
     pub connections_evicted: u64,
     pub exchanges: u64,
     pub own_exchanges_dropped: u64,
+    /// Exchanges outside the program's namespace filter, dropped.
+    pub namespace_exchanges_dropped: u64,
     pub seconds_since_last_exchange: Option<f64>,
 }
 
@@ -89,6 +91,7 @@ pub fn health(agent: pb::HealthResponse, hub: Option<&Hub>) -> Health {
                 connections_evicted: r.evicted,
                 exchanges: r.exchanges,
                 own_exchanges_dropped: r.own_dropped,
+                namespace_exchanges_dropped: r.namespace_dropped,
                 seconds_since_last_exchange: r.last_exchange.map(|t| t.elapsed().as_secs_f64()),
             });
         }

@@ -181,6 +181,8 @@ pub(crate) struct ProgramInfo {
     active_token: u64,
     events_pin: PathBuf,
     lost_pin: PathBuf,
+    /// The program's namespace filter (empty: every exchange is kept).
+    namespaces: Arc<[String]>,
 }
 
 /// What a reader reports about itself.
@@ -198,6 +200,8 @@ pub(crate) struct ReaderStatus {
     exchanges: u64,
     /// Exchanges of the agent's own process, dropped.
     own_dropped: u64,
+    /// Exchanges outside the program's namespace filter, dropped.
+    namespace_dropped: u64,
     lost: u64,
     last_exchange: Option<Instant>,
 }
@@ -376,6 +380,7 @@ impl Hub {
                     active_token,
                     events_pin: events.clone(),
                     lost_pin: lost.clone(),
+                    namespaces: v.namespaces.clone().into(),
                 },
             );
         }
@@ -407,10 +412,24 @@ impl Hub {
         if records.is_empty() {
             return;
         }
+        // The namespace filter (TracerPolicy config.filters.namespaces):
+        // exchanges of processes outside those namespaces' pods are dropped
+        // here, before any metric, window or span sees them.
+        let namespaces = self
+            .lock()
+            .programs
+            .get(program)
+            .map(|p| p.namespaces.clone());
+        let keep = |r: &&Record| {
+            namespaces
+                .as_ref()
+                .is_none_or(|ns| ns.is_empty() || ns.contains(&r.namespace))
+        };
+        let kept = records.iter().filter(keep).count();
         // A batch's records mostly share their labels: group them so label
         // sets and series are built and looked up once per group.
         let mut groups: HashMap<record::Group<'_>, Vec<&Record>> = HashMap::new();
-        for r in records {
+        for r in records.iter().filter(keep) {
             groups.entry(r.group()).or_default().push(r);
             if let Some(o) = &self.otlp {
                 o.send(r);
@@ -438,8 +457,11 @@ impl Hub {
                 .merge(&f);
         }
         let s = st.readers.entry(program.to_string()).or_default();
-        s.exchanges += records.len() as u64;
-        s.last_exchange = Some(Instant::now());
+        s.exchanges += kept as u64;
+        s.namespace_dropped += (records.len() - kept) as u64;
+        if kept > 0 {
+            s.last_exchange = Some(Instant::now());
+        }
     }
 
     /// Evaluates the alert rules at `now_ns` (kernel monotonic time) and
@@ -566,6 +588,7 @@ mod tests {
             .into(),
             revisions: [("r1".to_string(), 1), ("r2".to_string(), 2)].into(),
             active: Some(active.into()),
+            namespaces: Vec::new(),
         }
     }
 
@@ -632,6 +655,33 @@ mod tests {
         hub.set_programs(&[]);
         hub.fill_stats(&mut s);
         assert!(hub.lock().figures.is_empty());
+    }
+
+    #[test]
+    fn the_namespace_filter_drops_exchanges_of_other_namespaces() {
+        let hub = Hub::new(HttpConfig::default()).unwrap();
+        let mut v = view("t", "r1");
+        v.namespaces = vec!["shop".into()];
+        hub.set_programs(&[v]);
+        let in_ns = |ns: &str| Record {
+            namespace: ns.into(),
+            ..rec(1, Some(200))
+        };
+        hub.apply(
+            "t",
+            &[in_ns("shop"), in_ns("other"), in_ns(""), in_ns("shop")],
+        );
+        let st = hub.lock();
+        let f = st.figures.get(&("t".to_string(), 1)).expect("figures");
+        assert_eq!(f.requests, 2, "only the two exchanges of namespace shop");
+        let r = st.readers.get("t").expect("reader status");
+        assert_eq!((r.exchanges, r.namespace_dropped), (2, 2));
+        drop(st);
+        // The filter lifted: everything counts again.
+        hub.set_programs(&[view("t", "r1")]);
+        hub.apply("t", &[in_ns("other")]);
+        let st = hub.lock();
+        assert_eq!(st.figures[&("t".to_string(), 1)].requests, 3);
     }
 
     #[test]

@@ -235,6 +235,7 @@ fn ignore_self(agent: &mut Agent, v: &ProgramView, own: u32) {
             value: want.to_vec(),
         }],
         replace: false,
+        namespaces: None,
     };
     if let Err(e) = agent.update_config(&req, "agent:http-tracer") {
         tracing::warn!(program = v.program, error = %e, "cannot tell the tracer to ignore the agent");

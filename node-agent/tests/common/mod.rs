@@ -339,6 +339,7 @@ pub fn only_thread(program: &str, tid: u32) -> pb::UpdateConfigRequest {
             value: u64::from(tid).to_ne_bytes().to_vec(),
         }],
         replace: false,
+        namespaces: None,
     }
 }
 

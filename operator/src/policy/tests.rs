@@ -193,28 +193,6 @@ fn a_policy_every_target_of_which_another_configures_is_overridden() {
 }
 
 #[test]
-fn namespace_filters_are_said_to_be_not_enforced() {
-    let p = policy(
-        "pol",
-        1,
-        json!({"targets": {"programNames": ["t1"]}, "config": {"filters": {"namespaces": ["shop"]}}}),
-    );
-    let programs = [program("t1", &[], applied("pol", 1, 2, 2, None))];
-    let s = status_of(&p, &programs, std::slice::from_ref(&p), &now());
-    let ready = cond(&s, READY);
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "NotEnforced")
-    );
-    assert!(
-        ready.message.contains("config.filters.namespaces"),
-        "{}",
-        ready.message
-    );
-    assert!(ready.message.contains("2/2 nodes"), "{}", ready.message);
-}
-
-#[test]
 fn targeting_nothing_is_ready_and_says_so() {
     let p = policy(
         "pol",
