@@ -30,6 +30,8 @@ use crate::trust::{Verifiers, check_digest};
 pub const MAX_ENTRIES: usize = 64;
 /// Most persistent maps one revision may declare.
 pub const MAX_PERSISTENT_MAPS: usize = 32;
+/// `bpfleet_config` slot of the TracerPolicy stamp (`bpfleet_gate.h`).
+const POLICY_STAMP_SLOT: u32 = 15;
 /// Longest hook target accepted.
 pub const MAX_TARGET: usize = 4096;
 /// Rollback history kept per program.
@@ -231,6 +233,27 @@ impl Agent {
                     },
                 );
                 self.adopt_program(&name);
+                // What only the state file held (the namespace filter) is
+                // gone: clear the policy stamp so that the operator writes
+                // the whole policy again.
+                if let Some(pin) = self
+                    .state
+                    .programs
+                    .get(&name)
+                    .and_then(|p| p.shared_maps.get(CONFIG_MAP))
+                    && let Err(e) = MapHandle::from_pinned_path(pin).and_then(|h| {
+                        h.update(
+                            &POLICY_STAMP_SLOT.to_ne_bytes(),
+                            &0u64.to_ne_bytes(),
+                            MapFlags::ANY,
+                        )
+                    })
+                {
+                    self.problems.push(format!(
+                        "program {name}: could not clear the policy stamp in {}: {e}",
+                        pin.display()
+                    ));
+                }
             }
         }
     }

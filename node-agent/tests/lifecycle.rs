@@ -589,6 +589,24 @@ fn state_file_lost_pins_are_adopted_as_orphans_and_unloadable() {
     let mut a = agent(&root);
     a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
     a.activate("syscount", "v1", "t").unwrap();
+    // A policy in force: its stamp in the config map, its namespace list
+    // in the state file.
+    a.update_config(
+        &bpfleet_proto::v1::UpdateConfigRequest {
+            program: "syscount".into(),
+            map: String::new(),
+            entries: vec![bpfleet_proto::v1::ConfigEntry {
+                key: 15u32.to_ne_bytes().to_vec(),
+                value: 7u64.to_ne_bytes().to_vec(),
+            }],
+            replace: false,
+            namespaces: Some(bpfleet_proto::v1::NamespaceFilter {
+                names: vec!["shop".into()],
+            }),
+        },
+        "t",
+    )
+    .unwrap();
     let ids = a.list("syscount").unwrap()[0].revisions[0].prog_ids.clone();
     drop(a);
     std::fs::remove_file(root.state_file()).unwrap();
@@ -596,6 +614,9 @@ fn state_file_lost_pins_are_adopted_as_orphans_and_unloadable() {
     let list = a.list("").unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].revisions[0].state, RevisionState::Orphaned as i32);
+    // The namespace list went with the state file: the stamp is cleared so
+    // that the operator writes the whole policy again.
+    assert_eq!((list[0].config[15], list[0].namespaces.len()), (0, 0));
     assert!(
         a.activate("syscount", "v1", "t")
             .unwrap_err()
