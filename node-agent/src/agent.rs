@@ -1319,10 +1319,17 @@ impl Agent {
             .as_ref()
             .map(|n| namespace_list(&n.names))
             .transpose()?;
+        let only_namespaces = namespaces.is_some() && req.entries.is_empty() && !req.replace;
+        if !only_namespaces
+            && (req.entries.len() > 4096 || (req.entries.is_empty() && !req.replace))
+        {
+            return Err(Error::Invalid(
+                "entries: 1..=4096 expected (0 only with replace or namespaces)".into(),
+            ));
+        }
         if !self.state.programs.contains_key(&req.program) {
             return Err(Error::NotFound(format!("program {}", req.program)));
         }
-        let only_namespaces = namespaces.is_some() && req.entries.is_empty() && !req.replace;
         let written = if only_namespaces {
             Vec::new()
         } else {
@@ -1338,19 +1345,15 @@ impl Agent {
         Ok(written)
     }
 
-    /// The map part of UpdateConfig: every entry checked against every
-    /// instance of the map before the first is written.
+    /// The map part of UpdateConfig (its entry count already checked):
+    /// every entry checked against every instance of the map before the
+    /// first is written.
     fn write_map(&self, req: &pb::UpdateConfigRequest) -> Result<Vec<String>> {
         let map = if req.map.is_empty() {
             CONFIG_MAP
         } else {
             req.map.as_str()
         };
-        if req.entries.len() > 4096 || (req.entries.is_empty() && !req.replace) {
-            return Err(Error::Invalid(
-                "entries: 1..=4096 expected (0 only with replace)".into(),
-            ));
-        }
         let p = self
             .state
             .programs

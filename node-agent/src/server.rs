@@ -222,8 +222,18 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<pb::UpdateConfigResponse>, Status> {
         let who = actor(&req);
         let r = req.into_inner();
+        let hub = self.hub.clone().filter(|_| r.namespaces.is_some());
         let maps_written = self
-            .run("update_config", move |a| a.update_config(&r, &who))
+            .run("update_config", move |a| {
+                let written = a.update_config(&r, &who)?;
+                // A namespace filter is in force when UpdateConfig returns
+                // (so before an Activate that follows), not from the
+                // tracer runtime's next look at the programs.
+                if let Some(h) = &hub {
+                    h.set_programs(&a.program_views());
+                }
+                Ok(written)
+            })
             .await?;
         Ok(Response::new(pb::UpdateConfigResponse { maps_written }))
     }

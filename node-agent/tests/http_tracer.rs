@@ -1150,6 +1150,10 @@ async fn namespace_filter_keeps_only_pods_of_listed_namespaces() {
             names: names.iter().map(|n| n.to_string()).collect(),
         }),
     };
+    // Let the agent's tracer runtime see the program unfiltered first: the
+    // filter must be in force when UpdateConfig returns, not at the
+    // runtime's next look (every 250 ms).
+    thread::sleep(Duration::from_millis(600));
     c.update_config(filter(&["shop"])).await.unwrap();
     let listed = c
         .list(pb::ListRequest {
@@ -1208,8 +1212,6 @@ async fn namespace_filter_keeps_only_pods_of_listed_namespaces() {
 
     // Lifted: the other pod counts again.
     c.update_config(filter(&[])).await.unwrap();
-    // The agent's watcher hands program changes to the tracer every 250 ms.
-    thread::sleep(Duration::from_millis(600));
     curl(&[], &[url(other.port)]);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -119,7 +119,7 @@ fn watch(agent: &Mutex<Agent>, hub: &Arc<Hub>, stop: &AtomicBool) {
     let own = std::process::id();
     while !stop.load(Ordering::Relaxed) {
         reload_rules(hub, &mut rules_seen);
-        let views = match agent.lock() {
+        match agent.lock() {
             Ok(mut a) => {
                 let views = a.program_views();
                 for v in &views {
@@ -127,14 +127,16 @@ fn watch(agent: &Mutex<Agent>, hub: &Arc<Hub>, stop: &AtomicBool) {
                         ignore_self(&mut a, v, own);
                     }
                 }
-                views
+                // Under the agent's lock, like UpdateConfig's own hand-over
+                // of a namespace filter: a view taken before an update can
+                // never overwrite the Hub after it.
+                hub.set_programs(&views);
             }
             Err(_) => {
                 tracing::error!("agent state lock poisoned; the HTTP tracer stops");
                 break;
             }
-        };
-        hub.set_programs(&views);
+        }
         let wanted: BTreeMap<String, (PathBuf, PathBuf)> = hub
             .tracer_programs()
             .into_iter()
