@@ -218,6 +218,12 @@ struct Python {
 
 impl Python {
     fn start() -> Self {
+        Self::start_in(None)
+    }
+
+    /// Started in `cg` when given: moved there as soon as it is spawned,
+    /// before it serves anything.
+    fn start_in(cg: Option<&PodCgroup>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("hello.txt"), "hello from python\n").unwrap();
         let port = free_port();
@@ -234,6 +240,9 @@ impl Python {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 (apt-get install python3)");
+        if let Some(cg) = cg {
+            cg.adopt(child.id());
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -1051,40 +1060,6 @@ impl Drop for PodCgroup {
     }
 }
 
-/// `python3 -m http.server` moved into `cg` as soon as it is spawned.
-fn python_in(cg: &PodCgroup) -> Python {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("hello.txt"), "hello\n").unwrap();
-    let port = free_port();
-    let child = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3");
-    cg.adopt(child.id());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "python http.server did not start"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-    Python {
-        child,
-        port,
-        _dir: dir,
-    }
-}
-
 /// The TracerPolicy namespace filter as the agent applies it: two servers
 /// in pods of two namespaces (real cgroups, kubelet's pod log directory
 /// laid out by the test), curl outside any pod; with the filter on `shop`
@@ -1117,8 +1092,8 @@ async fn namespace_filter_keeps_only_pods_of_listed_namespaces() {
     );
     let shop_cg = PodCgroup::new("shop", SHOP);
     let other_cg = PodCgroup::new("other", OTHER);
-    let shop = python_in(&shop_cg);
-    let other = python_in(&other_cg);
+    let shop = Python::start_in(Some(&shop_cg));
+    let other = Python::start_in(Some(&other_cg));
 
     let mut c = agent.client().await;
     c.load(tracer_req("r1")).await.unwrap();

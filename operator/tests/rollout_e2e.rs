@@ -433,8 +433,8 @@ fn map_entries<const K: usize>(agent: &Agent, name: &str) -> Vec<([u8; K], u8)> 
     out
 }
 
-/// The namespace filter each agent holds for the program.
-async fn namespace_filters(pool: &Pool, agents: &[Agent]) -> Vec<Vec<String>> {
+/// What each agent lists of the program (None: nothing).
+async fn listed(pool: &Pool, agents: &[Agent]) -> Vec<Option<pb::ProgramInfo>> {
     let mut out = Vec::new();
     for a in agents {
         let mut c = pool.client(&a.endpoint()).expect("client");
@@ -445,37 +445,34 @@ async fn namespace_filters(pool: &Pool, agents: &[Agent]) -> Vec<Vec<String>> {
             .await
             .expect("list")
             .into_inner();
-        out.push(
-            list.programs
-                .first()
-                .map(|p| p.namespaces.clone())
-                .unwrap_or_default(),
-        );
+        out.push(list.programs.into_iter().next());
     }
     out
 }
 
+/// The namespace filter each agent holds for the program.
+async fn namespace_filters(pool: &Pool, agents: &[Agent]) -> Vec<Vec<String>> {
+    listed(pool, agents)
+        .await
+        .into_iter()
+        .map(|p| p.map(|p| p.namespaces).unwrap_or_default())
+        .collect()
+}
+
 /// The kernel program ids of every revision on each agent.
 async fn prog_ids(pool: &Pool, agents: &[Agent]) -> Vec<Vec<u32>> {
-    let mut out = Vec::new();
-    for a in agents {
-        let mut c = pool.client(&a.endpoint()).expect("client");
-        let list = c
-            .list(pb::ListRequest {
-                program: PROGRAM.into(),
-            })
-            .await
-            .expect("list")
-            .into_inner();
-        let mut ids: Vec<u32> = list
-            .programs
-            .iter()
-            .flat_map(|p| p.revisions.iter().flat_map(|r| r.prog_ids.iter().copied()))
-            .collect();
-        ids.sort_unstable();
-        out.push(ids);
-    }
-    out
+    listed(pool, agents)
+        .await
+        .into_iter()
+        .map(|p| {
+            let mut ids: Vec<u32> = p
+                .iter()
+                .flat_map(|p| p.revisions.iter().flat_map(|r| r.prog_ids.iter().copied()))
+                .collect();
+            ids.sort_unstable();
+            ids
+        })
+        .collect()
 }
 
 /// (active revision, loaded revisions) of the program on each agent.
