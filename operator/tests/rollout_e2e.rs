@@ -123,6 +123,23 @@ impl Agent {
         }
     }
 
+    /// The Node object standing for this agent's node, with its endpoint.
+    async fn register(&self, client: &kube::Client) {
+        let node: Node = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {
+                "name": self.node,
+                "labels": {"kubernetes.io/hostname": self.node},
+                "annotations": {"bpfleet.dev/agent-endpoint": self.endpoint()}
+            }
+        }))
+        .expect("node");
+        Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create node");
+    }
+
     /// The actions of the agent's audit log, in order.
     fn audited_actions(&self) -> Vec<String> {
         let log = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).expect("audit log");
@@ -332,6 +349,22 @@ fn healthy_on(tp: &TracerProgram, rev: &str) -> bool {
 fn spec_revision(v: &Value) -> String {
     let spec = serde_json::from_value(v["spec"].clone()).expect("spec");
     bpfleet_operator::revision::revision_id(&spec).expect("revision id")
+}
+
+/// Creates the e2e TracerPolicy (`syscount-health`) with `spec`.
+async fn create_policy(client: &kube::Client, spec: Value) -> Api<TracerPolicy> {
+    let policies: Api<TracerPolicy> = Api::all(client.clone());
+    let policy: TracerPolicy = serde_json::from_value(json!({
+        "apiVersion": "bpfleet.dev/v1alpha1", "kind": "TracerPolicy",
+        "metadata": {"name": "syscount-health"},
+        "spec": spec
+    }))
+    .expect("policy");
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("policy");
+    policies
 }
 
 /// Replaces the e2e policy's `spec.config`.
@@ -577,36 +610,17 @@ async fn a_program_lives_through_every_kind_of_rollout() {
     let _load = Load::start();
     let pool = Pool::new(None, Duration::from_secs(30));
 
-    let nodes: Api<Node> = Api::all(client.clone());
     for a in &agents {
-        let node: Node = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {
-                "name": a.node,
-                "labels": {"kubernetes.io/hostname": a.node},
-                "annotations": {"bpfleet.dev/agent-endpoint": a.endpoint()}
-            }
-        }))
-        .expect("node");
-        nodes
-            .create(&PostParams::default(), &node)
-            .await
-            .expect("create node");
+        a.register(&client).await;
     }
-    let policies: Api<TracerPolicy> = Api::all(client.clone());
-    let policy: TracerPolicy = serde_json::from_value(json!({
-        "apiVersion": "bpfleet.dev/v1alpha1", "kind": "TracerPolicy",
-        "metadata": {"name": "syscount-health"},
-        "spec": {
+    let policies = create_policy(
+        &client,
+        json!({
             "targets": {"programNames": [PROGRAM]},
             "health": {"maxProgramFailures": 0, "minSamples": 1, "consecutiveFailureLimit": 1}
-        }
-    }))
-    .expect("policy");
-    policies
-        .create(&PostParams::default(), &policy)
-        .await
-        .expect("policy");
+        }),
+    )
+    .await;
 
     let api: Api<TracerProgram> = Api::all(client.clone());
     let mut operator = Operator::start(client.clone());
@@ -984,30 +998,12 @@ async fn a_policy_the_program_cannot_honour_is_reported_not_retried() {
     let client = cp.client().await.expect("client");
     let objects = Objects::write();
     let agent = Agent::start("node-legacy");
-    let nodes: Api<Node> = Api::all(client.clone());
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {
-            "name": agent.node,
-            "annotations": {"bpfleet.dev/agent-endpoint": agent.endpoint()}
-        }
-    }))
-    .expect("node");
-    nodes
-        .create(&PostParams::default(), &node)
-        .await
-        .expect("create node");
-    let policies: Api<TracerPolicy> = Api::all(client.clone());
-    let policy: TracerPolicy = serde_json::from_value(json!({
-        "apiVersion": "bpfleet.dev/v1alpha1", "kind": "TracerPolicy",
-        "metadata": {"name": "syscount-health"},
-        "spec": {"targets": {"programNames": [PROGRAM]}, "config": {"filters": {"ports": [8080]}}}
-    }))
-    .expect("policy");
-    policies
-        .create(&PostParams::default(), &policy)
-        .await
-        .expect("policy");
+    agent.register(&client).await;
+    let policies = create_policy(
+        &client,
+        json!({"targets": {"programNames": [PROGRAM]}, "config": {"filters": {"ports": [8080]}}}),
+    )
+    .await;
     let api: Api<TracerProgram> = Api::all(client.clone());
     let operator = Operator::start(client.clone());
 
