@@ -1,0 +1,47 @@
+//! Test support shared by every crate's tests and benches: the one place for
+//! helpers that would otherwise be copied between `tests/` folders. Nothing
+//! here is used by a shipped binary; every crate takes it as a
+//! dev-dependency only. Helpers panic with a message naming what failed,
+//! as a test wants.
+
+use std::net::TcpListener;
+use std::process::Command;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound, then let go).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
+}
+
+/// Runs `cmd args...` and panics with its stderr unless it succeeds.
+pub fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_free_port_can_be_bound() {
+        let p = free_port();
+        assert_ne!(p, 0);
+        TcpListener::bind(("127.0.0.1", p)).expect("the port is free");
+    }
+
+    #[test]
+    #[should_panic(expected = "false")]
+    fn a_failing_command_panics_with_its_name() {
+        run("false", &[]);
+    }
+}
