@@ -1,4 +1,5 @@
 //! The agent's one error type and its mapping onto gRPC status codes.
+//! It names no libbpf or libc type: [`crate::kernel`] converts those.
 
 use tonic::Code;
 
@@ -35,12 +36,13 @@ pub enum Error {
     #[error("budget exceeded: {0}")]
     Budget(String),
     /// A kernel operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {detail}")]
     Kernel {
         /// What the agent was doing.
         what: String,
-        /// The libbpf error.
-        source: libbpf_rs::Error,
+        /// The kernel's (or libbpf's) answer, as text: the libbpf and OS
+        /// error types stay behind [`crate::kernel`].
+        detail: String,
     },
     /// A file operation failed.
     #[error("{what}: {source}")]
@@ -59,11 +61,12 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Wraps a libbpf error with what the agent was doing.
-    pub fn kernel(what: impl Into<String>, source: libbpf_rs::Error) -> Self {
+    /// A kernel error with what the agent was doing; [`crate::kernel`]
+    /// converts libbpf's and the OS's errors through this.
+    pub fn kernel(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
         Self::Kernel {
             what: what.into(),
-            source,
+            detail: detail.to_string(),
         }
     }
 

@@ -1,11 +1,12 @@
-//! Hook kinds: how each attaches, how it switches between revisions, which
-//! capabilities it needs, and whether this node's kernel has it at all.
+//! Hook kinds as pure tables: their names, how each switches between
+//! revisions, which capabilities each needs, the capabilities the agent
+//! keeps after setup, and what this node supports ([`NodeSupport`], filled
+//! by [`crate::kernel::probe`]). Pure: no kernel call, no file read; the
+//! probes and the capability syscalls live in [`crate::kernel`].
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 
 use bpfleet_proto::v1::{HookKind, HookSupport, SwitchMethod};
-use libbpf_rs::ProgramType;
 
 use crate::error::{Error, Result};
 
@@ -97,24 +98,6 @@ pub fn switch_method(h: HookKind) -> SwitchMethod {
     }
 }
 
-/// The BPF program type a hook needs.
-pub fn expected_prog_type(h: HookKind) -> Option<ProgramType> {
-    Some(match h {
-        HookKind::Tracepoint => ProgramType::Tracepoint,
-        HookKind::RawTracepoint => ProgramType::RawTracepoint,
-        HookKind::Uprobe | HookKind::Uretprobe | HookKind::Kprobe | HookKind::Kretprobe => {
-            ProgramType::Kprobe
-        }
-        HookKind::Xdp => ProgramType::Xdp,
-        HookKind::TcxIngress | HookKind::TcxEgress => ProgramType::SchedCls,
-        HookKind::CgroupSkbIngress | HookKind::CgroupSkbEgress => ProgramType::CgroupSkb,
-        HookKind::SockOps => ProgramType::SockOps,
-        HookKind::Fentry | HookKind::Fexit => ProgramType::Tracing,
-        HookKind::Lsm => ProgramType::Lsm,
-        HookKind::Unspecified => return None,
-    })
-}
-
 /// Capabilities a hook needs (each satisfied by CAP_SYS_ADMIN as well).
 pub fn needed_caps(h: HookKind) -> &'static [u32] {
     match h {
@@ -128,21 +111,9 @@ pub fn needed_caps(h: HookKind) -> &'static [u32] {
     }
 }
 
-/// Effective capability set of this process.
-pub fn effective_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Refuses when a capability the hook needs is missing.
-pub fn check_caps(h: HookKind) -> Result<()> {
-    let eff = effective_caps();
+/// Refuses when a capability the hook needs is missing from `eff` (the
+/// effective set, [`crate::kernel::caps::effective`]).
+pub fn check_caps(h: HookKind, eff: u64) -> Result<()> {
     let has = |c: u32| eff & (1u64 << c) != 0;
     let missing: Vec<&str> = needed_caps(h)
         .iter()
@@ -170,53 +141,6 @@ pub const KEEP_AFTER_SETUP: &[u32] = &[
     caps::SYS_RESOURCE,
 ];
 
-/// Reduces the calling thread's effective and permitted capabilities to
-/// `keep` (those it holds) and clears the inheritable set. Threads created
-/// afterwards inherit the reduced set, so call it before starting any.
-/// Returns the new effective set.
-pub fn drop_capabilities(keep: &[u32]) -> Result<u64> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    let held = effective_caps();
-    let mask = keep.iter().fold(0u64, |m, &c| m | (1u64 << c)) & held;
-    let data = [
-        Data {
-            effective: mask as u32,
-            permitted: mask as u32,
-            inheritable: 0,
-        },
-        Data {
-            effective: (mask >> 32) as u32,
-            permitted: (mask >> 32) as u32,
-            inheritable: 0,
-        },
-    ];
-    let mut hdr = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    // SAFETY: capset reads a valid header and two data records we own.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &raw mut hdr, data.as_ptr()) };
-    if rc != 0 {
-        return Err(Error::io(
-            "dropping capabilities",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(effective_caps())
-}
-
 /// Names of the capabilities in a set, among those the agent cares about.
 pub fn cap_names(set: u64) -> Vec<&'static str> {
     [
@@ -239,13 +163,12 @@ pub struct NodeSupport {
 }
 
 impl NodeSupport {
-    /// Probes every hook kind against the running kernel.
-    pub fn probe() -> Self {
-        let mut reasons = BTreeMap::new();
-        for &h in ALL_HOOKS {
-            reasons.insert(h as i32, probe_hook(h).err());
+    /// Support as probed: for each hook kind, `None` when the kernel has
+    /// it, else why not ([`crate::kernel::probe::node_support`] probes).
+    pub fn from_reasons(reasons: impl IntoIterator<Item = (HookKind, Option<String>)>) -> Self {
+        Self {
+            reasons: reasons.into_iter().map(|(h, r)| (h as i32, r)).collect(),
         }
-        Self { reasons }
     }
 
     /// Ok when the kernel has the hook, else the reason it has not.
@@ -273,128 +196,6 @@ impl NodeSupport {
     }
 }
 
-fn prog_type_supported(t: ProgramType) -> Result<(), String> {
-    match t.is_supported() {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(format!("the kernel does not load {t:?} programs")),
-        Err(e) => Err(format!("probing {t:?} programs failed: {e}")),
-    }
-}
-
-fn probe_hook(h: HookKind) -> Result<(), String> {
-    match h {
-        HookKind::Kprobe | HookKind::Kretprobe => {
-            if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
-                return Err("the kernel has no kprobe event source \
-                     (/sys/bus/event_source/devices/kprobe is missing)"
-                    .into());
-            }
-            prog_type_supported(ProgramType::Kprobe)
-        }
-        HookKind::Uprobe | HookKind::Uretprobe => {
-            if !std::path::Path::new("/sys/bus/event_source/devices/uprobe").exists() {
-                return Err("the kernel has no uprobe event source".into());
-            }
-            prog_type_supported(ProgramType::Kprobe)
-        }
-        HookKind::Fentry | HookKind::Fexit => probe_tracing(libbpf_sys::BPF_TRACE_FENTRY, h),
-        HookKind::Lsm => {
-            let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
-            if !lsms.split(',').any(|l| l.trim() == "bpf") {
-                return Err(format!(
-                    "BPF LSM is not enabled (active LSMs: {})",
-                    if lsms.is_empty() {
-                        "unknown"
-                    } else {
-                        lsms.trim()
-                    }
-                ));
-            }
-            probe_tracing(libbpf_sys::BPF_LSM_MAC, h)
-        }
-        other => match expected_prog_type(other) {
-            Some(t) => prog_type_supported(t),
-            None => Err("unspecified hook".into()),
-        },
-    }
-}
-
-/// Loads a two-instruction fentry/LSM program to see whether the kernel
-/// accepts tracing programs at all (it refuses them where ftrace is locked).
-fn probe_tracing(attach_type: libbpf_sys::bpf_attach_type, h: HookKind) -> Result<(), String> {
-    let func = if attach_type == libbpf_sys::BPF_LSM_MAC {
-        "bpf_lsm_file_open"
-    } else {
-        "do_sys_openat2"
-    };
-    let cfunc = CString::new(func).map_err(|e| e.to_string())?;
-    // SAFETY: cfunc is a valid NUL-terminated string for the duration of the call.
-    let btf_id = unsafe { libbpf_sys::libbpf_find_vmlinux_btf_id(cfunc.as_ptr(), attach_type) };
-    if btf_id < 0 {
-        return Err(format!(
-            "kernel BTF has no {func} to attach a {} probe to",
-            hook_name(h)
-        ));
-    }
-    // r0 = 0; exit
-    let insns = [
-        libbpf_sys::bpf_insn {
-            code: 0xb7,
-            _bitfield_align_1: [],
-            _bitfield_1: libbpf_sys::bpf_insn::new_bitfield_1(0, 0),
-            off: 0,
-            imm: 0,
-        },
-        libbpf_sys::bpf_insn {
-            code: 0x95,
-            _bitfield_align_1: [],
-            _bitfield_1: libbpf_sys::bpf_insn::new_bitfield_1(0, 0),
-            off: 0,
-            imm: 0,
-        },
-    ];
-    let opts = libbpf_sys::bpf_prog_load_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_prog_load_opts>() as _,
-        expected_attach_type: attach_type,
-        attach_btf_id: btf_id as u32,
-        ..Default::default()
-    };
-    let name = c"bpfleet_probe";
-    let license = c"GPL";
-    let prog_type = if attach_type == libbpf_sys::BPF_LSM_MAC {
-        libbpf_sys::BPF_PROG_TYPE_LSM
-    } else {
-        libbpf_sys::BPF_PROG_TYPE_TRACING
-    };
-    let mut opts = opts;
-    // SAFETY: every pointer refers to a live local; libbpf copies what it needs.
-    let fd = unsafe {
-        libbpf_sys::bpf_prog_load(
-            prog_type,
-            name.as_ptr(),
-            license.as_ptr(),
-            insns.as_ptr(),
-            insns.len() as _,
-            &mut opts,
-        )
-    };
-    if fd < 0 {
-        let err = std::io::Error::from_raw_os_error(-fd);
-        let hint = if -fd == libc::EPERM {
-            " (ftrace is locked down on this kernel)"
-        } else {
-            ""
-        };
-        return Err(format!(
-            "the kernel refuses {} programs: {err}{hint}",
-            hook_name(h)
-        ));
-    }
-    // SAFETY: fd was just returned by the kernel and is owned by nobody else.
-    unsafe { libc::close(fd) };
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,13 +216,34 @@ mod tests {
     }
 
     #[test]
-    fn this_kernel_has_tracepoints_and_lacks_kprobes() {
-        let s = NodeSupport::probe();
+    fn capabilities_are_checked_against_the_given_set() {
+        let set = |cs: &[u32]| cs.iter().fold(0u64, |m, &c| m | (1 << c));
+        assert!(check_caps(HookKind::Tracepoint, set(&[caps::BPF, caps::PERFMON])).is_ok());
+        let e = check_caps(HookKind::Xdp, set(&[caps::BPF])).unwrap_err();
+        assert!(
+            matches!(e, Error::Denied(ref m) if m.contains("CAP_NET_ADMIN")),
+            "{e}"
+        );
+        assert!(check_caps(HookKind::Xdp, set(&[caps::SYS_ADMIN])).is_ok());
+        assert_eq!(
+            cap_names(set(&[caps::BPF, caps::NET_ADMIN])),
+            ["CAP_NET_ADMIN", "CAP_BPF"]
+        );
+    }
+
+    #[test]
+    fn node_support_says_why_a_hook_is_missing() {
+        let s = NodeSupport::from_reasons([
+            (HookKind::Tracepoint, None),
+            (HookKind::Kprobe, Some("no kprobes".to_string())),
+        ]);
         assert!(s.check(HookKind::Tracepoint).is_ok());
-        assert!(s.check(HookKind::Xdp).is_ok());
         let e = s.check(HookKind::Kprobe).unwrap_err().to_string();
-        assert!(e.contains("unsupported on this node"), "{e}");
-        assert!(s.check(HookKind::Fentry).is_err());
-        assert!(s.check(HookKind::Lsm).is_err());
+        assert!(
+            e.contains("kprobe is unsupported on this node: no kprobes"),
+            "{e}"
+        );
+        assert!(matches!(s.check(HookKind::Lsm), Err(Error::Invalid(_))));
+        assert_eq!(s.rows().len(), 2);
     }
 }

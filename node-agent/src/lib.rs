@@ -1,15 +1,30 @@
 //! The bpfleet node agent: the only part of bpfleet that touches the
 //! kernel. It owns everything under its pin root (`<pin-root>/<program>/
-//! <revision>/` plus per-program shared pins: the gate, persistent maps,
-//! switchable links) and its state file, and nothing else on the node.
+//! <revision>/` plus per-program shared pins: the dispatchers and their
+//! slots, persistent maps, switchable links) and its state file, and
+//! nothing else on the node.
 //!
-//! Layers, each depending only on the ones before: `names`, `hooks`,
-//! `trust`, `state`, `audit` (pure or file-only) → `kernel` (libbpf) →
-//! `agent` (lifecycle, budgets, re-adoption) → `server` (tonic gRPC over a
-//! Unix socket and mTLS TCP, Prometheus endpoint) → `cli` (argument parsing
-//! and a client for every RPC). `http` is the HTTP tracer's userspace (ring
-//! buffer readers, per-revision figures, analytics, alerts, export), fed by
-//! the agent's program views and served by `server` and `metrics`.
+//! Layers; arrows point one way, from each layer to the ones before it:
+//!
+//! ```text
+//! names, hooks, trust, state, audit   pure or file-only
+//!        ^
+//! kernel/                             the one kernel boundary: every libbpf-rs,
+//!        ^                            libbpf-sys and libc call of the crate
+//! agent/                              request -> admit -> load/switch/unload/
+//!        ^                            adopt/config -> state; views; publishes
+//!        |                            program views on a watch channel
+//! http/  (tracer userspace)           follows the views; readers via bpfleet_tracer
+//!        ^
+//! server, metrics                     tonic gRPC (Unix socket, mTLS TCP),
+//!        ^                            Prometheus and the HTTP API
+//! cli                                 arguments and a client for every RPC
+//! ```
+//!
+//! `agent/request.rs`, `agent/admit.rs` and `agent/budget.rs` are pure and
+//! unit-tested without root; everything that needs the kernel goes through
+//! `kernel/`, which holds no bookkeeping. `error` is shared by all layers
+//! and names no libbpf type.
 
 pub mod agent;
 pub mod audit;

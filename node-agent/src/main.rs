@@ -3,7 +3,7 @@
 use clap::Parser;
 
 use bpfleet_agent::cli::{Cli, Command, run_client};
-use bpfleet_agent::hooks;
+use bpfleet_agent::{hooks, kernel};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
             // every capability, on this thread, before any other thread.
             let agent = bpfleet_agent::Agent::new(cfg)?;
             if !keep_all {
-                let eff = hooks::drop_capabilities(hooks::KEEP_AFTER_SETUP)?;
+                let eff = kernel::caps::drop_capabilities(hooks::KEEP_AFTER_SETUP)?;
                 tracing::info!(kept = ?hooks::cap_names(eff), "capabilities dropped after setup");
             }
             let rt = tokio::runtime::Builder::new_multi_thread()

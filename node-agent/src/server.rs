@@ -85,9 +85,7 @@ impl AgentService {
     {
         let agent = self.agent.clone();
         let res = tokio::task::spawn_blocking(move || {
-            let mut a = agent
-                .lock()
-                .map_err(|_| Error::Precondition("agent state lock poisoned".into()))?;
+            let mut a = agent.lock().map_err(|_| crate::agent::poisoned())?;
             f(&mut a)
         })
         .await
@@ -222,18 +220,11 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<pb::UpdateConfigResponse>, Status> {
         let who = actor(&req);
         let r = req.into_inner();
-        let hub = self.hub.clone().filter(|_| r.namespaces.is_some());
+        // A namespace filter is in force when UpdateConfig returns: the
+        // agent publishes its program views before it returns, and the
+        // tracer's hub reads the latest published views when it filters.
         let maps_written = self
-            .run("update_config", move |a| {
-                let written = a.update_config(&r, &who)?;
-                // A namespace filter is in force when UpdateConfig returns
-                // (so before an Activate that follows), not from the
-                // tracer runtime's next look at the programs.
-                if let Some(h) = &hub {
-                    h.set_programs(&a.program_views());
-                }
-                Ok(written)
-            })
+            .run("update_config", move |a| a.update_config(&r, &who))
             .await?;
         Ok(Response::new(pb::UpdateConfigResponse { maps_written }))
     }

@@ -205,12 +205,9 @@ fn main() -> anyhow::Result<()> {
     // This thread does every agent call; it lives in the bench namespace so
     // the XDP interface resolves there.
     {
-        use std::os::fd::AsRawFd;
+        use std::os::fd::AsFd;
         let f = std::fs::File::open(format!("/run/netns/{}", guard.netns))?;
-        // SAFETY: setns on an fd we own; affects this thread only.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns: {}", std::io::Error::last_os_error());
-        }
+        bpfleet_agent::kernel::sys::enter_netns(f.as_fd())?;
     }
 
     println!(

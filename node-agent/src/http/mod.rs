@@ -10,9 +10,12 @@
 //! Kept here, behind one lock: per-revision cumulative figures (the gRPC
 //! Stats `HttpFigures` the operator's gates read), sliding windows per
 //! service and route (the analytics API) and alert state; the Prometheus
-//! families live in [`export`]. Nothing here touches the kernel except the
-//! reader threads ([`runtime`]).
+//! families live in [`export`]. Which programs are tracers comes from the
+//! agent's published program views ([`Hub::follow`]), read afresh whenever
+//! the state is read. Nothing here calls the kernel: the reader threads
+//! ([`runtime`]) go through `bpfleet_tracer` and [`crate::kernel`].
 
+pub mod alert_rule;
 pub mod api;
 pub mod export;
 pub mod identity;
@@ -27,15 +30,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bpfleet_httptrace::alerts::{Alerts, Rule, Signal, Transition};
+use tokio::sync::watch;
+
+use bpfleet_httptrace::alerts::{Alerts, Rule, Transition};
 use bpfleet_httptrace::redact::Redactor;
 use bpfleet_httptrace::route::Routes;
 use bpfleet_httptrace::rules::Rules;
-use bpfleet_httptrace::stats::{Window, Windows};
+use bpfleet_httptrace::stats::Windows;
 use bpfleet_proto::v1 as pb;
 
-use crate::agent::ProgramView;
+use crate::agent::{ProgramView, Views};
 use crate::error::{Error, Result};
+pub use alert_rule::{default_rules, parse_rule};
 use record::{Figures, Key, Record, Side};
 
 /// The shared maps that make a program an HTTP tracer.
@@ -105,74 +111,6 @@ impl HttpConfig {
     }
 }
 
-/// Error rate above 5 % or p99 above 1 s over five minutes, with at least
-/// 20 requests.
-pub fn default_rules() -> Vec<Rule> {
-    vec![
-        Rule {
-            name: "HttpHighErrorRate".into(),
-            signal: Signal::ErrorRate,
-            threshold: 0.05,
-            window: Window::FiveMinutes,
-            min_requests: 20,
-        },
-        Rule {
-            name: "HttpHighLatencyP99".into(),
-            signal: Signal::P99Latency,
-            threshold: 1.0,
-            window: Window::FiveMinutes,
-            min_requests: 20,
-        },
-    ]
-}
-
-/// Parses `NAME=SIGNAL>THRESHOLD/WINDOW[/MIN_REQUESTS]`, e.g.
-/// `HighErrors=error_rate>0.05/5m/20` or `Slow=p99>0.5/1m` (seconds).
-pub fn parse_rule(s: &str) -> Result<Rule> {
-    let bad = |why: &str| {
-        Error::Invalid(format!(
-            "alert rule {s:?}: {why} (NAME=error_rate|p99>THRESHOLD/1m|5m|15m|1h[/MIN_REQUESTS])"
-        ))
-    };
-    let (name, rest) = s.split_once('=').ok_or_else(|| bad("no '='"))?;
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(bad("the name is letters, digits and '_'"));
-    }
-    let (signal, rest) = rest.split_once('>').ok_or_else(|| bad("no '>'"))?;
-    let signal = match signal {
-        "error_rate" => Signal::ErrorRate,
-        "p99" => Signal::P99Latency,
-        _ => return Err(bad("unknown signal")),
-    };
-    let mut parts = rest.split('/');
-    let threshold: f64 = parts
-        .next()
-        .and_then(|t| t.parse().ok())
-        .filter(|t: &f64| t.is_finite() && *t >= 0.0)
-        .ok_or_else(|| bad("the threshold is a non-negative number"))?;
-    let window = match parts.next() {
-        Some(w) => Window::ALL
-            .into_iter()
-            .find(|x| x.label() == w)
-            .ok_or_else(|| bad("unknown window"))?,
-        None => return Err(bad("no window")),
-    };
-    let min_requests = match parts.next() {
-        Some(m) => m.parse().map_err(|_| bad("MIN_REQUESTS is a count"))?,
-        None => 1,
-    };
-    if parts.next().is_some() {
-        return Err(bad("too many '/'"));
-    }
-    Ok(Rule {
-        name: name.to_string(),
-        signal,
-        threshold,
-        window,
-        min_requests,
-    })
-}
-
 /// A tracer program as the hub knows it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ProgramInfo {
@@ -222,6 +160,59 @@ pub(crate) struct State {
     windows: Windows<Key>,
     alerts: Alerts<Key>,
     firing: BTreeMap<(String, Key), Firing>,
+    /// The agent's published program views ([`Hub::follow`]); `programs`
+    /// is brought up to date from it whenever the state is read.
+    views: Option<watch::Receiver<Views>>,
+}
+
+impl State {
+    /// Takes the latest published views when they changed.
+    fn sync_views(&mut self) {
+        let Some(rx) = self.views.as_mut() else {
+            return;
+        };
+        if !rx.has_changed().unwrap_or(false) {
+            return;
+        }
+        let views = rx.borrow_and_update().clone();
+        self.set_programs(&views);
+    }
+
+    /// Which programs are tracers, with their pins and tokens; forgets
+    /// programs that are gone (their figures with them).
+    fn set_programs(&mut self, views: &[ProgramView]) {
+        let mut programs = BTreeMap::new();
+        for v in views {
+            let (Some(events), Some(lost)) =
+                (v.shared_maps.get(EVENTS_MAP), v.shared_maps.get(LOST_MAP))
+            else {
+                continue;
+            };
+            let active_token = v
+                .active
+                .as_ref()
+                .and_then(|a| v.revisions.get(a))
+                .copied()
+                .unwrap_or(0);
+            programs.insert(
+                v.program.clone(),
+                ProgramInfo {
+                    revisions: v.revisions.clone(),
+                    active_token,
+                    events_pin: events.clone(),
+                    lost_pin: lost.clone(),
+                    namespaces: v.namespaces.clone().into(),
+                },
+            );
+        }
+        self.figures.retain(|(p, tok), _| {
+            programs
+                .get(p)
+                .is_some_and(|i| i.revisions.values().any(|t| t == tok))
+        });
+        self.readers.retain(|p, _| programs.contains_key(p));
+        self.programs = programs;
+    }
 }
 
 /// The rules readers apply now; the generation changes with every reload.
@@ -278,6 +269,7 @@ impl Hub {
                 windows: Windows::new(cfg.max_series, overflow),
                 alerts: Alerts::default(),
                 firing: BTreeMap::new(),
+                views: None,
             }),
             families: export::Families::default(),
             otlp,
@@ -353,44 +345,26 @@ impl Hub {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves figures that are at worst
         // one batch short; keep serving them.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.sync_views();
+        st
     }
 
-    /// Which programs are tracers, with their pins and tokens; forgets
-    /// programs that are gone (their figures with them).
+    /// Follows the agent's program views: from now on the hub reads the
+    /// latest published views whenever it reads its state, so a change the
+    /// agent published (a namespace filter, say) is in force for the next
+    /// batch of exchanges, with no hand-over lag.
+    pub fn follow(&self, views: watch::Receiver<Views>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = views.borrow().clone();
+        st.views = Some(views);
+        st.set_programs(&now);
+    }
+
+    /// Sets the programs from `views` directly (a hub that follows no
+    /// agent, as in tests); see [`Hub::follow`].
     pub fn set_programs(&self, views: &[ProgramView]) {
-        let mut st = self.lock();
-        let mut programs = BTreeMap::new();
-        for v in views {
-            let (Some(events), Some(lost)) =
-                (v.shared_maps.get(EVENTS_MAP), v.shared_maps.get(LOST_MAP))
-            else {
-                continue;
-            };
-            let active_token = v
-                .active
-                .as_ref()
-                .and_then(|a| v.revisions.get(a))
-                .copied()
-                .unwrap_or(0);
-            programs.insert(
-                v.program.clone(),
-                ProgramInfo {
-                    revisions: v.revisions.clone(),
-                    active_token,
-                    events_pin: events.clone(),
-                    lost_pin: lost.clone(),
-                    namespaces: v.namespaces.clone().into(),
-                },
-            );
-        }
-        st.figures.retain(|(p, tok), _| {
-            programs
-                .get(p)
-                .is_some_and(|i| i.revisions.values().any(|t| t == tok))
-        });
-        st.readers.retain(|p, _| programs.contains_key(p));
-        st.programs = programs;
+        self.lock().set_programs(views);
     }
 
     /// Tracer programs: (program, events pin, lost pin).
@@ -531,20 +505,9 @@ impl Hub {
 }
 
 /// Kernel monotonic time in ns (the clock of `bpf_ktime_get_ns`, which
-/// stamps every event).
+/// stamps every event); read through [`crate::kernel::sys`].
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+    crate::kernel::sys::mono_ns()
 }
 
 #[cfg(test)]
@@ -552,31 +515,6 @@ pub fn mono_ns() -> u64 {
 mod tests {
     use super::*;
     use bpfleet_httptrace::Outcome;
-
-    #[test]
-    fn rules_parse_and_bad_ones_say_why() {
-        let r = parse_rule("HighErrors=error_rate>0.05/5m/20").unwrap();
-        assert_eq!(r.signal, Signal::ErrorRate);
-        assert_eq!(r.window, Window::FiveMinutes);
-        assert_eq!((r.threshold, r.min_requests), (0.05, 20));
-        let r = parse_rule("Slow=p99>0.5/1m").unwrap();
-        assert_eq!((r.signal, r.min_requests), (Signal::P99Latency, 1));
-        for bad in [
-            "x",
-            "=error_rate>1/1m",
-            "a b=p99>1/1m",
-            "a=cpu>1/1m",
-            "a=p99>-1/1m",
-            "a=p99>NaN/1m",
-            "a=p99>1/2m",
-            "a=p99>1",
-            "a=p99>1/1m/x",
-            "a=p99>1/1m/1/2",
-        ] {
-            let e = parse_rule(bad).unwrap_err().to_string();
-            assert!(e.contains("alert rule"), "{bad}: {e}");
-        }
-    }
 
     fn view(program: &str, active: &str) -> ProgramView {
         ProgramView {

@@ -1,10 +1,14 @@
 //! The threads of the tracer runtime: a watcher that follows the agent's
-//! programs (every 250 ms) and starts one reader per tracer program, stops
-//! readers of programs that were unloaded, keeps the kernel side from
-//! tracing the agent itself (`bpfleet_config[CFG_IGNORE_TGID]` = the
-//! agent's pid, written through UpdateConfig so it is audited) and
-//! evaluates alert rules every second; and the readers, which turn the
-//! pinned ring buffer into [`Record`]s for the [`Hub`].
+//! published program views (a `watch` channel the agent sends on before an
+//! operation returns; the watcher wakes within 25 ms of a change and looks
+//! at the rules file and its readers every 250 ms), starts one reader per
+//! tracer program, stops readers of programs that were unloaded, keeps the
+//! kernel side from tracing the agent itself (`bpfleet_config
+//! [CFG_IGNORE_TGID]` = the agent's pid, written through UpdateConfig so
+//! it is audited) and evaluates alert rules every second; and the readers,
+//! which turn the pinned ring buffer into [`Record`]s for the [`Hub`]. It
+//! never polls the agent for views; it takes the agent's lock only to
+//! write the pid.
 //!
 //! Threads are started after the agent dropped its capabilities, so they
 //! run with the reduced set.
@@ -23,16 +27,17 @@ use bpfleet_proto::v1 as pb;
 use bpfleet_tracer::event::config::IGNORE_TGID;
 use bpfleet_tracer::pinned::Pinned;
 use bpfleet_tracer::pipeline::{Pipeline, Traced};
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use tokio::sync::watch;
 
 use super::identity::Resolver;
 use super::record::{Record, Side, normalize_method};
 use super::rules::load_policy;
 use super::{Hub, mono_ns};
-use crate::agent::{Agent, ProgramView};
-use crate::kernel::CONFIG_MAP;
+use crate::agent::{Agent, ProgramView, Views};
+use crate::kernel::{self, CONFIG_MAP};
 
-/// How often the watcher looks at the agent's programs.
+/// How often the watcher looks at its readers and the rules file (a change
+/// of the agent's program views wakes it sooner).
 const WATCH: Duration = Duration::from_millis(250);
 /// Longest wait for ring-buffer data (the kernel side batches wake-ups).
 const POLL: Duration = Duration::from_millis(100);
@@ -55,15 +60,28 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Starts the watcher over `agent`.
+    /// Starts the watcher over `agent`: the hub follows the agent's
+    /// program views, and so does the watcher.
     pub fn start(agent: Arc<Mutex<Agent>>, hub: Arc<Hub>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let watcher = std::thread::Builder::new()
-            .name("http-tracer".into())
-            .spawn(move || watch(&agent, &hub, &flag))
-            .map_err(|e| tracing::error!(error = %e, "cannot start the HTTP tracer watcher"))
-            .ok();
+        let views = match agent.lock() {
+            Ok(a) => {
+                hub.follow(a.subscribe_views());
+                Some(a.subscribe_views())
+            }
+            Err(_) => {
+                tracing::error!("agent state lock poisoned; the HTTP tracer does not start");
+                None
+            }
+        };
+        let watcher = views.and_then(|views| {
+            std::thread::Builder::new()
+                .name("http-tracer".into())
+                .spawn(move || watch(&agent, views, &hub, &flag))
+                .map_err(|e| tracing::error!(error = %e, "cannot start the HTTP tracer watcher"))
+                .ok()
+        });
         Self { stop, watcher }
     }
 }
@@ -111,7 +129,12 @@ fn reload_rules(hub: &Hub, seen: &mut Option<(u64, SystemTime)>) {
     }
 }
 
-fn watch(agent: &Mutex<Agent>, hub: &Arc<Hub>, stop: &AtomicBool) {
+fn watch(
+    agent: &Mutex<Agent>,
+    mut views: watch::Receiver<Views>,
+    hub: &Arc<Hub>,
+    stop: &AtomicBool,
+) {
     let mut readers: BTreeMap<String, Reader> = BTreeMap::new();
     let mut rules_seen = hub.config().rules_file.as_ref().and_then(|(p, _)| stamp(p));
     let mut failed: BTreeMap<String, Instant> = BTreeMap::new();
@@ -119,23 +142,16 @@ fn watch(agent: &Mutex<Agent>, hub: &Arc<Hub>, stop: &AtomicBool) {
     let own = std::process::id();
     while !stop.load(Ordering::Relaxed) {
         reload_rules(hub, &mut rules_seen);
-        match agent.lock() {
-            Ok(mut a) => {
-                let views = a.program_views();
-                for v in &views {
-                    if is_tracer(v) {
-                        ignore_self(&mut a, v, own);
-                    }
-                }
-                // Under the agent's lock, like UpdateConfig's own hand-over
-                // of a namespace filter: a view taken before an update can
-                // never overwrite the Hub after it.
-                hub.set_programs(&views);
-            }
-            Err(_) => {
-                tracing::error!("agent state lock poisoned; the HTTP tracer stops");
-                break;
-            }
+        // The views as the agent last published them (the hub reads the
+        // same ones when it filters).
+        let current: Views = views.borrow_and_update().clone();
+        if current
+            .iter()
+            .filter(|v| is_tracer(v))
+            .any(|v| !ignore_self(agent, v, own))
+        {
+            tracing::error!("agent state lock poisoned; the HTTP tracer stops");
+            break;
         }
         let wanted: BTreeMap<String, (PathBuf, PathBuf)> = hub
             .tracer_programs()
@@ -200,7 +216,10 @@ fn watch(agent: &Mutex<Agent>, hub: &Arc<Hub>, stop: &AtomicBool) {
             last_eval = Instant::now();
         }
         let until = Instant::now() + WATCH;
-        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        while Instant::now() < until
+            && !stop.load(Ordering::Relaxed)
+            && !views.has_changed().unwrap_or(false)
+        {
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -215,33 +234,33 @@ fn is_tracer(v: &ProgramView) -> bool {
 }
 
 /// Makes sure the kernel side ignores the agent's own process (its HTTP
-/// endpoint would otherwise trace itself); written only when it differs.
-fn ignore_self(agent: &mut Agent, v: &ProgramView, own: u32) {
+/// endpoint would otherwise trace itself); written, through the agent so
+/// that it is audited, only when it differs. False when the agent's lock is
+/// poisoned.
+fn ignore_self(agent: &Mutex<Agent>, v: &ProgramView, own: u32) -> bool {
     let Some(pin) = v.shared_maps.get(CONFIG_MAP) else {
-        return;
+        return true;
     };
-    let current = MapHandle::from_pinned_path(pin).ok().and_then(|m| {
-        m.lookup(&IGNORE_TGID.to_ne_bytes(), MapFlags::ANY)
-            .ok()
-            .flatten()
-    });
-    let want = u64::from(own).to_ne_bytes();
-    if current.as_deref() == Some(&want[..]) {
-        return;
+    if kernel::maps::read_u64(pin, IGNORE_TGID) == Some(u64::from(own)) {
+        return true;
     }
     let req = pb::UpdateConfigRequest {
         program: v.program.clone(),
         map: String::new(),
         entries: vec![pb::ConfigEntry {
             key: IGNORE_TGID.to_ne_bytes().to_vec(),
-            value: want.to_vec(),
+            value: u64::from(own).to_ne_bytes().to_vec(),
         }],
         replace: false,
         namespaces: None,
     };
-    if let Err(e) = agent.update_config(&req, "agent:http-tracer") {
+    let Ok(mut a) = agent.lock() else {
+        return false;
+    };
+    if let Err(e) = a.update_config(&req, "agent:http-tracer") {
         tracing::warn!(program = v.program, error = %e, "cannot tell the tracer to ignore the agent");
     }
+    true
 }
 
 /// One reader: until `stop` or until the ring buffer's pin disappears.

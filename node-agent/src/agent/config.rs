@@ -1,0 +1,201 @@
+//! UpdateConfig: runtime configuration written into a program's pinned
+//! maps without a reload (every instance of the map, every entry checked
+//! against every instance before the first is written), and the namespace
+//! filter kept in the state file. A changed filter is published with the
+//! program views before UpdateConfig returns.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use bpfleet_proto::v1 as pb;
+
+use super::Agent;
+use super::request::{self, ConfigCmd, config_map_name};
+use crate::error::{Error, Result};
+use crate::kernel::PinnedMap;
+use crate::kernel::maps::MapShape;
+
+impl Agent {
+    /// Writes config map entries into every pinned instance of the map,
+    /// and sets the namespace filter when the request carries one.
+    pub fn update_config(
+        &mut self,
+        req: &pb::UpdateConfigRequest,
+        actor: &str,
+    ) -> Result<Vec<String>> {
+        let res = request::update_config(req).and_then(|cmd| self.update_config_cmd(&cmd));
+        self.publish();
+        let map = config_map_name(req);
+        self.audit_result(
+            actor,
+            "update_config",
+            &req.program,
+            "",
+            &res,
+            |w| match &req.namespaces {
+                None => format!(
+                    "map {map}: {} entries into {} maps",
+                    req.entries.len(),
+                    w.len()
+                ),
+                Some(n) => format!(
+                    "map {map}: {} entries into {} maps; namespace filter [{}]",
+                    req.entries.len(),
+                    w.len(),
+                    n.names.join(",")
+                ),
+            },
+        );
+        res
+    }
+
+    fn update_config_cmd(&mut self, cmd: &ConfigCmd) -> Result<Vec<String>> {
+        if !self.state.programs.contains_key(&cmd.program) {
+            return Err(Error::NotFound(format!("program {}", cmd.program)));
+        }
+        let written = if cmd.only_namespaces() {
+            Vec::new()
+        } else {
+            self.write_map(cmd)?
+        };
+        if let Some(ns) = &cmd.namespaces
+            && let Some(p) = self.state.programs.get_mut(&cmd.program)
+            && p.namespaces != *ns
+        {
+            p.namespaces = ns.clone();
+            self.save()?;
+        }
+        Ok(written)
+    }
+
+    /// The map part of UpdateConfig: every entry checked against every
+    /// instance of the map before the first is written.
+    fn write_map(&self, cmd: &ConfigCmd) -> Result<Vec<String>> {
+        let map = cmd.map.as_str();
+        let p = self
+            .state
+            .programs
+            .get(&cmd.program)
+            .ok_or_else(|| Error::NotFound(format!("program {}", cmd.program)))?;
+        let mut pins: Vec<PathBuf> = Vec::new();
+        if let Some(pin) = p.shared_maps.get(map) {
+            pins.push(pin.clone());
+        } else {
+            pins.extend(
+                p.revisions
+                    .values()
+                    .filter_map(|r| r.maps.get(map).cloned()),
+            );
+        }
+        if pins.is_empty() {
+            return Err(Error::NotFound(format!(
+                "program {} has no map named {map}",
+                cmd.program
+            )));
+        }
+        let handles: Vec<PinnedMap> = pins
+            .iter()
+            .map(|pin| PinnedMap::open(pin))
+            .collect::<Result<_>>()?;
+        for h in &handles {
+            check_entries(&h.shape(), cmd)?;
+        }
+        let writing = format!("writing {map}");
+        let clearing = format!("clearing {map}");
+        for h in &handles {
+            for (k, v) in &cmd.entries {
+                h.update(k, v, &writing)?;
+            }
+            if cmd.replace {
+                // The new entries are in before the stale ones go, so a
+                // filter never passes through empty.
+                let keep: HashSet<&[u8]> = cmd.entries.iter().map(|(k, _)| k.as_slice()).collect();
+                for k in h.keys() {
+                    if !keep.contains(k.as_slice()) {
+                        h.delete(&k, &clearing)?;
+                    }
+                }
+            }
+        }
+        Ok(pins.iter().map(|p| p.display().to_string()).collect())
+    }
+}
+
+/// Refuses entries that do not fit a map instance of `shape`, and
+/// `replace` on a map whose entries cannot be deleted.
+fn check_entries(shape: &MapShape, cmd: &ConfigCmd) -> Result<()> {
+    let map = &cmd.map;
+    if cmd.replace && !shape.is_hash {
+        return Err(Error::Invalid(format!(
+            "replace: map {map} is a {} map; only hash maps can be replaced",
+            shape.kind
+        )));
+    }
+    for (i, (k, v)) in cmd.entries.iter().enumerate() {
+        if k.len() != shape.key_size as usize || v.len() != shape.value_size as usize {
+            return Err(Error::Invalid(format!(
+                "entry {i}: map {map} takes {}-byte keys and {}-byte values, got {} and {}",
+                shape.key_size,
+                shape.value_size,
+                k.len(),
+                v.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn shape(is_hash: bool) -> MapShape {
+        MapShape {
+            kind: if is_hash { "Hash" } else { "Array" }.into(),
+            is_hash,
+            key_size: 4,
+            value_size: 8,
+            max_entries: 16,
+        }
+    }
+
+    fn cmd(entries: Vec<(Vec<u8>, Vec<u8>)>, replace: bool) -> ConfigCmd {
+        ConfigCmd {
+            program: "p".into(),
+            map: "bpfleet_config".into(),
+            entries,
+            replace,
+            namespaces: None,
+        }
+    }
+
+    #[test]
+    fn entries_must_fit_every_instance() {
+        assert!(check_entries(&shape(false), &cmd(vec![(vec![0; 4], vec![0; 8])], false)).is_ok());
+        let e = check_entries(
+            &shape(false),
+            &cmd(
+                vec![(vec![0; 4], vec![0; 8]), (vec![0; 4], vec![0; 4])],
+                false,
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "entry 1: map bpfleet_config takes 4-byte keys and 8-byte values, got 4 and 4"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_hash_maps_can_be_replaced() {
+        assert!(check_entries(&shape(true), &cmd(Vec::new(), true)).is_ok());
+        let e = check_entries(&shape(false), &cmd(Vec::new(), true))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a Array map; only hash maps"), "{e}");
+    }
+}

@@ -1,0 +1,224 @@
+//! Load, in one pass: decode the request ([`super::request`]), read the
+//! object, admit it ([`super::admit`]: digest, idempotency, trust, node
+//! support, capabilities, budgets), load it into the kernel
+//! ([`crate::kernel::load`]), then record it in the state and publish the
+//! views. Nothing reaches the kernel before admission said yes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use bpfleet_proto::v1 as pb;
+
+use super::Agent;
+use super::admit::{Admission, Admitted, Held, Node, admit};
+use super::request::{self, LoadCmd, ObjectSource, check_object_len};
+use crate::audit::now_ms;
+use crate::error::{Error, Result};
+use crate::kernel::{self, Slot};
+use crate::state::{ProgramState, RevisionState, RunFigures, SharedLink};
+
+impl Agent {
+    /// Loads a revision, inactive. Idempotent by (program, revision, digest).
+    pub fn load(&mut self, req: pb::LoadRequest, actor: &str) -> Result<(pb::RevisionInfo, bool)> {
+        let program = req.program.clone();
+        let revision = req.revision.clone();
+        let res = self.load_inner(req);
+        self.audit_result(
+            actor,
+            "load",
+            &program,
+            &revision,
+            &res,
+            |(info, created)| {
+                format!(
+                    "sha256 {} created {created} load_ns {}",
+                    info.sha256, info.load_nanos
+                )
+            },
+        );
+        res
+    }
+
+    fn load_inner(&mut self, req: pb::LoadRequest) -> Result<(pb::RevisionInfo, bool)> {
+        let cmd = request::load(req)?;
+        let bytes = self.read_object(&cmd.source)?;
+        let budgets = self.cfg.budgets();
+        let map_bytes = |p: &ProgramState| program_map_bytes(p);
+        let admission = admit(
+            &cmd,
+            &bytes,
+            &Held {
+                state: &self.state,
+                map_bytes: &map_bytes,
+            },
+            &Node {
+                support: &self.support,
+                caps: kernel::caps::effective(),
+                budgets: &budgets,
+                verifiers: &self.verifiers,
+            },
+        )?;
+        match admission {
+            Admission::AlreadyLoaded => {
+                let info = self.revision_info(&cmd.program, &cmd.revision)?;
+                Ok((info, false))
+            }
+            Admission::Load(a) => self.load_admitted(cmd, &bytes, a),
+        }
+    }
+
+    /// The object's bytes, refused when empty or larger than the agent
+    /// accepts (a file is measured before it is read).
+    fn read_object(&self, source: &ObjectSource) -> Result<Vec<u8>> {
+        let max = self.cfg.max_object_bytes;
+        let bytes = match source {
+            ObjectSource::Bytes(b) => b.clone(),
+            ObjectSource::Path(path) => {
+                let p = path.display();
+                let meta =
+                    std::fs::metadata(path).map_err(|e| Error::io(format!("reading {p}"), e))?;
+                if meta.len() > max as u64 {
+                    return Err(Error::Invalid(format!(
+                        "object {p} is {} bytes, at most {max} accepted",
+                        meta.len(),
+                    )));
+                }
+                std::fs::read(path).map_err(|e| Error::io(format!("reading {p}"), e))?
+            }
+        };
+        check_object_len(bytes.len(), max)?;
+        Ok(bytes)
+    }
+
+    /// The kernel part and the state part of a load admission allowed.
+    fn load_admitted(
+        &mut self,
+        cmd: LoadCmd,
+        bytes: &[u8],
+        a: Admitted,
+    ) -> Result<(pb::RevisionInfo, bool)> {
+        let prog_dir = self.prog_dir(&cmd.program);
+        std::fs::create_dir_all(&prog_dir)
+            .map_err(|e| Error::io(format!("creating {}", prog_dir.display()), e))?;
+        let rev_dir = prog_dir.join(&cmd.revision);
+        let dispatchers: BTreeMap<String, PathBuf> = self
+            .state
+            .programs
+            .get(&cmd.program)
+            .map(|p| {
+                p.shared_links
+                    .iter()
+                    .filter_map(|(k, l)| Some((k.clone(), l.dispatcher.clone()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let started = Instant::now();
+        let spec = kernel::ObjectLoad {
+            bytes,
+            prog_dir: &prog_dir,
+            rev_dir: &rev_dir,
+            entries: &cmd.entries,
+            persistent_maps: &cmd.persistent_maps,
+            token: a.token,
+            max_new_map_bytes: a.map_room,
+            name: &cmd.program,
+            dispatchers: &dispatchers,
+        };
+        let loaded = match kernel::load(&spec) {
+            Ok(l) => l,
+            Err(e) => {
+                if a.new_program {
+                    let _ = std::fs::remove_dir(&prog_dir);
+                }
+                return Err(e);
+            }
+        };
+        let load_nanos = started.elapsed().as_nanos() as u64;
+
+        let p = self
+            .state
+            .programs
+            .entry(cmd.program.clone())
+            .or_insert_with(|| ProgramState {
+                next_token: 1,
+                ..Default::default()
+            });
+        p.next_token = a.token + 1;
+        for m in &cmd.persistent_maps {
+            if !p.persistent_maps.contains(m) {
+                p.persistent_maps.push(m.clone());
+            }
+        }
+        // Shared maps libbpf created or reused for this revision.
+        let mut shared: Vec<(String, PathBuf)> = kernel::SHARED_MAPS
+            .iter()
+            .map(|m| (m.to_string(), kernel::shared_map_pin(&prog_dir, m)))
+            .collect();
+        for m in &cmd.persistent_maps {
+            shared.push((m.clone(), kernel::shared_map_pin(&prog_dir, m)));
+        }
+        for (m, pin) in shared {
+            if pin.exists() {
+                p.shared_maps.insert(m, pin);
+            }
+        }
+        let rt = self.rt.entry(cmd.program.clone()).or_default();
+        let keys = kernel::entry_keys(&cmd.entries);
+        for (key, pins) in loaded.dispatchers {
+            let Some(e) = keys.iter().position(|k| *k == key).map(|i| &cmd.entries[i]) else {
+                continue;
+            };
+            rt.dispatchers
+                .insert(key.clone(), kernel::obj_get(&pins.prog)?);
+            rt.slots.insert(key.clone(), Slot::open(&pins.slot)?);
+            rt.links.insert(key.clone(), kernel::obj_get(&pins.link)?);
+            p.shared_links.insert(
+                key,
+                SharedLink {
+                    pin: pins.link,
+                    hook: e.hook,
+                    target: e.target.clone(),
+                    slot: Some(pins.slot),
+                    dispatcher: Some(pins.prog),
+                    base: RunFigures::default(),
+                },
+            );
+        }
+        for (bp, pin) in &loaded.progs {
+            rt.progs
+                .insert((cmd.revision.clone(), bp.clone()), kernel::obj_get(pin)?);
+        }
+        p.revisions.insert(
+            cmd.revision.clone(),
+            RevisionState {
+                sha256: a.sha256,
+                token: a.token,
+                entries: cmd.entries,
+                progs: loaded.progs,
+                maps: loaded.maps,
+                loaded_at_unix_ms: now_ms(),
+                load_nanos,
+                orphaned: false,
+                map_memory_bytes: loaded.map_memory_bytes,
+                dispatched: BTreeMap::new(),
+            },
+        );
+        self.save()?;
+        self.publish();
+        let info = self.revision_info(&cmd.program, &cmd.revision)?;
+        Ok((info, true))
+    }
+}
+
+/// Map memory one program uses: what its revisions created plus its
+/// shared maps as the kernel accounts them now.
+pub(super) fn program_map_bytes(p: &ProgramState) -> u64 {
+    let own: u64 = p.revisions.values().map(|r| r.map_memory_bytes).sum();
+    let shared: u64 = p
+        .shared_maps
+        .values()
+        .map(|pin| kernel::maps::pinned_memory(pin))
+        .sum();
+    own + shared
+}
