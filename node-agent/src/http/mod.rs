@@ -623,6 +623,29 @@ mod tests {
     }
 
     #[test]
+    fn a_followed_channel_is_in_force_for_the_next_batch() {
+        let hub = Hub::new(HttpConfig::default()).unwrap();
+        let (tx, rx) = watch::channel(Arc::new(vec![view("t", "r1")]));
+        hub.follow(rx);
+        assert_eq!(hub.tracer_programs().len(), 1, "the views at follow time");
+        let in_ns = |ns: &str| Record {
+            namespace: ns.into(),
+            ..rec(1, Some(200))
+        };
+        // The agent publishes a namespace filter; the very next batch is
+        // filtered, with no call on the hub in between.
+        let mut v = view("t", "r1");
+        v.namespaces = vec!["shop".into()];
+        tx.send_replace(Arc::new(vec![v]));
+        hub.apply("t", &[in_ns("shop"), in_ns("other")]);
+        assert_eq!(hub.lock().figures[&("t".to_string(), 1)].requests, 1);
+        // The program unloaded: the hub forgets it and its figures.
+        tx.send_replace(Arc::new(Vec::new()));
+        assert!(hub.tracer_programs().is_empty());
+        assert!(hub.lock().figures.is_empty());
+    }
+
+    #[test]
     fn alerts_fire_and_count_transitions() {
         let cfg = HttpConfig {
             rules: vec![parse_rule("Errors=error_rate>0.5/1m/2").unwrap()],
