@@ -384,10 +384,7 @@ async fn main() {
         t.elapsed().as_secs_f64()
     );
 
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = bpfleet_testsupport::free_port();
     let log_path = dir.path().join("operator.log");
     let log = std::fs::File::create(&log_path).unwrap();
     // FLEET_OPERATOR_WRAPPER (e.g. "heaptrack -o /tmp/op") runs the

@@ -11,21 +11,37 @@
 //!
 //! Channels are created lazily and cached per endpoint; tonic reconnects
 //! them, so a restarted agent is picked up without operator action.
+//!
+//! [`agent_fetch`] is the one observation call ([`crate::cache`]'s
+//! [`Fetch`]): an agent's `List` and `Stats` of every program. The calls
+//! that change a node (Load, Activate, Rollback, Unload, UpdateConfig) are
+//! made by the reconcilers through [`Pool::client`]. This module knows
+//! nothing of rollouts or of the apiserver.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bpfleet_proto::v1 as pb;
 use bpfleet_proto::v1::agent_client::AgentClient;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
+use tracing::warn;
+
+use crate::cache::Fetch;
+use crate::metrics::Metrics;
+use crate::observe::NodeView;
 use crate::{Error, Result};
 
 /// Node annotation naming the agent endpoint explicitly.
 pub const ENDPOINT_ANNOTATION: &str = "bpfleet.dev/agent-endpoint";
+/// Agent calls in flight at once: the operator-wide limit of the cache's
+/// observations (each one `List` and one `Stats`), and of the writes of one
+/// policy sync.
+pub const AGENT_FANOUT: usize = 64;
 /// Largest gRPC message either way (object bytes travel in Load).
 pub const MAX_MESSAGE: usize = 64 << 20;
 
@@ -218,6 +234,72 @@ pub fn pod_endpoints<'a>(
         out.insert(node.to_string(), e);
     }
     out
+}
+
+/// The cache's call to an agent: its `List` and `Stats` of every program,
+/// both at once, within `timeout`.
+pub fn agent_fetch(pool: Arc<Pool>, metrics: Arc<Metrics>, timeout: Duration) -> Fetch {
+    Arc::new(move |node: String, endpoint: String| {
+        let (pool, metrics) = (pool.clone(), metrics.clone());
+        Box::pin(async move {
+            let client = match pool.client(&endpoint) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(%node, error = %e, "no client for agent");
+                    return None;
+                }
+            };
+            let (mut lc, mut sc) = (client.clone(), client);
+            // NotFound from an agent means it holds nothing.
+            let list = async move {
+                match lc
+                    .list(pb::ListRequest {
+                        program: String::new(),
+                    })
+                    .await
+                {
+                    Ok(r) => Ok(r.into_inner()),
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(pb::ListResponse::default()),
+                    Err(s) => Err(s),
+                }
+            };
+            let stats = async move {
+                match sc
+                    .stats(pb::StatsRequest {
+                        program: String::new(),
+                    })
+                    .await
+                {
+                    Ok(r) => Ok(r.into_inner()),
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(pb::StatsResponse::default()),
+                    Err(s) => Err(s),
+                }
+            };
+            match tokio::time::timeout(timeout, futures::future::try_join(list, stats)).await {
+                Ok(Ok((list, stats))) => {
+                    metrics.call("observe", "ok");
+                    Some(NodeView::from_answers(&list, &stats))
+                }
+                Ok(Err(status)) => {
+                    metrics.call("observe", "unreachable");
+                    warn!(%node, %endpoint, code = ?status.code(), message = %status.message(), "agent did not answer List/Stats");
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown
+                    ) {
+                        pool.forget(&endpoint);
+                    }
+                    None
+                }
+                Err(_) => {
+                    metrics.call("observe", "unreachable");
+                    warn!(%node, %endpoint, "agent timed out on List/Stats");
+                    pool.forget(&endpoint);
+                    None
+                }
+            }
+        })
+    })
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 //! without trusting clocks.
 //!
 //! The call itself is given in ([`Fetch`]), so this module holds no gRPC;
-//! [`crate::controller`] gives it one over the agent pool.
+//! [`crate::agents::agent_fetch`] is the one over the agent pool.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -4,17 +4,27 @@
 //! ([`controller`]) feeds the machine the spec, the last status, what the
 //! node agents report ([`observe`], over gRPC via [`agents`], shared by
 //! every program through the per-node [`cache`]) and the time,
-//! then writes the status and carries out the node actions it returns
-//! ([`load`] builds the agent requests). Everything the machine needs to
-//! resume lives in `TracerProgramStatus`, so a restarted operator continues
-//! exactly where the previous one stopped. [`run`] wires it together with
-//! leader election ([`leader`]) and metrics ([`metrics`]); [`plugin`] is the
-//! `kubectl bpfleet` command.
+//! then writes the status it returns ([`status`]) and carries out the node
+//! actions ([`load`] builds the agent requests). Everything the machine
+//! needs to resume lives in `TracerProgramStatus`, so a restarted operator
+//! continues exactly where the previous one stopped. [`policy`] is the
+//! TracerPolicy side (which policy applies, its writes to the nodes, its
+//! status). [`run`] wires it together with leader election ([`leader`])
+//! and metrics ([`metrics`]); [`plugin`] is the `kubectl bpfleet` command.
 //!
-//! Dependencies point one way: `rollout`, `gates`, `revision`, `selector`,
-//! `requests`, `load`, `observe`, `cache` and [`runtime_config`] (a
-//! TracerPolicy's `spec.config` as agent writes) know nothing of kube clients
-//! or tonic channels; `controller` and `run` do.
+//! The layers, each using only those above it (no module uses one below):
+//!
+//! 1. pure, no kube client, no tonic channel: `rollout`, `gates`,
+//!    `revision`, `selector`, `requests`, `load`, `observe`,
+//!    [`runtime_config`] (a TracerPolicy's `spec.config` as agent writes),
+//!    `error`, `metrics`, and `cache` (given its agent call);
+//! 2. the edges: `agents` (agent discovery, the channel pool, the
+//!    observation call) and `status` (status by server-side apply under
+//!    the one field manager);
+//! 3. `policy`, which uses both edges;
+//! 4. `controller`, which uses `policy` (sync and winner), never the
+//!    other way;
+//! 5. `run`, `leader` and `plugin` (the binaries' wiring).
 
 pub mod agents;
 pub mod cache;
@@ -33,5 +43,6 @@ pub mod rollout;
 pub mod run;
 pub mod runtime_config;
 pub mod selector;
+pub mod status;
 
 pub use error::{Error, Result};

@@ -1,8 +1,9 @@
 //! What a node loads for one revision, and how it becomes an agent `Load`
-//! request. [`LoadSpec`] is the part of a spec the revision id covers plus
-//! the signature; the operator keeps one snapshot per revision (a
-//! ControllerRevision) so that a node joining mid-rollout, a rollback or an
-//! undo can load a revision the current spec no longer describes.
+//! request. [`RevisionSnapshot`] is the part of a spec the revision id
+//! covers plus the signature; the operator keeps one per revision (the data
+//! of a ControllerRevision, see `controller::snapshots`) so that a node
+//! joining mid-rollout, a rollback or an undo can load a revision the
+//! current spec no longer describes.
 //!
 //! Pure: fetching a ConfigMap's bytes is the caller's job ([`Source`] says
 //! what to fetch).
@@ -17,10 +18,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// The load-relevant part of a spec, as snapshotted per revision.
+/// The load-relevant part of a spec, as snapshotted per revision (the data
+/// of its ControllerRevision). Its JSON field names are persisted in the
+/// apiserver: renaming a field makes older snapshots unreadable.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LoadSpec {
+pub struct RevisionSnapshot {
     pub bytecode: BytecodeSource,
     pub sha256: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -30,9 +33,9 @@ pub struct LoadSpec {
     pub persistent_maps: Vec<String>,
 }
 
-impl LoadSpec {
+impl RevisionSnapshot {
     pub fn from_spec(spec: &TracerProgramSpec) -> Self {
-        LoadSpec {
+        RevisionSnapshot {
             bytecode: spec.bytecode.clone(),
             sha256: spec.sha256.clone(),
             signature: spec.signature.clone(),
@@ -206,12 +209,12 @@ pub fn entries(programs: &[ProgramEntry]) -> Result<Vec<pb::ProgramEntry>> {
     Ok(out)
 }
 
-/// The agent request that loads `revision` of `program` from `spec` whose
-/// bytes (for inline and ConfigMap sources) are `bytes`.
+/// The agent request that loads `revision` of `program` from `spec`, with
+/// `source` resolved (a ConfigMap's bytes already fetched).
 pub fn request(
     program: &str,
     revision: &str,
-    spec: &LoadSpec,
+    spec: &RevisionSnapshot,
     source: Source,
 ) -> Result<pb::LoadRequest> {
     let src = match source {
@@ -249,21 +252,7 @@ mod tests {
     use bpfleet_api::program::{FileSource, TcHook, TracepointHook, UprobeHook, XdpHook};
 
     fn entry(hook: HookType) -> ProgramEntry {
-        ProgramEntry {
-            name: "prog".into(),
-            hook,
-            tracepoint: None,
-            raw_tracepoint: None,
-            uprobe: None,
-            kprobe: None,
-            fentry: None,
-            fexit: None,
-            xdp: None,
-            tc: None,
-            tcx: None,
-            cgroup_skb: None,
-            sock_ops: None,
-        }
+        ProgramEntry::new("prog", hook)
     }
 
     #[test]

@@ -20,19 +20,17 @@ use bpfleet_api::program::AppliedPolicy;
 use bpfleet_api::{TracerPolicy, TracerPolicyStatus, TracerProgram};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
-use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Client, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use crate::agents::Pool;
+use crate::agents::{AGENT_FANOUT, Pool};
 use crate::cache::NodeCache;
 use crate::metrics::Metrics;
 use crate::observe::{MAX_MESSAGE, truncate};
 use crate::runtime_config::{NodeConfig, PIDS_MAP, PORTS_MAP};
-use crate::{Error, Result, selector};
+use crate::{Error, Result, selector, status};
 
 /// Whether a policy targets the program `name` with `labels`.
 pub fn targets_program(p: &TracerPolicy, name: &str, labels: &BTreeMap<String, String>) -> bool {
@@ -154,7 +152,7 @@ pub async fn sync(
         })
         .collect();
     let results: Vec<(&Holding, WriteResult)> = futures::stream::iter(calls)
-        .buffer_unordered(crate::controller::OBSERVE_FANOUT)
+        .buffer_unordered(AGENT_FANOUT)
         .collect()
         .await;
     let mut written = 0;
@@ -384,18 +382,7 @@ pub async fn reconcile(p: Arc<TracerPolicy>, ctx: Arc<PolicyContext>) -> Result<
         &Time(k8s_openapi::jiff::Timestamp::now()),
     );
     if p.status.as_ref() != Some(&status) {
-        let api: Api<TracerPolicy> = Api::all(ctx.client.clone());
-        let patch = json!({
-            "apiVersion": TracerPolicy::api_version(&()),
-            "kind": TracerPolicy::kind(&()),
-            "status": status,
-        });
-        api.patch_status(
-            &p.name_any(),
-            &PatchParams::apply(crate::controller::MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        status::apply::<TracerPolicy>(&ctx.client, &p.name_any(), &status).await?;
     }
     Ok(Action::requeue(Duration::from_secs(300)))
 }

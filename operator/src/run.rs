@@ -21,9 +21,9 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{error, info, warn};
 
-use crate::agents::{self, Discovery, Pool, Tls};
+use crate::agents::{self, AGENT_FANOUT, Discovery, Pool, Tls, agent_fetch};
 use crate::cache::NodeCache;
-use crate::controller::{Context, OBSERVE_FANOUT, agent_fetch, error_policy, reconcile};
+use crate::controller::{Context, error_policy, reconcile};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::{self, Metrics};
 use crate::policy::{self, PolicyContext};
@@ -270,7 +270,7 @@ pub async fn run_with(client: Client, args: Args) -> Result<()> {
     ));
     let cache = NodeCache::new(
         Duration::from_millis(args.observe_max_age_millis),
-        OBSERVE_FANOUT,
+        AGENT_FANOUT,
         agent_fetch(
             pool.clone(),
             metrics.clone(),

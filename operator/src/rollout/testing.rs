@@ -3,7 +3,7 @@
 use bpfleet_api::TracerProgramSpec;
 use bpfleet_api::program::{
     AnalysisStep, BlueGreenStrategy, BytecodeSource, CanaryStep, CanaryStrategy, FailurePolicy,
-    FileSource, HookType, ImmediateStrategy, PauseStep, ProgramEntry, Strategy, TracepointHook,
+    FileSource, ImmediateStrategy, PauseStep, ProgramEntry, Strategy,
 };
 
 /// A spec whose content (and so revision) is determined by `content`.
@@ -18,24 +18,11 @@ pub fn spec(content: &str) -> TracerProgramSpec {
         },
         sha256: format!("{:0>64}", content.len()),
         signature: None,
-        programs: vec![ProgramEntry {
-            name: "count".into(),
-            hook: HookType::Tracepoint,
-            tracepoint: Some(TracepointHook {
-                category: "syscalls".into(),
-                name: "sys_enter_write".into(),
-            }),
-            raw_tracepoint: None,
-            uprobe: None,
-            kprobe: None,
-            fentry: None,
-            fexit: None,
-            xdp: None,
-            tc: None,
-            tcx: None,
-            cgroup_skb: None,
-            sock_ops: None,
-        }],
+        programs: vec![ProgramEntry::tracepoint(
+            "count",
+            "syscalls",
+            "sys_enter_write",
+        )],
         persistent_maps: vec![],
         node_selector: None,
         strategy: immediate(),

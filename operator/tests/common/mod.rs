@@ -14,7 +14,7 @@ use bpfleet_api::TracerProgramStatus;
 use bpfleet_api::policy::HealthGates;
 use bpfleet_api::program::{
     AnalysisStep, BlueGreenStrategy, BytecodeSource, CanaryStep, CanaryStrategy, FailurePolicy,
-    FileSource, HookType, ImmediateStrategy, PauseStep, ProgramEntry, Strategy, TracepointHook,
+    FileSource, ImmediateStrategy, PauseStep, ProgramEntry, Strategy,
 };
 use bpfleet_operator::gates::HealthSample;
 use bpfleet_operator::revision::revision_id;
@@ -39,24 +39,11 @@ pub fn spec(content: &str, strategy: Strategy) -> TracerProgramSpec {
         },
         sha256: "ab".repeat(32),
         signature: None,
-        programs: vec![ProgramEntry {
-            name: "trace_write".into(),
-            hook: HookType::Tracepoint,
-            tracepoint: Some(TracepointHook {
-                category: "syscalls".into(),
-                name: "sys_enter_write".into(),
-            }),
-            raw_tracepoint: None,
-            uprobe: None,
-            kprobe: None,
-            fentry: None,
-            fexit: None,
-            xdp: None,
-            tc: None,
-            tcx: None,
-            cgroup_skb: None,
-            sock_ops: None,
-        }],
+        programs: vec![ProgramEntry::tracepoint(
+            "trace_write",
+            "syscalls",
+            "sys_enter_write",
+        )],
         persistent_maps: vec![],
         node_selector: None,
         strategy,

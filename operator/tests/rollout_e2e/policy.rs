@@ -1,0 +1,90 @@
+//! A TracerPolicy whose configuration the program cannot honour (a legacy
+//! object without the config map's policy slots): reported in the
+//! policy's status, not retried in a loop.
+
+use std::time::{Duration, Instant};
+
+use bpfleet_api::TracerProgram;
+use bpfleet_api::program::Phase;
+use bpfleet_e2e::ControlPlane;
+use kube::api::{Api, DeleteParams};
+use serde_json::json;
+
+use super::cluster::*;
+use super::nodes::*;
+
+/// A policy a program cannot honour (a port filter for an object without
+/// `bpfleet_ports`): refused by the agent, said in both statuses with the
+/// agent's words, not asked again every reconcile; a policy it can honour
+/// then goes in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_the_program_cannot_honour_is_reported_not_retried() {
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    cp.install_crds().expect("CRDs install");
+    let client = cp.client().await.expect("client");
+    let objects = Objects::write();
+    let agent = Agent::start("node-legacy");
+    agent.register(&client).await;
+    let policies = create_policy(
+        &client,
+        json!({"targets": {"programNames": [PROGRAM]}, "config": {"filters": {"ports": [8080]}}}),
+    )
+    .await;
+    let api: Api<TracerProgram> = Api::all(client.clone());
+    let operator = Operator::start(client.clone());
+
+    let legacy = objects.spec("legacy", "1.0.0", json!({"immediate": {}}));
+    let rev = spec_revision(&legacy);
+    apply(&api, &legacy).await;
+    let tp = wait_for(&api, "healthy, the policy refused", 60, |tp| {
+        phase(tp) == Some(Phase::Healthy)
+            && stable(tp) == rev
+            && tp
+                .status
+                .as_ref()
+                .and_then(|s| s.policy.as_ref())
+                .is_some_and(|p| p.message.is_some())
+    })
+    .await;
+    let applied = tp.status.and_then(|s| s.policy).expect("status.policy");
+    assert_eq!((applied.nodes, applied.configured_nodes), (1, 0));
+    let message = applied.message.unwrap_or_default();
+    assert!(
+        message.contains("node-legacy") && message.contains("bpfleet_ports"),
+        "{message}"
+    );
+    let ready = policy_settled(&policies, "policy refused", |c| c.reason == "ConfigRefused").await;
+    assert!(ready.message.contains("bpfleet_ports"), "{}", ready.message);
+
+    // Not asked again while nothing changes: the operator resyncs every 5 s.
+    let writes = || {
+        agent
+            .audited_actions()
+            .iter()
+            .filter(|a| *a == "update_config")
+            .count()
+    };
+    let before = writes();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(writes(), before, "a refused write was retried unchanged");
+
+    // A policy it can honour: in force, the refusal gone from both statuses.
+    set_policy_config(&policies, json!({"samplingRate": 0.5})).await;
+    let ready = policy_settled(&policies, "policy in force", |c| c.reason == "Applied").await;
+    assert!(ready.message.contains("1/1 nodes"), "{}", ready.message);
+    assert_eq!(config_slots(&agent), [500_000, 0, 0, 0]);
+    let tp = api.get(PROGRAM).await.expect("get");
+    let applied = tp.status.and_then(|s| s.policy).expect("status.policy");
+    assert_eq!((applied.configured_nodes, applied.message), (1, None));
+
+    api.delete(PROGRAM, &DeleteParams::default())
+        .await
+        .expect("delete");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.get_opt(PROGRAM).await.expect("get").is_some() {
+        assert!(Instant::now() < deadline, "program not deleted");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(agent.pins().is_empty(), "pins left: {:?}", agent.pins());
+    operator.kill();
+}
