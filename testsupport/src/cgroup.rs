@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 pub fn cgroup2_mount() -> PathBuf {
     let mounts = std::fs::read_to_string("/proc/mounts")
         .unwrap_or_else(|e| panic!("read /proc/mounts: {e}"));
-    cgroup2_in(&mounts).expect("a cgroup2 mount")
+    cgroup2_in(&mounts).unwrap_or_else(|| panic!("no cgroup2 mount in /proc/mounts"))
 }
 
 /// The cgroup2 mount point named in a /proc/mounts text.
