@@ -2,7 +2,7 @@
 # The HTTP tracer benchmark (root, real kernel): wrk against nginx on
 # loopback with and without the tracer loaded in the release agent, in
 # alternating rounds, plus a fixed-rate run per round. See
-# tracer/benches/wrk.rs for what is measured; settings by environment
+# node-agent/benches/wrk/main.rs for what is measured; settings by environment
 # (BENCH_ROUNDS, BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_RATE,
 # BENCH_RATE_SECONDS, BENCH_RATE_THREADS).
 #
@@ -35,11 +35,12 @@ leftovers() {
 }
 trap leftovers EXIT
 
-cargo build --release -p bpfleet-agent --bin bpfleet-agent
-cargo bench -p bpfleet-tracer --bench wrk --no-run
+# Builds the bench and, in the same (release) profile, the agent binary it
+# starts.
+cargo bench -p bpfleet-agent --bench wrk --no-run
 before=$(bpftool prog show | grep -c '^[0-9]*:' || true)
 echo "BPF programs loaded before: $before"
-cargo bench -p bpfleet-tracer --bench wrk
+cargo bench -p bpfleet-agent --bench wrk
 after=$(bpftool prog show | grep -c '^[0-9]*:' || true)
 echo "BPF programs loaded after: $after"
 trap - EXIT

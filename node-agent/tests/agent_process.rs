@@ -24,14 +24,6 @@ fn xdpcount(revision: &str, obj: &[u8]) -> pb::LoadRequest {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn scrape(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -48,7 +40,7 @@ async fn scrape(port: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xdp_switch_kill9_restart_and_unload() {
     let root = PinRoot::new("proc");
-    let ns = Netns::new("proc");
+    let ns = Netns::with_veth("proc");
     let pkts = root.path.join("xdpcount/_map_pkts");
     let counts = root.path.join("syscount/_map_counts");
     let mut agent = AgentProc::start(&root, Some(&ns), &["--allow-unsigned"]);
@@ -384,7 +376,7 @@ async fn malformed_grpc_requests_get_status_codes_not_panics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcx_switch_under_traffic_keeps_one_link() {
     let root = PinRoot::new("tcx");
-    let ns = Netns::new("tcx");
+    let ns = Netns::with_veth("tcx");
     let tcpkts = root.path.join("tccount/_map_tcpkts");
     let agent = AgentProc::start(&root, Some(&ns), &["--allow-unsigned"]);
     let mut c = agent.client().await;

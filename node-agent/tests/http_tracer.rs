@@ -11,35 +11,28 @@
 //! value redacted by the TracerPolicy's own rules (`--http-rules`) never
 //! show anywhere; the policy's route pattern names the route.
 //! Needs root.
+//!
+//! The namespace filter is tested in `http_namespace_filter.rs`, switches
+//! under traffic in `http_tracer_switch.rs`; shared helpers are in
+//! `common/http.rs`.
 
 // Test code: a failed setup panics, which is the report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bpfleet_proto::v1 as pb;
+use bpfleet_tracer::PROGRAMS;
 use bpfleet_tracer::event::config;
-use bpfleet_tracer::{PERSISTENT_MAPS, PROGRAMS};
+use common::http::*;
 use common::*;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
-const PROGRAM: &str = "http-tracer";
 const SECRET: &str = "s3cr3t-bearer-XYZZY";
 const QUERY_SECRET: &str = "qwerty-QUERYSECRET";
 /// Redacted only because the TracerPolicy's rules say so.
@@ -68,126 +61,6 @@ spec:
 /// What the slow handler sleeps: inside the (0.1, 0.25] s bucket.
 const SLOW: Duration = Duration::from_millis(180);
 
-fn tracer_req(revision: &str) -> pb::LoadRequest {
-    let entries = PROGRAMS
-        .iter()
-        .map(|(p, tp)| entry(p, pb::HookKind::Tracepoint, tp))
-        .collect();
-    load_req(
-        PROGRAM,
-        revision,
-        bpfleet_bpf::HTTP_TRACER,
-        entries,
-        &PERSISTENT_MAPS,
-    )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-// ------------------------------------------------------------ Rust server
-
-/// A keep-alive HTTP/1.1 server: /ok 200, /missing 404, /boom 500, /slow
-/// (sleeps [`SLOW`]) 200, POST /items/<id> 201, /hang never answers.
-struct Server {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    handle: Option<thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        thread::spawn(move || serve(s));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Self {
-            port,
-            stop,
-            handle: Some(handle),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn serve(stream: TcpStream) {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut out = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let mut body_len = 0usize;
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            if h == "\r\n" {
-                break;
-            }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                body_len = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0u8; body_len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let path = path.split('?').next().unwrap_or("/");
-        if path == "/hang" {
-            // Never answers: waits for the client to give up and close.
-            let mut b = [0u8; 1];
-            let _ = reader.read(&mut b);
-            return;
-        }
-        let resp: &[u8] = match path {
-            "/missing" => b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found",
-            "/boom" => b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nboom",
-            "/slow" => {
-                thread::sleep(SLOW);
-                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow"
-            }
-            p if p.starts_with("/items/") => {
-                b"HTTP/1.1 201 Created\r\nContent-Length: 7\r\n\r\ncreated"
-            }
-            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
-        };
-        if out.write_all(resp).is_err() {
-            return;
-        }
-    }
-}
-
 /// `n` keep-alive GET /ok on one connection, with a bearer token.
 fn rust_client(port: u16, n: usize) {
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -207,274 +80,17 @@ fn rust_client(port: u16, n: usize) {
     }
 }
 
-// ---------------------------------------------------------- other servers
-
-/// `python3 -m http.server`, killed on drop.
-struct Python {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Python {
-    fn start() -> Self {
-        Self::start_in(None)
-    }
-
-    /// Started in `cg` when given: moved there as soon as it is spawned,
-    /// before it serves anything.
-    fn start_in(cg: Option<&PodCgroup>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("hello.txt"), "hello from python\n").unwrap();
-        let port = free_port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 (apt-get install python3)");
-        if let Some(cg) = cg {
-            cg.adopt(child.id());
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "python http.server did not start"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Python {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// curl on `urls` (one process, so one keep-alive connection per host),
-/// with a bearer token; returns the status codes.
+/// with a bearer token and a session header; returns the status codes.
 fn curl(extra: &[&str], urls: &[String]) -> Vec<u16> {
     let mut args: Vec<String> = vec![
-        "-sS".into(),
         "-H".into(),
         format!("Authorization: Bearer {SECRET}"),
         "-H".into(),
         format!("X-Session: {HEADER_SECRET}"),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    for u in urls {
-        args.extend([
-            "-o".into(),
-            "/dev/null".into(),
-            "-w".into(),
-            "%{http_code}\\n".into(),
-            u.clone(),
-        ]);
-    }
-    let out = Command::new("curl")
-        .args(&args)
-        .output()
-        .expect("curl (apt-get install curl)");
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().parse().unwrap())
-        .collect()
-}
-
-// ---------------------------------------------------------- OTLP collector
-
-/// An OTLP/gRPC trace collector: keeps (service.name, span).
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<std::sync::Mutex<Vec<(String, Span)>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.spans.lock().unwrap();
-        for rs in req.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| r.attributes.iter())
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| kv.value.as_ref()?.value.clone())
-                .map(|v| match v {
-                    Value::StringValue(s) => s,
-                    other => format!("{other:?}"),
-                })
-                .unwrap_or_default();
-            for ss in rs.scope_spans {
-                for span in ss.spans {
-                    spans.push((service.clone(), span));
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-impl Collector {
-    async fn start(&self) -> u16 {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        let svc = TraceServiceServer::new(self.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
-        );
-        port
-    }
-
-    fn spans(&self) -> Vec<(String, Span)> {
-        self.spans.lock().unwrap().clone()
-    }
-}
-
-fn attr(s: &Span, key: &str) -> Option<String> {
-    s.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref()?.value.clone())
-        .map(|v| match v {
-            Value::StringValue(s) => s,
-            Value::IntValue(i) => i.to_string(),
-            other => format!("{other:?}"),
-        })
-}
-
-// ------------------------------------------------------- agent endpoints
-
-/// GET `path` on the agent's metrics listener: (status, body).
-fn get(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
-}
-
-type Sample = (String, BTreeMap<String, String>, f64);
-
-/// Text exposition to samples.
-fn parse_metrics(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        let (name, labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let mut map = BTreeMap::new();
-        for kv in labels.split("\",").filter(|s| !s.is_empty()) {
-            let (k, v) = kv.split_once("=\"").unwrap();
-            map.insert(k.to_string(), v.trim_end_matches('"').to_string());
-        }
-        out.push((name.to_string(), map, value.parse().unwrap()));
-    }
-    out
-}
-
-/// Sum of the samples named `name` whose labels include `want`.
-fn sum(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|(n, l, _)| {
-            n == name
-                && want
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|(_, _, v)| v)
-        .sum()
-}
-
-async fn figures(
-    c: &mut pb::agent_client::AgentClient<tonic::transport::Channel>,
-) -> BTreeMap<String, pb::HttpFigures> {
-    c.stats(pb::StatsRequest {
-        program: PROGRAM.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .revisions
-    .into_iter()
-    .map(|r| {
-        (
-            r.revision.clone(),
-            r.http.expect("a tracer revision has http figures"),
-        )
-    })
-    .collect()
-}
-
-/// Polls Stats until revision `rev` counts `n` requests (then checks that
-/// it stays there: nothing counted twice later).
-async fn wait_requests(
-    c: &mut pb::agent_client::AgentClient<tonic::transport::Channel>,
-    rev: &str,
-    n: u64,
-) -> BTreeMap<String, pb::HttpFigures> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let f = figures(c).await;
-        let got = f[rev].requests;
-        if got >= n || Instant::now() > deadline {
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            let f = figures(c).await;
-            assert_eq!(f[rev].requests, n, "revision {rev}: {f:?}");
-            return f;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn self_comm() -> String {
-    std::fs::read_to_string("/proc/self/comm")
-        .unwrap()
-        .trim()
-        .to_string()
+    common::http::curl(&args, urls)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,8 +127,8 @@ async fn tracer_in_the_agent_exports_exact_figures() {
     }
     assert_eq!(ids.len(), 2 * PROGRAMS.len());
 
-    let server = Server::start();
-    let python = Python::start();
+    let server = TestServer::with_slow(SLOW);
+    let python = python_in(None);
     // Only our servers' ports: nothing else on the machine is counted.
     for port in [server.port, python.port] {
         c.update_config(pb::UpdateConfigRequest {
@@ -1013,201 +629,4 @@ async fn tracer_in_the_agent_exports_exact_figures() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(agent);
-}
-
-/// A cgroup whose path names a pod UID, as kubelet lays them out
-/// (`.../kubepods/pod<uid>/<container>`), under a directory of the test's
-/// own on the cgroup2 mount; removed when dropped (after its processes).
-struct PodCgroup {
-    top: std::path::PathBuf,
-    leaf: std::path::PathBuf,
-}
-
-impl PodCgroup {
-    fn new(tag: &str, uid: &str) -> Self {
-        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-        let root = mounts
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.len() > 2 && f[2] == "cgroup2")
-            .map(|f| std::path::PathBuf::from(f[1]))
-            .expect("a cgroup2 mount");
-        let top = root.join(format!("bpfleet-test-{tag}-{}", std::process::id()));
-        let leaf = top.join("kubepods").join(format!("pod{uid}")).join("web");
-        std::fs::create_dir_all(&leaf).unwrap();
-        Self { top, leaf }
-    }
-
-    fn adopt(&self, pid: u32) {
-        std::fs::write(self.leaf.join("cgroup.procs"), pid.to_string()).unwrap();
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        // Deepest first; a cgroup with processes cannot go, and the
-        // servers are dropped before this.
-        let mut dirs = vec![self.leaf.clone()];
-        while let Some(parent) = dirs.last().and_then(|d| d.parent()) {
-            if !parent.starts_with(&self.top) {
-                break;
-            }
-            dirs.push(parent.to_path_buf());
-        }
-        for d in dirs {
-            let _ = std::fs::remove_dir(&d);
-        }
-    }
-}
-
-/// The TracerPolicy namespace filter as the agent applies it: two servers
-/// in pods of two namespaces (real cgroups, kubelet's pod log directory
-/// laid out by the test), curl outside any pod; with the filter on `shop`
-/// only the shop pod's exchanges count and the rest are counted as dropped
-/// in `/api/health`; lifting it counts everything again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn namespace_filter_keeps_only_pods_of_listed_namespaces() {
-    const SHOP: &str = "0a1b2c3d-0000-4000-8000-00000000a001";
-    const OTHER: &str = "0a1b2c3d-0000-4000-8000-00000000b002";
-    let root = PinRoot::new("httpns");
-    let pods = root.scratch.path().join("pods");
-    for d in [
-        format!("shop_web-a_{SHOP}/web"),
-        format!("other_web-b_{OTHER}/web"),
-    ] {
-        std::fs::create_dir_all(pods.join(d)).unwrap();
-    }
-    let mport = free_port();
-    let mlisten = format!("127.0.0.1:{mport}");
-    let agent = AgentProc::start(
-        &root,
-        None,
-        &[
-            "--allow-unsigned",
-            "--metrics-listen",
-            &mlisten,
-            "--pods-log-dir",
-            pods.to_str().unwrap(),
-        ],
-    );
-    let shop_cg = PodCgroup::new("shop", SHOP);
-    let other_cg = PodCgroup::new("other", OTHER);
-    let shop = Python::start_in(Some(&shop_cg));
-    let other = Python::start_in(Some(&other_cg));
-
-    let mut c = agent.client().await;
-    c.load(tracer_req("r1")).await.unwrap();
-    let slot = |k: u32, v: u64| pb::ConfigEntry {
-        key: k.to_ne_bytes().to_vec(),
-        value: v.to_ne_bytes().to_vec(),
-    };
-    c.update_config(pb::UpdateConfigRequest {
-        program: PROGRAM.into(),
-        map: "bpfleet_ports".into(),
-        entries: [shop.port, other.port]
-            .iter()
-            .map(|p| pb::ConfigEntry {
-                key: p.to_ne_bytes().to_vec(),
-                value: vec![1],
-            })
-            .collect(),
-        replace: true,
-        namespaces: None,
-    })
-    .await
-    .unwrap();
-    let filter = |names: &[&str]| pb::UpdateConfigRequest {
-        program: PROGRAM.into(),
-        map: String::new(),
-        entries: vec![slot(config::PORT_FILTER, 1)],
-        replace: false,
-        namespaces: Some(pb::NamespaceFilter {
-            names: names.iter().map(|n| n.to_string()).collect(),
-        }),
-    };
-    // Let the agent's tracer runtime see the program unfiltered first: the
-    // filter must be in force when UpdateConfig returns, not at the
-    // runtime's next look (every 250 ms).
-    thread::sleep(Duration::from_millis(600));
-    c.update_config(filter(&["shop"])).await.unwrap();
-    let listed = c
-        .list(pb::ListRequest {
-            program: PROGRAM.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.programs[0].namespaces, ["shop"]);
-    c.activate(pb::ActivateRequest {
-        program: PROGRAM.into(),
-        revision: "r1".into(),
-    })
-    .await
-    .unwrap();
-    let health = || {
-        let (_, body) = get(mport, "/api/health");
-        let h: serde_json::Value = serde_json::from_str(&body).unwrap();
-        h["tracer"]["programs"][0].clone()
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while health()["reader_running"] != true {
-        assert!(Instant::now() < deadline, "reader did not start");
-        thread::sleep(Duration::from_millis(100));
-    }
-
-    let url = |p: u16| format!("http://127.0.0.1:{p}/hello.txt");
-    curl(&[], &[url(shop.port), url(shop.port), url(shop.port)]);
-    curl(&[], &[url(other.port), url(other.port)]);
-    // Kept: the shop pod's 3 server exchanges. Dropped: the other pod's 2
-    // and curl's 5 (no pod, so no namespace).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let t = health();
-        if t["exchanges"] == 3 && t["namespace_exchanges_dropped"] == 7 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "tracer health: {t}");
-        thread::sleep(Duration::from_millis(100));
-    }
-    let (_, text) = get(mport, "/metrics");
-    let m = parse_metrics(&text);
-    let count = |ns: &str| {
-        sum(
-            &m,
-            "http_server_request_duration_seconds_count",
-            &[("k8s_namespace_name", ns)],
-        )
-    };
-    assert_eq!(count("shop"), 3.0, "{text}");
-    assert_eq!(count("other"), 0.0);
-    assert_eq!(
-        sum(&m, "http_client_request_duration_seconds_count", &[]),
-        0.0
-    );
-
-    // Lifted: the other pod counts again.
-    c.update_config(filter(&[])).await.unwrap();
-    curl(&[], &[url(other.port)]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, text) = get(mport, "/metrics");
-        let n = sum(
-            &parse_metrics(&text),
-            "http_server_request_duration_seconds_count",
-            &[("k8s_namespace_name", "other")],
-        );
-        if n == 1.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{text}");
-        thread::sleep(Duration::from_millis(100));
-    }
-    c.unload(pb::UnloadRequest {
-        program: PROGRAM.into(),
-        revision: String::new(),
-    })
-    .await
-    .unwrap();
-    drop(shop);
-    drop(other);
 }

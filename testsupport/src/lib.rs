@@ -3,6 +3,23 @@
 //! here is used by a shipped binary; every crate takes it as a
 //! dev-dependency only. Helpers panic with a message naming what failed,
 //! as a test wants.
+//!
+//! It owns: loopback ports and commands that must succeed (here), the HTTP
+//! test server and a GET for the agent's endpoints ([`http`]), the
+//! Prometheus text parser ([`metrics`]), Python's `http.server`
+//! ([`python`]), agent processes ([`agent`]), network namespaces
+//! ([`netns`]), cgroup2 directories ([`cgroup`]) and load requests built
+//! from objects ([`request`]). It must not depend on `bpfleet-agent` (whose
+//! tests use it) nor on any crate above the wire types: agent calls belong
+//! in the agent's own `tests/common`.
+
+pub mod agent;
+pub mod cgroup;
+pub mod http;
+pub mod metrics;
+pub mod netns;
+pub mod python;
+pub mod request;
 
 use std::net::TcpListener;
 use std::process::Command;
@@ -43,5 +60,10 @@ mod tests {
     #[should_panic(expected = "false")]
     fn a_failing_command_panics_with_its_name() {
         run("false", &[]);
+    }
+
+    #[test]
+    fn a_succeeding_command_returns() {
+        run("true", &[]);
     }
 }

@@ -7,20 +7,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
-
-use common::TestServer;
 
 use bpfleet_httptrace::redact::Redactor;
 use bpfleet_httptrace::{Outcome, Role};
+use bpfleet_testsupport::http::TestServer;
+use bpfleet_testsupport::python::PythonServer;
 use bpfleet_tracer::event::config;
 use bpfleet_tracer::pipeline::{Pipeline, Traced};
 use bpfleet_tracer::standalone::Standalone;
@@ -84,11 +81,7 @@ fn curl(local_port: Option<u16>, url: &str) {
 #[test]
 fn policy_port_and_process_filters_hold_in_the_kernel() {
     let server = TestServer::start();
-    let skip_port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let skip_port = bpfleet_testsupport::free_port();
     let tracer = Standalone::load(&[(config::PORT_FILTER, 3)], &[server.port]).unwrap();
     tracer
         .update("bpfleet_ports", &skip_port.to_ne_bytes(), &[2])
@@ -244,44 +237,12 @@ fn pipelined_requests_from_a_rust_client() {
     assert_eq!(post.exchange.request_bytes, 57);
 }
 
-struct Python(Child);
-
-impl Drop for Python {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn python_http_server_seen_from_the_server_side() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("index.txt"), b"bpfleet\n").unwrap();
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = bpfleet_testsupport::free_port();
     let tracer = tracer_for(port);
     let mut pipeline = Pipeline::new(Arc::new(Redactor::builtin()), 1024);
-    let child = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 runs");
-    let py = Python(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "http.server did not start");
-        thread::sleep(Duration::from_millis(50));
-    }
+    let py = PythonServer::start_on(port, &[("index.txt", "bpfleet\n")], |_| {});
     for path in ["/index.txt", "/nope", "/index.txt"] {
         let ok = Command::new("curl")
             .args([
@@ -294,7 +255,7 @@ fn python_http_server_seen_from_the_server_side() {
             .unwrap();
         assert!(ok.success());
     }
-    let py_pid = py.0.id();
+    let py_pid = py.pid();
     let got: Vec<Traced> = collect(&tracer, &mut pipeline, 6);
     let from_python: Vec<&Traced> = got
         .iter()

@@ -1,15 +1,28 @@
-//! Shared test fixtures: a private pin root on bpffs, a private network
-//! namespace, an agent process, and request builders. Every fixture removes
-//! what it made when dropped, also when the test fails.
-// Fixtures are test code: a failed setup panics, which is the report.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! Fixtures of the agent's integration tests: a private pin root on bpffs,
+//! a private network namespace that can send raw frames, the agent as a
+//! process or in-process, and the test objects' load requests. Every
+//! fixture removes what it made when dropped, also when the test fails.
+//! What other crates' tests need too (ports, servers, agent processes,
+//! request builders, namespaces, cgroups) lives in `bpfleet-testsupport`
+//! and is re-exported here; this module holds only what needs the agent's
+//! own API or the agent tests' objects. The HTTP tracer's helpers are in
+//! [`http`].
+// Fixtures are test code: a failed setup panics, which is the report. Each
+// test binary uses a different part of them (and of the re-exports).
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod http;
+
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bpfleet_agent::kernel;
-use bpfleet_proto::v1::{self as pb, HookKind, load_request::Source};
+use bpfleet_agent::{Agent, Config, kernel};
+use bpfleet_proto::v1::{self as pb, HookKind};
+pub use bpfleet_testsupport::agent::{AgentFiles, AgentProcess};
+pub use bpfleet_testsupport::netns::{self, Netns};
+pub use bpfleet_testsupport::request::{entry, load_request as load_req, tracepoints};
+pub use bpfleet_testsupport::{free_port, run};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 /// A pin root of its own under /sys/fs/bpf, removed on drop.
@@ -33,16 +46,21 @@ impl PinRoot {
         }
     }
 
+    /// The agent's files: pins here, the rest in the scratch directory.
+    pub fn files(&self) -> AgentFiles {
+        AgentFiles::new(&self.path, self.scratch.path())
+    }
+
     pub fn state_file(&self) -> PathBuf {
-        self.scratch.path().join("state.json")
+        self.files().state_file
     }
 
     pub fn audit_log(&self) -> PathBuf {
-        self.scratch.path().join("audit.jsonl")
+        self.files().audit_log
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.scratch.path().join("agent.sock")
+        self.files().socket
     }
 
     /// Every file (pin) below the root.
@@ -71,47 +89,24 @@ impl Drop for PinRoot {
     }
 }
 
-/// A network namespace of its own with a veth pair (veth0 <-> veth1, both
-/// up, inside the namespace), removed on drop.
-pub struct Netns {
-    pub name: String,
+/// The agent core in-process on `root`: unsigned objects allowed, audited.
+pub fn agent(root: &PinRoot) -> Agent {
+    let mut cfg = Config::new(&root.path, root.state_file());
+    cfg.allow_unsigned = true;
+    cfg.audit_log = Some(root.audit_log());
+    Agent::new(cfg).expect("agent starts")
 }
 
-impl Netns {
-    pub fn new(tag: &str) -> Self {
-        let name = format!("bpfleet-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        run("ip", &["netns", "add", &name]);
-        let ns = Self { name };
-        ns.exec(&[
-            "ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
-        ]);
-        ns.exec(&["ip", "link", "set", "veth0", "up"]);
-        ns.exec(&["ip", "link", "set", "veth1", "up"]);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    /// Runs a command inside the namespace (nsenter keeps our mounts, so
-    /// pins stay visible; `ip netns exec` would hide them).
-    pub fn exec(&self, args: &[&str]) {
-        let mut full = vec!["--net=".to_string() + &self.path()];
-        full.extend(args.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
-        run("nsenter", &refs);
-    }
-
+/// Raw frames out of a namespace made by [`Netns::with_veth`].
+pub trait SendFrames {
     /// Sends `n` frames of EtherType 0x88b5 out of veth0 (they arrive on
     /// veth1), paced so the veth queue never overflows. Runs on a thread
     /// that enters the namespace.
-    pub fn send_frames(&self, n: u64) -> u64 {
+    fn send_frames(&self, n: u64) -> u64;
+}
+
+impl SendFrames for Netns {
+    fn send_frames(&self, n: u64) -> u64 {
         let path = self.path();
         std::thread::spawn(move || send_frames_in(&path, n))
             .join()
@@ -119,22 +114,12 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
 /// Enters the netns at `path` on this thread and sends `n` raw frames out of
 /// veth0. Returns the number sent.
 pub fn send_frames_in(path: &str, n: u64) -> u64 {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).expect("open netns");
+    netns::enter(path);
     // SAFETY: plain syscalls on fds and buffers we own.
     unsafe {
-        assert_eq!(libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET), 0, "setns");
         let proto = (0x88b5u16).to_be();
         let s = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto));
         assert!(s >= 0, "packet socket");
@@ -177,73 +162,22 @@ pub fn send_frames_in(path: &str, n: u64) -> u64 {
     }
 }
 
-pub fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// An agent process, killed on drop.
-pub struct AgentProc {
-    pub child: Child,
-    pub socket: PathBuf,
-}
+/// The `bpfleet-agent` of this build as a process, killed on drop.
+pub struct AgentProc(pub AgentProcess);
 
 impl AgentProc {
-    /// Starts `bpfleet-agent serve` (inside `netns` when given) and waits
-    /// until its socket answers.
+    /// Starts `bpfleet-agent serve` on `root` (inside `netns` when given)
+    /// and waits until its socket answers.
     pub fn start(root: &PinRoot, netns: Option<&Netns>, extra: &[&str]) -> Self {
-        let bin = env!("CARGO_BIN_EXE_bpfleet-agent");
-        let socket = root.socket();
-        let mut args: Vec<String> = Vec::new();
-        let mut cmd = if let Some(ns) = netns {
-            args.push(format!("--net={}", ns.path()));
-            args.push(bin.to_string());
-            Command::new("nsenter")
-        } else {
-            Command::new(bin)
-        };
-        args.extend(
-            [
-                "serve",
-                "--pin-root",
-                root.path.to_str().unwrap(),
-                "--state-file",
-                root.state_file().to_str().unwrap(),
-                "--audit-log",
-                root.audit_log().to_str().unwrap(),
-                "--socket",
-                socket.to_str().unwrap(),
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let _ = std::fs::remove_file(&socket);
-        let child = cmd
-            .args(&args)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn agent");
-        let me = Self { child, socket };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !me.socket.exists() {
-            assert!(Instant::now() < deadline, "agent socket did not appear");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        me
-    }
-
-    pub fn kill9(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let _ = self.child.wait();
+        let bin = Path::new(env!("CARGO_BIN_EXE_bpfleet-agent"));
+        let ns = netns.map(Netns::path);
+        Self(AgentProcess::start(
+            bin,
+            &root.files(),
+            ns.as_deref(),
+            extra,
+            &[],
+        ))
     }
 
     pub async fn client(&self) -> pb::agent_client::AgentClient<tonic::transport::Channel> {
@@ -253,38 +187,16 @@ impl AgentProc {
     }
 }
 
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Deref for AgentProc {
+    type Target = AgentProcess;
+    fn deref(&self) -> &AgentProcess {
+        &self.0
     }
 }
 
-pub fn entry(prog: &str, hook: HookKind, target: &str) -> pb::ProgramEntry {
-    pb::ProgramEntry {
-        bpf_program: prog.into(),
-        hook: hook as i32,
-        target: target.into(),
-        pid: 0,
-    }
-}
-
-pub fn load_req(
-    program: &str,
-    revision: &str,
-    obj: &[u8],
-    entries: Vec<pb::ProgramEntry>,
-    persistent: &[&str],
-) -> pb::LoadRequest {
-    pb::LoadRequest {
-        program: program.into(),
-        revision: revision.into(),
-        source: Some(Source::Object(obj.to_vec())),
-        sha256: bpfleet_agent::trust::sha256_hex(obj),
-        signature: String::new(),
-        entries,
-        persistent_maps: persistent.iter().map(|s| s.to_string()).collect(),
-        budget: None,
+impl DerefMut for AgentProc {
+    fn deref_mut(&mut self) -> &mut AgentProcess {
+        &mut self.0
     }
 }
 

@@ -7,12 +7,12 @@
 //! nginx) are traced: the port filter holds nginx's port.
 //!
 //! Run as root: `scripts/bench-tracer.sh` (builds the release agent, then
-//! runs this with `cargo bench -p bpfleet-tracer --bench wrk`). Settings by
+//! runs this with `cargo bench -p bpfleet-agent --bench wrk`). Settings by
 //! environment: `BENCH_ROUNDS` (5), `BENCH_SECONDS` per wrk run (5),
 //! `BENCH_CONNECTIONS` (32), `BENCH_RATE` requests/s of the fixed-rate run
 //! (50000), `BENCH_RATE_SECONDS` (5), `BENCH_RATE_THREADS` (16),
-//! `BENCH_AGENT` (the agent binary; default `bpfleet-agent` next to this
-//! bench's directory in the target dir).
+//! `BENCH_AGENT` (the agent binary; default the `bpfleet-agent` Cargo
+//! built with this bench).
 //!
 //! Reported, median and min-max over the rounds:
 //! - requests/s without and with the tracer, and their ratio per round;
@@ -31,25 +31,34 @@
 //! nginx are killed, the pin root, scratch dir and namespace removed (also
 //! on panic), and the bench fails if any of the tracer's program ids still
 //! exists at the end.
+//!
+//! Files: this one sets up, runs the rounds and prints; `clients.rs`
+//! drives traffic (wrk, the paced client); `measure.rs` reads the kernel's
+//! and /proc's figures. Agent processes, namespaces, ports and the load
+//! request come from `bpfleet-testsupport`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod clients;
+mod measure;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bpfleet_proto::v1::{self as pb, HookKind, load_request::Source};
+use bpfleet_proto::v1 as pb;
+use bpfleet_testsupport::agent::{AgentFiles, AgentProcess};
+use bpfleet_testsupport::free_port;
+use bpfleet_testsupport::netns::{self, Netns};
+use bpfleet_testsupport::request::{load_request, tracepoints};
 use bpfleet_tracer::event::config;
 use bpfleet_tracer::pinned::Pinned;
 use bpfleet_tracer::standalone::enable_stats;
 use bpfleet_tracer::{PERSISTENT_MAPS, PROGRAMS};
-use sha2::Digest;
+use clients::{paced, wrk};
+use measure::*;
 
 const PROGRAM: &str = "http-tracer";
 
@@ -60,57 +69,32 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Everything the bench starts or creates; removed on drop, also on panic.
+/// Everything the bench starts or creates; removed on drop, also on panic:
+/// nginx and the agent killed, then the pin root, then (as a field, last)
+/// the namespace.
 struct Setup {
-    netns: String,
     pin_root: PathBuf,
     scratch: tempfile::TempDir,
     nginx: Option<Child>,
-    agent: Option<Child>,
+    agent: Option<AgentProcess>,
+    netns: Netns,
 }
 
 impl Setup {
     fn netns_path(&self) -> String {
-        format!("/run/netns/{}", self.netns)
+        self.netns.path()
     }
 }
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        for c in [self.nginx.as_mut(), self.agent.as_mut()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(c) = self.nginx.as_mut() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        drop(self.agent.take());
         // Pinned programs and links go with their pins.
         let _ = std::fs::remove_dir_all(&self.pin_root);
-        // `ip netns del` can fail while the namespace's last users are
-        // still going away (measured: the name outlived the bench once).
-        let path = PathBuf::from(self.netns_path());
-        for _ in 0..50 {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.netns])
-                .stderr(Stdio::null())
-                .status();
-            if !path.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 }
 
@@ -141,7 +125,7 @@ fn start_nginx(s: &mut Setup, port: u16) {
     s.nginx = Some(child);
     let ns = s.netns_path();
     let up = std::thread::spawn(move || {
-        enter_netns(&ns);
+        netns::enter(&ns);
         for _ in 0..100 {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return true;
@@ -153,341 +137,18 @@ fn start_nginx(s: &mut Setup, port: u16) {
     assert!(up.join().unwrap(), "nginx did not start; see {d}/error.log");
 }
 
-/// Moves the calling thread into the network namespace at `path`.
-fn enter_netns(path: &str) {
-    let f = std::fs::File::open(path).expect("open netns");
-    // SAFETY: setns on an fd we own; affects this thread only.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_agent(s: &mut Setup, bin: &Path, metrics_port: u16) -> PathBuf {
-    let socket = s.scratch.path().join("agent.sock");
-    let sc = s.scratch.path();
-    let child = Command::new(bin)
-        .args([
-            "serve",
-            "--pin-root",
-            s.pin_root.to_str().unwrap(),
-            "--state-file",
-            sc.join("state.json").to_str().unwrap(),
-            "--audit-log",
-            sc.join("audit.jsonl").to_str().unwrap(),
-            "--socket",
-            socket.to_str().unwrap(),
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
-            "--allow-unsigned",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (scripts/bench-tracer.sh builds it)", bin.display()));
-    s.agent = Some(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "agent socket did not appear");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    socket
-}
-
-/// Runs wrk in the namespace; returns (requests/s, requests).
-fn wrk(ns: &str, port: u16, secs: u64, conns: u64) -> (f64, u64) {
-    let out = Command::new("nsenter")
-        .args([
-            &format!("--net={ns}"),
-            "wrk",
-            "-t1",
-            &format!("-c{conns}"),
-            &format!("-d{secs}s"),
-            &format!("http://127.0.0.1:{port}/"),
-        ])
-        .output()
-        .expect("wrk runs (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"));
-    let total = text
-        .lines()
-        .find_map(|l| l.trim().split_once(" requests in "))
-        .and_then(|(n, _)| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no request count in wrk output:\n{text}"));
-    (rps, total)
-}
-
-/// Open-loop client at a fixed rate: `threads` keep-alive connections, the
-/// k-th request of thread i due at start + (i + k * threads) / rate; a
-/// thread behind schedule sends at once (no request is skipped, none sent
-/// early). Returns (requests answered, seconds from start to the last
-/// answer, answers later than 1 ms after they were due).
-fn paced(ns: &str, port: u16, rate: u64, secs: u64, threads: u64) -> (u64, f64, u64) {
-    let start = Instant::now() + Duration::from_millis(100);
-    let end = start + Duration::from_secs(secs);
-    let done = Arc::new(AtomicU64::new(0));
-    let late = Arc::new(AtomicU64::new(0));
-    let handles: Vec<_> = (0..threads)
-        .map(|i| {
-            let (ns, done, late) = (ns.to_string(), done.clone(), late.clone());
-            std::thread::spawn(move || {
-                enter_netns(&ns);
-                // Sleep to the due time, not up to 50 µs past it (the
-                // default timer slack).
-                // SAFETY: prctl on the calling thread, no pointers.
-                unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
-                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                s.set_nodelay(true).unwrap();
-                let req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
-                let mut buf = [0u8; 4096];
-                let mut k = 0u64;
-                loop {
-                    let due =
-                        start + Duration::from_nanos((i + k * threads) * 1_000_000_000 / rate);
-                    if due >= end {
-                        return Instant::now();
-                    }
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
-                    }
-                    s.write_all(req).unwrap();
-                    read_response(&mut s, &mut buf);
-                    if due.elapsed() > Duration::from_millis(1) {
-                        late.fetch_add(1, Ordering::Relaxed);
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                    k += 1;
-                }
-            })
-        })
-        .collect();
-    let last = handles
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .max()
-        .unwrap();
-    (
-        done.load(Ordering::Relaxed),
-        last.duration_since(start).as_secs_f64(),
-        late.load(Ordering::Relaxed),
-    )
-}
-
-/// Reads one response with a Content-Length body.
-fn read_response(s: &mut TcpStream, buf: &mut [u8]) {
-    let mut have = 0;
-    loop {
-        let n = s.read(&mut buf[have..]).unwrap();
-        assert!(n > 0, "nginx closed the connection");
-        have += n;
-        let Some(head) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&buf[..head]).to_ascii_lowercase();
-        let len: usize = text
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("content-length");
-        if have >= head + 4 + len {
-            assert_eq!(have, head + 4 + len, "one response at a time");
-            return;
-        }
-    }
-}
-
-/// The agent's `/metrics`: sum of the samples of `name` whose labels
-/// contain `program="http-tracer"`.
-fn metric(port: u16, name: &str) -> f64 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, labels) = series.split_once('{').unwrap_or((series, ""));
-            (n == name && labels.contains(&format!("program=\"{PROGRAM}\"")))
-                .then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
-}
-
-/// (utime + stime) in seconds of `/proc/<pid>/stat` or a task's stat.
-fn cpu_seconds(stat: &Path) -> f64 {
-    let text = std::fs::read_to_string(stat).unwrap_or_default();
-    // Fields after the ")" that closes comm: state is field 3, utime 14.
-    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // SAFETY: sysconf has no side effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    f.iter().sum::<u64>() as f64 / hz
-}
-
-/// The stat file of the agent's reader thread (named `http-reader-...`).
-fn reader_task(pid: u32) -> PathBuf {
-    let dir = PathBuf::from(format!("/proc/{pid}/task"));
-    for e in std::fs::read_dir(&dir).unwrap().flatten() {
-        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if comm.starts_with("http-reader") {
-            return e.path().join("stat");
-        }
-    }
-    panic!("no http-reader thread in agent {pid}");
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Sets the flag when dropped, also while unwinding.
-struct SetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Highest VmRSS of `pid` seen every 50 ms while `f` runs.
-fn with_peak_rss<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let sampler = s.spawn(|| {
-            let mut peak = 0;
-            while !stop.load(Ordering::Relaxed) {
-                peak = peak.max(rss_kib(pid, "VmRSS:"));
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            peak
-        });
-        let out = {
-            let _stop = SetOnDrop(&stop);
-            f()
-        };
-        (out, sampler.join().unwrap())
-    })
-}
-
-/// (id, name, run_cnt, run_time_ns) of programs by id; ids that are gone
-/// are left out.
-fn prog_stats(ids: &[u32]) -> Vec<(u32, String, u64, u64)> {
-    let mut out = Vec::new();
-    for id in ids {
-        // SAFETY: plain syscall wrappers; the fd is closed below.
-        unsafe {
-            let fd = libbpf_sys::bpf_prog_get_fd_by_id(*id);
-            if fd < 0 {
-                continue;
-            }
-            let mut info = libbpf_sys::bpf_prog_info::default();
-            let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-            if libbpf_sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) == 0 {
-                let name: Vec<u8> = info
-                    .name
-                    .iter()
-                    .take_while(|c| **c != 0)
-                    .map(|c| *c as u8)
-                    .collect();
-                out.push((
-                    *id,
-                    String::from_utf8_lossy(&name).into_owned(),
-                    info.run_cnt,
-                    info.run_time_ns,
-                ));
-            }
-            libc::close(fd);
-        }
-    }
-    out
-}
-
-/// Total (run_cnt, run_time_ns) of programs by id.
-fn run_stats(ids: &[u32]) -> (u64, u64) {
-    prog_stats(ids)
-        .iter()
-        .fold((0, 0), |(c, n), (_, _, c1, n1)| (c + c1, n + n1))
-}
-
-/// Kernel id of the program pinned at `pin`.
-fn pinned_prog_id(pin: &Path) -> u32 {
-    let c = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: plain syscall wrappers on a valid C string and an info struct
-    // of the right size; the fd is closed below.
-    unsafe {
-        let fd = libbpf_sys::bpf_obj_get(c.as_ptr());
-        assert!(fd >= 0, "bpf_obj_get {}", pin.display());
-        let mut info = libbpf_sys::bpf_prog_info::default();
-        let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-        let rc = libbpf_sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len);
-        libc::close(fd);
-        assert_eq!(rc, 0, "program info of {}", pin.display());
-        info.id
-    }
-}
-
-fn prog_exists(id: u32) -> bool {
-    // SAFETY: as in run_stats.
-    unsafe {
-        let fd = libbpf_sys::bpf_prog_get_fd_by_id(id);
-        if fd >= 0 {
-            libc::close(fd);
-        }
-        fd >= 0
-    }
-}
-
-fn load_request() -> pb::LoadRequest {
-    let obj = bpfleet_bpf::HTTP_TRACER;
-    pb::LoadRequest {
-        program: PROGRAM.into(),
-        revision: "r1".into(),
-        source: Some(Source::Object(obj.to_vec())),
-        sha256: hex::encode(sha2::Sha256::digest(obj)),
-        entries: PROGRAMS
-            .iter()
-            .map(|(name, tp)| pb::ProgramEntry {
-                bpf_program: name.to_string(),
-                hook: HookKind::Tracepoint as i32,
-                target: tp.to_string(),
-                pid: 0,
-            })
-            .collect(),
-        persistent_maps: PERSISTENT_MAPS.iter().map(|m| m.to_string()).collect(),
-        ..Default::default()
-    }
+    let files = AgentFiles::new(&s.pin_root, s.scratch.path());
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let agent = AgentProcess::start(
+        bin,
+        &files,
+        None,
+        &["--metrics-listen", &metrics, "--allow-unsigned"],
+        &[("RUST_LOG", "warn")],
+    );
+    s.agent = Some(agent);
+    files.socket
 }
 
 type Client = pb::agent_client::AgentClient<tonic::transport::Channel>;
@@ -502,7 +163,14 @@ async fn load_tracer(
     port: u16,
     pin_dir: &Path,
 ) -> (Vec<u32>, BTreeMap<u32, String>) {
-    let r = c.load(load_request()).await.unwrap().into_inner();
+    let req = load_request(
+        PROGRAM,
+        "r1",
+        bpfleet_bpf::HTTP_TRACER,
+        tracepoints(&PROGRAMS),
+        &PERSISTENT_MAPS,
+    );
+    let r = c.load(req).await.unwrap().into_inner();
     let rev = r.revision.unwrap();
     let mut ids = rev.prog_ids;
     let cfg = |map: &str, key: Vec<u8>, value: Vec<u8>| pb::UpdateConfigRequest {
@@ -604,47 +272,23 @@ fn main() {
     let rate_threads = env("BENCH_RATE_THREADS", 16);
     let agent_bin = std::env::var_os("BENCH_AGENT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            // target/<profile>/deps/wrk-* -> target/<profile>/bpfleet-agent
-            let exe = std::env::current_exe().unwrap();
-            exe.parent()
-                .and_then(Path::parent)
-                .unwrap()
-                .join("bpfleet-agent")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bpfleet-agent")));
 
     let tag = std::process::id();
-    let netns = format!("bpfleet-bench-{tag}");
-    let _ = Command::new("ip")
-        .args(["netns", "del", &netns])
-        .stderr(Stdio::null())
-        .status();
-    run("ip", &["netns", "add", &netns]);
     let mut setup = Setup {
-        netns,
         pin_root: PathBuf::from(format!("/sys/fs/bpf/bpfleet-bench-{tag}")),
         scratch: tempfile::tempdir().unwrap(),
         nginx: None,
         agent: None,
+        netns: Netns::new("bench"),
     };
-    run(
-        "nsenter",
-        &[
-            &format!("--net={}", setup.netns_path()),
-            "ip",
-            "link",
-            "set",
-            "lo",
-            "up",
-        ],
-    );
     std::fs::create_dir_all(&setup.pin_root).unwrap();
     let ns = setup.netns_path();
     let port = 8080;
     start_nginx(&mut setup, port);
     let mport = free_port();
     let socket = start_agent(&mut setup, &agent_bin, mport);
-    let agent_pid = setup.agent.as_ref().unwrap().id();
+    let agent_pid = setup.agent.as_ref().unwrap().pid();
     let _stats = enable_stats().expect("BPF stats (run as root)");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

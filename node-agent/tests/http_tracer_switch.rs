@@ -2,7 +2,9 @@
 //! managed program in two revisions with shared maps, switched back and
 //! forth through the agent's dispatchers while a client keeps sending
 //! requests. Every request must be reported exactly once on each side —
-//! none lost in a switch, none seen by both revisions. Needs root.
+//! none lost in a switch, none seen by both revisions. The agent core runs
+//! in-process and the test reads the shared ring buffer itself with the
+//! tracer crate's pipeline. Needs root.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +12,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -19,20 +20,16 @@ use std::time::Duration;
 use bpfleet_agent::{Agent, Config};
 use bpfleet_httptrace::Role;
 use bpfleet_httptrace::redact::Redactor;
-use bpfleet_proto::v1::{self as pb, HookKind, load_request::Source};
+use bpfleet_proto::v1 as pb;
 use bpfleet_tracer::event::config;
 use bpfleet_tracer::pipeline::{Pipeline, Traced};
-use bpfleet_tracer::{PERSISTENT_MAPS, PROGRAMS};
-use common::TestServer;
+use common::PinRoot;
+use common::http::{PROGRAM, TestServer, tracer_req};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, RingBufferBuilder};
-use sha2::Digest;
-
-const PROGRAM: &str = "http-tracer";
 
 /// A pin root of its own, removed (after the agent unloads) on drop.
 struct Root {
-    path: PathBuf,
-    _scratch: tempfile::TempDir,
+    pins: PinRoot,
     agent: Option<Agent>,
 }
 
@@ -43,28 +40,7 @@ impl Drop for Root {
             let _ = agent.unload(PROGRAM, "", "test");
         }
         self.agent = None;
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-fn load_request(revision: &str) -> pb::LoadRequest {
-    let obj = bpfleet_bpf::HTTP_TRACER;
-    pb::LoadRequest {
-        program: PROGRAM.into(),
-        revision: revision.into(),
-        source: Some(Source::Object(obj.to_vec())),
-        sha256: hex::encode(sha2::Sha256::digest(obj)),
-        entries: PROGRAMS
-            .iter()
-            .map(|(name, tp)| pb::ProgramEntry {
-                bpf_program: name.to_string(),
-                hook: HookKind::Tracepoint as i32,
-                target: tp.to_string(),
-                pid: 0,
-            })
-            .collect(),
-        persistent_maps: PERSISTENT_MAPS.iter().map(|m| m.to_string()).collect(),
-        ..Default::default()
+        // The pin root goes with `pins`, after the agent.
     }
 }
 
@@ -104,26 +80,17 @@ fn client(port: u16, stop: &AtomicBool, sent: &AtomicU64) {
 
 #[test]
 fn switching_revisions_loses_and_doubles_nothing() {
-    let path = PathBuf::from(format!(
-        "/sys/fs/bpf/bpfleet-test-tracer-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&path);
-    std::fs::create_dir_all(&path).unwrap();
-    let scratch = tempfile::tempdir().unwrap();
-    let mut cfg = Config::new(&path, scratch.path().join("state.json"));
+    let pins = PinRoot::new("tracer");
+    let path = pins.path.clone();
+    let mut cfg = Config::new(&path, pins.state_file());
     cfg.allow_unsigned = true;
-    let mut root = Root {
-        path: path.clone(),
-        _scratch: scratch,
-        agent: None,
-    };
+    let mut root = Root { pins, agent: None };
     root.agent = Some(Agent::new(cfg).expect("agent starts (run as root)"));
     let agent = root.agent.as_mut().unwrap();
 
     let server = TestServer::start();
-    agent.load(load_request("r1"), "test").expect("r1 loads");
-    agent.load(load_request("r2"), "test").expect("r2 loads");
+    agent.load(tracer_req("r1"), "test").expect("r1 loads");
+    agent.load(tracer_req("r2"), "test").expect("r2 loads");
     write_map(
         agent,
         "bpfleet_ports",
@@ -216,20 +183,6 @@ fn switching_revisions_loses_and_doubles_nothing() {
     agent
         .unload(PROGRAM, "", "test")
         .expect("unload the program");
-    let left: Vec<_> = walkdir(&path);
+    let left = root.pins.pins();
     assert!(left.is_empty(), "pins left: {left:?}");
-}
-
-fn walkdir(p: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            if e.path().is_dir() {
-                out.extend(walkdir(&e.path()));
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
 }

@@ -1,0 +1,235 @@
+//! What the agent refuses before anything reaches the kernel, with the
+//! agent core in-process on the real kernel: digest and signature checks
+//! (and a signed object that loads), malformed and unsupported requests,
+//! a persistent map whose shape changed, budgets. Each test also checks
+//! that a refusal left nothing pinned. Needs root (the agent needs bpffs).
+
+// Test code: a failed setup panics, which is the report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use bpfleet_agent::{Agent, Config, Error};
+use bpfleet_bpf as objs;
+use bpfleet_proto::v1::HookKind;
+use common::*;
+
+#[test]
+fn trust_checks_refuse_before_anything_is_loaded() {
+    let root = PinRoot::new("trust");
+    let mut cfg = Config::new(&root.path, root.state_file());
+    cfg.allow_unsigned = false;
+    let mut a = Agent::new(cfg).unwrap();
+
+    let mut tampered = syscount("v1", objs::SYSCOUNT_V1);
+    tampered.sha256 = bpfleet_agent::trust::sha256_hex(objs::SYSCOUNT_V2);
+    let e = a.load(tampered, "t").unwrap_err();
+    assert!(e.to_string().contains("sha256 mismatch"), "{e}");
+
+    let e = a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap_err();
+    assert!(e.to_string().contains("unsigned"), "{e}");
+
+    let mut badsig = syscount("v1", objs::SYSCOUNT_V1);
+    badsig.signature = "MEUCIQDx".into();
+    assert!(matches!(a.load(badsig, "t").unwrap_err(), Error::Denied(_)));
+
+    assert!(root.pins().is_empty(), "{:?}", root.pins());
+    assert!(a.list("").unwrap().is_empty());
+}
+
+#[test]
+fn signed_objects_load_with_a_trusted_key() {
+    use base64::Engine;
+    use p256::ecdsa::{Signature, SigningKey, signature::Signer};
+    use p256::pkcs8::{EncodePublicKey, LineEnding};
+    let root = PinRoot::new("signed");
+    let sk = SigningKey::from_slice(&[42u8; 32]).unwrap();
+    let pem = sk
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    let mut cfg = Config::new(&root.path, root.state_file());
+    cfg.trusted_keys = vec![("test".into(), pem)];
+    let mut a = Agent::new(cfg).unwrap();
+    let sig: Signature = sk.sign(objs::SYSCOUNT_V1);
+    let mut req = syscount("v1", objs::SYSCOUNT_V1);
+    req.signature = base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes());
+    a.load(req.clone(), "t").unwrap();
+    // The same signature does not cover other bytes.
+    let mut other = syscount("v2", objs::SYSCOUNT_V2);
+    other.signature = req.signature.clone();
+    assert!(matches!(a.load(other, "t").unwrap_err(), Error::Denied(_)));
+    a.unload("syscount", "", "t").unwrap();
+    assert!(root.pins().is_empty());
+}
+
+#[test]
+fn malformed_and_unsupported_requests_get_clear_errors() {
+    let root = PinRoot::new("malformed");
+    let mut a = agent(&root);
+    let ok = syscount("v1", objs::SYSCOUNT_V1);
+
+    let mut r = ok.clone();
+    r.program = String::new();
+    assert!(
+        a.load(r, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("program name is empty")
+    );
+    let mut r = ok.clone();
+    r.revision = "../../etc".into();
+    assert!(matches!(a.load(r, "t").unwrap_err(), Error::Invalid(_)));
+    let mut r = ok.clone();
+    r.entries.clear();
+    assert!(
+        a.load(r, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("at least one program entry")
+    );
+    let mut r = ok.clone();
+    r.entries[0].hook = 4242;
+    assert!(
+        a.load(r, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown hook kind 4242")
+    );
+    let mut r = ok.clone();
+    r.source = Some(bpfleet_proto::v1::load_request::Source::Object(
+        vec![0u8; 17 << 20],
+    ));
+    assert!(a.load(r, "t").unwrap_err().to_string().contains("at most"));
+    let mut r = ok.clone();
+    r.source = Some(bpfleet_proto::v1::load_request::Source::Object(
+        b"not an elf".to_vec(),
+    ));
+    r.sha256 = bpfleet_agent::trust::sha256_hex(b"not an elf");
+    assert!(
+        a.load(r, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("not a loadable BPF ELF")
+    );
+    let mut r = ok.clone();
+    r.entries[0].bpf_program = "nope".into();
+    assert!(
+        a.load(r, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("no BPF program named nope")
+    );
+    let mut r = ok.clone();
+    r.entries[0].hook = HookKind::Xdp as i32;
+    assert!(
+        a.load(r, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("needs Xdp")
+    );
+    let mut r = ok.clone();
+    r.persistent_maps = vec!["missing".into()];
+    assert!(
+        a.load(r, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("persistent map missing is not in the object")
+    );
+
+    // Hooks this kernel lacks.
+    let r = load_req(
+        "probe",
+        "v1",
+        objs::KPROBE_PROBE,
+        vec![entry("on_open", HookKind::Kprobe, "do_sys_openat2")],
+        &[],
+    );
+    let e = a.load(r, "t").unwrap_err();
+    assert!(e.to_string().contains("unsupported on this node"), "{e}");
+    assert_eq!(
+        tonic::Status::from(e).code(),
+        tonic::Code::FailedPrecondition
+    );
+
+    // Unknown program / revision.
+    assert!(matches!(
+        a.activate("ghost", "v1", "t").unwrap_err(),
+        Error::NotFound(_)
+    ));
+    assert!(matches!(
+        a.rollback("ghost", "", "t").unwrap_err(),
+        Error::NotFound(_)
+    ));
+
+    assert!(root.pins().is_empty(), "{:?}", root.pins());
+}
+
+#[test]
+fn incompatible_persistent_map_is_refused() {
+    let root = PinRoot::new("incompat");
+    let mut a = agent(&root);
+    a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
+    // A program whose pinned `counts` has another shape than the one the
+    // next revision declares: pin a map of another shape where the revision
+    // expects `counts`.
+    let pin = root.path.join("other/_map_counts");
+    std::fs::create_dir_all(root.path.join("other")).unwrap();
+    let mut m = libbpf_rs::MapHandle::create(
+        libbpf_rs::MapType::Array,
+        Some("counts"),
+        4,
+        16,
+        4,
+        &libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    m.pin(&pin).unwrap();
+    // Adopt it as an orphan program "other", then load a revision into it.
+    drop(a);
+    let mut a = agent(&root);
+    let mut req = syscount("v1", objs::SYSCOUNT_V1);
+    req.program = "other".into();
+    let e = a.load(req, "t").unwrap_err();
+    assert!(
+        e.to_string().contains("incompatible with the pinned one")
+            && e.to_string().contains("value_size 8 vs pinned 16"),
+        "{e}"
+    );
+    a.unload("other", "", "t").unwrap();
+    a.unload("syscount", "", "t").unwrap();
+    assert!(root.pins().is_empty(), "{:?}", root.pins());
+}
+
+#[test]
+fn budgets_refuse_before_load() {
+    let root = PinRoot::new("budget");
+    let mut cfg = Config::new(&root.path, root.state_file());
+    cfg.allow_unsigned = true;
+    cfg.max_programs = 1;
+    cfg.max_revisions = 1;
+    let mut a = Agent::new(cfg).unwrap();
+    let mut tiny = syscount("v1", objs::SYSCOUNT_V1);
+    tiny.budget = Some(bpfleet_proto::v1::Budget {
+        max_map_memory_bytes: 64,
+    });
+    let e = a.load(tiny, "t").unwrap_err();
+    assert!(matches!(e, Error::Budget(_)), "{e}");
+    assert!(root.pins().is_empty(), "{:?}", root.pins());
+    a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
+    let e = a.load(syscount("v2", objs::SYSCOUNT_V2), "t").unwrap_err();
+    assert!(e.to_string().contains("at most 1"), "{e}");
+    let mut other = syscount("v1", objs::SYSCOUNT_V1);
+    other.program = "second".into();
+    let e = a.load(other, "t").unwrap_err();
+    assert!(matches!(e, Error::Budget(_)), "{e}");
+    assert_eq!(
+        tonic::Status::from(e).code(),
+        tonic::Code::ResourceExhausted
+    );
+    a.unload("syscount", "", "t").unwrap();
+    assert!(root.pins().is_empty());
+}
