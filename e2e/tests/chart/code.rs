@@ -2,7 +2,8 @@
 //! itself rather than of its source text: the long flags of their clap
 //! command definitions, the capabilities the agent keeps after setup
 //! (`KEEP_AFTER_SETUP` through `caps::name`), the metric names their real
-//! Prometheus registries expose, and the paths the agent's HTTP endpoint
+//! Prometheus registries expose (every family given a series first: an
+//! empty family is not exposed), and the paths the agent's HTTP endpoint
 //! answers. The agent's registry and endpoint need an `Agent`, which needs
 //! root and bpffs: [`AgentCore`] builds one in a private pin root and
 //! removes it on drop. Renders nothing; starts no process.
@@ -13,9 +14,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bpfleet_agent::hooks::{KEEP_AFTER_SETUP, caps};
+use bpfleet_agent::http::record::{Record, Side};
 use bpfleet_agent::http::{HttpConfig, Hub};
 use bpfleet_agent::metrics::Metrics;
 use bpfleet_agent::{Agent, Config};
+use bpfleet_httptrace::Outcome;
 use clap::CommandFactory;
 
 /// Capabilities the agent keeps after setup (`KEEP_AFTER_SETUP`), as
@@ -102,9 +105,25 @@ pub fn exposed_metrics(exposition: &str) -> BTreeSet<String> {
     out
 }
 
-/// What the operator's registry exports (`bpfleet_operator::metrics`).
+/// What the operator's registry exports (`bpfleet_operator::metrics`),
+/// every family given one series first.
 pub fn operator_metrics() -> BTreeSet<String> {
-    let out = exposed_metrics(&bpfleet_operator::metrics::Metrics::new().render());
+    use bpfleet_operator::metrics::{Metrics, ProgramLabel, ResultLabel};
+    let m = Metrics::new();
+    m.reconciles
+        .get_or_create(&ResultLabel {
+            result: "ok".into(),
+        })
+        .inc();
+    m.error("kube");
+    m.set_phase("p", Some(bpfleet_api::program::Phase::Healthy));
+    m.aborts
+        .get_or_create(&ProgramLabel {
+            program: "p".into(),
+        })
+        .inc();
+    m.call("load", "ok");
+    let out = exposed_metrics(&m.render());
     assert!(out.contains("bpfleet_rollout_aborts_total"), "{out:?}");
     out
 }
@@ -147,21 +166,55 @@ impl AgentCore {
     }
 
     /// The agent's metrics and HTTP endpoint without the tracer runtime:
-    /// the agent core's own families.
+    /// the agent core's own families, one operation counted (a family
+    /// without a series is not exposed at all).
     pub fn endpoint(&self) -> Arc<Metrics> {
-        Metrics::new(self.agent.clone())
+        let m = Metrics::new(self.agent.clone());
+        m.record("load", "ok");
+        m
     }
 
     /// The endpoint with the HTTP tracer runtime's families, an OTLP
-    /// endpoint configured so the span export counters are registered too:
-    /// everything the agent can export.
+    /// endpoint configured so the span export counters are registered too,
+    /// and one exchange per side, one alert transition and one operation
+    /// recorded so that every family has a series: everything the agent
+    /// can export.
     pub fn endpoint_with_tracer(&self) -> Arc<Metrics> {
         let hub = Hub::new(HttpConfig {
             otlp_endpoint: Some("http://127.0.0.1:4317".into()),
             ..HttpConfig::default()
         })
         .expect("the tracer runtime's hub builds");
-        Metrics::with_http(self.agent.clone(), Some(Arc::new(hub)))
+        for side in [Side::Server, Side::Client] {
+            hub.families().observe(&[&exchange(side)]);
+        }
+        hub.families().transition("HttpHighErrorRate", "firing");
+        let m = Metrics::with_http(self.agent.clone(), Some(Arc::new(hub)));
+        m.record("load", "ok");
+        m
+    }
+}
+
+/// One complete exchange with both body sizes known.
+fn exchange(side: Side) -> Record {
+    Record {
+        token: 1,
+        side,
+        method: "GET",
+        status: Some(200),
+        route: "/a".into(),
+        service: "svc".into(),
+        namespace: "default".into(),
+        pod: "svc-0".into(),
+        deployment: String::new(),
+        duration_ns: 2_000_000,
+        end_ns: 1_000_000_000,
+        target: "/a".into(),
+        local_port: 80,
+        remote_port: 40000,
+        request_body_bytes: Some(10),
+        response_body_bytes: Some(20),
+        outcome: Outcome::Complete,
     }
 }
 
