@@ -2,7 +2,6 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bpfleet_testsupport::free_port;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::pki::{self, Ca};
@@ -86,9 +86,11 @@ impl ControlPlane {
         let sa_key = write("sa.key", &sa_private)?;
         let sa_pub = write("sa.pub", &sa_public)?;
 
-        let etcd_client = free_port()?;
-        let etcd_peer = free_port()?;
-        let api_port = free_port()?;
+        // Loopback ports free a moment ago (the shared test helper; it
+        // panics only when nothing on 127.0.0.1 can be bound at all).
+        let etcd_client = free_port();
+        let etcd_peer = free_port();
+        let api_port = free_port();
         let etcd_url = format!("http://127.0.0.1:{etcd_client}");
         let etcd = spawn(
             "etcd",
@@ -312,15 +314,6 @@ fn stop_ref(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
-}
-
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
-    let port = listener
-        .local_addr()
-        .map_err(io("finding a free port"))?
-        .port();
-    Ok(port)
 }
 
 fn tail(path: &Path, lines: usize) -> String {
