@@ -538,11 +538,10 @@ async fn tracer_in_the_agent_exports_exact_figures() {
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["tracer"].clone()
     };
     assert_eq!(health()["rules_generation"], 0);
-    std::fs::write(
+    replace_file(
         &rules,
-        POLICY.replace("queryParams: [sid]", "queryParams: [sid, late]"),
-    )
-    .unwrap();
+        &POLICY.replace("queryParams: [sid]", "queryParams: [sid, late]"),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while health()["rules_generation"] != 1 {
         assert!(
@@ -568,7 +567,7 @@ async fn tracer_in_the_agent_exports_exact_figures() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    std::fs::write(&rules, "routes: {patterns: [nope]}\n").unwrap();
+    replace_file(&rules, "routes: {patterns: [nope]}\n");
     let deadline = Instant::now() + Duration::from_secs(10);
     while health()["rules_error"].is_null() {
         assert!(
@@ -629,4 +628,12 @@ async fn tracer_in_the_agent_exports_exact_figures() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(agent);
+}
+
+/// Replaces `path` whole, as a ConfigMap update does (a new file renamed
+/// over the old one): the agent's watcher never sees it half written.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
