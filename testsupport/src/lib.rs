@@ -1,7 +1,8 @@
 //! Test support shared by every crate's tests and benches: the one place for
 //! helpers that would otherwise be copied between `tests/` folders. Nothing
-//! here is used by a shipped binary; every crate takes it as a
-//! dev-dependency only. Helpers panic with a message naming what failed,
+//! here is used by a shipped binary: the crates take it as a
+//! dev-dependency, and the e2e harness (itself test-only) as a dependency
+//! for its ports. Helpers panic with a message naming what failed,
 //! as a test wants.
 //!
 //! It owns: loopback ports and commands that must succeed (here), the HTTP

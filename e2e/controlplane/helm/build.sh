@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds helm (helm.sh/helm/v3/cmd/helm, at the version pinned in go.mod and
 # go.sum here) from the Go module proxy into the control plane's bin
-# directory, for the chart tests (e2e/tests/chart.rs). Its own module, so
+# directory, for the chart tests (e2e/tests/chart/). Its own module, so
 # helm's Kubernetes libraries never change the versions the control plane
 # builds with. A stamp of the inputs makes a second run a no-op.
 set -euo pipefail
