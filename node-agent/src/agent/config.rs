@@ -24,7 +24,7 @@ impl Agent {
         actor: &str,
     ) -> Result<Vec<String>> {
         let res = request::update_config(req).and_then(|cmd| self.update_config_cmd(&cmd));
-        self.publish();
+        self.publish(&req.program);
         let map = config_map_name(req);
         self.audit_result(
             actor,

@@ -205,7 +205,7 @@ impl Agent {
             },
         );
         self.save()?;
-        self.publish();
+        self.publish(&cmd.program);
         let info = self.revision_info(&cmd.program, &cmd.revision)?;
         Ok((info, true))
     }

@@ -184,7 +184,7 @@ impl Agent {
         };
         agent.adopt();
         agent.save()?;
-        agent.publish();
+        agent.publish_all();
         Ok(agent)
     }
 
@@ -212,9 +212,8 @@ impl Agent {
         self.views.subscribe()
     }
 
-    /// Publishes the program views when they changed. Called by every
-    /// operation that may change them, before it returns.
-    fn publish(&self) {
+    /// Publishes every program's view (at start, after adoption).
+    fn publish_all(&self) {
         let now = self.program_views();
         self.views.send_if_modified(|v| {
             if **v == now {
@@ -222,6 +221,35 @@ impl Agent {
             } else {
                 *v = Arc::new(now);
                 true
+            }
+        });
+    }
+
+    /// Publishes `program`'s view when it changed. Called by every
+    /// operation that may change it, before it returns; an operation
+    /// touches one program, so only that view is built (a switch stays a
+    /// few microseconds however many programs the node holds), and the
+    /// others are kept as published.
+    fn publish(&self, program: &str) {
+        let fresh = self.program_view(program);
+        self.views.send_if_modified(|all| {
+            // Published in name order, as the programs are kept.
+            let at = all.binary_search_by(|v| v.program.as_str().cmp(program));
+            match (at, fresh) {
+                (Ok(i), Some(view)) if all[i] == view => false,
+                (Ok(i), Some(view)) => {
+                    Arc::make_mut(all)[i] = view;
+                    true
+                }
+                (Ok(i), None) => {
+                    Arc::make_mut(all).remove(i);
+                    true
+                }
+                (Err(i), Some(view)) => {
+                    Arc::make_mut(all).insert(i, view);
+                    true
+                }
+                (Err(_), None) => false,
             }
         });
     }

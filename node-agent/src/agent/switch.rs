@@ -34,7 +34,7 @@ impl Agent {
     /// Makes `revision` the active one.
     pub fn activate(&mut self, program: &str, revision: &str, actor: &str) -> Result<Switched> {
         let res = self.switch_to(program, revision, true);
-        self.publish();
+        self.publish(program);
         self.audit_switch(actor, "activate", program, revision, &res);
         res
     }
@@ -42,7 +42,7 @@ impl Agent {
     /// Switches back to the previously active revision, or to `to`.
     pub fn rollback(&mut self, program: &str, to: &str, actor: &str) -> Result<Switched> {
         let res = self.rollback_inner(program, to);
-        self.publish();
+        self.publish(program);
         self.audit_switch(actor, "rollback", program, to, &res);
         res
     }

@@ -16,7 +16,7 @@ impl Agent {
     /// the pins the agent owns for it and nothing else.
     pub fn unload(&mut self, program: &str, revision: &str, actor: &str) -> Result<Vec<String>> {
         let res = self.unload_inner(program, revision);
-        self.publish();
+        self.publish(program);
         self.audit_result(actor, "unload", program, revision, &res, |removed| {
             format!("{} pins removed", removed.len())
         });

@@ -239,20 +239,26 @@ impl Agent {
     pub fn program_views(&self) -> Vec<ProgramView> {
         self.state
             .programs
-            .iter()
-            .map(|(name, p)| ProgramView {
-                program: name.clone(),
-                shared_maps: p.shared_maps.clone(),
-                revisions: p
-                    .revisions
-                    .iter()
-                    .filter(|(_, r)| !r.orphaned)
-                    .map(|(n, r)| (n.clone(), r.token))
-                    .collect(),
-                active: p.active.clone(),
-                namespaces: p.namespaces.clone(),
-            })
+            .keys()
+            .filter_map(|name| self.program_view(name))
             .collect()
+    }
+
+    /// What the HTTP tracer is told of one program; None when it is gone.
+    pub fn program_view(&self, program: &str) -> Option<ProgramView> {
+        let p = self.state.programs.get(program)?;
+        Some(ProgramView {
+            program: program.to_string(),
+            shared_maps: p.shared_maps.clone(),
+            revisions: p
+                .revisions
+                .iter()
+                .filter(|(_, r)| !r.orphaned)
+                .map(|(n, r)| (n.clone(), r.token))
+                .collect(),
+            active: p.active.clone(),
+            namespaces: p.namespaces.clone(),
+        })
     }
 
     /// Health of the agent.
