@@ -143,13 +143,17 @@ fn watch(
     while !stop.load(Ordering::Relaxed) {
         reload_rules(hub, &mut rules_seen);
         // The views as the agent last published them (the hub reads the
-        // same ones when it filters).
+        // same ones when it filters). Cloned out of the channel (the
+        // agent's lock is taken below, and the agent publishes under it)
+        // and dropped before the wait, so a publish never finds the list
+        // shared and has to copy every program's view.
         let current: Views = views.borrow_and_update().clone();
-        if current
+        let poisoned = current
             .iter()
             .filter(|v| is_tracer(v))
-            .any(|v| !ignore_self(agent, v, own))
-        {
+            .any(|v| !ignore_self(agent, v, own));
+        drop(current);
+        if poisoned {
             tracing::error!("agent state lock poisoned; the HTTP tracer stops");
             break;
         }
