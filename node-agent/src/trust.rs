@@ -14,8 +14,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Refuses unless `bytes` hash to `expected` (hex, any case).
-pub fn check_digest(bytes: &[u8], expected: &str) -> Result<()> {
+/// Refuses unless `bytes` hash to `expected` (hex, any case); returns the
+/// object's digest (lower-case hex), so a caller never hashes it twice.
+pub fn check_digest(bytes: &[u8], expected: &str) -> Result<String> {
     let expected = expected.trim().to_ascii_lowercase();
     let expected = expected.strip_prefix("sha256:").unwrap_or(&expected);
     if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -30,7 +31,7 @@ pub fn check_digest(bytes: &[u8], expected: &str) -> Result<()> {
             "sha256 mismatch: expected {expected}, object has {actual}"
         )));
     }
-    Ok(())
+    Ok(actual)
 }
 
 /// The public keys signatures are checked against.

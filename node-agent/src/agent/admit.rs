@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::hooks::{NodeSupport, check_caps};
 use crate::kernel::hook_of;
 use crate::state::{ProgramState, StateFile};
-use crate::trust::{Verifiers, check_digest, sha256_hex};
+use crate::trust::{Verifiers, check_digest};
 
 use super::budget::Budgets;
 use super::request::LoadCmd;
@@ -56,8 +56,7 @@ pub struct Admitted {
 
 /// Admits or refuses `cmd` with object `bytes`.
 pub fn admit(cmd: &LoadCmd, bytes: &[u8], held: &Held<'_>, node: &Node<'_>) -> Result<Admission> {
-    check_digest(bytes, &cmd.sha256)?;
-    let sha = sha256_hex(bytes);
+    let sha = check_digest(bytes, &cmd.sha256)?;
     let existing = held.state.programs.get(&cmd.program);
     if let Some(r) = existing.and_then(|p| p.revisions.get(&cmd.revision)) {
         if r.sha256 == sha {
@@ -99,6 +98,7 @@ mod tests {
     use crate::error::Error;
     use crate::hooks::caps;
     use crate::state::{EntryState, RevisionState};
+    use crate::trust::sha256_hex;
     use bpfleet_proto::v1::HookKind;
 
     const OBJ: &[u8] = b"an object";
