@@ -50,7 +50,9 @@ const volatile __u64 bpfleet_revision SEC(".rodata.bpfleet") = 0;
  * it, without a reload; a program honours the ones it documents and
  * ignores the rest. All zero: no policy, program defaults.
  */
-/* Share kept, per million (connections, events: the program's unit); 0 = all. */
+/* Share kept, per million (connections, events: the program's unit); 0 =
+ * the program's default (all, unless the program documents otherwise: the
+ * HTTP tracer's metrics mode samples none). */
 #define BPFLEET_CFG_SAMPLE_PPM 8
 /* Payload bytes captured per message; 0 = the program's default. */
 #define BPFLEET_CFG_PAYLOAD_BYTES 9
@@ -62,6 +64,15 @@ const volatile __u64 bpfleet_revision SEC(".rodata.bpfleet") = 0;
 #define BPFLEET_CFG_PORT_FILTER 11
 #define BPFLEET_PORTS_ONLY 1
 #define BPFLEET_PORTS_SKIP 2
+/* Which end of a connection is traced: bit 0 (BPFLEET_ENDS_SERVER) the
+ * accepting end, bit 1 (BPFLEET_ENDS_CLIENT) the connecting end; 0 = the
+ * program's default. */
+#define BPFLEET_CFG_ENDS 12
+#define BPFLEET_ENDS_SERVER 1
+#define BPFLEET_ENDS_CLIENT 2
+/* 1: report every event on its own (no summary in the kernel); 0 = the
+ * program's default. */
+#define BPFLEET_CFG_EVENTS 13
 /* Digest of the policy configuration in force (0: none). The operator
  * writes it last and compares it with what it wants, so a node that
  * missed a change, or a half-written one, is written again. */

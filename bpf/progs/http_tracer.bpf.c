@@ -3,17 +3,35 @@
  * bpfleet HTTP tracer, kernel side: syscall tracepoints only (no kprobes).
  *
  * Enter hooks remember the arguments of read/write-family syscalls keyed by
- * thread; exit hooks copy a bounded prefix of the bytes actually moved into
- * the ring buffer, for connections learnt from accept/connect or recognised
- * by an HTTP start line. close ends a connection. Userspace
- * (bpfleet-tracer) reassembles HTTP from these events.
+ * thread; exit hooks look at the bytes actually moved, for connections
+ * learnt from accept/connect or recognised by an HTTP start line. close
+ * ends a connection. By default only the accepting (server) end is traced
+ * (bpfleet_config[BPFLEET_CFG_ENDS] selects the ends).
+ *
+ * Two modes per connection:
+ * - metrics (the default): the exit hooks read the request line (method,
+ *   path up to '?', hashed into a path key) and the response's status
+ *   code, pair them in the connection's state, and count the exchange in
+ *   http_aggs (per CPU, per process, revision, role, method, status and
+ *   path key: a count, the latency sum and OpenTelemetry latency buckets).
+ *   Nothing reaches the ring buffer but each new path key's bytes, once.
+ * - events: every read and write goes to the ring buffer with a prefix of
+ *   its bytes, and userspace (bpfleet-tracer) reassembles HTTP: for the
+ *   connections sampled for events (BPFLEET_CFG_SAMPLE_PPM; in metrics
+ *   mode 0 samples none), for every connection when BPFLEET_CFG_EVENTS is
+ *   1, and for what metrics mode cannot frame (pipelined requests, a
+ *   request line cut across reads): such a connection is handed over to
+ *   events with its pending request (HTTP_EV_HANDOVER) and stays there.
+ *   An exchange is counted by one mode only.
  *
  * Revision switching: the agent's dispatcher runs exactly one revision per
  * event. Enter hooks stamp the stored arguments with their revision; an exit
  * hook takes whatever arguments the thread stored, also when the enter ran
- * under the previous revision. With http_args, http_conns, http_events and
- * http_lost declared persistent (shared by all revisions), every syscall is
- * reported by exactly one revision across a switch: none lost, none twice.
+ * under the previous revision. With http_args, http_conns, http_aggs,
+ * http_paths, http_events and http_lost declared persistent (shared by all
+ * revisions), every syscall is handled by exactly one revision across a
+ * switch, and every exchange is counted once, under the revision whose
+ * program saw its response.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -25,6 +43,8 @@
 #define EINPROGRESS 115
 /* Wake the reader when this many bytes wait in the ring (batched wake-ups). */
 #define WAKEUP_BYTES (64 * 1024)
+/* Request head bytes looked at for a second request (pipelining). */
+#define HEAD_SCAN 256
 
 enum arg_kind {
 	ARG_BUF = 0,    /* buf pointer */
@@ -32,6 +52,11 @@ enum arg_kind {
 	ARG_MSG = 2,    /* struct user_msghdr */
 	ARG_ACCEPT = 3, /* accept/accept4 */
 	ARG_CONNECT = 4,
+};
+
+enum conn_mode {
+	CONN_METRICS = 0,
+	CONN_EVENTS = 1,
 };
 
 struct args {
@@ -50,16 +75,30 @@ struct conn_key {
 	__u32 fd;
 };
 
+/* Per fd: what the tracer decided about it. */
 struct conn {
 	__u64 sock_id;
 	__u16 local_port;
 	__u16 remote_port;
 	__u8 role;
-	/* 1: not HTTP or filtered out; kept so it is not probed again. */
+	/* 1: not HTTP, not a traced end, or filtered out; kept so it is not
+	 * probed again. */
 	__u8 ignored;
 	/* 1: data has been seen (the HTTP check is done on the first bytes). */
 	__u8 seen;
-	__u8 pad;
+	/* The mode this fd's socket starts in. */
+	__u8 mode;
+};
+
+/* Per socket (the fds of one socket, dup'ed or not, share it): the mode it
+ * is in and, in metrics mode, the request read and not yet answered. */
+struct xchg {
+	/* When the pending request was read (0: none pending). */
+	__u64 req_ts;
+	__u64 path_key;
+	__u8 method;
+	__u8 mode;
+	__u8 pad[6];
 };
 
 /* Arguments of the syscall in progress, per thread: task-local storage is
@@ -72,22 +111,53 @@ struct {
 	__type(value, struct args);
 } http_args SEC(".maps");
 
+/* LRU: a flood of connections (or of files the tracer learnt are not
+ * HTTP) evicts the least recently used instead of failing. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct conn_key);
 	__type(value, struct conn);
 } http_conns SEC(".maps");
 
-/* 8 MiB: about 250 ms of both ends of 50K requests/s. The reader maps the
- * ring twice (for records that wrap) and the kernel fills in every page at
- * mmap time, so the ring counts twice its size in the reader's RSS. */
+/* Keyed by the socket (struct sock address), or tgid << 32 | fd for an fd
+ * that is not a socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct xchg);
+} http_socks SEC(".maps");
+
+/* Metrics mode's counts. Cumulative: the agent reads them (and deletes the
+ * entries of processes that exited once it has their last values). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 16384);
+	__type(key, struct http_agg_key);
+	__type(value, struct http_agg_val);
+} http_aggs SEC(".maps");
+
+/* Path keys already announced to the agent (HTTP_EV_PATH). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, HTTP_PATHS_MAX);
+	__type(key, __u64);
+	__type(value, __u8);
+} http_paths SEC(".maps");
+
+/* 8 MiB: about 250 ms of both ends of 50K requests/s in events mode. The
+ * reader maps the ring twice (for records that wrap) and the kernel fills
+ * in every page at mmap time, so the ring counts twice its size in the
+ * reader's RSS. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 8 * 1024 * 1024);
 } http_events SEC(".maps");
 
-/* Events dropped because the ring buffer was full. */
+/* Events dropped because the ring buffer was full, and exchanges metrics
+ * mode could not count (http_aggs full). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -96,13 +166,28 @@ struct {
 } http_lost SEC(".maps");
 
 /* Per-CPU scratch space: an event is built here, then copied out with its
- * real size. */
+ * real size. Slot 0 for data, slot 1 for the records sent beside it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct http_event);
+} http_scratch SEC(".maps");
+
+/* Never written: the zero value a new http_aggs entry starts from. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct http_event);
-} http_scratch SEC(".maps");
+	__type(value, struct http_agg_val);
+} http_agg_zero SEC(".maps");
+
+static __always_inline struct conn *lookup_conn(__u32 fd)
+{
+	struct conn_key k = { .tgid = bpf_get_current_pid_tgid() >> 32, .fd = fd };
+
+	return bpf_map_lookup_elem(&http_conns, &k);
+}
 
 static __always_inline int traced_process(__u32 tgid)
 {
@@ -122,6 +207,14 @@ static __always_inline void store_args(__u32 fd, __u64 ptr, __u8 kind, __u8 dir)
 
 	if (!traced_process(bpf_get_current_pid_tgid() >> 32))
 		return;
+	if (kind <= ARG_MSG) {
+		/* The early exit: a connection known not to be traced (an
+		 * untraced end, a filtered port, not HTTP) costs one lookup. */
+		struct conn *c = lookup_conn(fd);
+
+		if (c && c->ignored)
+			return;
+	}
 	a = bpf_task_storage_get(&http_args, bpf_get_current_task_btf(), 0,
 				 BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!a)
@@ -156,7 +249,8 @@ static __always_inline void count_lost(void)
 		*lost += 1;
 }
 
-static __always_inline void submit(struct http_event *e, __u32 cap)
+/* 0 when the record went out. */
+static __always_inline int submit(struct http_event *e, __u32 cap)
 {
 	__u64 size = sizeof(e->hdr) + (cap & (HTTP_MAX_CAPTURE - 1));
 	__u64 avail = bpf_ringbuf_query(&http_events, BPF_RB_AVAIL_DATA);
@@ -167,15 +261,16 @@ static __always_inline void submit(struct http_event *e, __u32 cap)
 	 * (a wake-up costs microseconds). The reader also polls on a timer. */
 	if (avail < WAKEUP_BYTES && avail + size >= WAKEUP_BYTES)
 		flags = BPF_RB_FORCE_WAKEUP;
-	if (bpf_ringbuf_output(&http_events, e, size, flags))
+	if (bpf_ringbuf_output(&http_events, e, size, flags)) {
 		count_lost();
+		return -1;
+	}
+	return 0;
 }
 
-static __always_inline struct http_event *scratch(void)
+static __always_inline struct http_event *scratch(__u32 slot)
 {
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&http_scratch, &zero);
+	return bpf_map_lookup_elem(&http_scratch, &slot);
 }
 
 /* Local and remote port of a socket fd of the current task (CO-RE). */
@@ -217,11 +312,38 @@ static __always_inline int port_wanted(struct conn *c)
 	return (l && *l == BPFLEET_PORT_TRACE) || (r && *r == BPFLEET_PORT_TRACE);
 }
 
-static __always_inline int sampled(void)
+static __always_inline int end_wanted(__u8 role)
+{
+	__u64 ends = bpfleet_config_get(BPFLEET_CFG_ENDS);
+
+	if (!ends)
+		ends = BPFLEET_ENDS_SERVER;
+	if (role == HTTP_ROLE_SERVER)
+		return ends & BPFLEET_ENDS_SERVER;
+	if (role == HTTP_ROLE_CLIENT)
+		return ends & BPFLEET_ENDS_CLIENT;
+	return 0;
+}
+
+/* Whether a connection is traced and in which mode, once its role and
+ * ports are known. */
+static __always_inline void decide(struct conn *c)
 {
 	__u64 ppm = bpfleet_config_get(BPFLEET_CFG_SAMPLE_PPM);
+	int hit = ppm >= 1000000 || (ppm && bpf_get_prandom_u32() % 1000000 < ppm);
 
-	return !ppm || ppm >= 1000000 || bpf_get_prandom_u32() % 1000000 < ppm;
+	c->ignored = !end_wanted(c->role) || !port_wanted(c);
+	if (c->ignored)
+		return;
+	if (bpfleet_config_get(BPFLEET_CFG_EVENTS) & 1) {
+		/* Every event on its own: the share sampled is traced (0: all),
+		 * the rest not at all. */
+		c->mode = CONN_EVENTS;
+		c->ignored = ppm && !hit;
+	} else {
+		/* Every connection counted; the share sampled also as events. */
+		c->mode = hit ? CONN_EVENTS : CONN_METRICS;
+	}
 }
 
 static __always_inline void fill_hdr(struct http_event *e, struct conn_key *k, struct conn *c,
@@ -252,7 +374,7 @@ static __always_inline void open_conn(__u32 fd, __u8 role)
 	struct conn c = { .role = role };
 
 	socket_ports(fd, &c);
-	c.ignored = !port_wanted(&c) || !sampled();
+	decide(&c);
 	bpf_map_update_elem(&http_conns, &k, &c, BPF_ANY);
 }
 
@@ -272,16 +394,413 @@ static __always_inline int looks_like_http(const __u8 *p)
 	}
 }
 
+static __always_inline int is_response(const __u8 *p)
+{
+	return p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P';
+}
+
+/* The method of a request line (its first four bytes already matched
+ * looks_like_http) and where its target starts. */
+static __always_inline __u8 request_method(const __u8 *p, __u32 *target)
+{
+	switch (p[0]) {
+	case 'G': *target = 4; return HTTP_M_GET;
+	case 'D': *target = 7; return HTTP_M_DELETE;
+	case 'O': *target = 8; return HTTP_M_OPTIONS;
+	case 'H': *target = 5; return HTTP_M_HEAD;
+	default: break;
+	}
+	if (p[1] == 'O') {
+		*target = 5;
+		return HTTP_M_POST;
+	}
+	if (p[1] == 'U') {
+		*target = 4;
+		return HTTP_M_PUT;
+	}
+	*target = 6;
+	return HTTP_M_PATCH;
+}
+
+/* Latency bucket: the first OpenTelemetry bound (5 ms .. 10 s) the
+ * duration does not exceed, else +Inf (index 14). */
+static __always_inline __u32 bucket_of(__u64 ns)
+{
+	const __u64 ms = 1000000;
+
+	if (ns <= 100 * ms) {
+		if (ns <= 5 * ms) return 0;
+		if (ns <= 10 * ms) return 1;
+		if (ns <= 25 * ms) return 2;
+		if (ns <= 50 * ms) return 3;
+		if (ns <= 75 * ms) return 4;
+		return 5;
+	}
+	if (ns <= 250 * ms) return 6;
+	if (ns <= 500 * ms) return 7;
+	if (ns <= 750 * ms) return 8;
+	if (ns <= 1000 * ms) return 9;
+	if (ns <= 2500 * ms) return 10;
+	if (ns <= 5000 * ms) return 11;
+	if (ns <= 7500 * ms) return 12;
+	if (ns <= 10000 * ms) return 13;
+	return 14;
+}
+
+/* Counts the pending exchange of `x` with `status` (0: no response). */
+static __always_inline void count_exchange(struct conn *c, struct xchg *x, __u16 status)
+{
+	struct http_agg_key key = {
+		.tgid = bpf_get_current_pid_tgid() >> 32,
+		.rev = (__u32)bpfleet_revision,
+		.path_key = x->path_key,
+		.status = status,
+		.method = x->method,
+		.role = c->role,
+	};
+	__u64 took = bpf_ktime_get_ns() - x->req_ts;
+	struct http_agg_val *v;
+	__u32 zero = 0, b;
+
+	x->req_ts = 0;
+	v = bpf_map_lookup_elem(&http_aggs, &key);
+	if (!v) {
+		struct http_agg_val *z = bpf_map_lookup_elem(&http_agg_zero, &zero);
+
+		if (z)
+			bpf_map_update_elem(&http_aggs, &key, z, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&http_aggs, &key);
+		if (!v) {
+			count_lost();
+			return;
+		}
+	}
+	v->count += 1;
+	v->sum_ns += took;
+	b = bucket_of(took);
+	if (b < HTTP_BUCKETS)
+		v->buckets[b] += 1;
+}
+
+/* What metrics mode takes from a request head. */
+struct req_line {
+	__u64 key;
+	/* The path is e->data[target..end). */
+	__u32 target;
+	__u32 end;
+	__u8 method;
+	/* 0: the request line ends in a later read, or a second request
+	 * follows this one in the same read: userspace must frame it. */
+	__u8 framed;
+	__u8 pad[6];
+};
+
+/* 1 when a second request starts right after the head that starts before
+ * `from` (its blank line, then a method), within e->data[0..n). Global,
+ * so the verifier checks it once for any `from` (inlined, it walked the
+ * scan once per path length). */
+__noinline int head_pipelined(struct http_event *e, __u32 from, __u32 n)
+{
+	__u32 i, pos;
+	__u8 next[4];
+
+	if (!e)
+		return 0;
+	for (i = 0; i < HEAD_SCAN; i++) {
+		pos = from + i;
+		if (pos + 3 >= n || pos > HTTP_MAX_CAPTURE)
+			return 0;
+		if (e->data[pos & (HTTP_MAX_CAPTURE - 1)] != '\r' ||
+		    e->data[(pos + 1) & (HTTP_MAX_CAPTURE - 1)] != '\n' ||
+		    e->data[(pos + 2) & (HTTP_MAX_CAPTURE - 1)] != '\r' ||
+		    e->data[(pos + 3) & (HTTP_MAX_CAPTURE - 1)] != '\n')
+			continue;
+		pos += 4;
+		if (pos + 4 > n)
+			return 0;
+		next[0] = e->data[pos & (HTTP_MAX_CAPTURE - 1)];
+		next[1] = e->data[(pos + 1) & (HTTP_MAX_CAPTURE - 1)];
+		next[2] = e->data[(pos + 2) & (HTTP_MAX_CAPTURE - 1)];
+		next[3] = e->data[(pos + 3) & (HTTP_MAX_CAPTURE - 1)];
+		return looks_like_http(next);
+	}
+	return 0;
+}
+
+/* Parses the request head in e->data[0..n) (ret bytes were read; its first
+ * four bytes are a request's). A global function: the verifier checks it
+ * once, not once per caller path.
+ *
+ * The path key: FNV-1a over the path up to '?', '#', a space or
+ * HTTP_PATH_MAX bytes, a segment that starts with a digit hashed as one
+ * '#' (so /users/1 and /users/2 share a key and the agent's route rules
+ * name it from the first one seen). Pipelining: a second request starting
+ * right after the head's blank line, when the whole read was captured
+ * (a bigger read is not a few small pipelined requests). */
+__noinline int parse_request(struct http_event *e, __u32 n, __u32 ret, struct req_line *out)
+{
+	__u64 h = 0xcbf29ce484222325ULL;
+	__u32 i, pos, target = 0;
+	int skipping = 0, done = 0;
+	__u8 prev = 0, ch;
+
+	if (!e || !out)
+		return 0;
+	if (n > HTTP_MAX_CAPTURE - 1)
+		n = HTTP_MAX_CAPTURE - 1;
+	out->method = request_method(e->data, &target);
+	out->target = target;
+	out->end = target;
+	out->framed = 0;
+	for (i = 0; i < HTTP_PATH_MAX; i++) {
+		pos = target + i;
+		if (pos >= n)
+			break;
+		ch = e->data[pos & (HTTP_MAX_CAPTURE - 1)];
+		if (ch == ' ' || ch == '?' || ch == '#' || ch == '\r' || ch == '\n') {
+			done = 1;
+			break;
+		}
+		out->end = pos + 1;
+		if (skipping && ch != '/')
+			continue;
+		skipping = 0;
+		if (prev == '/' && ch >= '0' && ch <= '9') {
+			skipping = 1;
+			ch = '#';
+		}
+		prev = ch;
+		h = (h ^ ch) * 0x100000001b3ULL;
+	}
+	/* Keys 0 and HTTP_PATH_OVERFLOW are reserved. */
+	out->key = h > HTTP_PATH_OVERFLOW ? h : h + 2;
+	/* Longer than what is hashed: the prefix names it. */
+	if (i == HTTP_PATH_MAX)
+		done = 1;
+	if (!done && n == ret)
+		return 0;
+	out->framed = 1;
+	if (n == ret && head_pipelined(e, out->end, n))
+		out->framed = 0;
+	return 0;
+}
+
+/* Announces a path key's bytes the first time it is counted; a key that
+ * does not fit in http_paths becomes HTTP_PATH_OVERFLOW. */
+static __always_inline __u64 announce_path(struct conn_key *k, struct conn *c, __u64 key,
+					   __u64 src, __u32 at, __u32 len)
+{
+	struct http_event *p;
+	__u8 one = 1;
+
+	if (bpf_map_lookup_elem(&http_paths, &key))
+		return key;
+	if (bpf_map_update_elem(&http_paths, &key, &one, BPF_NOEXIST))
+		return bpf_map_lookup_elem(&http_paths, &key) ? key : HTTP_PATH_OVERFLOW;
+	p = scratch(1);
+	if (!p)
+		return key;
+	fill_hdr(p, k, c, HTTP_EV_PATH);
+	*(__u64 *)p->data = key;
+	if (len > HTTP_PATH_MAX)
+		len = HTTP_PATH_MAX;
+	asm volatile("" : "+r"(len));
+	len &= HTTP_PATH_MAX * 2 - 1;
+	if (len > HTTP_PATH_MAX)
+		len = HTTP_PATH_MAX;
+	if (len && bpf_probe_read_user(p->data + 8, len, (void *)(src + at)))
+		len = 0;
+	p->hdr.cap = 8 + len;
+	/* Not announced (ring full): forget it, so the next request tries
+	 * again and the agent never holds a key it cannot name. */
+	if (submit(p, 8 + len))
+		bpf_map_delete_elem(&http_paths, &key);
+	return key;
+}
+
+/* Copies min(ret, the capture size) bytes from src into e->data; the
+ * count, or 0. */
+static __always_inline __u32 capture(struct http_event *e, __u64 src, long ret)
+{
+	__u64 cap_cfg = bpfleet_config_get(BPFLEET_CFG_PAYLOAD_BYTES);
+	__u32 n;
+
+	if (!cap_cfg)
+		cap_cfg = HTTP_DEFAULT_CAPTURE;
+	n = ret < cap_cfg ? ret : cap_cfg;
+	if (n > HTTP_MAX_CAPTURE - 1)
+		n = HTTP_MAX_CAPTURE - 1;
+	/* Keep clang from merging the bound into something the verifier
+	 * cannot follow. */
+	asm volatile("" : "+r"(n));
+	n &= HTTP_MAX_CAPTURE - 1;
+	if (n == 0 || bpf_probe_read_user(e->data, n, (void *)src))
+		return 0;
+	return n;
+}
+
+static __always_inline void send_data(struct http_event *e, struct conn_key *k, struct conn *c,
+				      long ret, __u32 n, __u8 dir)
+{
+	fill_hdr(e, k, c, HTTP_EV_DATA);
+	e->hdr.len = ret;
+	e->hdr.cap = n;
+	e->hdr.dir = dir;
+	submit(e, n);
+}
+
+/* Metrics mode cannot frame this connection: hand its pending request (if
+ * any) over to userspace and report its events from now on. */
+static __always_inline void hand_over(struct conn_key *k, struct conn *c, struct xchg *x,
+				      __u8 req_dir)
+{
+	struct http_event *h;
+
+	x->mode = CONN_EVENTS;
+	if (!x->req_ts)
+		return;
+	h = scratch(1);
+	if (h) {
+		struct http_handover *ho = (void *)h->data;
+
+		fill_hdr(h, k, c, HTTP_EV_HANDOVER);
+		h->hdr.ts_ns = x->req_ts;
+		h->hdr.dir = req_dir;
+		h->hdr.cap = sizeof(*ho);
+		ho->path_key = x->path_key;
+		ho->method = x->method;
+		submit(h, sizeof(*ho));
+	}
+	x->req_ts = 0;
+}
+
+/* Metrics mode: one read or write of a traced connection. */
+static __always_inline void metrics_exit(struct conn_key *k, struct conn *c, struct xchg *x,
+					 struct args *a, __u64 src, long ret)
+{
+	__u8 req_dir = c->role == HTTP_ROLE_SERVER ? HTTP_DIR_READ : HTTP_DIR_WRITE;
+	struct http_event *e;
+	struct req_line rl = {};
+	__u8 peek[4];
+	__u32 n;
+
+	if (a->dir != req_dir) {
+		/* A response starts with its status line; anything else is a
+		 * body, or an answer to a request from before the tracer. */
+		__u8 line[12];
+		__u16 status;
+
+		if (!x->req_ts) {
+			/* An fd whose socket had no request yet speaks first:
+			 * not HTTP. */
+			if (!c->seen)
+				c->ignored = 1;
+			return;
+		}
+		c->seen = 1;
+		if (ret < 12 || bpf_probe_read_user(line, sizeof(line), (void *)src) ||
+		    !is_response(line))
+			return;
+		if (line[9] < '0' || line[9] > '9' || line[10] < '0' || line[10] > '9' ||
+		    line[11] < '0' || line[11] > '9')
+			return;
+		status = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
+		/* Interim responses (100 Continue) are not the answer; 101
+		 * ends HTTP on the connection. */
+		if (status >= 100 && status < 200 && status != 101)
+			return;
+		count_exchange(c, x, status);
+		if (status == 101)
+			c->ignored = 1;
+		return;
+	}
+	if (x->req_ts) {
+		/* More of the pending request (headers, body), or the next
+		 * request before the answer: pipelining. */
+		if (ret < 4 || bpf_probe_read_user(peek, sizeof(peek), (void *)src) ||
+		    !looks_like_http(peek) || is_response(peek))
+			return;
+		e = scratch(0);
+		if (!e)
+			return;
+		n = capture(e, src, ret);
+		hand_over(k, c, x, req_dir);
+		if (n)
+			send_data(e, k, c, ret, n, a->dir);
+		return;
+	}
+	e = scratch(0);
+	if (!e)
+		return;
+	n = capture(e, src, ret);
+	if (n < 4 || !looks_like_http(e->data) || is_response(e->data)) {
+		if (!c->seen)
+			c->ignored = 1;
+		return;
+	}
+	c->seen = 1;
+	parse_request(e, n, ret, &rl);
+	if (!rl.framed) {
+		/* The request line ends in a later read, or a second request
+		 * follows this one: userspace frames it. */
+		hand_over(k, c, x, req_dir);
+		send_data(e, k, c, ret, n, a->dir);
+		return;
+	}
+	x->method = rl.method;
+	x->path_key = announce_path(k, c, rl.key, src, rl.target, rl.end - rl.target);
+	x->req_ts = bpf_ktime_get_ns();
+}
+
+/* Events mode: the bytes go to the ring buffer. */
+static __always_inline void events_exit(struct conn_key *k, struct conn *c, struct args *a,
+					__u64 src, long ret)
+{
+	struct http_event *e = scratch(0);
+	__u32 n;
+
+	if (!e)
+		return;
+	n = capture(e, src, ret);
+	if (!n)
+		return;
+	if (!c->seen) {
+		/* A connection is traced only if its first bytes are HTTP. */
+		c->seen = 1;
+		if (n < 4 || !looks_like_http(e->data)) {
+			c->ignored = 1;
+			return;
+		}
+	}
+	send_data(e, k, c, ret, n, a->dir);
+}
+
+static __always_inline __u64 sock_key(struct conn_key *k, struct conn *c)
+{
+	return c->sock_id ? c->sock_id : ((__u64)k->tgid << 32 | k->fd);
+}
+
+/* The socket's state, made in the fd's mode the first time. */
+static __always_inline struct xchg *sock_state(struct conn_key *k, struct conn *c)
+{
+	__u64 key = sock_key(k, c);
+	struct xchg *x = bpf_map_lookup_elem(&http_socks, &key);
+	struct xchg fresh = { .mode = c->mode };
+
+	if (x)
+		return x;
+	bpf_map_update_elem(&http_socks, &key, &fresh, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&http_socks, &key);
+}
+
 static __always_inline void data_exit(long ret)
 {
 	struct args a;
 	struct conn_key k;
-	struct conn *c, fresh = {};
-	struct http_event *e;
+	struct conn *c;
+	struct xchg *x;
 	struct iovec iov;
 	__u64 src;
-	__u64 cap_cfg;
-	__u32 n;
 
 	if (!take_args(&a) || ret <= 0)
 		return;
@@ -305,59 +824,38 @@ static __always_inline void data_exit(long ret)
 	if (c && c->ignored)
 		return;
 	if (!c) {
-		/* Most unknown fds are files and pipes: look at four bytes
-		 * before copying more. */
+		/* A connection older than the tracer, or not a connection:
+		 * four bytes tell. What is not HTTP is remembered as ignored
+		 * (until close), so it costs one lookup from now on. */
+		struct conn fresh = {};
 		__u8 peek[4];
 
 		if (ret < 4 || bpf_probe_read_user(peek, sizeof(peek), (void *)src) ||
-		    !looks_like_http(peek))
+		    !looks_like_http(peek)) {
+			fresh.ignored = 1;
+			bpf_map_update_elem(&http_conns, &k, &fresh, BPF_NOEXIST);
 			return;
-	}
-
-	e = scratch();
-	if (!e)
-		return;
-	cap_cfg = bpfleet_config_get(BPFLEET_CFG_PAYLOAD_BYTES);
-	if (!cap_cfg)
-		cap_cfg = HTTP_DEFAULT_CAPTURE;
-	n = ret < cap_cfg ? ret : cap_cfg;
-	if (n > HTTP_MAX_CAPTURE - 1)
-		n = HTTP_MAX_CAPTURE - 1;
-	/* Keep clang from merging the bound into something the verifier
-	 * cannot follow. */
-	asm volatile("" : "+r"(n));
-	n &= HTTP_MAX_CAPTURE - 1;
-	if (n == 0 || bpf_probe_read_user(e->data, n, (void *)src))
-		return;
-
-	if (!c || !c->seen) {
-		/* A connection is traced only if its first bytes are HTTP. */
-		int http = n >= 4 && looks_like_http(e->data);
-
-		if (!c) {
-			if (!http)
-				return;
-			/* A connection older than the tracer: learn it now. */
-			socket_ports(k.fd, &fresh);
-			fresh.seen = 1;
-			fresh.ignored = !port_wanted(&fresh) || !sampled();
-			bpf_map_update_elem(&http_conns, &k, &fresh, BPF_ANY);
-			c = bpf_map_lookup_elem(&http_conns, &k);
-			if (!c || c->ignored)
-				return;
-		} else {
-			c->seen = 1;
-			if (!http) {
-				c->ignored = 1;
-				return;
-			}
 		}
+		/* Who speaks first says which end this is: reading a request
+		 * or writing a response is the server. */
+		fresh.role = (a.dir == HTTP_DIR_READ) != is_response(peek) ? HTTP_ROLE_SERVER
+									   : HTTP_ROLE_CLIENT;
+		socket_ports(k.fd, &fresh);
+		decide(&fresh);
+		bpf_map_update_elem(&http_conns, &k, &fresh, BPF_ANY);
+		c = bpf_map_lookup_elem(&http_conns, &k);
+		if (!c || c->ignored)
+			return;
+		if (c->mode == CONN_METRICS)
+			c->seen = 1;
 	}
-	fill_hdr(e, &k, c, HTTP_EV_DATA);
-	e->hdr.len = ret;
-	e->hdr.cap = n;
-	e->hdr.dir = a.dir;
-	submit(e, n);
+	x = sock_state(&k, c);
+	if (!x)
+		return;
+	if (x->mode == CONN_EVENTS)
+		events_exit(&k, c, &a, src, ret);
+	else
+		metrics_exit(&k, c, x, &a, src, ret);
 }
 
 /* Data syscalls: fd, buffer (or iovec / msghdr). */
@@ -541,10 +1039,20 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	if (!c)
 		return 0;
 	if (!c->ignored && c->seen) {
-		e = scratch();
-		if (e) {
-			fill_hdr(e, &k, c, HTTP_EV_CLOSE);
-			submit(e, 0);
+		__u64 key = sock_key(&k, c);
+		struct xchg *x = bpf_map_lookup_elem(&http_socks, &key);
+
+		if (x && x->mode == CONN_METRICS) {
+			/* A request that never got its answer. */
+			if (x->req_ts)
+				count_exchange(c, x, 0);
+			bpf_map_delete_elem(&http_socks, &key);
+		} else {
+			e = scratch(0);
+			if (e) {
+				fill_hdr(e, &k, c, HTTP_EV_CLOSE);
+				submit(e, 0);
+			}
 		}
 	}
 	bpf_map_delete_elem(&http_conns, &k);

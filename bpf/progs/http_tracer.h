@@ -21,11 +21,73 @@
  * marked to skip). */
 
 enum http_event_kind {
-	/* Bytes moved on a traced connection. */
+	/* Bytes moved on a connection in events mode. */
 	HTTP_EV_DATA = 1,
-	/* A traced connection was closed. */
+	/* A connection in events mode was closed. */
 	HTTP_EV_CLOSE = 3,
+	/* The first time a path key is counted: payload = struct
+	 * http_path_rec. */
+	HTTP_EV_PATH = 4,
+	/* A connection left metrics mode with a request pending (pipelining,
+	 * a request line split across reads): payload = struct
+	 * http_handover, the request the kernel had read; the connection's
+	 * data events follow. */
+	HTTP_EV_HANDOVER = 5,
 };
+
+/* Metrics mode: every exchange of a connection not sampled for events is
+ * counted in http_aggs, keyed by process, revision, role, method, status
+ * and path key; nothing reaches the ring buffer for it. */
+enum http_method {
+	HTTP_M_OTHER = 0,
+	HTTP_M_GET = 1,
+	HTTP_M_POST = 2,
+	HTTP_M_PUT = 3,
+	HTTP_M_DELETE = 4,
+	HTTP_M_HEAD = 5,
+	HTTP_M_OPTIONS = 6,
+	HTTP_M_PATCH = 7,
+};
+
+/* Bytes of the path hashed into a path key (the query is never part). */
+#define HTTP_PATH_MAX 128
+/* Path keys counted per node before new paths share HTTP_PATH_OVERFLOW. */
+#define HTTP_PATHS_MAX 4096
+#define HTTP_PATH_OVERFLOW 1
+/* Latency buckets: the OpenTelemetry HTTP bounds (5 ms .. 10 s), then +Inf. */
+#define HTTP_BUCKETS 15
+
+struct http_agg_key {
+	__u32 tgid;
+	/* Gate token of the revision that counted the exchange. */
+	__u32 rev;
+	__u64 path_key;
+	/* 0: the connection closed before a response. */
+	__u16 status;
+	__u8 method;
+	__u8 role;
+	__u32 pad;
+};
+
+struct http_agg_val {
+	__u64 count;
+	__u64 sum_ns;
+	__u64 buckets[HTTP_BUCKETS];
+};
+
+struct http_path_rec {
+	__u64 key;
+	__u8 path[HTTP_PATH_MAX];
+};
+
+struct http_handover {
+	__u64 path_key;
+	__u8 method;
+	__u8 pad[7];
+};
+
+_Static_assert(sizeof(struct http_agg_key) == 24, "http_agg_key size");
+_Static_assert(sizeof(struct http_agg_val) == 136, "http_agg_val size");
 
 enum http_direction {
 	HTTP_DIR_READ = 0,

@@ -87,10 +87,11 @@ object!(
 
 object!(
     /// The HTTP tracer: syscall tracepoints for the read/write family,
-    /// accept, connect and close; events in the ring buffer `http_events`
-    /// (layout in `progs/http_tracer.h`), drops counted in `http_lost`.
-    /// Switched by the dispatcher; `http_args`, `http_conns`, `http_events`
-    /// and `http_lost` are meant to be persistent across revisions.
+    /// accept, connect and close; exchanges counted in `http_aggs`
+    /// (metrics mode), events in the ring buffer `http_events` (layouts in
+    /// `progs/http_tracer.h`), drops counted in `http_lost`. Switched by the
+    /// dispatcher; the maps `bpfleet_tracer::PERSISTENT_MAPS` lists are
+    /// meant to be persistent across revisions.
     HTTP_TRACER, "http_tracer.bpf.o"
 );
 

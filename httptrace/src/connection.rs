@@ -13,7 +13,7 @@ use crate::stream::{Event, Head, Kind, RequestContext, Start, Stream, starts_mes
 use crate::{Direction, Segment};
 
 /// Which end of the connection the traced process is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     /// It accepted the connection: requests are read, responses written.
     Server,

@@ -1,6 +1,8 @@
 //! Decoding of the kernel side's ring-buffer records. The layout mirrors
 //! `struct http_event_hdr` in `bpf/progs/http_tracer.h`: 56 bytes, little
-//! endian, followed by `cap` payload bytes.
+//! endian, followed by `cap` payload bytes: a syscall's bytes (data), a
+//! path key and its bytes (path), or the request a connection had pending
+//! when it left metrics mode (handover).
 
 use bpfleet_httptrace::{Direction, Role};
 
@@ -30,12 +32,31 @@ pub mod config {
     /// Bit 0: only ports marked 1 in `bpfleet_ports`; bit 1: never ports
     /// marked 2.
     pub const PORT_FILTER: u32 = 11;
+    /// Ends traced: bit 0 the server (accepting) end, bit 1 the client
+    /// end; 0 is the server end only.
+    pub const ENDS: u32 = 12;
+    pub const ENDS_SERVER: u64 = 1;
+    pub const ENDS_CLIENT: u64 = 2;
+    pub const ENDS_BOTH: u64 = 3;
+    /// 1: every read and write as an event (no counting in the kernel);
+    /// 0: metrics mode.
+    pub const EVENTS: u32 = 13;
 }
+
+/// Bytes of a path the kernel hashes into a path key (`HTTP_PATH_MAX`).
+pub const PATH_MAX: usize = 128;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Data,
     Close,
+    /// A path key counted for the first time: `data` is the key (8 bytes)
+    /// then the path.
+    Path,
+    /// A connection left metrics mode with a request pending: `data` is
+    /// the request's path key (8 bytes) and method code; `ts_ns` is when
+    /// it was read and `direction` the request's.
+    Handover,
 }
 
 /// Identity of a connection across events: the process and the kernel
@@ -97,6 +118,9 @@ impl<'a> Event<'a> {
         let kind = match b[OFF_KIND] {
             1 => Kind::Data,
             3 => Kind::Close,
+            4 if cap >= 8 => Kind::Path,
+            5 if cap >= 9 => Kind::Handover,
+            4 | 5 => return Err(Error::Event("path or handover record too short")),
             _ => return Err(Error::Event("unknown kind")),
         };
         let direction = match b[OFF_KIND + 1] {
@@ -130,6 +154,26 @@ impl<'a> Event<'a> {
             revision: u32_at(b, OFF_REV),
             data,
         })
+    }
+}
+
+impl Event<'_> {
+    /// The path key of a path or handover record.
+    pub fn path_key(&self) -> Option<u64> {
+        match self.kind {
+            Kind::Path | Kind::Handover => Some(u64_at(self.data, 0)),
+            _ => None,
+        }
+    }
+
+    /// The path bytes of a path record.
+    pub fn path(&self) -> Option<&[u8]> {
+        (self.kind == Kind::Path).then(|| &self.data[8..])
+    }
+
+    /// The method of a handover record.
+    pub fn method(&self) -> Option<crate::aggregate::Method> {
+        (self.kind == Kind::Handover).then(|| crate::aggregate::Method::from_code(self.data[8]))
     }
 }
 
@@ -175,6 +219,26 @@ mod tests {
         assert_eq!(e.role, Some(Role::Server));
         assert_eq!(e.revision, 3);
         assert_eq!(e.data, b"GET");
+    }
+
+    #[test]
+    fn decodes_path_and_handover_records() {
+        let mut p = 77u64.to_le_bytes().to_vec();
+        p.extend_from_slice(b"/api/users/1");
+        let b = record(4, p.len() as u32, &p);
+        let e = Event::decode(&b).expect("valid");
+        assert_eq!(e.kind, Kind::Path);
+        assert_eq!(e.path_key(), Some(77));
+        assert_eq!(e.path(), Some(&b"/api/users/1"[..]));
+        let mut h = 78u64.to_le_bytes().to_vec();
+        h.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
+        let b = record(5, h.len() as u32, &h);
+        let e = Event::decode(&b).expect("valid");
+        assert_eq!(e.kind, Kind::Handover);
+        assert_eq!(e.path_key(), Some(78));
+        assert_eq!(e.method(), Some(crate::aggregate::Method::Post));
+        assert!(Event::decode(&record(4, 3, b"abc")).is_err());
+        assert!(Event::decode(&record(5, 8, &[0; 8])).is_err());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! (`bpf/progs/http_tracer.bpf.c`) reports syscall payload prefixes on a ring
 //! buffer; this crate decodes those events ([`event`]), keeps one
 //! [`bpfleet_httptrace::Connection`] per traced connection and turns events
-//! into exchanges ([`pipeline`]).
+//! into exchanges ([`pipeline`]); metrics mode's in-kernel counts are
+//! decoded and turned into their growth per read in [`aggregate`].
 //!
 //! In production the node agent loads the tracer like any other managed
 //! program and hands the pinned ring buffer to a [`pipeline::Pipeline`];
@@ -40,8 +41,17 @@ pub const PROGRAMS: [(&str, &str); 23] = [
 /// doubles a syscall, and the reader keeps one ring buffer. (The policy's
 /// `bpfleet_config`, `bpfleet_pids` and `bpfleet_ports` are shared by the
 /// agent without being named.)
-pub const PERSISTENT_MAPS: [&str; 4] = ["http_args", "http_conns", "http_events", "http_lost"];
+pub const PERSISTENT_MAPS: [&str; 7] = [
+    "http_aggs",
+    "http_args",
+    "http_conns",
+    "http_events",
+    "http_lost",
+    "http_paths",
+    "http_socks",
+];
 
+pub mod aggregate;
 pub mod event;
 pub mod pinned;
 pub mod pipeline;

@@ -1,5 +1,6 @@
 //! The tracer's shared maps as the node agent pins them: the ring buffer
-//! (`http_events`) and the lost-events counter (`http_lost`), opened by
+//! (`http_events`), the lost-events counter (`http_lost`) and metrics
+//! mode's counts (`http_aggs`), opened by
 //! path so a reader outlives revision switches (the maps are persistent,
 //! shared by every revision of the program).
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use libbpf_rs::{MapCore, MapHandle};
 
+use crate::aggregate::{AggKey, Counts};
 use crate::{Result, bpf};
 
 /// Name of the ring buffer map in the tracer object.
@@ -69,6 +71,66 @@ impl Pinned {
             },
             f,
         )
+    }
+}
+
+/// Name of metrics mode's counts in the tracer object.
+pub const AGGS_MAP: &str = "http_aggs";
+
+/// Metrics mode's counts (`http_aggs`), opened by path like the ring
+/// buffer.
+#[derive(Debug)]
+pub struct Aggregates {
+    map: MapHandle,
+}
+
+impl Aggregates {
+    pub fn open(pin: &Path) -> Result<Self> {
+        let map =
+            MapHandle::from_pinned_path(pin).map_err(bpf(format!("opening {}", pin.display())))?;
+        Ok(Self { map })
+    }
+
+    /// Wraps a map the caller opened (the standalone loader's).
+    pub fn from_map(map: &libbpf_rs::Map<'_>) -> Result<Self> {
+        let map = MapHandle::try_from(map).map_err(bpf("duplicating http_aggs"))?;
+        Ok(Self { map })
+    }
+
+    /// Every entry with its counts summed over the CPUs. Entries whose
+    /// key or value does not decode are skipped (a foreign object).
+    pub fn read(&self) -> Result<Vec<(AggKey, Counts)>> {
+        let mut out = Vec::new();
+        for raw in self.map.keys() {
+            let Ok(key) = AggKey::decode(&raw) else {
+                continue;
+            };
+            let Some(per_cpu) = self
+                .map
+                .lookup_percpu(&raw, libbpf_rs::MapFlags::ANY)
+                .map_err(bpf("reading http_aggs"))?
+            else {
+                continue; // deleted since the key was listed
+            };
+            let mut sum = Counts::default();
+            for v in per_cpu {
+                if let Ok(c) = Counts::decode(&v) {
+                    sum.add(&c);
+                }
+            }
+            out.push((key, sum));
+        }
+        Ok(out)
+    }
+
+    /// Deletes an entry (of a process that exited, once its last counts
+    /// were taken).
+    pub fn delete(&self, key: &AggKey) -> Result<()> {
+        match self.map.delete(&key.raw) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(bpf("deleting from http_aggs")(e)),
+        }
     }
 }
 

@@ -70,6 +70,11 @@ impl Standalone {
         crate::pinned::lost_sum(&self.map("http_lost")?)
     }
 
+    /// Metrics mode's counts, to read while it runs.
+    pub fn aggregates(&self) -> Result<crate::pinned::Aggregates> {
+        crate::pinned::Aggregates::from_map(&self.map(crate::pinned::AGGS_MAP)?)
+    }
+
     /// Number of attached programs.
     pub fn programs(&self) -> usize {
         self.links.len()

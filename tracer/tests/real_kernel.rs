@@ -56,8 +56,18 @@ fn key(m: &str, t: &str, s: u16) -> (String, String, Option<u16>) {
     (m.to_string(), t.to_string(), Some(s))
 }
 
+/// Events mode, both ends: these tests check reassembly from the ring
+/// buffer on both sides of each exchange (metrics mode has its own tests in
+/// `metrics_mode.rs`).
+const EVENTS_BOTH_ENDS: [(u32, u64); 2] = [(config::EVENTS, 1), (config::ENDS, config::ENDS_BOTH)];
+
 fn tracer_for(port: u16) -> Standalone {
-    Standalone::load(&[(config::PORT_FILTER, 1)], &[port]).expect("tracer loads (run as root)")
+    let cfg = [
+        EVENTS_BOTH_ENDS[0],
+        EVENTS_BOTH_ENDS[1],
+        (config::PORT_FILTER, 1),
+    ];
+    Standalone::load(&cfg, &[port]).expect("tracer loads (run as root)")
 }
 
 fn curl(local_port: Option<u16>, url: &str) {
@@ -82,7 +92,12 @@ fn curl(local_port: Option<u16>, url: &str) {
 fn policy_port_and_process_filters_hold_in_the_kernel() {
     let server = TestServer::start();
     let skip_port = bpfleet_testsupport::free_port();
-    let tracer = Standalone::load(&[(config::PORT_FILTER, 3)], &[server.port]).unwrap();
+    let cfg = [
+        EVENTS_BOTH_ENDS[0],
+        EVENTS_BOTH_ENDS[1],
+        (config::PORT_FILTER, 3),
+    ];
+    let tracer = Standalone::load(&cfg, &[server.port]).unwrap();
     tracer
         .update("bpfleet_ports", &skip_port.to_ne_bytes(), &[2])
         .unwrap();
