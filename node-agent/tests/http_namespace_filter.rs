@@ -76,7 +76,12 @@ async fn namespace_filter_keeps_only_pods_of_listed_namespaces() {
     let filter = |names: &[&str]| pb::UpdateConfigRequest {
         program: PROGRAM.into(),
         map: String::new(),
-        entries: vec![slot(config::PORT_FILTER, 1)],
+        // Events mode, both ends (what this test counts).
+        entries: vec![
+            slot(config::PORT_FILTER, 1),
+            slot(config::EVENTS, 1),
+            slot(config::ENDS, config::ENDS_BOTH),
+        ],
         replace: false,
         namespaces: Some(pb::NamespaceFilter {
             names: names.iter().map(|n| n.to_string()).collect(),

@@ -147,10 +147,19 @@ async fn tracer_in_the_agent_exports_exact_figures() {
     c.update_config(pb::UpdateConfigRequest {
         program: PROGRAM.into(),
         map: String::new(),
-        entries: vec![pb::ConfigEntry {
-            key: config::PORT_FILTER.to_ne_bytes().to_vec(),
-            value: 1u64.to_ne_bytes().to_vec(),
-        }],
+        // Events mode, both ends: this test checks what only events give
+        // (spans, body sizes, both sides); metrics mode has its own test.
+        entries: [
+            (config::PORT_FILTER, 1u64),
+            (config::EVENTS, 1),
+            (config::ENDS, config::ENDS_BOTH),
+        ]
+        .iter()
+        .map(|(k, v)| pb::ConfigEntry {
+            key: k.to_ne_bytes().to_vec(),
+            value: v.to_ne_bytes().to_vec(),
+        })
+        .collect(),
         replace: false,
         namespaces: None,
     })

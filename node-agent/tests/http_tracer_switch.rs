@@ -2,9 +2,10 @@
 //! managed program in two revisions with shared maps, switched back and
 //! forth through the agent's dispatchers while a client keeps sending
 //! requests. Every request must be reported exactly once on each side —
-//! none lost in a switch, none seen by both revisions. The agent core runs
-//! in-process and the test reads the shared ring buffer itself with the
-//! tracer crate's pipeline. Needs root.
+//! none lost in a switch, none seen by both revisions — in events mode
+//! (the shared ring buffer, read by the test with the tracer crate's
+//! pipeline) and in metrics mode (the shared counts). The agent core runs
+//! in-process. Needs root.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,6 +23,7 @@ use bpfleet_httptrace::Role;
 use bpfleet_httptrace::redact::Redactor;
 use bpfleet_proto::v1 as pb;
 use bpfleet_tracer::event::config;
+use bpfleet_tracer::pinned::Aggregates;
 use bpfleet_tracer::pipeline::{Pipeline, Traced};
 use common::PinRoot;
 use common::http::{PROGRAM, TestServer, tracer_req};
@@ -97,12 +99,19 @@ fn switching_revisions_loses_and_doubles_nothing() {
         server.port.to_ne_bytes().to_vec(),
         vec![1],
     );
-    write_map(
-        agent,
-        "",
-        config::PORT_FILTER.to_ne_bytes().to_vec(),
-        1u64.to_ne_bytes().to_vec(),
-    );
+    // Events mode, both ends: every syscall is an event here.
+    for (slot, value) in [
+        (config::PORT_FILTER, 1),
+        (config::EVENTS, 1),
+        (config::ENDS, config::ENDS_BOTH),
+    ] {
+        write_map(
+            agent,
+            "",
+            slot.to_ne_bytes().to_vec(),
+            value.to_ne_bytes().to_vec(),
+        );
+    }
     agent.activate(PROGRAM, "r1", "test").expect("r1 active");
 
     let events = MapHandle::from_pinned_path(path.join(PROGRAM).join("_map_http_events"))
@@ -180,6 +189,86 @@ fn switching_revisions_loses_and_doubles_nothing() {
     // nothing pinned.
     let agent = root.agent.as_mut().unwrap();
     agent.unload(PROGRAM, "r2", "test").expect("unload r2");
+    agent
+        .unload(PROGRAM, "", "test")
+        .expect("unload the program");
+    let left = root.pins.pins();
+    assert!(left.is_empty(), "pins left: {left:?}");
+}
+
+/// Metrics mode (the default, server end): revisions switched back and
+/// forth under keep-alive traffic; the kernel's counts, summed over the
+/// two revisions, equal the responses the client got (none lost at a
+/// switch, none counted twice), both revisions counted some, and nothing
+/// but the path's announcement reached the ring buffer.
+#[test]
+fn metrics_mode_counts_every_exchange_once_across_switches() {
+    let pins = PinRoot::new("tracer-metrics");
+    let path = pins.path.clone();
+    let mut cfg = Config::new(&path, pins.state_file());
+    cfg.allow_unsigned = true;
+    let mut root = Root { pins, agent: None };
+    root.agent = Some(Agent::new(cfg).expect("agent starts (run as root)"));
+    let agent = root.agent.as_mut().unwrap();
+
+    let server = TestServer::start();
+    agent.load(tracer_req("r1"), "test").expect("r1 loads");
+    agent.load(tracer_req("r2"), "test").expect("r2 loads");
+    write_map(
+        agent,
+        "bpfleet_ports",
+        server.port.to_ne_bytes().to_vec(),
+        vec![1],
+    );
+    write_map(
+        agent,
+        "",
+        config::PORT_FILTER.to_ne_bytes().to_vec(),
+        1u64.to_ne_bytes().to_vec(),
+    );
+    agent.activate(PROGRAM, "r1", "test").expect("r1 active");
+    let aggs =
+        Aggregates::open(&path.join(PROGRAM).join("_map_http_aggs")).expect("shared counts pinned");
+
+    let stop_client = AtomicBool::new(false);
+    let sent = AtomicU64::new(0);
+    thread::scope(|s| {
+        let traffic = s.spawn(|| client(server.port, &stop_client, &sent));
+        for to in ["r2", "r1", "r2", "r1", "r2", "r1"] {
+            thread::sleep(Duration::from_millis(150));
+            if to == "r1" {
+                agent.rollback(PROGRAM, "r1", "test").expect("rollback");
+            } else {
+                agent.activate(PROGRAM, to, "test").expect("activate");
+            }
+        }
+        thread::sleep(Duration::from_millis(150));
+        stop_client.store(true, Ordering::Relaxed);
+        traffic.join().unwrap();
+    });
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(sent > 500, "too little traffic to mean anything: {sent}");
+    // The last exchange on each connection is counted when its response is
+    // written, before the client reads it: all are in by now.
+    let mut per_revision: std::collections::BTreeMap<u32, u64> = Default::default();
+    for (k, c) in aggs.read().unwrap() {
+        assert_eq!(k.role, Some(Role::Server), "client end not traced");
+        assert_eq!(k.status, Some(200), "{k:?}");
+        assert_eq!(k.method.as_str(), "GET");
+        *per_revision.entry(k.revision).or_default() += c.count;
+    }
+    assert_eq!(
+        per_revision.values().sum::<u64>(),
+        sent,
+        "every exchange once: {per_revision:?}"
+    );
+    assert_eq!(
+        per_revision.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2],
+        "both revisions counted"
+    );
+    drop(aggs);
+    let agent = root.agent.as_mut().unwrap();
     agent
         .unload(PROGRAM, "", "test")
         .expect("unload the program");

@@ -61,6 +61,9 @@ pub struct TracerProgramHealth {
     pub connections: u64,
     pub connections_evicted: u64,
     pub exchanges: u64,
+    /// Of `exchanges`, those the kernel counted (metrics mode); the rest
+    /// were rebuilt from events.
+    pub exchanges_counted_in_kernel: u64,
     pub own_exchanges_dropped: u64,
     /// Exchanges outside the program's namespace filter, dropped.
     pub namespace_exchanges_dropped: u64,
@@ -90,6 +93,7 @@ pub fn health(agent: pb::HealthResponse, hub: Option<&Hub>) -> Health {
                 connections: r.connections,
                 connections_evicted: r.evicted,
                 exchanges: r.exchanges,
+                exchanges_counted_in_kernel: r.counted,
                 own_exchanges_dropped: r.own_dropped,
                 namespace_exchanges_dropped: r.namespace_dropped,
                 seconds_since_last_exchange: r.last_exchange.map(|t| t.elapsed().as_secs_f64()),

@@ -86,13 +86,24 @@ impl Default for Families {
 }
 
 impl Families {
-    /// Records exchanges that share their labels (see
-    /// [`Record::group`]); `rs` is not empty.
-    pub fn observe(&self, rs: &[&Record]) {
-        let Some(r) = rs.first() else {
+    /// Durations of exchanges the kernel counted under `r`'s labels; no
+    /// body sizes (metrics mode does not measure them).
+    pub fn observe_durations(&self, r: &Record, durations_ns: &[u64]) {
+        if durations_ns.is_empty() {
             return;
+        }
+        let dur = match r.side {
+            Side::Server => &self.server_duration,
+            Side::Client => &self.client_duration,
         };
-        let labels = HttpLabels {
+        let h = dur.get_or_create(&Self::labels(r));
+        for d in durations_ns {
+            h.observe(*d as f64 / 1e9);
+        }
+    }
+
+    fn labels(r: &Record) -> HttpLabels {
+        HttpLabels {
             http_request_method: r.method.to_string(),
             http_response_status_code: r.status.map(|s| s.to_string()).unwrap_or_default(),
             http_route: r.route.clone(),
@@ -100,7 +111,16 @@ impl Families {
             k8s_pod_name: r.pod.clone(),
             service_name: r.service.clone(),
             error_type: r.error_type(),
+        }
+    }
+
+    /// Records exchanges that share their labels (see
+    /// [`Record::group`]); `rs` is not empty.
+    pub fn observe(&self, rs: &[&Record]) {
+        let Some(r) = rs.first() else {
+            return;
         };
+        let labels = Self::labels(r);
         let (dur, req, resp) = match r.side {
             Side::Server => (
                 &self.server_duration,

@@ -1,11 +1,13 @@
 //! The HTTP tracer's userspace inside the agent. A program is a tracer
 //! when its shared (persistent) maps include the tracer's ring buffer and
 //! lost counter (`http_events`, `http_lost`); for each such program a
-//! reader thread turns the pinned ring buffer into exchanges
-//! ([`bpfleet_tracer::pipeline::Pipeline`]) and records them here. The
-//! ring buffer is shared by every revision, so the reader survives
-//! switches; each event carries the gate token of the revision that
-//! reported it, and exchanges are attributed by that token.
+//! reader thread reads the exchanges the kernel counted (metrics mode,
+//! `http_aggs`, every second) and turns the pinned ring buffer into
+//! exchanges ([`bpfleet_tracer::pipeline::Pipeline`]: sampled connections,
+//! and what the kernel could not frame), and records both here. The maps
+//! are shared by every revision, so the reader survives switches; counts
+//! and events carry the gate token of the revision that saw them, and
+//! exchanges are attributed by that token.
 //!
 //! Kept here, behind one lock: per-revision cumulative figures (the gRPC
 //! Stats `HttpFigures` the operator's gates read), sliding windows per
@@ -42,11 +44,23 @@ use bpfleet_proto::v1 as pb;
 use crate::agent::{ProgramView, Views};
 use crate::error::{Error, Result};
 pub use alert_rule::{default_rules, parse_rule};
+pub use record::Counted;
 use record::{Figures, Key, Record, Side};
 
 /// The shared maps that make a program an HTTP tracer.
 pub const EVENTS_MAP: &str = bpfleet_tracer::pinned::EVENTS_MAP;
 pub const LOST_MAP: &str = bpfleet_tracer::pinned::LOST_MAP;
+/// Metrics mode's counts (absent from tracer objects older than it).
+pub const AGGS_MAP: &str = bpfleet_tracer::pinned::AGGS_MAP;
+
+/// Where a tracer program's shared maps are pinned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracerPins {
+    pub program: String,
+    pub events: PathBuf,
+    pub lost: PathBuf,
+    pub aggs: Option<PathBuf>,
+}
 
 /// Configuration of the tracer runtime (from the command line).
 #[derive(Debug, Clone)]
@@ -119,6 +133,7 @@ pub(crate) struct ProgramInfo {
     active_token: u64,
     events_pin: PathBuf,
     lost_pin: PathBuf,
+    aggs_pin: Option<PathBuf>,
     /// The program's namespace filter (empty: every exchange is kept).
     namespaces: Arc<[String]>,
 }
@@ -136,6 +151,8 @@ pub(crate) struct ReaderStatus {
     connections: u64,
     evicted: u64,
     exchanges: u64,
+    /// Of `exchanges`, those counted in the kernel (metrics mode).
+    counted: u64,
     /// Exchanges of the agent's own process, dropped.
     own_dropped: u64,
     /// Exchanges outside the program's namespace filter, dropped.
@@ -201,6 +218,7 @@ impl State {
                     active_token,
                     events_pin: events.clone(),
                     lost_pin: lost.clone(),
+                    aggs_pin: v.shared_maps.get(AGGS_MAP).cloned(),
                     namespaces: v.namespaces.clone().into(),
                 },
             );
@@ -367,12 +385,17 @@ impl Hub {
         self.lock().set_programs(views);
     }
 
-    /// Tracer programs: (program, events pin, lost pin).
-    pub fn tracer_programs(&self) -> Vec<(String, PathBuf, PathBuf)> {
+    /// Tracer programs and their pins.
+    pub fn tracer_programs(&self) -> Vec<TracerPins> {
         self.lock()
             .programs
             .iter()
-            .map(|(p, i)| (p.clone(), i.events_pin.clone(), i.lost_pin.clone()))
+            .map(|(p, i)| TracerPins {
+                program: p.clone(),
+                events: i.events_pin.clone(),
+                lost: i.lost_pin.clone(),
+                aggs: i.aggs_pin.clone(),
+            })
             .collect()
     }
 
@@ -381,24 +404,71 @@ impl Hub {
         f(st.readers.entry(program.to_string()).or_default());
     }
 
-    /// Records a batch of exchanges of `program`.
-    pub fn apply(&self, program: &str, records: &[Record]) {
-        if records.is_empty() {
-            return;
-        }
-        // The namespace filter (TracerPolicy config.filters.namespaces):
-        // exchanges of processes outside those namespaces' pods are dropped
-        // here, before any metric, window or span sees them.
+    /// The namespace filter of `program` (TracerPolicy
+    /// config.filters.namespaces): exchanges of processes outside those
+    /// namespaces' pods are dropped before any metric, window or span sees
+    /// them.
+    fn namespace_filter(&self, program: &str) -> impl Fn(&Record) -> bool + use<> {
         let namespaces = self
             .lock()
             .programs
             .get(program)
             .map(|p| p.namespaces.clone());
-        let keep = |r: &&Record| {
+        move |r: &Record| {
             namespaces
                 .as_ref()
                 .is_none_or(|ns| ns.is_empty() || ns.contains(&r.namespace))
-        };
+        }
+    }
+
+    /// Records exchanges the kernel counted (metrics mode): each `Counted`
+    /// is one label set with the durations of its exchanges since the last
+    /// read. Not spans: nothing of them goes to OTLP.
+    pub fn apply_counted(&self, program: &str, counted: &[Counted]) {
+        if counted.is_empty() {
+            return;
+        }
+        let keep = self.namespace_filter(program);
+        let mut kept = 0u64;
+        let mut dropped = 0u64;
+        for c in counted {
+            if keep(&c.record) {
+                self.families.observe_durations(&c.record, &c.durations_ns);
+                kept += c.durations_ns.len() as u64;
+            } else {
+                dropped += c.durations_ns.len() as u64;
+            }
+        }
+        let mut st = self.lock();
+        let active = st.programs.get(program).map_or(0, |p| p.active_token);
+        for c in counted.iter().filter(|c| keep(&c.record)) {
+            let r = &c.record;
+            let key = r.key();
+            let token = if r.token == 0 { active } else { r.token };
+            let f = st.figures.entry((program.to_string(), token)).or_default();
+            for d in &c.durations_ns {
+                f.record_duration(*d, r.gate_error());
+            }
+            for d in &c.durations_ns {
+                st.windows.record_ref(&key, r.end_ns, *d, r.semconv_error());
+            }
+        }
+        let s = st.readers.entry(program.to_string()).or_default();
+        s.exchanges += kept;
+        s.counted += kept;
+        s.namespace_dropped += dropped;
+        if kept > 0 {
+            s.last_exchange = Some(Instant::now());
+        }
+    }
+
+    /// Records a batch of exchanges of `program`.
+    pub fn apply(&self, program: &str, records: &[Record]) {
+        if records.is_empty() {
+            return;
+        }
+        let filter = self.namespace_filter(program);
+        let keep = |r: &&Record| filter(r);
         let kept = records.iter().filter(keep).count();
         // A batch's records mostly share their labels: group them so label
         // sets and series are built and looked up once per group.

@@ -118,6 +118,15 @@ impl Record {
     }
 }
 
+/// Exchanges the kernel counted under one label set (metrics mode):
+/// `record` carries the labels (its duration and end are unused), one
+/// duration per exchange.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Counted {
+    pub record: Record,
+    pub durations_ns: Vec<u64>,
+}
+
 /// Records with equal groups have equal metric labels and window keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Group<'a> {
@@ -171,9 +180,14 @@ pub fn bucket_index(seconds: f64) -> usize {
 
 impl Figures {
     pub fn record(&mut self, r: &Record) {
+        self.record_duration(r.duration_ns, r.gate_error());
+    }
+
+    /// One exchange of `duration_ns`; `error` per the gRPC contract.
+    pub fn record_duration(&mut self, duration_ns: u64, error: bool) {
         self.requests += 1;
-        self.errors += u64::from(r.gate_error());
-        self.buckets[bucket_index(r.duration_ns as f64 / 1e9)] += 1;
+        self.errors += u64::from(error);
+        self.buckets[bucket_index(duration_ns as f64 / 1e9)] += 1;
     }
 
     pub fn merge(&mut self, other: &Figures) {

@@ -6,7 +6,8 @@
 //! kernel side from tracing the agent itself (`bpfleet_config
 //! [CFG_IGNORE_TGID]` = the agent's pid, written through UpdateConfig so
 //! it is audited) and evaluates alert rules every second; and the readers,
-//! which turn the pinned ring buffer into [`Record`]s for the [`Hub`]. It
+//! which turn the kernel's counts (every second) into [`Counted`] label
+//! sets and the pinned ring buffer into [`Record`]s for the [`Hub`]. It
 //! never polls the agent for views; it takes the agent's lock only to
 //! write the pid.
 //!
@@ -21,18 +22,19 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use bpfleet_httptrace::Role;
 use bpfleet_httptrace::route::Routes;
+use bpfleet_httptrace::{Outcome, Role};
 use bpfleet_proto::v1 as pb;
+use bpfleet_tracer::aggregate::{AggKey, Counts, Deltas};
 use bpfleet_tracer::event::config::IGNORE_TGID;
-use bpfleet_tracer::pinned::Pinned;
+use bpfleet_tracer::pinned::{Aggregates, Pinned};
 use bpfleet_tracer::pipeline::{Pipeline, Traced};
 use tokio::sync::watch;
 
 use super::identity::Resolver;
 use super::record::{Record, Side, normalize_method};
 use super::rules::load_policy;
-use super::{Hub, mono_ns};
+use super::{Counted, Hub, TracerPins, mono_ns};
 use crate::agent::{Agent, ProgramView, Views};
 use crate::kernel::{self, CONFIG_MAP};
 
@@ -157,15 +159,15 @@ fn watch(
             tracing::error!("agent state lock poisoned; the HTTP tracer stops");
             break;
         }
-        let wanted: BTreeMap<String, (PathBuf, PathBuf)> = hub
+        let wanted: BTreeMap<String, TracerPins> = hub
             .tracer_programs()
             .into_iter()
-            .map(|(p, e, l)| (p, (e, l)))
+            .map(|t| (t.program.clone(), t))
             .collect();
         // Readers of programs that went away, or whose pins changed.
         let gone: Vec<String> = readers
             .iter()
-            .filter(|(p, r)| wanted.get(*p).is_none_or(|(e, _)| *e != r.events_pin))
+            .filter(|(p, r)| wanted.get(*p).is_none_or(|t| t.events != r.events_pin))
             .map(|(p, _)| p.clone())
             .collect();
         for p in gone {
@@ -188,15 +190,16 @@ fn watch(
             }
         }
         failed.retain(|p, at| wanted.contains_key(p) && at.elapsed() < RETRY);
-        for (p, (events, lost)) in wanted {
+        for (p, pins) in wanted {
             if readers.contains_key(&p) || failed.contains_key(&p) {
                 continue;
             }
             let flag = Arc::new(AtomicBool::new(false));
-            let (h, prog, ev, st) = (hub.clone(), p.clone(), events.clone(), flag.clone());
+            let events = pins.events.clone();
+            let (h, st) = (hub.clone(), flag.clone());
             match std::thread::Builder::new()
                 .name(format!("http-reader-{p}"))
-                .spawn(move || read(&h, &prog, &ev, &lost, &st))
+                .spawn(move || read(&h, &pins, &st))
             {
                 Ok(handle) => {
                     tracing::info!(program = p, "HTTP tracer reader started");
@@ -268,13 +271,8 @@ fn ignore_self(agent: &Mutex<Agent>, v: &ProgramView, own: u32) -> bool {
 }
 
 /// One reader: until `stop` or until the ring buffer's pin disappears.
-fn read(
-    hub: &Hub,
-    program: &str,
-    events_pin: &std::path::Path,
-    lost_pin: &std::path::Path,
-    stop: &AtomicBool,
-) {
+fn read(hub: &Hub, pins: &TracerPins, stop: &AtomicBool) {
+    let program = pins.program.as_str();
     let cfg = hub.config();
     let fail = |e: String| {
         tracing::warn!(program, error = e, "HTTP tracer reader failed");
@@ -283,10 +281,22 @@ fn read(
             s.error = Some(e);
         });
     };
-    let pinned = match Pinned::open(events_pin, lost_pin) {
+    let pinned = match Pinned::open(&pins.events, &pins.lost) {
         Ok(p) => p,
         Err(e) => return fail(e.to_string()),
     };
+    let aggregates = match pins.aggs.as_deref().map(Aggregates::open).transpose() {
+        Ok(a) => a,
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut counts = KernelCounts::new(cfg.proc_root.clone());
+    if let Some(a) = &aggregates {
+        // What the kernel counted before this reader (an agent restart
+        // finds the program loaded) is not reported: figures start from
+        // zero with the reader, as they do for events. A new program's
+        // reader starts at Load, before Activate sends traffic to it.
+        counts.prime(a);
+    }
     let (mut generation, rules) = hub.rules();
     let mut routes = match rules.routes() {
         Ok(r) => r,
@@ -337,6 +347,10 @@ fn read(
             if tick {
                 p.tick(mono_ns(), out);
                 last_tick = Instant::now();
+                if let Some(a) = &aggregates {
+                    let counted = counts.take(a, p, &mut routes, &mut resolver, own);
+                    hub.apply_counted(program, &counted);
+                }
             }
             for t in out.drain(..) {
                 if t.conn.tgid == own {
@@ -366,6 +380,133 @@ fn read(
     match res {
         Ok(()) => hub.reader_status(program, |s| s.running = false),
         Err(e) => fail(e.to_string()),
+    }
+}
+
+/// How many reads a count may wait for its path key's name (the kernel
+/// announces a key once, and again after the ring buffer refused it)
+/// before it is recorded under `/*`.
+const UNNAMED_READS: u32 = 5;
+
+/// Metrics mode's side of a reader: the kernel's counts become their
+/// growth per read, named by the path keys the pipeline learnt, and the
+/// entries of processes that exited are deleted once their last counts
+/// were taken.
+struct KernelCounts {
+    deltas: Deltas,
+    /// Growth whose path key has no name yet, and how many reads it waited.
+    waiting: Vec<(AggKey, Counts, u32)>,
+    proc_root: PathBuf,
+}
+
+impl KernelCounts {
+    fn new(proc_root: PathBuf) -> Self {
+        Self {
+            deltas: Deltas::default(),
+            waiting: Vec::new(),
+            proc_root,
+        }
+    }
+
+    /// Takes the counts as they are now as the starting point.
+    fn prime(&mut self, aggs: &Aggregates) {
+        if let Ok(now) = aggs.read() {
+            self.deltas.update(now);
+        }
+    }
+
+    fn take(
+        &mut self,
+        aggs: &Aggregates,
+        pipeline: &Pipeline,
+        routes: &mut Routes,
+        resolver: &mut Resolver,
+        own: u32,
+    ) -> Vec<Counted> {
+        let now = match aggs.read() {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the tracer's counts");
+                return Vec::new();
+            }
+        };
+        let mut gone: Vec<AggKey> = Vec::new();
+        let mut alive: BTreeMap<u32, bool> = BTreeMap::new();
+        for (k, _) in &now {
+            let live = *alive
+                .entry(k.tgid)
+                .or_insert_with(|| self.proc_root.join(k.tgid.to_string()).exists());
+            if !live {
+                gone.push(*k);
+            }
+        }
+        let grown = self.deltas.update(now);
+        // Taken: the entries of exited processes can go (nothing adds to
+        // them any more).
+        for k in &gone {
+            if aggs.delete(k).is_ok() {
+                self.deltas.forget(k);
+            }
+        }
+        let end_ns = mono_ns();
+        let mut out = Vec::new();
+        let mut still = Vec::new();
+        let pending = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .chain(grown.into_iter().map(|(k, c)| (k, c, 0)));
+        for (k, c, waited) in pending {
+            if k.tgid == own {
+                continue;
+            }
+            let Some(side) = k.role.map(|r| match r {
+                Role::Server => Side::Server,
+                Role::Client => Side::Client,
+            }) else {
+                continue;
+            };
+            let path = if k.path_key == bpfleet_tracer::aggregate::PATH_OVERFLOW {
+                None
+            } else {
+                match pipeline.path(k.path_key) {
+                    Some(p) => Some(p),
+                    None if waited < UNNAMED_READS => {
+                        still.push((k, c, waited + 1));
+                        continue;
+                    }
+                    None => None,
+                }
+            };
+            let route = path.map_or_else(|| "/*".to_string(), |p| routes.route(p));
+            let id = resolver.resolve(k.tgid);
+            out.push(Counted {
+                record: Record {
+                    token: u64::from(k.revision),
+                    side,
+                    method: k.method.as_str(),
+                    status: k.status,
+                    route,
+                    service: id.service.clone(),
+                    namespace: id.namespace.clone(),
+                    pod: id.pod.clone(),
+                    deployment: id.deployment.clone(),
+                    duration_ns: 0,
+                    end_ns,
+                    target: path.unwrap_or_default().to_string(),
+                    local_port: 0,
+                    remote_port: 0,
+                    request_body_bytes: None,
+                    response_body_bytes: None,
+                    outcome: if k.status.is_some() {
+                        Outcome::Complete
+                    } else {
+                        Outcome::Closed
+                    },
+                },
+                durations_ns: c.durations(),
+            });
+        }
+        self.waiting = still;
+        out
     }
 }
 
