@@ -69,10 +69,28 @@ pub struct PolicyTargets {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeConfig {
-    /// Fraction of events kept, from 0.0001 to 1 (all).
+    /// Fraction kept, from 0.0001 to 1 (all), in the program's unit. The
+    /// HTTP tracer counts every exchange in the kernel either way; this is
+    /// the share of connections whose exchanges are also sent whole to the
+    /// agent as events (spans, analytics) - none when unset. With
+    /// `exchangeEvents: All` it is the share of connections traced at all
+    /// (all when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0001, max = 1.0))]
     pub sampling_rate: Option<f64>,
+    /// Which end of a connection the HTTP tracer traces: the accepting
+    /// process (`Server`, the default), the connecting one (`Client`), or
+    /// `Both` (every request then counts once per traced end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends: Option<TracedEnds>,
+    /// How the HTTP tracer reports exchanges: `Sampled` (the default)
+    /// counts them in the kernel and sends only sampled connections (and
+    /// what the kernel cannot frame, such as pipelined requests) as
+    /// events; `All` sends every read and write as an event and counts in
+    /// the agent (the tracer's cost grows with it; body sizes and spans for
+    /// every exchange).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange_events: Option<ExchangeEvents>,
     /// Bytes of payload captured per message (request line and headers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 64, max = 4096))]
@@ -84,6 +102,21 @@ pub struct RuntimeConfig {
     /// How request paths become `http.route` values (HTTP tracer).
     #[serde(default)]
     pub routes: RouteNaming,
+}
+
+/// The ends of a connection traced.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TracedEnds {
+    Server,
+    Client,
+    Both,
+}
+
+/// What travels to the agent as events.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeEvents {
+    Sampled,
+    All,
 }
 
 /// Route naming for the HTTP tracer: configured patterns first, then a

@@ -10,7 +10,7 @@
 //! to the nodes of a program whose policy went away (back to stamp 0, the
 //! program's defaults).
 
-use bpfleet_api::policy::RuntimeConfig;
+use bpfleet_api::policy::{ExchangeEvents, RuntimeConfig, TracedEnds};
 use bpfleet_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
@@ -19,6 +19,8 @@ pub const SLOT_SAMPLE_PPM: u32 = 8;
 pub const SLOT_PAYLOAD_BYTES: u32 = 9;
 pub const SLOT_PID_FILTER: u32 = 10;
 pub const SLOT_PORT_FILTER: u32 = 11;
+pub const SLOT_ENDS: u32 = 12;
+pub const SLOT_EVENTS: u32 = 13;
 pub const SLOT_STAMP: u32 = 15;
 pub const PIDS_MAP: &str = "bpfleet_pids";
 pub const PORTS_MAP: &str = "bpfleet_ports";
@@ -27,12 +29,15 @@ pub const PORT_TRACE: u8 = 1;
 pub const PORT_SKIP: u8 = 2;
 pub const PORTS_ONLY: u64 = 1;
 pub const PORTS_SKIP: u64 = 2;
+/// `BPFLEET_CFG_ENDS` bits.
+pub const ENDS_SERVER: u64 = 1;
+pub const ENDS_CLIENT: u64 = 2;
 
 /// The writes that put one configuration in force on a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeConfig {
-    /// Slots 8-11, in slot order.
-    pub slots: [(u32, u64); 4],
+    /// Slots 8-13, in slot order.
+    pub slots: [(u32, u64); 6],
     /// Processes traced (empty: no process filter, map not written).
     pub pids: Vec<u32>,
     /// Ports and their mark (empty: no port filter, map not written).
@@ -54,6 +59,8 @@ impl NodeConfig {
                 (SLOT_PAYLOAD_BYTES, 0),
                 (SLOT_PID_FILTER, 0),
                 (SLOT_PORT_FILTER, 0),
+                (SLOT_ENDS, 0),
+                (SLOT_EVENTS, 0),
             ],
             pids: Vec::new(),
             ports: Vec::new(),
@@ -66,11 +73,20 @@ impl NodeConfig {
     /// every value already; out-of-range ones (an old object, a client that
     /// skipped validation) are clamped to the nearest the program takes.
     pub fn of(cfg: &RuntimeConfig) -> Self {
-        // 1.0 (or more) keeps everything: the same as no sampling.
+        // Unset is 0, the program's default; 1.0 is written as a million
+        // (all), which for most programs is the same as 0 but not for the
+        // HTTP tracer's metrics mode, where 0 sends no connection as events.
         let ppm = cfg
             .sampling_rate
-            .filter(|r| r.is_finite() && *r < 1.0)
-            .map_or(0, |r| (r * 1e6).round().clamp(1.0, 999_999.0) as u64);
+            .filter(|r| r.is_finite())
+            .map_or(0, |r| (r * 1e6).round().clamp(1.0, 1_000_000.0) as u64);
+        let ends = match cfg.ends {
+            None => 0,
+            Some(TracedEnds::Server) => ENDS_SERVER,
+            Some(TracedEnds::Client) => ENDS_CLIENT,
+            Some(TracedEnds::Both) => ENDS_SERVER | ENDS_CLIENT,
+        };
+        let events = u64::from(cfg.exchange_events == Some(ExchangeEvents::All));
         let payload = cfg
             .payload_bytes
             .map_or(0, |b| u64::try_from(b.clamp(1, 4096)).unwrap_or(0));
@@ -108,6 +124,8 @@ impl NodeConfig {
             (SLOT_PAYLOAD_BYTES, payload),
             (SLOT_PID_FILTER, u64::from(!pids.is_empty())),
             (SLOT_PORT_FILTER, mode),
+            (SLOT_ENDS, ends),
+            (SLOT_EVENTS, events),
         ];
         let mut namespaces = cfg.filters.namespaces.clone();
         namespaces.sort();
@@ -255,7 +273,9 @@ mod tests {
                 (SLOT_SAMPLE_PPM, 250_000),
                 (SLOT_PAYLOAD_BYTES, 512),
                 (SLOT_PID_FILTER, 1),
-                (SLOT_PORT_FILTER, PORTS_ONLY | PORTS_SKIP)
+                (SLOT_PORT_FILTER, PORTS_ONLY | PORTS_SKIP),
+                (SLOT_ENDS, 0),
+                (SLOT_EVENTS, 0),
             ]
         );
         assert_eq!(c.pids, vec![7, 42]);
@@ -291,9 +311,32 @@ mod tests {
     }
 
     #[test]
-    fn full_sampling_is_no_sampling_and_tiny_rates_keep_something() {
+    fn ends_and_exchange_events_map_onto_their_slots() {
+        let c = NodeConfig::of(&cfg(
+            serde_json::json!({"ends": "Both", "exchangeEvents": "All"}),
+        ));
+        assert_eq!(c.slots[4], (SLOT_ENDS, ENDS_SERVER | ENDS_CLIENT));
+        assert_eq!(c.slots[5], (SLOT_EVENTS, 1));
+        let c = NodeConfig::of(&cfg(
+            serde_json::json!({"ends": "Client", "exchangeEvents": "Sampled"}),
+        ));
+        assert_eq!(c.slots[4], (SLOT_ENDS, ENDS_CLIENT));
+        assert_eq!(c.slots[5], (SLOT_EVENTS, 0));
+        let s = NodeConfig::of(&cfg(serde_json::json!({"ends": "Server"})));
+        assert_eq!(s.slots[4], (SLOT_ENDS, ENDS_SERVER));
+        assert_ne!(s.stamp, c.stamp);
+        assert!(
+            serde_json::from_value::<RuntimeConfig>(serde_json::json!({"ends": "Nowhere"}))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn full_sampling_is_written_as_a_million_and_tiny_rates_keep_something() {
         let all = NodeConfig::of(&cfg(serde_json::json!({"samplingRate": 1.0})));
-        assert_eq!(all.slots[0], (SLOT_SAMPLE_PPM, 0));
+        assert_eq!(all.slots[0], (SLOT_SAMPLE_PPM, 1_000_000));
+        let unset = NodeConfig::of(&cfg(serde_json::json!({})));
+        assert_eq!(unset.slots[0], (SLOT_SAMPLE_PPM, 0));
         let tiny = NodeConfig::of(&cfg(serde_json::json!({"samplingRate": 0.0000001})));
         assert_eq!(tiny.slots[0], (SLOT_SAMPLE_PPM, 1));
     }

@@ -74,13 +74,13 @@ async fn a_program_lives_through_every_kind_of_rollout() {
     //     maps, with no reload, and both statuses say where it is in force;
     //     a policy change is written again.
     let ids_before = prog_ids(&pool, &agents).await;
-    let config = json!({"samplingRate": 0.5, "payloadBytes": 512,
-        "filters": {"pids": [4242, 77], "ports": [8080], "excludePorts": [22], "namespaces": ["shop"]}});
+    let config = json!({"samplingRate": 0.5, "payloadBytes": 512, "ends": "Both",
+        "exchangeEvents": "All", "filters": {"pids": [4242, 77], "ports": [8080], "excludePorts": [22], "namespaces": ["shop"]}});
     set_policy_config(&policies, config).await;
     let pol = policy_settled(&policies, "policy in force", |c| c.reason == "Applied").await;
     assert!(pol.message.contains("3/3 nodes"), "{}", pol.message);
     for a in &agents {
-        assert_eq!(config_slots(a), [500_000, 512, 1, 3], "{}", a.node);
+        assert_eq!(config_slots(a), [500_000, 512, 1, 3, 3, 1], "{}", a.node);
         assert_eq!(
             map_entries::<4>(a, "bpfleet_pids"),
             [(77u32.to_ne_bytes(), 1), (4242u32.to_ne_bytes(), 1)]
@@ -127,7 +127,7 @@ async fn a_program_lives_through_every_kind_of_rollout() {
     })
     .await;
     for a in &agents {
-        assert_eq!(config_slots(a), [0, 0, 0, 1], "{}", a.node);
+        assert_eq!(config_slots(a), [0, 0, 0, 1, 0, 0], "{}", a.node);
         assert_eq!(
             map_entries::<2>(a, "bpfleet_ports"),
             [(9090u16.to_ne_bytes(), 1)],

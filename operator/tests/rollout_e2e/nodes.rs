@@ -200,11 +200,11 @@ pub(crate) fn shared_map(agent: &Agent, name: &str) -> MapHandle {
     MapHandle::from_pinned_path(&pin).expect("open pinned map")
 }
 
-/// Slots 8-11 of the program's `bpfleet_config` (sampling, payload, pid
-/// filter, port filter).
-pub(crate) fn config_slots(agent: &Agent) -> [u64; 4] {
+/// Slots 8-13 of the program's `bpfleet_config` (sampling, payload, pid
+/// filter, port filter, ends, exchange events).
+pub(crate) fn config_slots(agent: &Agent) -> [u64; 6] {
     let m = shared_map(agent, "bpfleet_config");
-    let mut out = [0u64; 4];
+    let mut out = [0u64; 6];
     for (i, v) in out.iter_mut().enumerate() {
         let key = (8 + i as u32).to_ne_bytes();
         let b = m

@@ -72,7 +72,7 @@ async fn a_policy_the_program_cannot_honour_is_reported_not_retried() {
     set_policy_config(&policies, json!({"samplingRate": 0.5})).await;
     let ready = policy_settled(&policies, "policy in force", |c| c.reason == "Applied").await;
     assert!(ready.message.contains("1/1 nodes"), "{}", ready.message);
-    assert_eq!(config_slots(&agent), [500_000, 0, 0, 0]);
+    assert_eq!(config_slots(&agent), [500_000, 0, 0, 0, 0, 0]);
     let tp = api.get(PROGRAM).await.expect("get");
     let applied = tp.status.and_then(|s| s.policy).expect("status.policy");
     assert_eq!((applied.configured_nodes, applied.message), (1, None));
