@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The HTTP tracer benchmark (root, real kernel): wrk against nginx on
-# loopback with and without the tracer loaded in the release agent, in
-# alternating rounds, plus a fixed-rate run per round. See
-# node-agent/benches/wrk/main.rs for what is measured; settings by environment
-# (BENCH_ROUNDS, BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_RATE,
-# BENCH_RATE_SECONDS, BENCH_RATE_THREADS).
+# The HTTP tracer benchmark (root, real kernel): wrk and two fixed-rate
+# clients against nginx on loopback, without the tracer and with it loaded
+# in the release agent in each mode (metrics mode on the server end, events
+# on both ends, metrics mode on both ends), every round. See
+# node-agent/benches/wrk/main.rs for what is measured; settings by
+# environment (BENCH_ROUNDS, BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_RATE,
+# BENCH_HIGH_RATE, BENCH_RATE_SECONDS, BENCH_RATE_THREADS, BENCH_MODES).
 #
 #   sudo scripts/bench-tracer.sh
 #

@@ -95,9 +95,15 @@ object!(
     HTTP_TRACER, "http_tracer.bpf.o"
 );
 
+object!(
+    /// The HTTP tracer's programs (same names, same tracepoints) with empty
+    /// bodies: the floor the tracer benchmark compares each hook with.
+    HTTP_TRACER_FLOOR, "http_tracer_floor.bpf.o"
+);
+
 /// Every example object by the file name the build gives it, for tools that
 /// write them to disk (the demo, `bpfleet-objects`).
-pub const OBJECTS: [(&str, &[u8]); 15] = [
+pub const OBJECTS: [(&str, &[u8]); 16] = [
     ("syscount_v1.bpf.o", SYSCOUNT_V1),
     ("syscount_v2.bpf.o", SYSCOUNT_V2),
     ("syscount_bad.bpf.o", SYSCOUNT_BAD),
@@ -113,6 +119,7 @@ pub const OBJECTS: [(&str, &[u8]); 15] = [
     ("cgcount_v2.bpf.o", CGCOUNT_V2),
     ("kprobe_probe.bpf.o", KPROBE_PROBE),
     ("http_tracer.bpf.o", HTTP_TRACER),
+    ("http_tracer_floor.bpf.o", HTTP_TRACER_FLOOR),
 ];
 
 /// Directory holding `bpfleet_gate.h`, for building programs out of tree.

@@ -38,12 +38,25 @@ pub fn wrk(ns: &str, port: u16, secs: u64, conns: u64) -> (f64, u64) {
     (rps, total)
 }
 
+/// What a fixed-rate run measured.
+pub struct Paced {
+    /// Requests answered.
+    pub done: u64,
+    /// Seconds from the start to the last answer.
+    pub elapsed: f64,
+    /// Answers later than 1 ms after they were due.
+    pub late: u64,
+    /// Latency from the time a request was due to its answer (so a client
+    /// falling behind shows), median and 99th percentile, microseconds.
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
 /// Open-loop client at a fixed rate: `threads` keep-alive connections, the
 /// k-th request of thread i due at start + (i + k * threads) / rate; a
 /// thread behind schedule sends at once (no request is skipped, none sent
-/// early). Returns (requests answered, seconds from start to the last
-/// answer, answers later than 1 ms after they were due).
-pub fn paced(ns: &str, port: u16, rate: u64, secs: u64, threads: u64) -> (u64, f64, u64) {
+/// early).
+pub fn paced(ns: &str, port: u16, rate: u64, secs: u64, threads: u64) -> Paced {
     let start = Instant::now() + Duration::from_millis(100);
     let end = start + Duration::from_secs(secs);
     let done = Arc::new(AtomicU64::new(0));
@@ -62,11 +75,12 @@ pub fn paced(ns: &str, port: u16, rate: u64, secs: u64, threads: u64) -> (u64, f
                 let req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
                 let mut buf = [0u8; 4096];
                 let mut k = 0u64;
+                let mut lat_us: Vec<u32> = Vec::new();
                 loop {
                     let due =
                         start + Duration::from_nanos((i + k * threads) * 1_000_000_000 / rate);
                     if due >= end {
-                        return Instant::now();
+                        return (Instant::now(), lat_us);
                     }
                     let now = Instant::now();
                     if due > now {
@@ -74,7 +88,9 @@ pub fn paced(ns: &str, port: u16, rate: u64, secs: u64, threads: u64) -> (u64, f
                     }
                     s.write_all(req).unwrap();
                     read_response(&mut s, &mut buf);
-                    if due.elapsed() > Duration::from_millis(1) {
+                    let took = due.elapsed();
+                    lat_us.push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+                    if took > Duration::from_millis(1) {
                         late.fetch_add(1, Ordering::Relaxed);
                     }
                     done.fetch_add(1, Ordering::Relaxed);
@@ -83,16 +99,25 @@ pub fn paced(ns: &str, port: u16, rate: u64, secs: u64, threads: u64) -> (u64, f
             })
         })
         .collect();
-    let last = handles
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .max()
-        .unwrap();
-    (
-        done.load(Ordering::Relaxed),
-        last.duration_since(start).as_secs_f64(),
-        late.load(Ordering::Relaxed),
-    )
+    let mut last = start;
+    let mut lat: Vec<u32> = Vec::new();
+    for h in handles {
+        let (t, l) = h.join().unwrap();
+        last = last.max(t);
+        lat.extend(l);
+    }
+    lat.sort_unstable();
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0.0, |v| f64::from(*v))
+    };
+    Paced {
+        done: done.load(Ordering::Relaxed),
+        elapsed: last.duration_since(start).as_secs_f64(),
+        late: late.load(Ordering::Relaxed),
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+    }
 }
 
 /// Reads one response with a Content-Length body.

@@ -1,31 +1,40 @@
 //! The HTTP tracer's cost and capacity as bpfleet runs it: the real agent
-//! process loads the tracer over gRPC and reads its ring buffer; nginx (one
-//! worker) serves loopback traffic in a network namespace of the bench's
-//! own. Every round runs, in this order: wrk without the tracer (the
-//! tracer is not loaded), then load the tracer, wrk again, a fixed-rate
-//! run, unload. Both ends of every request (wrk or the paced client, and
-//! nginx) are traced: the port filter holds nginx's port.
+//! process loads the tracer over gRPC and reads its counts and ring buffer;
+//! nginx (one worker) serves loopback traffic in a network namespace of the
+//! bench's own, with nginx's port in the port filter.
+//!
+//! Every round runs, in this order: without the tracer (nothing loaded) wrk
+//! at saturation and the fixed-rate client; then for each mode - the
+//! floor (the tracer's hooks with empty programs, through the same
+//! dispatchers), metrics mode on the server end (the tracer's default),
+//! events for every
+//! exchange on both ends (the tracer before metrics mode), metrics mode on
+//! both ends - load the tracer in that mode, wrk, the fixed rate, the high
+//! fixed rate, unload. So every mode is compared with the same round's
+//! untraced run.
 //!
 //! Run as root: `scripts/bench-tracer.sh` (builds the release agent, then
 //! runs this with `cargo bench -p bpfleet-agent --bench wrk`). Settings by
 //! environment: `BENCH_ROUNDS` (5), `BENCH_SECONDS` per wrk run (5),
 //! `BENCH_CONNECTIONS` (32), `BENCH_RATE` requests/s of the fixed-rate run
-//! (50000), `BENCH_RATE_SECONDS` (5), `BENCH_RATE_THREADS` (16),
-//! `BENCH_AGENT` (the agent binary; default the `bpfleet-agent` Cargo
-//! built with this bench).
+//! (20000), `BENCH_HIGH_RATE` (50000, for events lost),
+//! `BENCH_RATE_SECONDS` (5), `BENCH_RATE_THREADS` (16), `BENCH_MODES`
+//! (`floor,metrics-server,events-both,metrics-both`), `BENCH_AGENT` (the agent
+//! binary; default the `bpfleet-agent` Cargo built with this bench).
 //!
-//! Reported, median and min-max over the rounds:
-//! - requests/s without and with the tracer, and their ratio per round;
+//! Reported per mode, median and min-max over the rounds:
+//! - requests/s with the tracer, and the ratio to the round's untraced run;
 //! - BPF run time per request: run_time_ns of the tracer's programs (the
-//!   ids the agent's Load returned) over wrk's completed requests, BPF
-//!   stats enabled by this process; also with the background (the same
-//!   programs' run time per second while idle, from the rest of the
-//!   machine) subtracted;
-//! - at the fixed rate: the rate held, events lost (the kernel's
-//!   `http_lost`), exchanges the agent rebuilt against 2 x requests;
-//! - events the agent's reader thread handled per second of its own CPU
-//!   time (per core), and per second of the whole agent's CPU time;
-//! - the agent's peak RSS during the loaded runs.
+//!   ids the agent's Load returned, and the dispatchers) over wrk's
+//!   completed requests, BPF stats enabled by this process;
+//! - at the fixed rate: total CPU added per request (the whole machine's
+//!   busy CPU from /proc/stat over the run, traced minus the round's
+//!   untraced run, over the requests answered: BPF, agent, everything),
+//!   the agent's own CPU per request, and the client's latency p50 and p99
+//!   traced over untraced;
+//! - at the high fixed rate: events lost (the kernel's `http_lost`) and the
+//!   exchanges the agent reported against the requests (x2 with both ends);
+//! - the agent's peak RSS.
 //!
 //! Nothing stays behind: the tracer is unloaded over gRPC, the agent and
 //! nginx are killed, the pin root, scratch dir and namespace removed (also
@@ -162,14 +171,14 @@ async fn load_tracer(
     c: &mut Client,
     port: u16,
     pin_dir: &Path,
+    mode: Mode,
 ) -> (Vec<u32>, BTreeMap<u32, String>) {
-    let req = load_request(
-        PROGRAM,
-        "r1",
-        bpfleet_bpf::HTTP_TRACER,
-        tracepoints(&PROGRAMS),
-        &PERSISTENT_MAPS,
-    );
+    let (object, shared): (&[u8], &[&str]) = if mode == Mode::Floor {
+        (bpfleet_bpf::HTTP_TRACER_FLOOR, &[])
+    } else {
+        (bpfleet_bpf::HTTP_TRACER, &PERSISTENT_MAPS)
+    };
+    let req = load_request(PROGRAM, "r1", object, tracepoints(&PROGRAMS), shared);
     let r = c.load(req).await.unwrap().into_inner();
     let rev = r.revision.unwrap();
     let mut ids = rev.prog_ids;
@@ -180,16 +189,20 @@ async fn load_tracer(
         replace: false,
         namespaces: None,
     };
-    c.update_config(cfg("bpfleet_ports", port.to_ne_bytes().to_vec(), vec![1]))
+    if mode != Mode::Floor {
+        c.update_config(cfg("bpfleet_ports", port.to_ne_bytes().to_vec(), vec![1]))
+            .await
+            .unwrap();
+    }
+    for (slot, value) in mode.slots() {
+        c.update_config(cfg(
+            "",
+            slot.to_ne_bytes().to_vec(),
+            value.to_ne_bytes().to_vec(),
+        ))
         .await
         .unwrap();
-    c.update_config(cfg(
-        "",
-        config::PORT_FILTER.to_ne_bytes().to_vec(),
-        1u64.to_ne_bytes().to_vec(),
-    ))
-    .await
-    .unwrap();
+    }
     c.activate(pb::ActivateRequest {
         program: PROGRAM.into(),
         revision: "r1".into(),
@@ -245,31 +258,109 @@ fn line(what: &str, v: &[f64], unit: &str, digits: usize) {
     );
 }
 
+/// How the tracer is configured for a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// The tracer's hooks with empty programs (`HTTP_TRACER_FLOOR`), through
+    /// the same dispatchers: the floor of what a hook costs.
+    Floor,
+    /// Metrics mode, server end: the tracer's default.
+    MetricsServer,
+    /// Every read and write as an event, both ends: the tracer before
+    /// metrics mode.
+    EventsBoth,
+    /// Metrics mode, both ends.
+    MetricsBoth,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Self {
+        match s.trim() {
+            "floor" => Mode::Floor,
+            "metrics-server" => Mode::MetricsServer,
+            "events-both" => Mode::EventsBoth,
+            "metrics-both" => Mode::MetricsBoth,
+            other => panic!(
+                "BENCH_MODES: unknown mode {other:?} (floor, metrics-server, events-both, metrics-both)"
+            ),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Floor => "floor",
+            Mode::MetricsServer => "metrics-server",
+            Mode::EventsBoth => "events-both",
+            Mode::MetricsBoth => "metrics-both",
+        }
+    }
+
+    /// The `bpfleet_config` slots written before Activate.
+    fn slots(self) -> Vec<(u32, u64)> {
+        let mut v = vec![(config::PORT_FILTER, 1)];
+        match self {
+            Mode::Floor => v.clear(),
+            Mode::MetricsServer => {}
+            Mode::EventsBoth => {
+                v.push((config::EVENTS, 1));
+                v.push((config::ENDS, config::ENDS_BOTH));
+            }
+            Mode::MetricsBoth => v.push((config::ENDS, config::ENDS_BOTH)),
+        }
+        v
+    }
+
+    /// Exchanges reported per request.
+    fn ends(self) -> f64 {
+        if self == Mode::MetricsServer {
+            1.0
+        } else {
+            2.0
+        }
+    }
+}
+
 #[derive(Default)]
 struct Figures {
-    base_rps: Vec<f64>,
     traced_rps: Vec<f64>,
     ratio: Vec<f64>,
     ns_per_req: Vec<f64>,
-    ns_per_req_net: Vec<f64>,
     runs_per_req: Vec<f64>,
     wrk_lost: Vec<f64>,
+    cpu_ns_per_req: Vec<f64>,
+    agent_ns_per_req: Vec<f64>,
+    p50_ratio: Vec<f64>,
+    p99_ratio: Vec<f64>,
+    p50_us: Vec<f64>,
+    p99_us: Vec<f64>,
     rate_held: Vec<f64>,
-    rate_lost: Vec<f64>,
-    rate_rebuilt: Vec<f64>,
-    rate_late: Vec<f64>,
-    events_per_reader_core: Vec<f64>,
-    events_per_agent_core: Vec<f64>,
+    high_held: Vec<f64>,
+    high_lost: Vec<f64>,
+    high_reported: Vec<f64>,
     rss_mib: Vec<f64>,
+}
+
+/// One untraced round: saturation, and the fixed rate's CPU and latency.
+struct Untraced {
+    rps: f64,
+    cpu_per_req: f64,
+    p50_us: f64,
+    p99_us: f64,
 }
 
 fn main() {
     let rounds = env("BENCH_ROUNDS", 5).max(1);
     let secs = env("BENCH_SECONDS", 5);
     let conns = env("BENCH_CONNECTIONS", 32);
-    let rate = env("BENCH_RATE", 50_000);
+    let rate = env("BENCH_RATE", 20_000);
+    let high_rate = env("BENCH_HIGH_RATE", 50_000);
     let rate_secs = env("BENCH_RATE_SECONDS", 5);
     let rate_threads = env("BENCH_RATE_THREADS", 16);
+    let modes: Vec<Mode> = std::env::var("BENCH_MODES")
+        .unwrap_or_else(|_| "floor,metrics-server,events-both,metrics-both".into())
+        .split(',')
+        .map(Mode::parse)
+        .collect();
     let agent_bin = std::env::var_os("BENCH_AGENT")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bpfleet-agent")));
@@ -299,138 +390,175 @@ fn main() {
         .unwrap();
     let lost_pin = setup.pin_root.join(PROGRAM).join("_map_http_lost");
     let events_pin = setup.pin_root.join(PROGRAM).join("_map_http_events");
+    let agent_stat = PathBuf::from(format!("/proc/{agent_pid}/stat"));
 
     let load_before = loadavg();
     wrk(&ns, port, 1, conns); // warm-up
-    let mut fig = Figures::default();
+    let mut base_rps = Vec::new();
+    let mut base_p50 = Vec::new();
+    let mut base_p99 = Vec::new();
+    let mut figs: BTreeMap<&str, Figures> = BTreeMap::new();
     let mut all_ids = BTreeSet::new();
     for round in 0..rounds {
         // Without the tracer: nothing of it is loaded.
-        let (base_rps, _) = wrk(&ns, port, secs, conns);
-
-        let (ids, labels) = rt.block_on(load_tracer(
-            &mut client,
-            port,
-            &setup.pin_root.join(PROGRAM),
-        ));
-        all_ids.extend(ids.iter().copied());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while metric(mport, "bpfleet_tracer_reader_up") < 1.0 {
-            assert!(Instant::now() < deadline, "the agent started no reader");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let pinned = Pinned::open(&events_pin, &lost_pin).unwrap();
-        // Background: what the rest of the machine makes the programs run.
-        let (_, bg0) = run_stats(&ids);
-        let t = Instant::now();
-        std::thread::sleep(Duration::from_secs(1));
-        let (_, bg1) = run_stats(&ids);
-        let bg_ns_per_s = (bg1 - bg0) as f64 / t.elapsed().as_secs_f64();
-
-        let reader = reader_task(agent_pid);
-        let agent_stat = PathBuf::from(format!("/proc/{agent_pid}/stat"));
-        let ev0 = metric(mport, "bpfleet_tracer_events_total");
-        let (rcpu0, acpu0) = (cpu_seconds(&reader), cpu_seconds(&agent_stat));
-        let lost0 = pinned.lost().unwrap();
-        let per_prog0 = prog_stats(&ids);
-        let (c0, ns0) = run_stats(&ids);
-        let t = Instant::now();
-        let ((traced_rps, n), rss_wrk) = with_peak_rss(agent_pid, || wrk(&ns, port, secs, conns));
-        let wrk_secs = t.elapsed().as_secs_f64();
-        let (c1, ns1) = run_stats(&ids);
-        let per_prog1 = prog_stats(&ids);
-        let rss_parts = ["RssAnon:", "RssFile:", "RssShmem:"].map(|f| rss_kib(agent_pid, f));
-        std::thread::sleep(Duration::from_millis(1500)); // the reader drains
-        let ev1 = metric(mport, "bpfleet_tracer_events_total");
-        let (rcpu1, acpu1) = (cpu_seconds(&reader), cpu_seconds(&agent_stat));
-        let lost1 = pinned.lost().unwrap();
-
-        // Fixed rate.
-        let req0 = metric(mport, "bpfleet_http_requests_total");
-        let ((done, elapsed, late), rss_rate) = with_peak_rss(agent_pid, || {
-            paced(&ns, port, rate, rate_secs, rate_threads)
-        });
-        std::thread::sleep(Duration::from_millis(1500));
-        let lost2 = pinned.lost().unwrap();
-        let req1 = metric(mport, "bpfleet_http_requests_total");
-        let hwm = rss_kib(agent_pid, "VmHWM:");
-        drop(pinned);
-
-        let r = rt
-            .block_on(client.unload(pb::UnloadRequest {
-                program: PROGRAM.into(),
-                revision: String::new(),
-            }))
-            .unwrap();
-        assert!(
-            !r.into_inner().removed_pins.is_empty(),
-            "unload removed nothing"
-        );
-        for id in &ids {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while prog_exists(*id) {
-                assert!(
-                    Instant::now() < deadline,
-                    "program {id} still loaded after Unload"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-
-        let ns_req = (ns1 - ns0) as f64 / n as f64;
-        let ns_req_net = ((ns1 - ns0) as f64 - bg_ns_per_s * wrk_secs).max(0.0) / n as f64;
-        let rate_held = done as f64 / elapsed;
-        let rebuilt = (req1 - req0) / (2.0 * done as f64);
-        let ev_reader = (ev1 - ev0) / (rcpu1 - rcpu0).max(0.01);
-        let ev_agent = (ev1 - ev0) / (acpu1 - acpu0).max(0.01);
-        let rss = rss_wrk.max(rss_rate).max(hwm) as f64 / 1024.0;
+        let (rps, _) = wrk(&ns, port, secs, conns);
+        let m0 = machine_cpu_seconds();
+        let p = paced(&ns, port, rate, rate_secs, rate_threads);
+        let base = Untraced {
+            rps,
+            cpu_per_req: (machine_cpu_seconds() - m0) / p.done as f64,
+            p50_us: p.p50_us,
+            p99_us: p.p99_us,
+        };
         println!(
-            "round {round}: baseline {base_rps:.0} req/s, traced {traced_rps:.0} req/s (ratio {:.3}); \
-             BPF {ns_req:.0} ns/request ({ns_req_net:.0} without background {bg_ns_per_s:.0} ns/s), {:.1} runs/request; \
-             wrk lost {}; fixed rate {rate_held:.0} req/s held, {} lost, {:.4} of 2x{done} exchanges rebuilt, {late} answers >1 ms late; \
-             reader {ev_reader:.0} events/CPU-s, agent {ev_agent:.0} events/CPU-s; agent RSS peak {rss:.1} MiB",
-            traced_rps / base_rps,
-            (c1 - c0) as f64 / n as f64,
-            lost1 - lost0,
-            lost2 - lost1,
-            rebuilt,
+            "round {round}: untraced {:.0} req/s; at {rate} req/s: {:.0} ns CPU/request, p50 {:.0} us, p99 {:.0} us",
+            base.rps,
+            base.cpu_per_req * 1e9,
+            base.p50_us,
+            base.p99_us
         );
-        if round == 0 {
-            // Where the BPF time goes (programs that ran during wrk).
-            let mut parts: Vec<String> = per_prog1
-                .iter()
-                .zip(&per_prog0)
-                .filter(|((_, _, c1, _), (_, _, c0, _))| c1 > c0)
-                .map(|((id, name, c1, n1), (_, _, c0, n0))| {
-                    let name = labels.get(id).unwrap_or(name);
-                    format!(
-                        "{name} {:.1}/req {:.0} ns/run",
-                        (c1 - c0) as f64 / n as f64,
-                        (n1 - n0) as f64 / (c1 - c0) as f64
-                    )
-                })
-                .collect();
-            parts.sort();
-            println!("  BPF programs during wrk: {}", parts.join("; "));
-            println!(
-                "  agent RSS at the end of wrk: anon {} KiB, file {} KiB, shmem {} KiB (the ring buffer's pages count as shmem)",
-                rss_parts[0], rss_parts[1], rss_parts[2]
+        base_rps.push(base.rps);
+        base_p50.push(base.p50_us);
+        base_p99.push(base.p99_us);
+
+        for &mode in &modes {
+            let (ids, labels) = rt.block_on(load_tracer(
+                &mut client,
+                port,
+                &setup.pin_root.join(PROGRAM),
+                mode,
+            ));
+            all_ids.extend(ids.iter().copied());
+            let tracer = mode != Mode::Floor;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while tracer && metric(mport, "bpfleet_tracer_reader_up") < 1.0 {
+                assert!(Instant::now() < deadline, "the agent started no reader");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let pinned = tracer.then(|| Pinned::open(&events_pin, &lost_pin).unwrap());
+            let lost = || pinned.as_ref().map_or(0, |p| p.lost().unwrap());
+
+            // Saturation.
+            let lost0 = lost();
+            let per_prog0 = prog_stats(&ids);
+            let (c0, ns0) = run_stats(&ids);
+            let ((traced_rps, n), rss_wrk) =
+                with_peak_rss(agent_pid, || wrk(&ns, port, secs, conns));
+            let (c1, ns1) = run_stats(&ids);
+            let per_prog1 = prog_stats(&ids);
+            std::thread::sleep(Duration::from_millis(1500)); // the reader drains
+            let lost1 = lost();
+
+            // The fixed rate: the whole machine's CPU, the agent's, latency.
+            let reader = tracer.then(|| reader_task(agent_pid));
+            let reader_cpu = || reader.as_deref().map_or(0.0, cpu_seconds);
+            let (m0, a0, r0) = (
+                machine_cpu_seconds(),
+                cpu_seconds(&agent_stat),
+                reader_cpu(),
             );
+            let (p, rss_rate) = with_peak_rss(agent_pid, || {
+                paced(&ns, port, rate, rate_secs, rate_threads)
+            });
+            let (m1, a1, r1) = (
+                machine_cpu_seconds(),
+                cpu_seconds(&agent_stat),
+                reader_cpu(),
+            );
+            let cpu_ns = ((m1 - m0) / p.done as f64 - base.cpu_per_req) * 1e9;
+            let agent_ns = (a1 - a0) / p.done as f64 * 1e9;
+            let reader_ns = (r1 - r0) / p.done as f64 * 1e9;
+            std::thread::sleep(Duration::from_millis(1500));
+
+            // The high fixed rate: events lost, exchanges reported.
+            let req0 = metric(mport, "bpfleet_http_requests_total");
+            let lost2 = lost();
+            let (h, rss_high) = with_peak_rss(agent_pid, || {
+                paced(&ns, port, high_rate, rate_secs, rate_threads)
+            });
+            std::thread::sleep(Duration::from_millis(2500)); // counts are read every second
+            let lost3 = lost();
+            let req1 = metric(mport, "bpfleet_http_requests_total");
+            let hwm = rss_kib(agent_pid, "VmHWM:");
+            drop(lost);
+            drop(pinned);
+
+            let r = rt
+                .block_on(client.unload(pb::UnloadRequest {
+                    program: PROGRAM.into(),
+                    revision: String::new(),
+                }))
+                .unwrap();
+            assert!(
+                !r.into_inner().removed_pins.is_empty(),
+                "unload removed nothing"
+            );
+            for id in &ids {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while prog_exists(*id) {
+                    assert!(
+                        Instant::now() < deadline,
+                        "program {id} still loaded after Unload"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+
+            let ns_req = (ns1 - ns0) as f64 / n as f64;
+            let runs = (c1 - c0) as f64 / n as f64;
+            let reported = (req1 - req0) / (mode.ends() * h.done as f64);
+            let rss = rss_wrk.max(rss_rate).max(rss_high).max(hwm) as f64 / 1024.0;
+            println!(
+                "  {}: {traced_rps:.0} req/s (ratio {:.3}), BPF {ns_req:.0} ns/request over {runs:.1} runs, {} lost under wrk; \
+                 at {rate} req/s: +{cpu_ns:.0} ns CPU/request (agent {agent_ns:.0}, its reader {reader_ns:.0}), p50 {:.0} us, p99 {:.0} us, {} answers >1 ms late ({:.0} held); \
+                 at {high_rate} req/s: {:.0} held, {} lost, {:.4} of the exchanges reported; agent RSS peak {rss:.1} MiB",
+                mode.name(),
+                traced_rps / base.rps,
+                lost1 - lost0,
+                p.p50_us,
+                p.p99_us,
+                p.late,
+                p.done as f64 / p.elapsed,
+                h.done as f64 / h.elapsed,
+                lost3 - lost2,
+                reported,
+            );
+            if round == 0 {
+                // Where the BPF time goes (programs that ran during wrk).
+                let mut parts: Vec<String> = per_prog1
+                    .iter()
+                    .zip(&per_prog0)
+                    .filter(|((_, _, c1, _), (_, _, c0, _))| c1 > c0)
+                    .map(|((id, name, c1, n1), (_, _, c0, n0))| {
+                        let name = labels.get(id).unwrap_or(name);
+                        format!(
+                            "{name} {:.2}/req {:.0} ns/run",
+                            (c1 - c0) as f64 / n as f64,
+                            (n1 - n0) as f64 / (c1 - c0) as f64
+                        )
+                    })
+                    .collect();
+                parts.sort();
+                println!("    BPF programs during wrk: {}", parts.join("; "));
+            }
+            let f = figs.entry(mode.name()).or_default();
+            f.traced_rps.push(traced_rps);
+            f.ratio.push(traced_rps / base.rps);
+            f.ns_per_req.push(ns_req);
+            f.runs_per_req.push(runs);
+            f.wrk_lost.push((lost1 - lost0) as f64);
+            f.cpu_ns_per_req.push(cpu_ns);
+            f.agent_ns_per_req.push(agent_ns);
+            f.p50_us.push(p.p50_us);
+            f.p99_us.push(p.p99_us);
+            f.p50_ratio.push(p.p50_us / base.p50_us.max(1.0));
+            f.p99_ratio.push(p.p99_us / base.p99_us.max(1.0));
+            f.rate_held.push(p.done as f64 / p.elapsed);
+            f.high_held.push(h.done as f64 / h.elapsed);
+            f.high_lost.push((lost3 - lost2) as f64);
+            f.high_reported.push(reported);
+            f.rss_mib.push(rss);
         }
-        fig.base_rps.push(base_rps);
-        fig.traced_rps.push(traced_rps);
-        fig.ratio.push(traced_rps / base_rps);
-        fig.ns_per_req.push(ns_req);
-        fig.ns_per_req_net.push(ns_req_net);
-        fig.runs_per_req.push((c1 - c0) as f64 / n as f64);
-        fig.wrk_lost.push((lost1 - lost0) as f64);
-        fig.rate_held.push(rate_held);
-        fig.rate_lost.push((lost2 - lost1) as f64);
-        fig.rate_rebuilt.push(rebuilt);
-        fig.rate_late.push(late as f64);
-        fig.events_per_reader_core.push(ev_reader);
-        fig.events_per_agent_core.push(ev_agent);
-        fig.rss_mib.push(rss);
     }
     drop(client);
     drop(rt);
@@ -442,72 +570,41 @@ fn main() {
         loadavg()
     );
     println!(
-        "nginx (1 worker) in a namespace of its own; wrk -t1 -c{conns} -d{secs}s; fixed rate {rate} req/s for {rate_secs} s on {rate_threads} keep-alive connections; {rounds} rounds, each: baseline, load tracer in the agent, traced, fixed rate, unload"
+        "nginx (1 worker) in a namespace of its own; wrk -t1 -c{conns} -d{secs}s; fixed rates {rate} and {high_rate} req/s for {rate_secs} s on {rate_threads} keep-alive connections; {rounds} rounds"
     );
-    line("baseline requests/s", &fig.base_rps, "", 0);
-    line("traced requests/s", &fig.traced_rps, "", 0);
-    line(
-        "throughput ratio traced/baseline (goal >= 0.97)",
-        &fig.ratio,
-        "",
-        3,
-    );
-    line(
-        "BPF run time per request (goal <= 300)",
-        &fig.ns_per_req,
-        "ns",
-        0,
-    );
-    line(
-        "  same, background subtracted",
-        &fig.ns_per_req_net,
-        "ns",
-        0,
-    );
-    line("BPF program runs per request", &fig.runs_per_req, "", 1);
-    line(
-        "events lost under wrk (no rate limit)",
-        &fig.wrk_lost,
-        "",
-        0,
-    );
-    line("fixed-rate requests/s held", &fig.rate_held, "", 0);
-    line(
-        "events lost at the fixed rate (goal 0)",
-        &fig.rate_lost,
-        "",
-        0,
-    );
-    line(
-        "exchanges rebuilt / (2 x requests), fixed rate",
-        &fig.rate_rebuilt,
-        "",
-        4,
-    );
-    line(
-        "answers more than 1 ms late, fixed rate",
-        &fig.rate_late,
-        "",
-        0,
-    );
-    line(
-        "events per reader CPU-second (goal >= 150K)",
-        &fig.events_per_reader_core,
-        "",
-        0,
-    );
-    line(
-        "events per agent CPU-second",
-        &fig.events_per_agent_core,
-        "",
-        0,
-    );
-    line(
-        "agent peak RSS under load (goal <= 50)",
-        &fig.rss_mib,
-        "MiB",
-        1,
-    );
+    println!("untraced:");
+    line("requests/s", &base_rps, "", 0);
+    line(&format!("latency p50 at {rate} req/s"), &base_p50, "us", 0);
+    line(&format!("latency p99 at {rate} req/s"), &base_p99, "us", 0);
+    for mode in &modes {
+        let f = &figs[mode.name()];
+        println!("{}:", mode.name());
+        line("requests/s", &f.traced_rps, "", 0);
+        line("throughput ratio traced/untraced", &f.ratio, "", 3);
+        line("BPF run time per request", &f.ns_per_req, "ns", 0);
+        line("BPF program runs per request", &f.runs_per_req, "", 1);
+        line("events lost under wrk", &f.wrk_lost, "", 0);
+        line(
+            &format!("CPU added per request at {rate} req/s"),
+            &f.cpu_ns_per_req,
+            "ns",
+            0,
+        );
+        line("  of which the agent", &f.agent_ns_per_req, "ns", 0);
+        line("latency p50, traced/untraced", &f.p50_ratio, "", 2);
+        line("latency p99, traced/untraced", &f.p99_ratio, "", 2);
+        line("latency p99", &f.p99_us, "us", 0);
+        line(&format!("held at {rate} req/s"), &f.rate_held, "", 0);
+        line(&format!("held at {high_rate} req/s"), &f.high_held, "", 0);
+        line(
+            &format!("events lost at {high_rate} req/s"),
+            &f.high_lost,
+            "",
+            0,
+        );
+        line("exchanges reported / expected", &f.high_reported, "", 4);
+        line("agent peak RSS", &f.rss_mib, "MiB", 1);
+    }
 
     let left: Vec<u32> = all_ids.into_iter().filter(|id| prog_exists(*id)).collect();
     assert!(left.is_empty(), "tracer programs left loaded: {left:?}");
