@@ -480,7 +480,6 @@ fn main() {
             let lost3 = lost();
             let req1 = metric(mport, "bpfleet_http_requests_total");
             let hwm = rss_kib(agent_pid, "VmHWM:");
-            drop(lost);
             drop(pinned);
 
             let r = rt
