@@ -168,6 +168,47 @@ fn keep_alive_exchanges_are_counted_in_the_kernel() {
     assert_eq!(tracer.lost().unwrap(), 0);
 }
 
+/// Sampled connections (`samplingRate`, slot 8) come whole as events (for
+/// spans) and are not counted in the kernel as well: with half of 40
+/// connections sampled, events and counts together hold every exchange
+/// once, and both hold some.
+#[test]
+fn sampled_connections_come_as_events_and_are_counted_once() {
+    let server = TestServer::start();
+    let tracer = Standalone::load(
+        &[(config::PORT_FILTER, 1), (config::SAMPLE_PPM, 500_000)],
+        &[server.port],
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{}", server.port);
+    for _ in 0..40 {
+        // One curl, one connection, two exchanges.
+        let codes =
+            bpfleet_testsupport::http::curl(&[], &[format!("{base}/ok"), format!("{base}/boom")]);
+        assert_eq!(codes, vec![200, 500]);
+    }
+    let seen = observe(&tracer, 80);
+    assert_eq!(seen.total(), 80, "every exchange once");
+    let in_events = seen.events.len();
+    assert!(
+        in_events > 0 && in_events < 80,
+        "half the connections sampled: {in_events} of 80 in events"
+    );
+    assert_eq!(in_events % 2, 0, "a connection is sampled whole");
+    let five_hundreds = seen
+        .counts
+        .iter()
+        .filter(|((_, _, _, s), _)| *s == Some(500))
+        .map(|(_, n)| *n)
+        .sum::<u64>()
+        + seen
+            .events
+            .iter()
+            .filter(|t| t.exchange.status == Some(500))
+            .count() as u64;
+    assert_eq!(five_hundreds, 40);
+}
+
 /// Three requests in one write: the kernel sees the second one behind the
 /// first head, hands the connection to events, and each exchange is
 /// counted exactly once (by userspace), none by the kernel.
