@@ -376,6 +376,9 @@ static __always_inline void open_conn(__u32 fd, __u8 role)
 	socket_ports(fd, &c);
 	decide(&c);
 	bpf_map_update_elem(&http_conns, &k, &c, BPF_ANY);
+	/* A new socket may sit at the address of one closed unseen. */
+	if (c.sock_id)
+		bpf_map_delete_elem(&http_socks, &c.sock_id);
 }
 
 /* First bytes of an HTTP/1.x request or response. */
@@ -1038,22 +1041,25 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	c = bpf_map_lookup_elem(&http_conns, &k);
 	if (!c)
 		return 0;
-	if (!c->ignored && c->seen) {
+	if (!c->ignored) {
 		__u64 key = sock_key(&k, c);
 		struct xchg *x = bpf_map_lookup_elem(&http_socks, &key);
 
-		if (x && x->mode == CONN_METRICS) {
+		if (c->seen && x && x->mode == CONN_METRICS) {
 			/* A request that never got its answer. */
 			if (x->req_ts)
 				count_exchange(c, x, 0);
-			bpf_map_delete_elem(&http_socks, &key);
-		} else {
+		} else if (c->seen) {
 			e = scratch(0);
 			if (e) {
 				fill_hdr(e, &k, c, HTTP_EV_CLOSE);
 				submit(e, 0);
 			}
 		}
+		/* The socket's state goes with its first fd closed (a dup'ed
+		 * fd left open starts afresh in its fd's mode). */
+		if (x)
+			bpf_map_delete_elem(&http_socks, &key);
 	}
 	bpf_map_delete_elem(&http_conns, &k);
 	return 0;
