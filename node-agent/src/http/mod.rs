@@ -693,6 +693,48 @@ mod tests {
     }
 
     #[test]
+    fn counted_exchanges_feed_figures_and_metrics_under_the_filter() {
+        let hub = Arc::new(Hub::new(HttpConfig::default()).unwrap());
+        let mut v = view("t", "r1");
+        v.namespaces = vec!["shop".into()];
+        hub.set_programs(&[v]);
+        let counted = |ns: &str, token: u64, status: Option<u16>, ms: &[u64]| Counted {
+            record: Record {
+                namespace: ns.into(),
+                ..rec(token, status)
+            },
+            durations_ns: ms.iter().map(|m| m * 1_000_000).collect(),
+        };
+        hub.apply_counted(
+            "t",
+            &[
+                counted("shop", 1, Some(200), &[3, 3, 120]),
+                counted("shop", 2, Some(503), &[7]),
+                counted("other", 1, Some(200), &[1, 1]),
+            ],
+        );
+        let st = hub.lock();
+        let r1 = &st.figures[&("t".to_string(), 1)];
+        assert_eq!((r1.requests, r1.errors), (3, 0));
+        assert_eq!(r1.buckets[record::bucket_index(0.003)], 2);
+        assert_eq!(r1.buckets[record::bucket_index(0.12)], 1);
+        let r2 = &st.figures[&("t".to_string(), 2)];
+        assert_eq!((r2.requests, r2.errors), (1, 1));
+        let r = st.readers.get("t").expect("reader status");
+        assert_eq!((r.exchanges, r.counted, r.namespace_dropped), (4, 4, 2));
+        drop(st);
+        let mut text = String::new();
+        let mut reg = prometheus_client::registry::Registry::default();
+        hub.families().register(&mut reg, hub.clone());
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        assert!(
+            text.contains("http_server_request_duration_seconds_count{http_request_method=\"GET\",http_response_status_code=\"200\",http_route=\"/a\",k8s_namespace_name=\"shop\",k8s_pod_name=\"\",service_name=\"svc\",error_type=\"\"} 3"),
+            "{text}"
+        );
+        assert!(!text.contains("k8s_namespace_name=\"other\""), "{text}");
+    }
+
+    #[test]
     fn a_followed_channel_is_in_force_for_the_next_batch() {
         let hub = Hub::new(HttpConfig::default()).unwrap();
         let (tx, rx) = watch::channel(Arc::new(vec![view("t", "r1")]));
