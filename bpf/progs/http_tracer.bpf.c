@@ -2,9 +2,10 @@
 /*
  * bpfleet HTTP tracer, kernel side: syscall tracepoints only (no kprobes).
  *
- * Enter hooks remember the arguments of read/write-family syscalls keyed by
- * thread; exit hooks look at the bytes actually moved, for connections
- * learnt from accept/connect or recognised by an HTTP start line. close
+ * Exit hooks of the read/write-family syscalls read the syscall's arguments
+ * from the task's saved registers and look at the bytes actually moved, for
+ * connections learnt from accept/connect or recognised by an HTTP start
+ * line (one program run per syscall: there are no enter hooks). close
  * ends a connection. By default only the accepting (server) end is traced
  * (bpfleet_config[BPFLEET_CFG_ENDS] selects the ends).
  *
@@ -25,18 +26,17 @@
  *   An exchange is counted by one mode only.
  *
  * Revision switching: the agent's dispatcher runs exactly one revision per
- * event. Enter hooks stamp the stored arguments with their revision; an exit
- * hook takes whatever arguments the thread stored, also when the enter ran
- * under the previous revision. With http_args, http_conns, http_aggs,
- * http_paths, http_events and http_lost declared persistent (shared by all
- * revisions), every syscall is handled by exactly one revision across a
- * switch, and every exchange is counted once, under the revision whose
- * program saw its response.
+ * event, and each syscall is one event (its exit). With http_conns,
+ * http_socks, http_aggs, http_paths, http_events and http_lost declared
+ * persistent (shared by all revisions), every syscall is handled by exactly
+ * one revision across a switch, and every exchange is counted once, under
+ * the revision whose program saw its response.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
 #include "bpfleet_gate.h"
 #include "http_tracer.h"
 
@@ -47,11 +47,9 @@
 #define HEAD_SCAN 256
 
 enum arg_kind {
-	ARG_BUF = 0,    /* buf pointer */
-	ARG_IOV = 1,    /* struct iovec array */
-	ARG_MSG = 2,    /* struct user_msghdr */
-	ARG_ACCEPT = 3, /* accept/accept4 */
-	ARG_CONNECT = 4,
+	ARG_BUF = 0, /* buf pointer */
+	ARG_IOV = 1, /* struct iovec array */
+	ARG_MSG = 2, /* struct user_msghdr */
 };
 
 enum conn_mode {
@@ -59,15 +57,13 @@ enum conn_mode {
 	CONN_EVENTS = 1,
 };
 
+/* The arguments of the syscall an exit hook runs for. */
 struct args {
 	__u64 ptr;
-	__u64 rev;
 	__u32 fd;
 	__u8 kind;
 	__u8 dir;
-	/* 1 between an enter hook and its exit hook. */
-	__u8 set;
-	__u8 pad;
+	__u8 pad[2];
 };
 
 struct conn_key {
@@ -100,16 +96,6 @@ struct xchg {
 	__u8 mode;
 	__u8 pad[6];
 };
-
-/* Arguments of the syscall in progress, per thread: task-local storage is
- * a pointer away from the task, where a hash keyed by thread id cost an
- * update on every enter and a lookup and delete on every exit. */
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct args);
-} http_args SEC(".maps");
 
 /* LRU: a flood of connections (or of files the tracer learnt are not
  * HTTP) evicts the least recently used instead of failing. */
@@ -182,13 +168,6 @@ struct {
 	__type(value, struct http_agg_val);
 } http_agg_zero SEC(".maps");
 
-static __always_inline struct conn *lookup_conn(__u32 fd)
-{
-	struct conn_key k = { .tgid = bpf_get_current_pid_tgid() >> 32, .fd = fd };
-
-	return bpf_map_lookup_elem(&http_conns, &k);
-}
-
 static __always_inline int traced_process(__u32 tgid)
 {
 	__u64 ignore = bpfleet_config_get(CFG_IGNORE_TGID);
@@ -201,43 +180,16 @@ static __always_inline int traced_process(__u32 tgid)
 	return 1;
 }
 
-static __always_inline void store_args(__u32 fd, __u64 ptr, __u8 kind, __u8 dir)
+/* The syscall's fd and buffer, from the registers the task entered the
+ * kernel with (still saved at the syscall's exit). */
+static __always_inline void syscall_args(struct args *a, __u8 kind, __u8 dir)
 {
-	struct args *a;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 
-	if (!traced_process(bpf_get_current_pid_tgid() >> 32))
-		return;
-	if (kind <= ARG_MSG) {
-		/* The early exit: a connection known not to be traced (an
-		 * untraced end, a filtered port, not HTTP) costs one lookup. */
-		struct conn *c = lookup_conn(fd);
-
-		if (c && c->ignored)
-			return;
-	}
-	a = bpf_task_storage_get(&http_args, bpf_get_current_task_btf(), 0,
-				 BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!a)
-		return;
-	a->ptr = ptr;
-	a->rev = bpfleet_revision;
-	a->fd = fd;
+	a->fd = PT_REGS_PARM1_SYSCALL(regs);
+	a->ptr = PT_REGS_PARM2_SYSCALL(regs);
 	a->kind = kind;
 	a->dir = dir;
-	a->set = 1;
-}
-
-/* Takes this thread's stored arguments, whichever revision stored them
- * (the revisions share http_args and its layout). */
-static __always_inline int take_args(struct args *out)
-{
-	struct args *a = bpf_task_storage_get(&http_args, bpf_get_current_task_btf(), 0, 0);
-
-	if (!a || !a->set)
-		return 0;
-	*out = *a;
-	a->set = 0;
-	return 1;
 }
 
 static __always_inline void count_lost(void)
@@ -796,7 +748,7 @@ static __always_inline struct xchg *sock_state(struct conn_key *k, struct conn *
 	return bpf_map_lookup_elem(&http_socks, &key);
 }
 
-static __always_inline void data_exit(long ret)
+static __always_inline void data_exit(long ret, __u8 kind, __u8 dir)
 {
 	struct args a;
 	struct conn_key k;
@@ -805,7 +757,17 @@ static __always_inline void data_exit(long ret)
 	struct iovec iov;
 	__u64 src;
 
-	if (!take_args(&a) || ret <= 0)
+	if (ret <= 0)
+		return;
+	syscall_args(&a, kind, dir);
+	k.tgid = bpf_get_current_pid_tgid() >> 32;
+	k.fd = a.fd;
+	c = bpf_map_lookup_elem(&http_conns, &k);
+	/* The early exit: a connection known not to be traced (an untraced
+	 * end, a filtered port, not HTTP) costs this one lookup. */
+	if (c && c->ignored)
+		return;
+	if (!traced_process(k.tgid))
 		return;
 	src = a.ptr;
 	if (a.kind == ARG_MSG) {
@@ -820,12 +782,6 @@ static __always_inline void data_exit(long ret)
 			return;
 		src = (__u64)iov.iov_base;
 	}
-
-	k.tgid = bpf_get_current_pid_tgid() >> 32;
-	k.fd = a.fd;
-	c = bpf_map_lookup_elem(&http_conns, &k);
-	if (c && c->ignored)
-		return;
 	if (!c) {
 		/* A connection older than the tracer, or not a connection:
 		 * four bytes tell. What is not HTTP is remembered as ignored
@@ -862,140 +818,28 @@ static __always_inline void data_exit(long ret)
 }
 
 /* Data syscalls: fd, buffer (or iovec / msghdr). */
-SEC("tracepoint/syscalls/sys_enter_read")
-int enter_read(struct trace_event_raw_sys_enter *ctx)
-{
-	store_args(ctx->args[0], ctx->args[1], ARG_BUF, HTTP_DIR_READ);
-	return 0;
-}
+#define DATA_EXIT(name, tp, kind, dir)                                         \
+	SEC("tracepoint/syscalls/" tp)                                         \
+	int name(struct trace_event_raw_sys_exit *ctx)                         \
+	{                                                                      \
+		data_exit(ctx->ret, kind, dir);                                \
+		return 0;                                                      \
+	}
 
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
-{
-	store_args(ctx->args[0], ctx->args[1], ARG_BUF, HTTP_DIR_READ);
-	return 0;
-}
+DATA_EXIT(exit_read, "sys_exit_read", ARG_BUF, HTTP_DIR_READ)
+DATA_EXIT(exit_recvfrom, "sys_exit_recvfrom", ARG_BUF, HTTP_DIR_READ)
+DATA_EXIT(exit_readv, "sys_exit_readv", ARG_IOV, HTTP_DIR_READ)
+DATA_EXIT(exit_recvmsg, "sys_exit_recvmsg", ARG_MSG, HTTP_DIR_READ)
+DATA_EXIT(exit_write, "sys_exit_write", ARG_BUF, HTTP_DIR_WRITE)
+DATA_EXIT(exit_sendto, "sys_exit_sendto", ARG_BUF, HTTP_DIR_WRITE)
+DATA_EXIT(exit_writev, "sys_exit_writev", ARG_IOV, HTTP_DIR_WRITE)
+DATA_EXIT(exit_sendmsg, "sys_exit_sendmsg", ARG_MSG, HTTP_DIR_WRITE)
 
-SEC("tracepoint/syscalls/sys_enter_readv")
-int enter_readv(struct trace_event_raw_sys_enter *ctx)
-{
-	store_args(ctx->args[0], ctx->args[1], ARG_IOV, HTTP_DIR_READ);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
-{
-	store_args(ctx->args[0], ctx->args[1], ARG_MSG, HTTP_DIR_READ);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_write")
-int enter_write(struct trace_event_raw_sys_enter *ctx)
-{
-	store_args(ctx->args[0], ctx->args[1], ARG_BUF, HTTP_DIR_WRITE);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int enter_sendto(struct trace_event_raw_sys_enter *ctx)
-{
-	store_args(ctx->args[0], ctx->args[1], ARG_BUF, HTTP_DIR_WRITE);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_writev")
-int enter_writev(struct trace_event_raw_sys_enter *ctx)
-{
-	store_args(ctx->args[0], ctx->args[1], ARG_IOV, HTTP_DIR_WRITE);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
-{
-	store_args(ctx->args[0], ctx->args[1], ARG_MSG, HTTP_DIR_WRITE);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_read")
-int exit_read(struct trace_event_raw_sys_exit *ctx)
-{
-	data_exit(ctx->ret);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int exit_recvfrom(struct trace_event_raw_sys_exit *ctx)
-{
-	data_exit(ctx->ret);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_readv")
-int exit_readv(struct trace_event_raw_sys_exit *ctx)
-{
-	data_exit(ctx->ret);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int exit_recvmsg(struct trace_event_raw_sys_exit *ctx)
-{
-	data_exit(ctx->ret);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_write")
-int exit_write(struct trace_event_raw_sys_exit *ctx)
-{
-	data_exit(ctx->ret);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_sendto")
-int exit_sendto(struct trace_event_raw_sys_exit *ctx)
-{
-	data_exit(ctx->ret);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_writev")
-int exit_writev(struct trace_event_raw_sys_exit *ctx)
-{
-	data_exit(ctx->ret);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int exit_sendmsg(struct trace_event_raw_sys_exit *ctx)
-{
-	data_exit(ctx->ret);
-	return 0;
-}
-
-/* Connection lifecycle. */
-SEC("tracepoint/syscalls/sys_enter_accept4")
-int enter_accept4(struct trace_event_raw_sys_enter *ctx)
-{
-	store_args(ctx->args[0], 0, ARG_ACCEPT, 0);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_accept")
-int enter_accept(struct trace_event_raw_sys_enter *ctx)
-{
-	store_args(ctx->args[0], 0, ARG_ACCEPT, 0);
-	return 0;
-}
-
+/* Connection lifecycle. accept's return value is the new fd. */
 static __always_inline void accept_exit(long ret)
 {
-	struct args a;
-
-	if (!take_args(&a) || ret < 0)
-		return;
-	open_conn(ret, HTTP_ROLE_SERVER);
+	if (ret >= 0 && traced_process(bpf_get_current_pid_tgid() >> 32))
+		open_conn(ret, HTTP_ROLE_SERVER);
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept4")
@@ -1012,22 +856,17 @@ int exit_accept(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_connect")
-int enter_connect(struct trace_event_raw_sys_enter *ctx)
-{
-	store_args(ctx->args[0], 0, ARG_CONNECT, 0);
-	return 0;
-}
-
 SEC("tracepoint/syscalls/sys_exit_connect")
 int exit_connect(struct trace_event_raw_sys_exit *ctx)
 {
 	struct args a;
 
-	if (!take_args(&a))
+	if (ctx->ret != 0 && ctx->ret != -EINPROGRESS)
 		return 0;
-	if (ctx->ret == 0 || ctx->ret == -EINPROGRESS)
-		open_conn(a.fd, HTTP_ROLE_CLIENT);
+	if (!traced_process(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	syscall_args(&a, ARG_BUF, 0);
+	open_conn(a.fd, HTTP_ROLE_CLIENT);
 	return 0;
 }
 

@@ -11,28 +11,17 @@
 
 /// Every program of the tracer object with the tracepoint it attaches to,
 /// as a TracerProgram (or an agent Load request) lists them.
-pub const PROGRAMS: [(&str, &str); 23] = [
-    ("enter_read", "syscalls/sys_enter_read"),
+pub const PROGRAMS: [(&str, &str); 12] = [
     ("exit_read", "syscalls/sys_exit_read"),
-    ("enter_readv", "syscalls/sys_enter_readv"),
     ("exit_readv", "syscalls/sys_exit_readv"),
-    ("enter_recvfrom", "syscalls/sys_enter_recvfrom"),
     ("exit_recvfrom", "syscalls/sys_exit_recvfrom"),
-    ("enter_recvmsg", "syscalls/sys_enter_recvmsg"),
     ("exit_recvmsg", "syscalls/sys_exit_recvmsg"),
-    ("enter_write", "syscalls/sys_enter_write"),
     ("exit_write", "syscalls/sys_exit_write"),
-    ("enter_writev", "syscalls/sys_enter_writev"),
     ("exit_writev", "syscalls/sys_exit_writev"),
-    ("enter_sendto", "syscalls/sys_enter_sendto"),
     ("exit_sendto", "syscalls/sys_exit_sendto"),
-    ("enter_sendmsg", "syscalls/sys_enter_sendmsg"),
     ("exit_sendmsg", "syscalls/sys_exit_sendmsg"),
-    ("enter_accept", "syscalls/sys_enter_accept"),
     ("exit_accept", "syscalls/sys_exit_accept"),
-    ("enter_accept4", "syscalls/sys_enter_accept4"),
     ("exit_accept4", "syscalls/sys_exit_accept4"),
-    ("enter_connect", "syscalls/sys_enter_connect"),
     ("exit_connect", "syscalls/sys_exit_connect"),
     ("enter_close", "syscalls/sys_enter_close"),
 ];
@@ -41,9 +30,8 @@ pub const PROGRAMS: [(&str, &str); 23] = [
 /// doubles a syscall, and the reader keeps one ring buffer. (The policy's
 /// `bpfleet_config`, `bpfleet_pids` and `bpfleet_ports` are shared by the
 /// agent without being named.)
-pub const PERSISTENT_MAPS: [&str; 7] = [
+pub const PERSISTENT_MAPS: [&str; 6] = [
     "http_aggs",
-    "http_args",
     "http_conns",
     "http_events",
     "http_lost",
