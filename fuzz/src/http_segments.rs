@@ -17,9 +17,7 @@
 //! captured, at most what a syscall's `u32` return value can say beyond it.
 //! A last `cap` longer than the input takes what is left.
 
-use std::sync::Arc;
-
-use bpfleet_httptrace::redact::{DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, REDACTED, Redactor};
+use bpfleet_httptrace::redact::{DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, REDACTED};
 use bpfleet_httptrace::{Connection, Direction, Exchange, Outcome, Role, Segment};
 
 use crate::Reader;
@@ -40,7 +38,7 @@ pub fn run(data: &[u8]) {
         2 => Some(Role::Client),
         _ => None,
     };
-    let mut conn = Connection::new(role, Arc::new(Redactor::builtin()));
+    let mut conn = Connection::new(role, crate::builtin_redactor());
     let mut ledger = Ledger::default();
     let mut last_ts = 0;
     while let Some(tag) = r.u8() {
@@ -162,9 +160,6 @@ impl Ledger {
                 body <= e.response_bytes,
                 "response body past the response: {e:?}"
             );
-        }
-        if let Some(status) = e.status {
-            assert!((100..=999).contains(&status), "status {status}");
         }
         match e.outcome {
             Outcome::Complete => assert!(e.status.is_some(), "complete without a status: {e:?}"),

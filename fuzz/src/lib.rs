@@ -17,6 +17,17 @@ pub mod rules;
 pub mod seeds;
 pub mod tracer_events;
 
+use std::sync::{Arc, LazyLock};
+
+use bpfleet_httptrace::redact::Redactor;
+
+/// The default redactor, compiled once per process: its regexes cost far
+/// more than a run of `http_segments` or `tracer_events`.
+pub(crate) fn builtin_redactor() -> Arc<Redactor> {
+    static BUILTIN: LazyLock<Arc<Redactor>> = LazyLock::new(|| Arc::new(Redactor::builtin()));
+    BUILTIN.clone()
+}
+
 /// Reads little-endian integers and byte runs off the front of the input;
 /// every read fails (and the script ends) when the input runs out.
 pub(crate) struct Reader<'a> {

@@ -7,8 +7,10 @@
 //! `apply_policy`) lives in the agent crate, which is too heavy to build
 //! instrumented; this target reads the same documented fields with serde
 //! the way it does (serde_yaml, which reads JSON as well; serde_json too),
-//! and fuzzes everything downstream of the text: [`Rules::check`],
-//! [`Rules::redactor`], [`Rules::routes`] and their use.
+//! and fuzzes everything downstream of the text: [`Rules::redactor`] and
+//! [`Rules::routes`] (what [`Rules::check`] runs) and their use. With the
+//! default redaction on, the redactor is built as `fast_redactor` says, so
+//! that a run does not spend its time compiling the same two regexes.
 //!
 //! Input layout: the document as UTF-8 (the agent reads the file as a
 //! string: anything else is refused before parsing), then optionally a NUL
@@ -22,7 +24,7 @@
 
 use std::collections::HashSet;
 
-use bpfleet_httptrace::redact::{DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, REDACTED};
+use bpfleet_httptrace::redact::{DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, REDACTED, Redactor};
 use bpfleet_httptrace::route::Unmatched;
 use bpfleet_httptrace::rules::{BadRule, RedactionRules, RouteRules, Rules};
 use serde::Deserialize;
@@ -129,13 +131,10 @@ fn exercise(doc: Document, sample: &str) {
     let Some(rules) = rules(doc) else {
         return;
     };
-    let redactor = rules.redactor();
+    // `check()` is these two; calling it too would compile every regex
+    // twice per run.
+    let redactor = fast_redactor(&rules);
     let routes = rules.routes();
-    assert_eq!(
-        rules.check().is_ok(),
-        redactor.is_ok() && routes.is_ok(),
-        "check() disagrees with redactor() and routes()"
-    );
     // An error names its place in the policy, inside the list.
     match (&redactor, &routes) {
         (Err(BadRule::Redaction(e)), _) => {
@@ -185,6 +184,9 @@ fn exercise(doc: Document, sample: &str) {
         "redaction changed the path"
     );
     let _ = redactor.cmdline(sample);
+    if !r.disable_defaults {
+        let _ = crate::builtin_redactor().cmdline(sample);
+    }
 
     // Routes: always a path, and bounded in number whatever the paths.
     let mut seen = HashSet::new();
@@ -199,6 +201,23 @@ fn exercise(doc: Document, sample: &str) {
         "{} routes, at most {bound}",
         seen.len()
     );
+}
+
+/// `rules.redactor()`, without compiling the built-in command-line
+/// regexes on every run (1.5 ms, 97 % of a run): with the defaults on, the
+/// same redactor with the default header and parameter names listed and
+/// the defaults off; the built-in regexes are applied from a redactor
+/// compiled once. With the defaults off it is `rules.redactor()` itself.
+fn fast_redactor(rules: &Rules) -> Result<Redactor, BadRule> {
+    let r = &rules.redaction;
+    if r.disable_defaults {
+        return rules.redactor();
+    }
+    let mut headers: Vec<String> = DEFAULT_HEADERS.iter().map(|h| h.to_string()).collect();
+    headers.extend(r.headers.iter().cloned());
+    let mut params: Vec<String> = DEFAULT_QUERY_PARAMS.iter().map(|p| p.to_string()).collect();
+    params.extend(r.query_params.iter().cloned());
+    Redactor::new(&headers, &params, &r.command_line_patterns, true).map_err(BadRule::Redaction)
 }
 
 /// An input of this target: a document and a sample request.

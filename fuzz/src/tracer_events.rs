@@ -17,9 +17,7 @@
 //! few connection ids so that records of one connection meet.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use bpfleet_httptrace::redact::Redactor;
 use bpfleet_httptrace::{Direction, Role};
 use bpfleet_tracer::event::{ConnId, Event, HEADER_LEN};
 use bpfleet_tracer::pipeline::{Pipeline, Traced};
@@ -82,7 +80,7 @@ pub fn run(data: &[u8]) {
         return;
     };
     let max_conns = usize::from(max_conns % 8) + 1;
-    let mut pipeline = Pipeline::new(Arc::new(Redactor::builtin()), max_conns);
+    let mut pipeline = Pipeline::new(crate::builtin_redactor(), max_conns);
     pipeline.request_timeout_ns = 1 << (timeout_shift % 40);
     pipeline.idle_ns = 1 << (idle_shift % 40);
     let mut ledgers: HashMap<ConnId, Ledger> = HashMap::new();

@@ -19,14 +19,16 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The files in `dir`, sorted; none when it does not exist.
 fn files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut v: Vec<PathBuf> = entries
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.is_file())
-        .collect();
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    v.retain(|p| p.is_file());
     v.sort();
     v
 }
