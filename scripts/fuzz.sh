@@ -31,6 +31,9 @@ export PATH="$root/bin:$PATH"
 export RUSTC_BOOTSTRAP=1
 flags=(--sanitizer none --debug-assertions)
 
+# cargo-fuzz has no --locked: fail here rather than build with a lock file
+# it rewrote.
+cargo metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null
 cargo fuzz build "${flags[@]}"
 for t in $targets; do
   echo "== $t: ${seconds}s"

@@ -9,7 +9,7 @@
 //! | tag | step | fields |
 //! | --- | --- | --- |
 //! | 0 | raw record | `n: u16`, `n` bytes, given to `handle_raw` as they are |
-//! | 1 | laid-out record | a [`Header`] in compact form (see [`Script::record`]), `cap` payload bytes |
+//! | 1 | laid-out record | a [`Header`] in compact form (see `laid_out`), then its payload |
 //! | 2 | `tick` | `now: u64` |
 //!
 //! Raw records reach every branch of `Event::decode`, kinds it does not know
@@ -159,10 +159,11 @@ fn check(ledgers: &mut HashMap<ConnId, Ledger>, t: &Traced) {
     ledger.check(&t.exchange);
 }
 
-/// A laid-out record: `kind: u8` (`% 4`: 0 data, 1 close, 2 and 3 as read),
-/// `dir: u8`, `role: u8`, `conn: u8` (socket `conn % 4`, tgid `conn / 4 %
-/// 4`, fd `conn / 16`), `ts: u64`, `len: u32`, `rev: u8`, `cap: u16`, then
-/// up to `cap` payload bytes; `cap` in the header is the payload's length.
+/// A laid-out record: `kind: u8` (`% 4`: 0 data, 1 close, 2 and 3: the
+/// next byte is the kind, as it is), `dir: u8`, `role: u8`, `conn: u8`
+/// (socket `conn % 4`, tgid `conn / 4 % 4`, fd `conn / 16`), `ts: u64`,
+/// `len: u32`, `rev: u8`, `cap: u16`, then up to `cap` payload bytes; `cap`
+/// in the header is the payload's length.
 fn laid_out<'a>(r: &mut Reader<'a>) -> Option<(Header, &'a [u8])> {
     let kind = match r.u8()? % 4 {
         0 => KIND_DATA,
