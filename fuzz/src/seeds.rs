@@ -1,0 +1,239 @@
+//! The seed corpus, written as code so that every seed says what it is:
+//! real HTTP/1.1 exchanges (pipelined, chunked, split, cut short by the
+//! capture, interim responses, reads until close), ring-buffer records laid
+//! out as `struct http_event_hdr`, and TracerPolicy rule documents.
+//! `tests/corpus.rs` checks that `corpus/` holds every one of them
+//! (`BPFLEET_WRITE_SEEDS=1 cargo test` writes them).
+
+use bpfleet_httptrace::{Direction, Role};
+
+use crate::http_segments::Script as Segments;
+use crate::rules::input;
+use crate::tracer_events::{Header, KIND_DATA, Script as Events};
+
+const R: Direction = Direction::Read;
+const W: Direction = Direction::Write;
+
+/// One seed: its target, a file name, and the bytes.
+pub struct Seed {
+    pub target: &'static str,
+    pub name: &'static str,
+    pub data: Vec<u8>,
+}
+
+fn seed(target: &'static str, name: &'static str, data: Vec<u8>) -> Seed {
+    Seed { target, name, data }
+}
+
+const GET: &[u8] = b"GET /api/users/42?token=s3cr3t&page=2 HTTP/1.1\r\nHost: shop.local\r\nAuthorization: Bearer abc\r\nAccept: */*\r\n\r\n";
+const OK_LEN: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello";
+const POST: &[u8] = b"POST /orders HTTP/1.1\r\nHost: shop.local\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"item\":1234}";
+const CHUNKED: &[u8] = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-Trailer: t\r\n\r\n";
+
+pub fn all() -> Vec<Seed> {
+    let mut v = http_segments();
+    v.extend(tracer_events());
+    v.extend(rules());
+    v
+}
+
+fn http_segments() -> Vec<Seed> {
+    let t = "http_segments";
+    let pipelined_requests = [GET, b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n"].concat();
+    let pipelined_responses = [OK_LEN, b"HTTP/1.1 204 No Content\r\n\r\n"].concat();
+    vec![
+        seed(
+            t,
+            "server-get-200",
+            Segments::new(Some(Role::Server))
+                .full(1_000, R, GET)
+                .full(2_000, W, OK_LEN)
+                .build(),
+        ),
+        seed(
+            t,
+            "client-post-chunked",
+            Segments::new(Some(Role::Client))
+                .full(1_000, W, POST)
+                .full(5_000, R, CHUNKED)
+                .close(9_000)
+                .build(),
+        ),
+        seed(
+            t,
+            "inferred-pipelined",
+            Segments::new(None)
+                .full(1_000, R, &pipelined_requests)
+                .full(3_000, W, &pipelined_responses)
+                .build(),
+        ),
+        seed(
+            t,
+            "split-head-and-cut-capture",
+            Segments::new(Some(Role::Server))
+                .full(1_000, R, &POST[..30])
+                .full(1_500, R, &POST[30..])
+                .segment(
+                    2_000,
+                    W,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n<html>",
+                    4_096,
+                )
+                .segment(2_500, W, b"more", 95_950)
+                .build(),
+        ),
+        seed(
+            t,
+            "head-and-continue",
+            Segments::new(Some(Role::Server))
+                .full(1_000, R, b"HEAD /big HTTP/1.1\r\nHost: a\r\n\r\n")
+                .full(1_100, W, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+                .full(
+                    2_000,
+                    R,
+                    b"PUT /blob HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+                )
+                .full(2_100, W, b"HTTP/1.1 100 Continue\r\n\r\n")
+                .full(2_200, R, b"abc")
+                .full(2_300, W, b"HTTP/1.0 200 OK\r\n\r\nuntil close")
+                .close(3_000)
+                .build(),
+        ),
+        seed(
+            t,
+            "timeout-then-late-answer",
+            Segments::new(Some(Role::Client))
+                .full(1_000, W, b"GET /slow HTTP/1.1\r\n\r\n")
+                .expire(40_000_000_000, 30_000_000_000)
+                .full(
+                    50_000_000_000,
+                    R,
+                    b"HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 0\r\n\r\n",
+                )
+                .build(),
+        ),
+        seed(
+            t,
+            "garbage-then-resync",
+            Segments::new(Some(Role::Server))
+                .full(1_000, R, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+                .segment(
+                    2_000,
+                    R,
+                    b"GET /x?password=p HTTP/1.1\r\nCookie: a=b",
+                    8_000,
+                )
+                .full(3_000, R, b"GET /y HTTP/1.1\r\n\r\n")
+                .full(
+                    4_000,
+                    W,
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found",
+                )
+                .build(),
+        ),
+    ]
+}
+
+fn tracer_events() -> Vec<Seed> {
+    let t = "tracer_events";
+    let header = Header {
+        ts_ns: 1_000,
+        sock_id: 0xffff_8880_1234_5678,
+        cgroup_id: 4242,
+        tgid: 300,
+        pid: 301,
+        fd: 5,
+        len: GET.len() as u32,
+        cap: GET.len() as u32,
+        local_port: 8080,
+        remote_port: 51000,
+        kind: KIND_DATA,
+        dir: 0,
+        role: 1,
+        rev: 1,
+    };
+    let response = Header {
+        ts_ns: 2_000,
+        len: OK_LEN.len() as u32,
+        cap: OK_LEN.len() as u32,
+        dir: 1,
+        ..header
+    };
+    vec![
+        seed(
+            t,
+            "raw-records",
+            Events::new(8, 35, 38)
+                .raw(&header.record(GET))
+                .raw(&response.record(OK_LEN))
+                .raw(&header.record(&GET[..10]))
+                .raw(&[0u8; 20])
+                .raw(&Header { kind: 9, ..header }.record(b""))
+                .build(),
+        ),
+        seed(
+            t,
+            "server-and-client",
+            Events::new(8, 35, 38)
+                .data(1, 1_000, R, Some(Role::Server), GET, 0)
+                .data(2, 1_100, W, Some(Role::Client), POST, 0)
+                .data(2, 1_900, R, None, CHUNKED, 0)
+                .data(1, 2_000, W, Some(Role::Server), OK_LEN, 0)
+                .close(1, 3_000)
+                .close(2, 3_000)
+                .build(),
+        ),
+        seed(
+            t,
+            "eviction-and-ticks",
+            Events::new(1, 10, 12)
+                .data(1, 1_000, R, None, GET, 0)
+                .data(6, 2_000, W, None, POST, 0)
+                .tick(3_000)
+                .data(1, 4_000, R, None, GET, 4_000)
+                .tick(1 << 20)
+                .tick(u64::MAX)
+                .build(),
+        ),
+    ]
+}
+
+fn rules() -> Vec<Seed> {
+    let t = "rules";
+    let sample = "/carts/77/items?sid=abc&token=t&x=1\nAuthorization: Bearer b\nX-Session: s\nHost: shop\nserver --password hunter2 https://u:p@db/x /a/b/c/d/e";
+    vec![
+        seed(
+            t,
+            "config-yaml",
+            input(
+                "redaction:\n  headers: [X-Session]\n  queryParams: [sid]\n  commandLinePatterns: ['--pin=\\S+']\nroutes:\n  patterns: ['/carts/{id}', '/assets/*']\n  unmatched: Wildcard\n  maxRoutes: 50\n",
+                sample,
+            ),
+        ),
+        seed(
+            t,
+            "config-json",
+            input(
+                r#"{"redaction":{"headers":["X-Session"],"disableDefaults":true},"routes":{"patterns":["/carts/{id}/items"],"unmatched":"heuristic","maxRoutes":2}}"#,
+                sample,
+            ),
+        ),
+        seed(
+            t,
+            "manifest-yaml",
+            input(
+                "apiVersion: bpfleet.dev/v1alpha1\nkind: TracerPolicy\nmetadata:\n  name: shop\nspec:\n  targets:\n    programNames: [http-tracer]\n  config:\n    samplingRate: 0.5\n    redaction:\n      commandLinePatterns: ['(?i)secret=\\w+', '[a-z]{2,8}\\d*']\n    routes:\n      patterns: ['/static/*']\n",
+                sample,
+            ),
+        ),
+        seed(
+            t,
+            "bad-rules",
+            input(
+                "redaction: {commandLinePatterns: ['(']}\nroutes: {patterns: ['/ok', 'nope', '/a/*/b'], maxRoutes: -1}\n",
+                sample,
+            ),
+        ),
+    ]
+}

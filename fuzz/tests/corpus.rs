@@ -1,0 +1,156 @@
+//! Replays every committed input through its target's body: the seed and
+//! minimised corpus (`corpus/<target>/`) and the inputs of crashes found
+//! and fixed (`regressions/<target>/`). Runs on stable with a plain
+//! `cargo test`; no cargo-fuzz, no libFuzzer run.
+
+use std::path::{Path, PathBuf};
+
+use bpfleet_httptrace::rules::{RedactionRules, Rules};
+
+type Body = fn(&[u8]);
+
+const TARGETS: [(&str, Body); 3] = [
+    ("http_segments", bpfleet_fuzz::http_segments::run),
+    ("tracer_events", bpfleet_fuzz::tracer_events::run),
+    ("rules", bpfleet_fuzz::rules::run),
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The files in `dir`, sorted; none when it does not exist.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = entries
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    v.retain(|p| p.is_file());
+    v.sort();
+    v
+}
+
+#[test]
+fn every_committed_input_replays_cleanly() {
+    let mut replayed = 0;
+    for (target, body) in TARGETS {
+        for kind in ["corpus", "regressions"] {
+            for file in files(&root().join(kind).join(target)) {
+                let data = std::fs::read(&file).expect("readable input");
+                let outcome = std::panic::catch_unwind(|| body(&data));
+                assert!(outcome.is_ok(), "{target}: {} fails", file.display());
+                replayed += 1;
+            }
+        }
+        assert!(
+            !files(&root().join("corpus").join(target)).is_empty(),
+            "{target} has no corpus"
+        );
+    }
+    println!("replayed {replayed} inputs");
+}
+
+/// Every seed in `src/seeds.rs` is in `corpus/` as written
+/// (`BPFLEET_WRITE_SEEDS=1` writes them instead of checking).
+#[test]
+fn the_seeds_are_committed() {
+    let write = std::env::var_os("BPFLEET_WRITE_SEEDS").is_some();
+    for s in bpfleet_fuzz::seeds::all() {
+        let path = root()
+            .join("corpus")
+            .join(s.target)
+            .join(format!("seed-{}", s.name));
+        if write {
+            std::fs::create_dir_all(path.parent().expect("a parent")).expect("corpus dir");
+            std::fs::write(&path, &s.data).expect("seed written");
+        } else {
+            let committed = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                committed == s.data,
+                "{} differs from src/seeds.rs (BPFLEET_WRITE_SEEDS=1 cargo test rewrites it)",
+                path.display()
+            );
+        }
+    }
+}
+
+/// The header `Header::record` lays out is the one `Event::decode` reads.
+#[test]
+fn the_seed_record_layout_is_the_decoders() {
+    use bpfleet_fuzz::tracer_events::{Header, KIND_DATA};
+    use bpfleet_tracer::event::{ConnId, Event, HEADER_LEN, Kind};
+    let h = Header {
+        ts_ns: 11,
+        sock_id: 12,
+        cgroup_id: 13,
+        tgid: 14,
+        pid: 15,
+        fd: 16,
+        len: 17,
+        cap: 3,
+        local_port: 18,
+        remote_port: 19,
+        kind: KIND_DATA,
+        dir: 1,
+        role: 2,
+        rev: 20,
+    };
+    let b = h.record(b"GET");
+    assert_eq!(b.len(), HEADER_LEN + 3);
+    let e = Event::decode(&b).expect("decodes");
+    assert_eq!(e.kind, Kind::Data);
+    assert_eq!(
+        (e.ts_ns, e.cgroup_id, e.pid, e.fd, e.len),
+        (11, 13, 15, 16, 17)
+    );
+    assert_eq!(
+        e.conn,
+        ConnId {
+            tgid: 14,
+            sock: 12,
+            fd: 0
+        }
+    );
+    assert_eq!((e.local_port, e.remote_port, e.revision), (18, 19, 20));
+    assert_eq!(e.direction, bpfleet_httptrace::Direction::Write);
+    assert_eq!(e.role, Some(bpfleet_httptrace::Role::Client));
+    assert_eq!(e.data, b"GET");
+}
+
+fn with_pattern(p: &str) -> Rules {
+    Rules {
+        redaction: RedactionRules {
+            command_line_patterns: vec![p.to_string()],
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Command-line patterns compile under the `regex` crate's default size
+/// limit (bpfleet sets none of its own): a pattern whose program would
+/// pass it is refused, quickly, rather than compiled.
+#[test]
+fn a_regex_past_the_compile_size_limit_is_refused() {
+    for p in [
+        r"\w{10000}",
+        r"((a{100}){100}){100}",
+        r"[\p{L}\p{N}]{2000}{10}",
+    ] {
+        let started = std::time::Instant::now();
+        let err = with_pattern(p).check().expect_err("refused").to_string();
+        assert!(
+            err.starts_with("redaction.commandLinePatterns[0]:") && err.contains("size limit"),
+            "{p}: {err}"
+        );
+        assert!(
+            started.elapsed().as_secs() < 5,
+            "{p} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(with_pattern(r"--pin=\S+").check().is_ok());
+}
