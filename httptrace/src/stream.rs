@@ -458,7 +458,13 @@ fn parse_start_line(kind: Kind, buf: &[u8]) -> Option<Start> {
         }
         Kind::Responses => {
             parts.next()?;
-            let status = parts.next()?.parse().ok()?;
+            // Exactly three digits: a head cut by the capture inside its
+            // status code ("HTTP/1.1 20") has no status, not status 20.
+            let code = parts.next()?;
+            if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let status = code.parse().ok()?;
             Some(Start::Response { status })
         }
     }

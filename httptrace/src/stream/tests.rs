@@ -158,3 +158,20 @@ fn interim_100_continue_is_not_the_answer() {
     assert_eq!(asked, 1, "only the final response consumes a request");
     assert_eq!(ended(&out).len(), 2);
 }
+
+#[test]
+fn a_status_code_cut_by_the_capture_is_no_status() {
+    // Found by fuzzing: "HTTP/1.1 20" (a capture ending inside the code)
+    // was read as status 20.
+    for cut in ["HTTP/1.1 2", "HTTP/1.1 20", "HTTP/1.1 2000", "HTTP/1.1 2x0"] {
+        assert_eq!(
+            parse_start_line(Kind::Responses, cut.as_bytes()),
+            None,
+            "{cut:?}"
+        );
+    }
+    assert!(matches!(
+        parse_start_line(Kind::Responses, b"HTTP/1.1 200"),
+        Some(Start::Response { status: 200 })
+    ));
+}
