@@ -25,6 +25,9 @@ start=$(date +%s)
 cargo test --locked --workspace
 echo "tests took $(( $(date +%s) - start ))s"
 
+step "fuzz corpus replayed (fuzz/, its own workspace; stable, no cargo-fuzz)"
+cargo test --locked --manifest-path fuzz/Cargo.toml
+
 after=$(progs)
 if [ "$after" -gt "$before" ]; then
   echo "BPF programs left loaded by the tests: $before before, $after after" >&2
