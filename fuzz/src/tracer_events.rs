@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 
 use bpfleet_httptrace::{Direction, Role};
-use bpfleet_tracer::event::{ConnId, Event, HEADER_LEN};
+use bpfleet_tracer::event::{ConnId, Event, HEADER_LEN, Kind};
 use bpfleet_tracer::pipeline::{Pipeline, Traced};
 
 use crate::Reader;
@@ -144,10 +144,16 @@ fn feed(
 ) {
     if let Ok(e) = Event::decode(raw) {
         assert!(e.data.len() <= raw.len() - HEADER_LEN);
-        ledgers
-            .entry(e.conn)
-            .or_default()
-            .fed(e.direction, e.len.max(e.data.len() as u64));
+        // A handover becomes the request head the kernel had read:
+        // "METHOD path HTTP/1.1\r\n\r\n", the path as announced (or "/").
+        let fed = if e.kind == Kind::Handover {
+            let path = e.path_key().and_then(|k| pipeline.path(k)).unwrap_or("/");
+            let method = e.method().map_or("", |m| m.as_str());
+            (method.len() + 1 + path.len() + " HTTP/1.1\r\n\r\n".len()) as u64
+        } else {
+            e.len.max(e.data.len() as u64)
+        };
+        ledgers.entry(e.conn).or_default().fed(e.direction, fed);
     }
     pipeline.handle_raw(raw, out);
 }
