@@ -80,17 +80,16 @@ fn client(port: u16, stop: &AtomicBool, sent: &AtomicU64) {
     }
 }
 
-#[test]
-fn switching_revisions_loses_and_doubles_nothing() {
-    let pins = PinRoot::new("tracer");
+/// An in-process agent in a pin root of its own with the tracer loaded as
+/// r1 and r2, the server's port marked, `slots` written and r1 active.
+fn start(tag: &str, server: &TestServer, slots: &[(u32, u64)]) -> (Root, std::path::PathBuf) {
+    let pins = PinRoot::new(tag);
     let path = pins.path.clone();
     let mut cfg = Config::new(&path, pins.state_file());
     cfg.allow_unsigned = true;
     let mut root = Root { pins, agent: None };
     root.agent = Some(Agent::new(cfg).expect("agent starts (run as root)"));
     let agent = root.agent.as_mut().unwrap();
-
-    let server = TestServer::start();
     agent.load(tracer_req("r1"), "test").expect("r1 loads");
     agent.load(tracer_req("r2"), "test").expect("r2 loads");
     write_map(
@@ -99,12 +98,7 @@ fn switching_revisions_loses_and_doubles_nothing() {
         server.port.to_ne_bytes().to_vec(),
         vec![1],
     );
-    // Events mode, both ends: every syscall is an event here.
-    for (slot, value) in [
-        (config::PORT_FILTER, 1),
-        (config::EVENTS, 1),
-        (config::ENDS, config::ENDS_BOTH),
-    ] {
+    for (slot, value) in slots {
         write_map(
             agent,
             "",
@@ -113,6 +107,23 @@ fn switching_revisions_loses_and_doubles_nothing() {
         );
     }
     agent.activate(PROGRAM, "r1", "test").expect("r1 active");
+    (root, path)
+}
+
+#[test]
+fn switching_revisions_loses_and_doubles_nothing() {
+    let server = TestServer::start();
+    // Events mode, both ends: every syscall is an event here.
+    let (mut root, path) = start(
+        "tracer",
+        &server,
+        &[
+            (config::PORT_FILTER, 1),
+            (config::EVENTS, 1),
+            (config::ENDS, config::ENDS_BOTH),
+        ],
+    );
+    let agent = root.agent.as_mut().unwrap();
 
     let events = MapHandle::from_pinned_path(path.join(PROGRAM).join("_map_http_events"))
         .expect("shared ring buffer pinned");
@@ -203,30 +214,9 @@ fn switching_revisions_loses_and_doubles_nothing() {
 /// but the path's announcement reached the ring buffer.
 #[test]
 fn metrics_mode_counts_every_exchange_once_across_switches() {
-    let pins = PinRoot::new("tracer-metrics");
-    let path = pins.path.clone();
-    let mut cfg = Config::new(&path, pins.state_file());
-    cfg.allow_unsigned = true;
-    let mut root = Root { pins, agent: None };
-    root.agent = Some(Agent::new(cfg).expect("agent starts (run as root)"));
-    let agent = root.agent.as_mut().unwrap();
-
     let server = TestServer::start();
-    agent.load(tracer_req("r1"), "test").expect("r1 loads");
-    agent.load(tracer_req("r2"), "test").expect("r2 loads");
-    write_map(
-        agent,
-        "bpfleet_ports",
-        server.port.to_ne_bytes().to_vec(),
-        vec![1],
-    );
-    write_map(
-        agent,
-        "",
-        config::PORT_FILTER.to_ne_bytes().to_vec(),
-        1u64.to_ne_bytes().to_vec(),
-    );
-    agent.activate(PROGRAM, "r1", "test").expect("r1 active");
+    let (mut root, path) = start("tracer-metrics", &server, &[(config::PORT_FILTER, 1)]);
+    let agent = root.agent.as_mut().unwrap();
     let aggs =
         Aggregates::open(&path.join(PROGRAM).join("_map_http_aggs")).expect("shared counts pinned");
 
