@@ -92,9 +92,14 @@ struct xchg {
 	/* When the pending request was read (0: none pending). */
 	__u64 req_ts;
 	__u64 path_key;
+	/* The last path key this socket saw announced (or already known),
+	 * in paths epoch named_epoch: a keep-alive connection repeating its
+	 * path skips http_paths. */
+	__u64 named;
+	__u32 named_epoch;
 	__u8 method;
 	__u8 mode;
-	__u8 pad[6];
+	__u8 pad[2];
 };
 
 /* LRU: a flood of connections (or of files the tracer learnt are not
@@ -403,10 +408,11 @@ static __always_inline __u32 bucket_of(__u64 ns)
 }
 
 /* Counts the pending exchange of `x` with `status` (0: no response). */
-static __always_inline void count_exchange(struct conn *c, struct xchg *x, __u16 status)
+static __always_inline void count_exchange(struct conn_key *k, struct conn *c, struct xchg *x,
+					  __u16 status)
 {
 	struct http_agg_key key = {
-		.tgid = bpf_get_current_pid_tgid() >> 32,
+		.tgid = k->tgid,
 		.rev = (__u32)bpfleet_revision,
 		.path_key = x->path_key,
 		.status = status,
@@ -450,34 +456,60 @@ struct req_line {
 	__u8 pad[6];
 };
 
+/* A byte of `w` that is `c`: its top bit set in the result, exactly (no
+ * borrow from a neighbour, unlike the shorter zero-byte test). */
+static __always_inline __u64 bytes_equal(__u64 w, __u64 c)
+{
+	const __u64 lo7 = 0x7f7f7f7f7f7f7f7fULL;
+	__u64 t = w ^ (c * 0x0101010101010101ULL);
+
+	return ~(((t & lo7) + lo7) | t | lo7);
+}
+
 /* 1 when a second request starts right after the head that starts before
- * `from` (its blank line, then a method), within e->data[0..n). Global,
- * so the verifier checks it once for any `from` (inlined, it walked the
- * scan once per path length). */
+ * `from` (its blank line, then a method), within e->data[0..n). The blank
+ * line is found eight bytes at a time: "\n\r" appears in a head only
+ * inside "\r\n\r\n", so a window of 8 bytes is tested for a '\n' followed
+ * by '\r' at once, and only a hit is looked at byte by byte (windows step
+ * by 7: a pair across two windows is whole in the second). Global, so the
+ * verifier checks it once for any `from`. */
 __noinline int head_pipelined(struct http_event *e, __u32 from, __u32 n)
 {
-	__u32 i, pos;
+	__u32 i, j, at, pos;
+	__u64 w, pairs, bit;
 	__u8 next[4];
 
-	if (!e)
+	if (!e || from > HTTP_MAX_CAPTURE / 4)
 		return 0;
-	for (i = 0; i < HEAD_SCAN; i++) {
-		pos = from + i;
-		if (pos + 3 >= n || pos > HTTP_MAX_CAPTURE)
+	for (i = 0; i < HEAD_SCAN / 7 + 1; i++) {
+		at = from + i * 7;
+		if (at + 3 >= n)
 			return 0;
-		if (e->data[pos & (HTTP_MAX_CAPTURE - 1)] != '\r' ||
-		    e->data[(pos + 1) & (HTTP_MAX_CAPTURE - 1)] != '\n' ||
-		    e->data[(pos + 2) & (HTTP_MAX_CAPTURE - 1)] != '\r' ||
-		    e->data[(pos + 3) & (HTTP_MAX_CAPTURE - 1)] != '\n')
-			continue;
-		pos += 4;
-		if (pos + 4 > n)
-			return 0;
-		next[0] = e->data[pos & (HTTP_MAX_CAPTURE - 1)];
-		next[1] = e->data[(pos + 1) & (HTTP_MAX_CAPTURE - 1)];
-		next[2] = e->data[(pos + 2) & (HTTP_MAX_CAPTURE - 1)];
-		next[3] = e->data[(pos + 3) & (HTTP_MAX_CAPTURE - 1)];
-		return looks_like_http(next);
+		w = *(__u64 *)&e->data[at & (HTTP_MAX_CAPTURE / 2 - 1)];
+		/* Byte k is '\n' and byte k + 1 is '\r' (little endian). */
+		pairs = bytes_equal(w, '\n') & (bytes_equal(w, '\r') >> 8);
+		for (j = 0; j < 7 && pairs; j++) {
+			bit = pairs & -pairs;
+			pairs &= pairs - 1;
+			/* The '\n' at byte k: k from the lowest set bit (8k + 7). */
+			pos = at + (bit == 1ULL << 7 ? 0 : bit == 1ULL << 15 ? 1 :
+				    bit == 1ULL << 23 ? 2 : bit == 1ULL << 31 ? 3 :
+				    bit == 1ULL << 39 ? 4 : bit == 1ULL << 47 ? 5 : 6);
+			/* "\r\n\r\n" starts one byte before the pair. */
+			if (pos < 1 || pos + 2 >= n)
+				return 0;
+			if (e->data[(pos - 1) & (HTTP_MAX_CAPTURE - 1)] != '\r' ||
+			    e->data[(pos + 2) & (HTTP_MAX_CAPTURE - 1)] != '\n')
+				continue;
+			pos += 3;
+			if (pos + 4 > n)
+				return 0;
+			next[0] = e->data[pos & (HTTP_MAX_CAPTURE - 1)];
+			next[1] = e->data[(pos + 1) & (HTTP_MAX_CAPTURE - 1)];
+			next[2] = e->data[(pos + 2) & (HTTP_MAX_CAPTURE - 1)];
+			next[3] = e->data[(pos + 3) & (HTTP_MAX_CAPTURE - 1)];
+			return looks_like_http(next);
+		}
 	}
 	return 0;
 }
@@ -541,20 +573,34 @@ __noinline int parse_request(struct http_event *e, __u32 n, __u32 ret, struct re
 }
 
 /* Announces a path key's bytes the first time it is counted; a key that
- * does not fit in http_paths becomes HTTP_PATH_OVERFLOW. */
-static __always_inline __u64 announce_path(struct conn_key *k, struct conn *c, __u64 key,
-					   __u64 src, __u32 at, __u32 len)
+ * does not fit in http_paths becomes HTTP_PATH_OVERFLOW. x->named is the
+ * key once the agent has its bytes (or they are in the ring). */
+static __always_inline __u64 announce_path(struct conn_key *k, struct conn *c, struct xchg *x,
+					   __u64 key, __u64 src, __u32 at, __u32 len)
 {
+	__u32 epoch = bpfleet_config_get(CFG_PATHS_EPOCH);
 	struct http_event *p;
 	__u8 one = 1;
 
-	if (bpf_map_lookup_elem(&http_paths, &key))
+	if (x->named == key && x->named_epoch == epoch)
 		return key;
-	if (bpf_map_update_elem(&http_paths, &key, &one, BPF_NOEXIST))
-		return bpf_map_lookup_elem(&http_paths, &key) ? key : HTTP_PATH_OVERFLOW;
+	x->named_epoch = epoch;
+	if (bpf_map_lookup_elem(&http_paths, &key)) {
+		x->named = key;
+		return key;
+	}
+	x->named = 0;
+	if (bpf_map_update_elem(&http_paths, &key, &one, BPF_NOEXIST)) {
+		if (!bpf_map_lookup_elem(&http_paths, &key))
+			return HTTP_PATH_OVERFLOW;
+		x->named = key;
+		return key;
+	}
 	p = scratch(1);
-	if (!p)
+	if (!p) {
+		bpf_map_delete_elem(&http_paths, &key);
 		return key;
+	}
 	fill_hdr(p, k, c, HTTP_EV_PATH);
 	*(__u64 *)p->data = key;
 	if (len > HTTP_PATH_MAX)
@@ -570,6 +616,8 @@ static __always_inline __u64 announce_path(struct conn_key *k, struct conn *c, _
 	 * again and the agent never holds a key it cannot name. */
 	if (submit(p, 8 + len))
 		bpf_map_delete_elem(&http_paths, &key);
+	else
+		x->named = key;
 	return key;
 }
 
@@ -664,7 +712,7 @@ static __always_inline void metrics_exit(struct conn_key *k, struct conn *c, str
 		 * ends HTTP on the connection. */
 		if (status >= 100 && status < 200 && status != 101)
 			return;
-		count_exchange(c, x, status);
+		count_exchange(k, c, x, status);
 		if (status == 101)
 			c->ignored = 1;
 		return;
@@ -703,7 +751,7 @@ static __always_inline void metrics_exit(struct conn_key *k, struct conn *c, str
 		return;
 	}
 	x->method = rl.method;
-	x->path_key = announce_path(k, c, rl.key, src, rl.target, rl.end - rl.target);
+	x->path_key = announce_path(k, c, x, rl.key, src, rl.target, rl.end - rl.target);
 	x->req_ts = bpf_ktime_get_ns();
 }
 
@@ -887,7 +935,7 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 		if (c->seen && x && x->mode == CONN_METRICS) {
 			/* A request that never got its answer. */
 			if (x->req_ts)
-				count_exchange(c, x, 0);
+				count_exchange(&k, c, x, 0);
 		} else if (c->seen) {
 			e = scratch(0);
 			if (e) {

@@ -14,6 +14,9 @@
 
 /* The tracer's own bpfleet_config slot (the agent writes it). */
 #define CFG_IGNORE_TGID 2  /* never trace this process (the reader itself) */
+/* A socket's "path key announced" mark holds in this epoch only: a new
+ * reader empties http_paths, then changes it (every key announced again). */
+#define CFG_PATHS_EPOCH 3
 /* From the TracerPolicy (bpfleet_gate.h): BPFLEET_CFG_SAMPLE_PPM samples
  * connections, BPFLEET_CFG_PAYLOAD_BYTES caps the capture per syscall,
  * BPFLEET_CFG_PID_FILTER and BPFLEET_CFG_PORT_FILTER (a connection is

@@ -25,6 +25,11 @@ pub const MAX_CAPTURE: u64 = 4095;
 pub mod config {
     /// The tracer's own: the reader's process, never traced.
     pub const IGNORE_TGID: u32 = 2;
+    /// The tracer's own: the paths epoch. A socket's "path announced"
+    /// mark holds only in the epoch it was set in; a reader that starts
+    /// anew empties `http_paths` ([`crate::pinned::forget_paths`]) and then
+    /// changes the epoch, so every key is announced to it again.
+    pub const PATHS_EPOCH: u32 = 3;
     pub const SAMPLE_PPM: u32 = 8;
     pub const CAPTURE: u32 = 9;
     /// 1: only processes in `bpfleet_pids`.

@@ -76,6 +76,30 @@ impl Pinned {
 
 /// Name of metrics mode's counts in the tracer object.
 pub const AGGS_MAP: &str = "http_aggs";
+/// The path keys the kernel announced (`http_paths`).
+pub const PATHS_MAP: &str = "http_paths";
+
+/// Forgets every path key the kernel announced (`http_paths`), so that
+/// each is announced again on its next request: a reader that starts on a
+/// program already loaded (an agent restart) has no names for the keys
+/// announced to the one before it. The kernel caches "announced" per
+/// socket only together with the paths epoch (config slot
+/// [`crate::event::config::PATHS_EPOCH`]), which the caller changes after
+/// this. The number of keys removed.
+pub fn forget_paths(pin: &Path) -> Result<usize> {
+    let map =
+        MapHandle::from_pinned_path(pin).map_err(bpf(format!("opening {}", pin.display())))?;
+    let keys: Vec<Vec<u8>> = map.keys().collect();
+    let mut n = 0;
+    for k in keys {
+        match map.delete(&k) {
+            Ok(()) => n += 1,
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+            Err(e) => return Err(bpf("deleting from http_paths")(e)),
+        }
+    }
+    Ok(n)
+}
 
 /// Metrics mode's counts (`http_aggs`), opened by path like the ring
 /// buffer.

@@ -52,6 +52,8 @@ pub const EVENTS_MAP: &str = bpfleet_tracer::pinned::EVENTS_MAP;
 pub const LOST_MAP: &str = bpfleet_tracer::pinned::LOST_MAP;
 /// Metrics mode's counts (absent from tracer objects older than it).
 pub const AGGS_MAP: &str = bpfleet_tracer::pinned::AGGS_MAP;
+/// The path keys the kernel announced (absent likewise).
+pub const PATHS_MAP: &str = bpfleet_tracer::pinned::PATHS_MAP;
 
 /// Where a tracer program's shared maps are pinned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,9 @@ pub struct TracerPins {
     pub events: PathBuf,
     pub lost: PathBuf,
     pub aggs: Option<PathBuf>,
+    pub paths: Option<PathBuf>,
+    /// `bpfleet_config`.
+    pub config: Option<PathBuf>,
 }
 
 /// Configuration of the tracer runtime (from the command line).
@@ -134,6 +139,8 @@ pub(crate) struct ProgramInfo {
     events_pin: PathBuf,
     lost_pin: PathBuf,
     aggs_pin: Option<PathBuf>,
+    paths_pin: Option<PathBuf>,
+    config_pin: Option<PathBuf>,
     /// The program's namespace filter (empty: every exchange is kept).
     namespaces: Arc<[String]>,
 }
@@ -219,6 +226,8 @@ impl State {
                     events_pin: events.clone(),
                     lost_pin: lost.clone(),
                     aggs_pin: v.shared_maps.get(AGGS_MAP).cloned(),
+                    paths_pin: v.shared_maps.get(PATHS_MAP).cloned(),
+                    config_pin: v.shared_maps.get(crate::kernel::CONFIG_MAP).cloned(),
                     namespaces: v.namespaces.clone().into(),
                 },
             );
@@ -395,6 +404,8 @@ impl Hub {
                 events: i.events_pin.clone(),
                 lost: i.lost_pin.clone(),
                 aggs: i.aggs_pin.clone(),
+                paths: i.paths_pin.clone(),
+                config: i.config_pin.clone(),
             })
             .collect()
     }
@@ -429,19 +440,17 @@ impl Hub {
             return;
         }
         let keep = self.namespace_filter(program);
-        let mut kept = 0u64;
-        let mut dropped = 0u64;
-        for c in counted {
-            if keep(&c.record) {
-                self.families.observe_durations(&c.record, &c.durations_ns);
-                kept += c.durations_ns.len() as u64;
-            } else {
-                dropped += c.durations_ns.len() as u64;
-            }
+        // The filter runs once per label set.
+        let (kept_sets, dropped_sets): (Vec<&Counted>, Vec<&Counted>) =
+            counted.iter().partition(|c| keep(&c.record));
+        let count = |v: &[&Counted]| v.iter().map(|c| c.durations_ns.len() as u64).sum::<u64>();
+        let (kept, dropped) = (count(&kept_sets), count(&dropped_sets));
+        for c in &kept_sets {
+            self.families.observe_durations(&c.record, &c.durations_ns);
         }
         let mut st = self.lock();
         let active = st.programs.get(program).map_or(0, |p| p.active_token);
-        for c in counted.iter().filter(|c| keep(&c.record)) {
+        for c in kept_sets {
             let r = &c.record;
             let key = r.key();
             let token = if r.token == 0 { active } else { r.token };

@@ -26,8 +26,8 @@ use bpfleet_httptrace::route::Routes;
 use bpfleet_httptrace::{Outcome, Role};
 use bpfleet_proto::v1 as pb;
 use bpfleet_tracer::aggregate::{AggKey, Counts, Deltas};
-use bpfleet_tracer::event::config::IGNORE_TGID;
-use bpfleet_tracer::pinned::{Aggregates, Pinned};
+use bpfleet_tracer::event::config::{IGNORE_TGID, PATHS_EPOCH};
+use bpfleet_tracer::pinned::{Aggregates, Pinned, forget_paths};
 use bpfleet_tracer::pipeline::{Pipeline, Traced};
 use tokio::sync::watch;
 
@@ -190,9 +190,14 @@ fn watch(
             }
         }
         failed.retain(|p, at| wanted.contains_key(p) && at.elapsed() < RETRY);
+        let mut lost_lock = false;
         for (p, pins) in wanted {
             if readers.contains_key(&p) || failed.contains_key(&p) {
                 continue;
+            }
+            if !new_paths_epoch(agent, &pins) {
+                lost_lock = true;
+                break;
             }
             let flag = Arc::new(AtomicBool::new(false));
             let events = pins.events.clone();
@@ -217,6 +222,10 @@ fn watch(
                     failed.insert(p, Instant::now());
                 }
             }
+        }
+        if lost_lock {
+            tracing::error!("agent state lock poisoned; the HTTP tracer stops");
+            break;
         }
         if last_eval.elapsed() >= TICK {
             hub.evaluate(mono_ns());
@@ -266,6 +275,41 @@ fn ignore_self(agent: &Mutex<Agent>, v: &ProgramView, own: u32) -> bool {
     };
     if let Err(e) = a.update_config(&req, "agent:http-tracer") {
         tracing::warn!(program = v.program, error = %e, "cannot tell the tracer to ignore the agent");
+    }
+    true
+}
+
+/// A reader about to start has no names for the path keys announced
+/// before it (an agent restart finds the program loaded and its keys
+/// known): the kernel forgets them, then moves to a new paths epoch, so
+/// that sockets that marked a key announced look again, and every key is
+/// announced to the new reader on its next request. The epoch is written
+/// through the agent like the pid (audited). False when the agent's lock
+/// is poisoned.
+fn new_paths_epoch(agent: &Mutex<Agent>, pins: &TracerPins) -> bool {
+    let (Some(paths), Some(config)) = (&pins.paths, &pins.config) else {
+        return true; // an object from before metrics mode
+    };
+    if let Err(e) = forget_paths(paths) {
+        tracing::warn!(program = pins.program, error = %e, "cannot reset the tracer's path keys");
+        return true;
+    }
+    let epoch = kernel::maps::read_u64(config, PATHS_EPOCH).unwrap_or(0) as u32;
+    let req = pb::UpdateConfigRequest {
+        program: pins.program.clone(),
+        map: String::new(),
+        entries: vec![pb::ConfigEntry {
+            key: PATHS_EPOCH.to_ne_bytes().to_vec(),
+            value: u64::from(epoch.wrapping_add(1)).to_ne_bytes().to_vec(),
+        }],
+        replace: false,
+        namespaces: None,
+    };
+    let Ok(mut a) = agent.lock() else {
+        return false;
+    };
+    if let Err(e) = a.update_config(&req, "agent:http-tracer") {
+        tracing::warn!(program = pins.program, error = %e, "cannot move the tracer to a new paths epoch");
     }
     true
 }
