@@ -18,30 +18,23 @@ use common::*;
 
 const SLOW: Duration = Duration::from_millis(180);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counted_exchanges_reach_stats_metrics_and_the_api() {
-    let root = PinRoot::new("http-metrics");
+type Client = pb::agent_client::AgentClient<tonic::transport::Channel>;
+
+/// The agent (metrics on a port of its own, `extra` flags) with the tracer
+/// loaded and active, tracing `ports` only, its reader running: the agent,
+/// a client and the metrics port.
+async fn traced_agent(root: &PinRoot, ports: &[u16], extra: &[&str]) -> (AgentProc, Client, u16) {
     let mport = free_port();
     let mlisten = format!("127.0.0.1:{mport}");
-    let agent = AgentProc::start(
-        &root,
-        None,
-        &[
-            "--allow-unsigned",
-            "--metrics-listen",
-            &mlisten,
-            "--http-route",
-            "/items/{item}",
-        ],
-    );
+    let mut args = vec!["--allow-unsigned", "--metrics-listen", &mlisten];
+    args.extend_from_slice(extra);
+    let agent = AgentProc::start(root, None, &args);
     let mut c = agent.client().await;
     c.load(tracer_req("r1")).await.unwrap();
-    let server = TestServer::with_slow(SLOW);
-    let python = python_in(None);
     c.update_config(pb::UpdateConfigRequest {
         program: PROGRAM.into(),
         map: "bpfleet_ports".into(),
-        entries: [server.port, python.port]
+        entries: ports
             .iter()
             .map(|p| pb::ConfigEntry {
                 key: p.to_ne_bytes().to_vec(),
@@ -71,16 +64,21 @@ async fn counted_exchanges_reach_stats_metrics_and_the_api() {
     })
     .await
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = get(mport, "/api/health");
-        let h: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if h["tracer"]["programs"][0]["reader_running"] == true {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no tracer reader: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_reader(mport).await;
+    (agent, c, mport)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counted_exchanges_reach_stats_metrics_and_the_api() {
+    let root = PinRoot::new("http-metrics");
+    let server = TestServer::with_slow(SLOW);
+    let python = python_in(None);
+    let (agent, mut c, mport) = traced_agent(
+        &root,
+        &[server.port, python.port],
+        &["--http-route", "/items/{item}"],
+    )
+    .await;
 
     let base = format!("http://127.0.0.1:{}", server.port);
     let codes = curl(
@@ -203,6 +201,214 @@ async fn counted_exchanges_reach_stats_metrics_and_the_api() {
     let text = a.to_string();
     assert!(text.contains("/hello.txt"), "{text}");
 
+    c.unload(pb::UnloadRequest {
+        program: PROGRAM.into(),
+        revision: String::new(),
+    })
+    .await
+    .unwrap();
+    drop(agent);
+    assert!(root.pins().is_empty(), "pins left: {:?}", root.pins());
+}
+
+/// Sends SIGSTOP to a process, and SIGCONT when dropped (also when the
+/// test fails while it is stopped).
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Self {
+        let ok = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -STOP {pid}");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// A reader starved of CPU loses no count: with the agent stopped
+/// outright (SIGSTOP) while clients make thousands of requests over new
+/// and known paths, every exchange is in the kernel's counts when it
+/// resumes, per route and status, and nothing is lost; the paths first
+/// seen while it was stopped are named from their announcements, which
+/// waited in the ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_reader_loses_no_count() {
+    let root = PinRoot::new("http-starved");
+    let server = TestServer::start();
+    let (agent, mut c, mport) = traced_agent(&root, &[server.port], &[]).await;
+    let base = format!("http://127.0.0.1:{}", server.port);
+    // Known before the stop.
+    assert_eq!(curl(&[], &[format!("{base}/known")]), [200]);
+    wait_requests(&mut c, "r1", 1).await;
+
+    const CLIENTS: usize = 6;
+    const PER_CLIENT: usize = 400;
+    let stopped = Stopped::new(agent.pid());
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                // Each client: its own new path, a known one, a 404.
+                let urls: Vec<String> = (0..PER_CLIENT)
+                    .map(|n| match n % 4 {
+                        0 => format!("{base}/new{}", (b'a' + i as u8) as char),
+                        1 | 2 => format!("{base}/known"),
+                        _ => format!("{base}/missing"),
+                    })
+                    .collect();
+                curl(&[], &urls)
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for t in clients {
+        codes.extend(t.join().unwrap());
+    }
+    // The agent saw none of it yet.
+    drop(stopped);
+    let total = (CLIENTS * PER_CLIENT) as u64;
+    assert_eq!(codes.len() as u64, total);
+    let f = wait_requests(&mut c, "r1", total + 1).await;
+    assert_eq!(f["r1"].requests, total + 1);
+
+    let (_, text) = get(mport, "/metrics");
+    let m = parse_metrics(&text);
+    let by = |route: &str, code: &str| {
+        sum(
+            &m,
+            "http_server_request_duration_seconds_count",
+            &[("http_route", route), ("http_response_status_code", code)],
+        )
+    };
+    let quarter = (CLIENTS * PER_CLIENT / 4) as f64;
+    assert_eq!(by("/known", "200"), 2.0 * quarter + 1.0);
+    assert_eq!(by("/missing", "404"), quarter);
+    for i in 0..CLIENTS {
+        let route = format!("/new{}", (b'a' + i as u8) as char);
+        assert_eq!(by(&route, "200"), (PER_CLIENT / 4) as f64, "{route}");
+    }
+    let (_, body) = get(mport, "/api/health");
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let t = &h["tracer"]["programs"][0];
+    assert_eq!(t["events_lost"], 0, "{t}");
+    assert_eq!(t["exchanges_counted_in_kernel"], total + 1, "{t}");
+
+    c.unload(pb::UnloadRequest {
+        program: PROGRAM.into(),
+        revision: String::new(),
+    })
+    .await
+    .unwrap();
+    drop(agent);
+    assert!(root.pins().is_empty(), "pins left: {:?}", root.pins());
+}
+
+/// One keep-alive request on `s`: its status (the test server's answers
+/// carry a Content-Length).
+fn ask(s: &mut std::net::TcpStream, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "the server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return text[9..12].parse().unwrap();
+            }
+        }
+    }
+}
+
+async fn wait_reader(mport: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = get(mport, "/api/health");
+        if serde_json::from_str::<serde_json::Value>(&body)
+            .is_ok_and(|h| h["tracer"]["programs"][0]["reader_running"] == true)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no tracer reader: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An agent that restarts (killed, the tracer left loaded and counting)
+/// names the paths announced to the agent before it: its reader makes the
+/// kernel announce every key again, also on a keep-alive connection that
+/// already sent its path before the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_names_paths_announced_before_it() {
+    let root = PinRoot::new("http-restart-paths");
+    let server = TestServer::start();
+    let (mut agent, mut c, _) = traced_agent(&root, &[server.port], &[]).await;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    assert_eq!(ask(&mut conn, "/known"), 200);
+    let mut other = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    assert_eq!(ask(&mut other, "/also"), 200);
+    wait_requests(&mut c, "r1", 2).await;
+    drop(c);
+    agent.kill9();
+    drop(agent);
+
+    let mport = free_port();
+    let mlisten = format!("127.0.0.1:{mport}");
+    let agent = AgentProc::start(
+        &root,
+        None,
+        &["--allow-unsigned", "--metrics-listen", &mlisten],
+    );
+    let mut c = agent.client().await;
+    wait_reader(mport).await;
+    // The same connection and path as before the restart, a known path on
+    // a new connection.
+    assert_eq!(ask(&mut conn, "/known"), 200);
+    assert_eq!(ask(&mut conn, "/known"), 200);
+    assert_eq!(
+        curl(&[], &[format!("http://127.0.0.1:{}/also", server.port)]),
+        [200]
+    );
+    wait_requests(&mut c, "r1", 3).await;
+    let (_, text) = get(mport, "/metrics");
+    let m = parse_metrics(&text);
+    let by = |route: &str| {
+        sum(
+            &m,
+            "http_server_request_duration_seconds_count",
+            &[("http_route", route)],
+        )
+    };
+    assert_eq!(
+        (by("/known"), by("/also"), by("/*")),
+        (2.0, 1.0, 0.0),
+        "{text}"
+    );
+
+    drop(conn);
+    drop(other);
     c.unload(pb::UnloadRequest {
         program: PROGRAM.into(),
         revision: String::new(),
