@@ -5,7 +5,9 @@
 # on both ends, metrics mode on both ends), every round. See
 # node-agent/benches/wrk/main.rs for what is measured; settings by
 # environment (BENCH_ROUNDS, BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_RATE,
-# BENCH_HIGH_RATE, BENCH_RATE_SECONDS, BENCH_RATE_THREADS, BENCH_MODES).
+# BENCH_HIGH_RATE, BENCH_RATE_SECONDS, BENCH_RATE_THREADS, BENCH_MODES,
+# BENCH_PERF=<dir> to profile each mode once with perf: where the BPF time
+# goes, per program and per kernel function it calls).
 #
 #   sudo scripts/bench-tracer.sh
 #

@@ -19,6 +19,7 @@ pub mod cgroup;
 pub mod http;
 pub mod metrics;
 pub mod netns;
+pub mod perf;
 pub mod python;
 pub mod request;
 

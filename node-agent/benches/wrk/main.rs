@@ -20,7 +20,9 @@
 //! (20000), `BENCH_HIGH_RATE` (50000, for events lost),
 //! `BENCH_RATE_SECONDS` (5), `BENCH_RATE_THREADS` (16), `BENCH_MODES`
 //! (`floor,metrics-server,events-both,metrics-both`), `BENCH_AGENT` (the agent
-//! binary; default the `bpfleet-agent` Cargo built with this bench).
+//! binary; default the `bpfleet-agent` Cargo built with this bench),
+//! `BENCH_PERF` (a directory: profile each mode once with perf, see
+//! `profile.rs`).
 //!
 //! Reported per mode, median and min-max over the rounds:
 //! - requests/s with the tracer, and the ratio to the round's untraced run;
@@ -51,6 +53,7 @@
 
 mod clients;
 mod measure;
+mod profile;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpStream;
@@ -363,6 +366,10 @@ fn main() {
         .split(',')
         .map(Mode::parse)
         .collect();
+    let perf_dir = std::env::var_os("BENCH_PERF").map(PathBuf::from);
+    if let Some(d) = &perf_dir {
+        std::fs::create_dir_all(d).unwrap();
+    }
     let agent_bin = std::env::var_os("BENCH_AGENT")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bpfleet-agent")));
@@ -474,6 +481,23 @@ fn main() {
             let agent_ns = (a1 - a0) / p.done as f64 * 1e9;
             let reader_ns = (r1 - r0) / p.done as f64 * 1e9;
             std::thread::sleep(Duration::from_millis(1500));
+
+            // Where the time goes (BENCH_PERF): one more fixed-rate run,
+            // under perf.
+            if let (0, Some(dir)) = (round, perf_dir.as_ref()) {
+                let out = dir.join(format!("{}.perf.data", mode.name()));
+                let (p, prof) =
+                    profile::record(&out, || paced(&ns, port, rate, rate_secs, rate_threads));
+                println!(
+                    "    profiled run at {rate} req/s ({}): {} requests",
+                    out.display(),
+                    p.done
+                );
+                if let Some(prof) = prof {
+                    profile::print(&prof, p.done);
+                }
+                std::thread::sleep(Duration::from_millis(1500));
+            }
 
             // The high fixed rate: events lost, exchanges reported.
             let req0 = metric(mport, "bpfleet_http_requests_total");
