@@ -15,6 +15,7 @@ use super::admit::{Admission, Admitted, Held, Node, admit};
 use super::request::{self, LoadCmd, ObjectSource, check_object_len};
 use crate::audit::now_ms;
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::kernel::{self, Slot};
 use crate::state::{ProgramState, RevisionState, RunFigures, SharedLink};
 
@@ -204,7 +205,9 @@ impl Agent {
                 dispatched: BTreeMap::new(),
             },
         );
+        fault::point("load.after_kernel");
         self.save()?;
+        fault::point("load.after_state");
         self.publish(&cmd.program);
         let info = self.revision_info(&cmd.program, &cmd.revision)?;
         Ok((info, true))

@@ -227,6 +227,7 @@ fn load_inner(spec: &ObjectLoad<'_>, created: &mut Vec<PathBuf>) -> Result<Loade
         created.push(pin.clone());
         out.progs.insert(name, pin);
     }
+    crate::fault::point("load.mid_pins");
     for mut m in obj.maps_mut() {
         let name = m.name().to_string_lossy().into_owned();
         let memlock = m.query_fdinfo().ok().and_then(|i| i.memlock).unwrap_or(0);
