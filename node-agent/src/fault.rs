@@ -86,7 +86,10 @@ fn arm(wanted: Option<&str>) -> Result<(), String> {
     };
     let armed = *ARMED.get_or_init(|| point);
     if let Some(p) = armed {
-        tracing::warn!(fault = p, "fault point armed: the agent aborts when it gets there");
+        tracing::warn!(
+            fault = p,
+            "fault point armed: the agent aborts when it gets there"
+        );
     }
     Ok(())
 }

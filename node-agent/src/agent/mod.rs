@@ -188,8 +188,10 @@ impl Agent {
                 "state file {} was corrupt ({}); kept as {}; pins re-adopted",
                 agent.cfg.state_file.display(),
                 c.reason,
-                c.kept
-                    .map_or_else(|| "nothing (moving it failed)".into(), |k| k.display().to_string())
+                c.kept.map_or_else(
+                    || "nothing (moving it failed)".into(),
+                    |k| k.display().to_string()
+                )
             ));
         }
         agent.adopt();
