@@ -122,8 +122,8 @@ impl Node {
         );
         let p = list.into_iter().next()?;
         assert!(
-            !p.revisions.is_empty(),
-            "{}: List names a program with no revision: {p:?}",
+            !p.revisions.is_empty() || !p.shared_pins.is_empty(),
+            "{}: List names a program with nothing pinned: {p:?}",
             self.tag
         );
         let kernel_progs = bpftool_ids(&["prog", "show"]);
