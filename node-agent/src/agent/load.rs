@@ -140,6 +140,16 @@ impl Agent {
             }
         }
         p.next_token = p.next_token.max(token + 1);
+        // Links adopted from their pins alone learn their hook from the
+        // entries.
+        for (e, key) in cmd.entries.iter().zip(kernel::entry_keys(&cmd.entries)) {
+            if let Some(l) = p.shared_links.get_mut(&key)
+                && l.target.is_empty()
+            {
+                l.hook = e.hook;
+                l.target = e.target.clone();
+            }
+        }
         if let Some(r) = p.revisions.get_mut(&revision) {
             r.orphaned = false;
             r.sha256 = sha256;
