@@ -70,9 +70,16 @@ impl Node {
             &["--allow-unsigned"],
             &env,
         ));
-        bpfleet_agent::cli::connect_unix(self.root.socket())
-            .await
-            .expect("connect")
+        // The socket file exists from bind(2); listen(2) follows: a
+        // connection in between is refused, so try again for a while.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match bpfleet_agent::cli::connect_unix(self.root.socket()).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => panic!("{}: connect: {e}", self.tag),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
     }
 
     /// The agent must have died of SIGABRT (the fault point), within 10 s.
