@@ -689,6 +689,33 @@ async fn state_file_garbage() {
     .await;
 }
 
+/// After the state file is lost, a Load that names the running revision
+/// but carries other code is refused: only Unload may stop what runs.
+#[tokio::test]
+async fn state_file_lost_other_code_under_the_running_name_is_refused() {
+    let mut n = Node::new("other-code");
+    n.tag = "state file lost, other code".into();
+    let mut c = n.start(None).await;
+    base(&mut c, Call::ActivateV2).await;
+    let before = n.check_truth(&mut c).await.unwrap();
+    drop(c);
+    n.agent.as_mut().unwrap().kill9();
+    n.agent = None;
+    std::fs::remove_file(n.root.state_file()).unwrap();
+
+    let mut c = n.start(None).await;
+    let mut other = syscount("v1", objs::SYSCOUNT_V2);
+    other.revision = "v1".into();
+    let e = c.load(other).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    assert!(e.message().contains("not this object's"), "{e}");
+    let p = n.check_truth(&mut c).await.unwrap();
+    assert_eq!(p.active_revision, "v1");
+    assert_eq!(p.revisions[0].prog_ids, before.revisions[0].prog_ids);
+    assert_eq!(counting(&n.root), "v1");
+    n.unload_all(&mut c).await;
+}
+
 /// An unknown fault name stops the start with an error naming it.
 #[test]
 fn an_unknown_fault_point_is_refused_at_start() {
