@@ -652,6 +652,11 @@ async fn damaged_state(tag: &str, damage: fn(&Path)) {
             "{}",
             n.tag
         );
+        assert_eq!(
+            p.revisions[0].revision_token, before.revisions[0].revision_token,
+            "{}: v1's token",
+            n.tag
+        );
     }
     send(&mut c, Call::ActivateV2).await.unwrap();
     let p = n.check_truth(&mut c).await;

@@ -22,6 +22,7 @@ use crate::audit::now_ms;
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::kernel::{self, Slot};
+use crate::names::pin_component;
 use crate::state::{ProgramState, RevisionState, RunFigures, SharedLink};
 
 impl Agent {
@@ -193,8 +194,10 @@ impl Agent {
     }
 
     /// The token an orphan's code was loaded with (its `bpfleet_revision`
-    /// section), 0 when it has none pinned.
+    /// section), 0 when it has none pinned. An orphan's maps are named
+    /// after their pins, where the section's dots became underscores.
     fn orphan_token(&self, program: &str, revision: &str) -> u64 {
+        let section = pin_component(kernel::REVISION_SECTION);
         self.state
             .programs
             .get(program)
@@ -202,7 +205,7 @@ impl Agent {
             .and_then(|r| {
                 r.maps
                     .iter()
-                    .find(|(m, _)| m.ends_with(kernel::REVISION_SECTION))
+                    .find(|(m, _)| m.ends_with(kernel::REVISION_SECTION) || m.ends_with(&section))
             })
             .and_then(|(_, pin)| kernel::maps::read_u64(pin, 0))
             .unwrap_or(0)
