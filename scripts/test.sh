@@ -16,6 +16,9 @@ cargo run -q --locked -p bpfleet-api --bin crdgen -- --check
 
 step "clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# The agent with its test-only fault points (and tests/crash.rs, which
+# needs them).
+cargo clippy --locked -p bpfleet-agent --all-targets --features fault-injection -- -D warnings
 
 progs() { bpftool prog show 2>/dev/null | grep -c '^[0-9]*:' || true; }
 before=$(progs)
@@ -24,6 +27,11 @@ step "tests"
 start=$(date +%s)
 cargo test --locked --workspace
 echo "tests took $(( $(date +%s) - start ))s"
+
+step "crash consistency (the agent built with its fault points)"
+start=$(date +%s)
+cargo test --locked -p bpfleet-agent --features fault-injection --test crash --lib
+echo "crash tests took $(( $(date +%s) - start ))s"
 
 step "fuzz corpus replayed (fuzz/, its own workspace; stable, no cargo-fuzz)"
 cargo test --locked --manifest-path fuzz/Cargo.toml

@@ -24,12 +24,14 @@
 //! `agent/request.rs`, `agent/admit.rs` and `agent/budget.rs` are pure and
 //! unit-tested without root; everything that needs the kernel goes through
 //! `kernel/`, which holds no bookkeeping. `error` is shared by all layers
-//! and names no libbpf type.
+//! and names no libbpf type. `fault` holds the test-only fault points
+//! (feature `fault-injection`), called from `agent/` and `kernel/`.
 
 pub mod agent;
 pub mod audit;
 pub mod cli;
 pub mod error;
+pub mod fault;
 pub mod hooks;
 pub mod http;
 pub mod kernel;

@@ -16,6 +16,7 @@ fn main() -> anyhow::Result<()> {
                 )
                 .with_writer(std::io::stderr)
                 .init();
+            bpfleet_agent::fault::arm_from_env().map_err(anyhow::Error::msg)?;
             let keep_all = args.keep_all_capabilities;
             let http = args.http_config()?;
             let (cfg, listen) = args.split()?;

@@ -1,8 +1,13 @@
 //! The agent's on-disk state file: what it loaded, under which pins, which
-//! revision is active. Written atomically (write to a temporary file in the
-//! same directory, then rename). The kernel stays the truth for what runs:
-//! on start the agent reconciles this file against the pins, the links and
-//! the dispatcher slots.
+//! revision is active. Written atomically and durably: a temporary file in
+//! the same directory, fsync, rename over the old one, fsync of the
+//! directory; so after a crash or a power cut the file is the old one or
+//! the new one. A file that is nonetheless empty, truncated or garbage is
+//! detected when read at start ([`StateFile::open`]), kept aside as
+//! `<file>.corrupt-<timestamp>` and replaced by an empty state: the agent
+//! then re-adopts its pins from the pin root. The kernel stays the truth
+//! for what runs: on start the agent reconciles this file against the
+//! pins, the links and the dispatcher slots.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -123,47 +128,199 @@ pub struct SharedLink {
     pub base: RunFigures,
 }
 
+/// What [`StateFile::open`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opened {
+    /// The state to start from (empty when the file was missing or corrupt).
+    pub state: StateFile,
+    /// When the file was corrupt: why, and where it was kept.
+    pub corrupt: Option<Corrupt>,
+}
+
+/// A state file that could not be decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Corrupt {
+    /// Why it was refused.
+    pub reason: String,
+    /// Where the refused file was moved (None when moving it failed).
+    pub kept: Option<PathBuf>,
+}
+
+/// Decodes a state file's bytes. `Err` says why they are not a state file
+/// (empty, truncated, not JSON, not the state's shape); a file written by
+/// a newer agent is not corrupt and is an error of its own in
+/// [`StateFile::open`].
+pub fn decode(bytes: &[u8]) -> std::result::Result<StateFile, String> {
+    if bytes.is_empty() {
+        return Err("empty (0 bytes)".into());
+    }
+    if bytes.iter().all(|b| *b == 0) {
+        return Err(format!("{} zero bytes", bytes.len()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Eof => "truncated",
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Data => "not a state file",
+            serde_json::error::Category::Io => "unreadable",
+        };
+        format!("{what} ({} bytes): {e}", bytes.len())
+    })
+}
+
 impl StateFile {
-    /// Reads the state file; a missing file is an empty state.
+    /// Reads the state file; a missing file is an empty state, a corrupt
+    /// one an error (see [`StateFile::open`] for what the agent does).
     pub fn read(path: &Path) -> Result<Self> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            Ok(bytes) => decode(&bytes).map_err(|e| {
                 Error::io(
                     format!("state file {} is corrupt", path.display()),
                     std::io::Error::new(std::io::ErrorKind::InvalidData, e),
                 )
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
-                version: STATE_VERSION,
-                ..Self::default()
-            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::empty()),
             Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
         }
     }
 
-    /// Writes the state file atomically: temp file beside it, then rename.
+    /// An empty state of the current version.
+    pub fn empty() -> Self {
+        Self {
+            version: STATE_VERSION,
+            ..Self::default()
+        }
+    }
+
+    /// Opens the state file at the agent's start. Missing: an empty state.
+    /// Corrupt (empty, truncated, garbage): logged with the file and the
+    /// reason, moved aside to `<file>.corrupt-<timestamp>` for inspection,
+    /// and an empty state returned, from which the agent re-adopts its
+    /// pins. Unreadable, or written by a newer agent: an error (the agent
+    /// does not start rather than lose what it cannot read). A temporary
+    /// file left by a write that never finished is removed.
+    pub fn open(path: &Path) -> Result<Opened> {
+        let tmp = temp_path(path);
+        if std::fs::remove_file(&tmp).is_ok() {
+            tracing::info!(file = %tmp.display(), "removed an unfinished state write");
+        }
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Opened {
+                    state: Self::empty(),
+                    corrupt: None,
+                });
+            }
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        let reason = match decode(&bytes) {
+            Ok(s) if s.version > STATE_VERSION => {
+                return Err(Error::Precondition(format!(
+                    "state file {} has version {}, this agent knows up to {STATE_VERSION}",
+                    path.display(),
+                    s.version
+                )));
+            }
+            Ok(state) => {
+                return Ok(Opened {
+                    state,
+                    corrupt: None,
+                });
+            }
+            Err(reason) => reason,
+        };
+        let aside = corrupt_path(path, std::time::SystemTime::now());
+        let kept = match std::fs::rename(path, &aside) {
+            Ok(()) => Some(aside),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot move the corrupt state file aside");
+                None
+            }
+        };
+        tracing::error!(
+            file = %path.display(),
+            reason = %reason,
+            kept = ?kept,
+            "state file is corrupt; starting from an empty state and re-adopting the pins"
+        );
+        Ok(Opened {
+            state: Self::empty(),
+            corrupt: Some(Corrupt { reason, kept }),
+        })
+    }
+
+    /// Writes the state file atomically and durably: temp file beside it,
+    /// fsync, rename, fsync of the directory.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(
-            ".{}.tmp",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("state.json")
-        ));
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let tmp = temp_path(path);
         let bytes = serde_json::to_vec_pretty(self)
             .map_err(|e| Error::io("encoding state", std::io::Error::other(e)))?;
         let mut f = std::fs::File::create(&tmp)
             .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
         f.write_all(&bytes)
             .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+        f.sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", tmp.display()), e))?;
         drop(f);
         std::fs::rename(&tmp, path).map_err(|e| {
             Error::io(
                 format!("renaming {} to {}", tmp.display(), path.display()),
                 e,
             )
-        })
+        })?;
+        // The rename is durable once the directory is.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
     }
+}
+
+/// `.<name>.tmp` beside `path`.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("state.json");
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+/// `<path>.corrupt-<UTC timestamp, milliseconds>`.
+fn corrupt_path(path: &Path, at: std::time::SystemTime) -> PathBuf {
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".corrupt-{}", utc_stamp(ms)));
+    PathBuf::from(name)
+}
+
+/// `YYYYMMDDTHHMMSS.mmmZ` of milliseconds since the epoch (UTC).
+fn utc_stamp(ms: u128) -> String {
+    let secs = (ms / 1000) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian), by
+    // 400-year eras of 146,097 days starting on March 1st.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
 }
 
 #[cfg(test)]
@@ -232,6 +389,106 @@ mod tests {
         assert_eq!(s.programs["p"].active.as_deref(), Some("last"));
     }
 
+    fn sample() -> StateFile {
+        let mut s = StateFile::empty();
+        let mut p = ProgramState {
+            active: Some("v1".into()),
+            next_token: 3,
+            history: vec!["v0".into()],
+            ..Default::default()
+        };
+        for (r, t) in [("v1", 1), ("v2", 2)] {
+            p.revisions.insert(
+                r.into(),
+                RevisionState {
+                    sha256: "ab".repeat(32),
+                    token: t,
+                    progs: [("count".to_string(), PathBuf::from(format!("/p/{r}/prog")))]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                },
+            );
+        }
+        s.programs.insert("syscount".into(), p);
+        s
+    }
+
+    #[test]
+    fn every_truncation_of_a_state_file_is_detected() {
+        let bytes = serde_json::to_vec_pretty(&sample()).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), sample());
+        for n in 0..bytes.len() {
+            let e = decode(&bytes[..n]).unwrap_err();
+            assert!(
+                e.starts_with("truncated") || e.starts_with("empty") || e.starts_with("not JSON"),
+                "{n}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_zeroed_garbage_and_foreign_files_are_refused_with_a_reason() {
+        let cases: [(&[u8], &str); 6] = [
+            (b"", "empty (0 bytes)"),
+            (&[0; 4096], "4096 zero bytes"),
+            (b"\x7fELF\x02\x01", "not JSON"),
+            (b"{\"version\": 1, \"programs\": {}} trailing", "not JSON"),
+            (b"[1, 2, 3]", "not a state file"),
+            (b"{\"programs\": {}}", "not a state file"),
+        ];
+        for (bytes, want) in cases {
+            let e = decode(bytes).unwrap_err();
+            assert!(e.starts_with(want), "{bytes:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn open_keeps_a_corrupt_file_aside_and_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let good = serde_json::to_vec_pretty(&sample()).unwrap();
+        std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+        std::fs::write(dir.path().join(".state.json.tmp"), b"{").unwrap();
+        let o = StateFile::open(&path).unwrap();
+        assert_eq!(o.state, StateFile::empty());
+        let c = o.corrupt.unwrap();
+        assert!(c.reason.starts_with("truncated"), "{}", c.reason);
+        let kept = c.kept.unwrap();
+        let name = kept.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("state.json.corrupt-20"), "{name}");
+        assert_eq!(std::fs::read(&kept).unwrap(), &good[..good.len() / 2]);
+        assert!(!path.exists());
+        assert!(!dir.path().join(".state.json.tmp").exists());
+        // A good file opens as it is; a missing one as empty.
+        sample().write(&path).unwrap();
+        let o = StateFile::open(&path).unwrap();
+        assert_eq!((o.state, o.corrupt), (sample(), None));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(StateFile::open(&path).unwrap().state, StateFile::empty());
+    }
+
+    #[test]
+    fn a_newer_version_is_an_error_not_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut s = sample();
+        s.version = STATE_VERSION + 1;
+        s.write(&path).unwrap();
+        let e = StateFile::open(&path).unwrap_err().to_string();
+        assert!(e.contains("has version 2"), "{e}");
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn utc_stamps() {
+        assert_eq!(utc_stamp(0), "19700101T000000.000Z");
+        // 2026-12-02 09:50:16.123 UTC.
+        assert_eq!(utc_stamp(1_796_205_016_123), "20261202T095016.123Z");
+        // 2000-02-29 23:59:59.999 UTC.
+        assert_eq!(utc_stamp(951_868_799_999), "20000229T235959.999Z");
+    }
+
     #[test]
     fn corrupt_state_is_an_error_not_an_empty_state() {
         let dir = tempfile::tempdir().unwrap();
@@ -290,6 +547,20 @@ impl Persister {
     pub fn save_now(&mut self, state: &StateFile) -> Result<()> {
         self.generation += 1;
         write_if_newer(&self.path, &self.shared, self.generation, state)
+    }
+
+    /// Waits (up to 5 s) until the last state handed to this persister is
+    /// on disk.
+    pub fn flush(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            match self.shared.written.lock() {
+                Ok(w) if *w >= self.generation => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Has `state` written soon.

@@ -1,6 +1,8 @@
 //! Admission of a checked Load request, in one pass and this order:
 //! digest, idempotency by (program, revision), trust (signature), node
-//! support and capabilities of every entry, budgets. A pure function of the
+//! support and capabilities of every entry, budgets. A revision of the same
+//! name pinned without a record (an orphan) gets the trust and support
+//! checks, then is left to `load` to claim or replace. A pure function of the
 //! request, the object's bytes, what the agent holds, and the node's
 //! support, capabilities, budgets and verifiers: it is unit-tested without
 //! root and without bpffs. It decides; `load` acts.
@@ -39,6 +41,14 @@ pub enum Admission {
     AlreadyLoaded,
     /// Load it.
     Load(Admitted),
+    /// The revision is pinned without a record (adopted as an orphan
+    /// after a crash or a lost state file): the object passed every check
+    /// but the budgets (the orphan already holds its place); the agent
+    /// claims the orphan when it runs this object's code, or replaces it.
+    Orphan {
+        /// The object's digest (hex).
+        sha256: String,
+    },
 }
 
 /// What the load of an admitted revision needs.
@@ -59,6 +69,15 @@ pub fn admit(cmd: &LoadCmd, bytes: &[u8], held: &Held<'_>, node: &Node<'_>) -> R
     let sha = check_digest(bytes, &cmd.sha256)?;
     let existing = held.state.programs.get(&cmd.program);
     if let Some(r) = existing.and_then(|p| p.revisions.get(&cmd.revision)) {
+        if r.orphaned {
+            node.verifiers.check(bytes, &cmd.signature)?;
+            for e in &cmd.entries {
+                let h = hook_of(e);
+                node.support.check(h)?;
+                check_caps(h, node.caps)?;
+            }
+            return Ok(Admission::Orphan { sha256: sha });
+        }
         if r.sha256 == sha {
             return Ok(Admission::AlreadyLoaded);
         }
@@ -246,6 +265,34 @@ mod tests {
             matches!(e, Error::AlreadyExists(ref m) if m.contains("immutable")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_orphan_of_the_same_name_is_left_to_the_agent_after_the_trust_checks() {
+        let mut f = Fixture::new();
+        // Two revisions held: the budget would refuse a third, not this.
+        let mut s = state(&[("p", &[("r1", b"1"), ("r2", b"2")])]);
+        if let Some(r) = s
+            .programs
+            .get_mut("p")
+            .and_then(|p| p.revisions.get_mut("r1"))
+        {
+            r.orphaned = true;
+            r.sha256.clear();
+        }
+        assert_eq!(
+            f.admit(&cmd("p", "r1", HookKind::Tracepoint), &s).unwrap(),
+            Admission::Orphan {
+                sha256: sha256_hex(OBJ)
+            }
+        );
+        let e = f.admit(&cmd("p", "r1", HookKind::Kprobe), &s).unwrap_err();
+        assert!(matches!(e, Error::Precondition(_)), "{e}");
+        f.verifiers = Verifiers::new(&[], false).unwrap();
+        let e = f
+            .admit(&cmd("p", "r1", HookKind::Tracepoint), &s)
+            .unwrap_err();
+        assert!(matches!(e, Error::Denied(_)), "{e}");
     }
 
     #[test]

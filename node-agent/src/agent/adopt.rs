@@ -1,12 +1,14 @@
 //! Re-adoption at start: what the state file knows and what is pinned
 //! under the pin root become the agent's again, orphans included, and the
 //! kernel (what the dispatcher slots and links run) decides which revision
-//! is active. Never unloads a running program; removes only dispatcher pins
-//! whose link is gone.
+//! is active, and the rollback history follows it. Never unloads a running
+//! program; removes only what runs nothing: dispatcher pins whose link is
+//! gone, the map pins of a revision whose programs are gone, and a program
+//! with nothing pinned left.
 
 use std::os::fd::AsFd;
 
-use super::{Agent, Runtime};
+use super::{Agent, MAX_HISTORY, Runtime};
 use crate::error::Error;
 use crate::kernel::{self, CONFIG_MAP, Slot};
 use crate::names::check_name;
@@ -155,7 +157,14 @@ impl Agent {
             problems.push(format!(
                 "revision {name}/{g} has no pinned program left; dropped from state"
             ));
-            p.revisions.remove(&g);
+            // What is left of it (its maps, as an Unload stopped after the
+            // programs leaves them) runs nothing and is its own: removed.
+            if let Some(r) = p.revisions.remove(&g) {
+                for pin in r.maps.values() {
+                    let _ = std::fs::remove_file(pin);
+                }
+                let _ = std::fs::remove_dir(prog_dir.join(&g));
+            }
         }
         let mut dead_links = Vec::new();
         for (k, l) in &p.shared_links {
@@ -223,7 +232,9 @@ impl Agent {
                 }
             }
         }
-        if kernel_active.is_some() && kernel_active != p.active {
+        if let Some(k) = &kernel_active
+            && Some(k) != p.active.as_ref()
+        {
             // Expected after a crash: switches persist in the background.
             tracing::info!(
                 program = name,
@@ -231,7 +242,26 @@ impl Agent {
                 kernel = ?kernel_active,
                 "state file trailed the kernel; following the kernel"
             );
+            // The history as the switch would have left it: a rollback
+            // walks back to the revision (in the history), an activation
+            // pushes the one it replaced.
+            if let Some(pos) = p.history.iter().rposition(|r| r == k) {
+                p.history.truncate(pos);
+            } else if let Some(old) = p.active.take() {
+                p.history.push(old);
+                if p.history.len() > MAX_HISTORY {
+                    p.history.remove(0);
+                }
+            }
             p.active = kernel_active;
+        } else if kernel_active.is_none()
+            && let Some(a) = p.active.take()
+        {
+            // No slot or link runs it (an Unload stopped after removing
+            // the link): it is not active, whatever the file said.
+            problems.push(format!(
+                "revision {name}/{a} was active in the state file but nothing runs it; now inactive"
+            ));
         }
         if p.active
             .as_ref()
@@ -242,10 +272,28 @@ impl Agent {
         p.next_token = p
             .next_token
             .max(p.revisions.values().map(|r| r.token).max().unwrap_or(0) + 1);
+        // A program with nothing left (an Unload stopped before its state
+        // write) is forgotten, with its empty directory.
+        let nothing_left =
+            p.revisions.is_empty() && p.shared_links.is_empty() && p.shared_maps.is_empty();
         for pr in &problems {
             tracing::warn!("{pr}");
         }
         self.problems.extend(problems);
+        if nothing_left {
+            self.state.programs.remove(name);
+            if std::fs::remove_dir(&prog_dir).is_err() && prog_dir.exists() {
+                self.problems.push(format!(
+                    "program {name}: nothing of it is left but {} is not empty (pins the agent does not own?)",
+                    prog_dir.display()
+                ));
+            }
+            tracing::info!(
+                program = name,
+                "nothing of it is pinned any more; forgotten"
+            );
+            return;
+        }
         self.rt.insert(name.to_string(), rt);
     }
 }

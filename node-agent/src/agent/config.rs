@@ -12,6 +12,7 @@ use bpfleet_proto::v1 as pb;
 use super::Agent;
 use super::request::{self, ConfigCmd, config_map_name};
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::kernel::PinnedMap;
 use crate::kernel::maps::MapShape;
 
@@ -58,6 +59,7 @@ impl Agent {
         } else {
             self.write_map(cmd)?
         };
+        fault::point("config.after_kernel");
         if let Some(ns) = &cmd.namespaces
             && let Some(p) = self.state.programs.get_mut(&cmd.program)
             && p.namespaces != *ns
@@ -65,6 +67,7 @@ impl Agent {
             p.namespaces = ns.clone();
             self.save()?;
         }
+        fault::point("config.after_state");
         Ok(written)
     }
 

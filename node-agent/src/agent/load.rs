@@ -2,9 +2,14 @@
 //! object, admit it ([`super::admit`]: digest, idempotency, trust, node
 //! support, capabilities, budgets), load it into the kernel
 //! ([`crate::kernel::load`]), then record it in the state and publish the
-//! views. Nothing reaches the kernel before admission said yes.
+//! views. Nothing reaches the kernel before admission said yes. A Load of
+//! a revision adopted as an orphan (pinned by a Load that crashed before
+//! its state write, or known only from the pins after the state file was
+//! lost) claims it when it runs and its programs have the object's kernel
+//! tags, and replaces it when it does not run.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -15,7 +20,9 @@ use super::admit::{Admission, Admitted, Held, Node, admit};
 use super::request::{self, LoadCmd, ObjectSource, check_object_len};
 use crate::audit::now_ms;
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::kernel::{self, Slot};
+use crate::names::pin_component;
 use crate::state::{ProgramState, RevisionState, RunFigures, SharedLink};
 
 impl Agent {
@@ -43,11 +50,15 @@ impl Agent {
     fn load_inner(&mut self, req: pb::LoadRequest) -> Result<(pb::RevisionInfo, bool)> {
         let cmd = request::load(req)?;
         let bytes = self.read_object(&cmd.source)?;
+        self.load_inner_cmd(cmd, &bytes)
+    }
+
+    fn load_inner_cmd(&mut self, cmd: LoadCmd, bytes: &[u8]) -> Result<(pb::RevisionInfo, bool)> {
         let budgets = self.cfg.budgets();
         let map_bytes = |p: &ProgramState| program_map_bytes(p);
         let admission = admit(
             &cmd,
-            &bytes,
+            bytes,
             &Held {
                 state: &self.state,
                 map_bytes: &map_bytes,
@@ -64,8 +75,140 @@ impl Agent {
                 let info = self.revision_info(&cmd.program, &cmd.revision)?;
                 Ok((info, false))
             }
-            Admission::Load(a) => self.load_admitted(cmd, &bytes, a),
+            Admission::Load(a) => self.load_admitted(cmd, bytes, a),
+            Admission::Orphan { sha256 } => self.load_over_orphan(cmd, bytes, sha256),
         }
+    }
+
+    /// Load of a revision adopted as an orphan. Active (its code runs):
+    /// claimed when its pinned programs are this object's (same kernel
+    /// tags), so the record is whole again and nothing is reloaded;
+    /// refused otherwise, for it must not be unloaded by a Load. Inactive
+    /// (as a crash in the middle of a Load leaves it): its pins are
+    /// removed and the object is loaded afresh.
+    fn load_over_orphan(
+        &mut self,
+        cmd: LoadCmd,
+        bytes: &[u8],
+        sha256: String,
+    ) -> Result<(pb::RevisionInfo, bool)> {
+        let (program, revision) = (cmd.program.clone(), cmd.revision.clone());
+        let p = self
+            .state
+            .programs
+            .get(&program)
+            .ok_or_else(|| Error::NotFound(format!("program {program}")))?;
+        if p.active.as_deref() != Some(revision.as_str()) {
+            self.remove_orphan(&program, &revision);
+            self.save()?;
+            return self.load_inner_cmd(cmd, bytes);
+        }
+        let tags = kernel::program_tags(bytes, &program, &cmd.entries)?;
+        let rt = self.rt.get(&program);
+        let pinned: BTreeMap<&String, Option<[u8; 8]>> = p
+            .revisions
+            .get(&revision)
+            .map(|r| {
+                r.progs
+                    .keys()
+                    .map(|bp| {
+                        let fd = rt.and_then(|rt| rt.progs.get(&(revision.clone(), bp.clone())));
+                        (
+                            bp,
+                            fd.and_then(|fd| kernel::prog_figures(fd.as_fd()).ok())
+                                .map(|f| f.tag),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let same = pinned.len() == tags.len()
+            && tags.iter().all(|(bp, t)| pinned.get(bp) == Some(&Some(*t)));
+        if !same {
+            return Err(Error::Precondition(format!(
+                "revision {program}/{revision} runs pinned programs without a record, and they are not this object's; unload the program to replace it"
+            )));
+        }
+        let token = self.orphan_token(&program, &revision);
+        let p = self
+            .state
+            .programs
+            .get_mut(&program)
+            .ok_or_else(|| Error::NotFound(format!("program {program}")))?;
+        for m in &cmd.persistent_maps {
+            if !p.persistent_maps.contains(m) {
+                p.persistent_maps.push(m.clone());
+            }
+        }
+        p.next_token = p.next_token.max(token + 1);
+        // Links adopted from their pins alone learn their hook from the
+        // entries.
+        for (e, key) in cmd.entries.iter().zip(kernel::entry_keys(&cmd.entries)) {
+            if let Some(l) = p.shared_links.get_mut(&key)
+                && l.target.is_empty()
+            {
+                l.hook = e.hook;
+                l.target = e.target.clone();
+            }
+        }
+        if let Some(r) = p.revisions.get_mut(&revision) {
+            r.orphaned = false;
+            r.sha256 = sha256;
+            r.token = token;
+            r.entries = cmd.entries;
+            r.loaded_at_unix_ms = now_ms();
+        }
+        tracing::info!(
+            program,
+            revision,
+            "orphaned revision claimed: its running programs are the object's"
+        );
+        self.save()?;
+        self.publish(&program);
+        let info = self.revision_info(&program, &revision)?;
+        Ok((info, false))
+    }
+
+    /// Removes the pins of an inactive orphaned revision and forgets it.
+    fn remove_orphan(&mut self, program: &str, revision: &str) {
+        if let Some(rt) = self.rt.get_mut(program) {
+            rt.progs.retain(|(r, _), _| r != revision);
+        }
+        let Some(r) = self
+            .state
+            .programs
+            .get_mut(program)
+            .and_then(|p| p.revisions.remove(revision))
+        else {
+            return;
+        };
+        for pin in r.progs.values().chain(r.maps.values()) {
+            let _ = std::fs::remove_file(pin);
+        }
+        let _ = std::fs::remove_dir(self.prog_dir(program).join(revision));
+        tracing::info!(
+            program,
+            revision,
+            "orphaned revision removed to be loaded afresh"
+        );
+    }
+
+    /// The token an orphan's code was loaded with (its `bpfleet_revision`
+    /// section), 0 when it has none pinned. An orphan's maps are named
+    /// after their pins, where the section's dots became underscores.
+    fn orphan_token(&self, program: &str, revision: &str) -> u64 {
+        let section = pin_component(kernel::REVISION_SECTION);
+        self.state
+            .programs
+            .get(program)
+            .and_then(|p| p.revisions.get(revision))
+            .and_then(|r| {
+                r.maps
+                    .iter()
+                    .find(|(m, _)| m.ends_with(kernel::REVISION_SECTION) || m.ends_with(&section))
+            })
+            .and_then(|(_, pin)| kernel::maps::read_u64(pin, 0))
+            .unwrap_or(0)
     }
 
     /// The object's bytes, refused when empty or larger than the agent
@@ -204,7 +347,9 @@ impl Agent {
                 dispatched: BTreeMap::new(),
             },
         );
+        fault::point("load.after_kernel");
         self.save()?;
+        fault::point("load.after_state");
         self.publish(&cmd.program);
         let info = self.revision_info(&cmd.program, &cmd.revision)?;
         Ok((info, true))

@@ -155,7 +155,8 @@ impl Agent {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
-        let state = StateFile::read(&cfg.state_file)?;
+        let opened = StateFile::open(&cfg.state_file)?;
+        let state = opened.state;
         let verifiers = Verifiers::new(&cfg.trusted_keys, cfg.allow_unsigned)?;
         let audit = Audit::new(cfg.audit_log.as_deref())?;
         let stats_fd = if cfg.enable_stats {
@@ -182,6 +183,17 @@ impl Agent {
             persister: Persister::new(cfg_state_file),
             views: watch::channel(Arc::new(Vec::new())).0,
         };
+        if let Some(c) = opened.corrupt {
+            agent.problems.push(format!(
+                "state file {} was corrupt ({}); kept as {}; pins re-adopted",
+                agent.cfg.state_file.display(),
+                c.reason,
+                c.kept.map_or_else(
+                    || "nothing (moving it failed)".into(),
+                    |k| k.display().to_string()
+                )
+            ));
+        }
         agent.adopt();
         agent.save()?;
         agent.publish_all();

@@ -12,6 +12,7 @@ use bpfleet_proto::v1::SwitchMethod;
 use super::request;
 use super::{Agent, Runtime};
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::hooks::switch_method;
 use crate::kernel::{self, hook_of};
 use crate::state::{EntryState, ProgramState, RunFigures, SharedLink};
@@ -34,6 +35,11 @@ impl Agent {
     /// Makes `revision` the active one.
     pub fn activate(&mut self, program: &str, revision: &str, actor: &str) -> Result<Switched> {
         let res = self.switch_to(program, revision, true);
+        if res.is_ok() {
+            fault::point("activate.after_kernel");
+            self.save_soon();
+            fault::point_after("activate.after_state", || self.persister.flush());
+        }
         self.publish(program);
         self.audit_switch(actor, "activate", program, revision, &res);
         res
@@ -90,7 +96,9 @@ impl Agent {
                 p.history.truncate(pos);
             }
         }
+        fault::point("rollback.after_kernel");
         self.save_soon();
+        fault::point_after("rollback.after_state", || self.persister.flush());
         Ok(res)
     }
 
@@ -205,7 +213,6 @@ impl Agent {
             }
         }
         p.active = Some(revision.to_string());
-        self.save_soon();
         Ok(Switched {
             active: revision.to_string(),
             previous,

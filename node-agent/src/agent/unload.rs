@@ -8,6 +8,7 @@ use std::path::Path;
 use super::Agent;
 use super::request;
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::kernel;
 use crate::state::{RevisionState, SharedLink};
 
@@ -73,7 +74,9 @@ impl Agent {
                     }
                 }
                 let _ = std::fs::remove_dir(prog_dir.join(revision));
+                fault::point("unload.after_kernel");
                 self.save()?;
+                fault::point("unload.after_state");
                 return Ok(removed);
             }
         }
@@ -101,14 +104,19 @@ impl Agent {
                 prog_dir.display()
             ));
         }
+        fault::point("unload.after_kernel");
         self.save()?;
+        fault::point("unload.after_state");
         Ok(removed)
     }
 }
 
 fn remove_pin(pin: &Path, removed: &mut Vec<String>) {
     match std::fs::remove_file(pin) {
-        Ok(()) => removed.push(pin.display().to_string()),
+        Ok(()) => {
+            removed.push(pin.display().to_string());
+            fault::point("unload.mid_pins");
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(pin = %pin.display(), error = %e, "cannot remove pin"),
     }

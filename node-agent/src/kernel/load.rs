@@ -227,6 +227,7 @@ fn load_inner(spec: &ObjectLoad<'_>, created: &mut Vec<PathBuf>) -> Result<Loade
         created.push(pin.clone());
         out.progs.insert(name, pin);
     }
+    crate::fault::point("load.mid_pins");
     for mut m in obj.maps_mut() {
         let name = m.name().to_string_lossy().into_owned();
         let memlock = m.query_fdinfo().ok().and_then(|i| i.memlock).unwrap_or(0);
@@ -274,6 +275,42 @@ fn load_inner(spec: &ObjectLoad<'_>, created: &mut Vec<PathBuf>) -> Result<Loade
         })?;
     }
     Ok(out)
+}
+
+/// The kernel tags of the entry programs of an object, from a load that
+/// pins nothing and leaves nothing behind (its programs and maps go when
+/// this returns). Two loads of the same code have the same tags: the
+/// agent compares them with pinned programs it found without a record.
+pub fn program_tags(
+    bytes: &[u8],
+    name: &str,
+    entries: &[EntryState],
+) -> Result<BTreeMap<String, [u8; 8]>> {
+    let mut builder = ObjectBuilder::default();
+    builder
+        .name(name)
+        .map_err(|e| Error::kernel("naming object", e))?;
+    let mut open = builder
+        .open_memory(bytes)
+        .map_err(|e| Error::Invalid(format!("object is not a loadable BPF ELF: {e}")))?;
+    for mut p in open.progs_mut() {
+        let wanted = entries
+            .iter()
+            .any(|e| p.name().as_bytes() == e.bpf_program.as_bytes());
+        p.set_autoload(wanted);
+    }
+    let obj = open
+        .load()
+        .map_err(|e| Error::kernel("loading object (to compare)", e))?;
+    let mut tags = BTreeMap::new();
+    for p in obj.progs() {
+        if !p.autoload() {
+            continue;
+        }
+        let f = super::prog_figures(p.as_fd())?;
+        tags.insert(p.name().to_string_lossy().into_owned(), f.tag);
+    }
+    Ok(tags)
 }
 
 fn check_compatible(name: &str, m: &libbpf_rs::OpenMapMut<'_>, pin: &Path) -> Result<()> {

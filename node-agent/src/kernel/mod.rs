@@ -39,7 +39,7 @@ pub use layout::{
     entry_keys, hook_of, shared_link_key, shared_link_pin, shared_map_pin, slot_pin,
 };
 pub use link::{create_shared_link, link_ids, link_update};
-pub use load::{Loaded, ObjectLoad, load};
+pub use load::{Loaded, ObjectLoad, load, program_tags};
 pub use maps::PinnedMap;
 pub use object::{ProgFigures, enable_stats, obj_get, obj_pin, prog_figures};
 

@@ -50,6 +50,9 @@ pub struct ProgFigures {
     pub run_time_ns: u64,
     /// Runs skipped by recursion protection.
     pub recursion_misses: u64,
+    /// The kernel's tag: a hash of the program's instructions with map
+    /// references blanked, the same for every load of the same code.
+    pub tag: [u8; 8],
 }
 
 /// Reads id and run statistics of a program.
@@ -69,6 +72,7 @@ pub fn prog_figures(fd: BorrowedFd<'_>) -> Result<ProgFigures> {
         run_cnt: info.run_cnt,
         run_time_ns: info.run_time_ns,
         recursion_misses: info.recursion_misses,
+        tag: info.tag,
     })
 }
 
