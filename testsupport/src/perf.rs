@@ -39,7 +39,12 @@ pub struct Profile {
 /// The program a JIT symbol names, without the tag.
 pub fn program_of(sym: &str) -> Option<&str> {
     let rest = sym.strip_prefix("bpf_prog_")?;
-    let (_tag, name) = rest.split_once('_')?;
+    let (tag, name) = rest.split_once('_')?;
+    // The JIT's tag is 16 hex digits; kernel functions named bpf_prog_*
+    // (bpf_prog_get_info_by_fd, bpf_prog_calc_tag...) are not programs.
+    if tag.len() != 16 || !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     Some(name.split('+').next().unwrap_or(name))
 }
 
@@ -90,6 +95,68 @@ pub fn parse(text: &str) -> Profile {
     p
 }
 
+/// What kind of work a profile entry (a program's `self`, a global
+/// function or a kernel function it called) is.
+pub fn kind(what: &str) -> &'static str {
+    const MAPS: &[&str] = &[
+        "lookup_nulls_elem_raw",
+        "htab_",
+        "__htab_",
+        "bpf_lru_",
+        "prealloc_lru",
+        "pcpu_",
+    ];
+    const USER: &[&str] = &[
+        "copy_from_user_nofault",
+        "__check_object_size",
+        "check_stack_object",
+        "bpf_probe_read_user",
+        "__virt_addr_valid",
+        "is_vmalloc_addr",
+        "__pi_memcpy",
+    ];
+    const CLOCK: &[&str] = &["read_tsc", "ktime_get_mono_fast_ns", "bpf_ktime_get_ns"];
+    const TASK: &[&str] = &[
+        "bpf_task_pt_regs",
+        "bpf_get_current_task_btf",
+        "bpf_get_current_pid_tgid",
+    ];
+    const RING: &[&str] = &["__bpf_ringbuf_reserve", "bpf_ringbuf_", "__bpf_ringbuf"];
+    const PARSE: &[&str] = &["head_pipelined", "parse_request"];
+    let any = |list: &[&str]| list.iter().any(|p| what.starts_with(p));
+    if what == "self" {
+        "own code"
+    } else if any(MAPS) {
+        "maps"
+    } else if any(USER) {
+        "user memory"
+    } else if any(CLOCK) {
+        "clock"
+    } else if any(TASK) {
+        "task and registers"
+    } else if any(RING) {
+        "ring buffer"
+    } else if any(PARSE) {
+        "parsing"
+    } else {
+        "other"
+    }
+}
+
+/// The profile's BPF time per kind of work, summed over programs
+/// (nanoseconds, as sampled).
+pub fn by_kind(p: &Profile) -> BTreeMap<&'static str, Sampled> {
+    let mut out: BTreeMap<&'static str, Sampled> = BTreeMap::new();
+    for parts in p.programs.values() {
+        for (what, s) in parts {
+            let k = out.entry(kind(what)).or_default();
+            k.ns += s.ns;
+            k.samples += s.samples;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,14 +165,14 @@ mod tests {
     fn samples_are_grouped_by_program_and_leaf() {
         let text = "    200000 \n\
             \t ffffffff8100 copy_from_user_nofault+0x2a\n\
-            \t ffffffffc001 bpf_prog_0123abcd_exit_recvfrom+0x99\n\
+            \t ffffffffc001 bpf_prog_0123456789abcdef_exit_recvfrom+0x99\n\
             \t ffffffff8200 trace_call_bpf+0x50\n\n\
             \x20   200000 \n\
-            \t ffffffffc001 bpf_prog_0123abcd_exit_recvfrom+0x10\n\
+            \t ffffffffc001 bpf_prog_0123456789abcdef_exit_recvfrom+0x10\n\
             \t ffffffff8200 trace_call_bpf+0x50\n\n\
             \x20   100000 \n\
-            \t ffffffffc002 bpf_prog_0123abcd_parse_request+0x8\n\
-            \t ffffffffc001 bpf_prog_0123abcd_exit_recvfrom+0x40\n\
+            \t ffffffffc002 bpf_prog_0123456789abcdef_parse_request+0x8\n\
+            \t ffffffffc001 bpf_prog_0123456789abcdef_exit_recvfrom+0x40\n\
             \t ffffffff8200 trace_call_bpf+0x50\n\n\
             \x20   200000 \n\
             \t ffffffff8400 pvclock_clocksource_read_nowd+0x1\n\
@@ -125,11 +192,19 @@ mod tests {
         assert_eq!(r["self"].ns, 200000);
         assert_eq!(r["copy_from_user_nofault"].samples, 1);
         assert_eq!(r["parse_request"].ns, 100000);
+        let k = by_kind(&p);
+        assert_eq!(k["own code"].samples, 1);
+        assert_eq!(k["user memory"].samples, 1);
+        assert_eq!(k["parsing"].samples, 1);
+        assert_eq!(kind("htab_map_hash"), "maps");
+        assert_eq!(kind("read_tsc"), "clock");
+        assert_eq!(kind("nginx_main"), "other");
         assert_eq!(p.programs.len(), 1);
         assert_eq!(
-            program_of("bpf_prog_0123abcd_exit_write+0x3"),
+            program_of("bpf_prog_0123456789abcdef_exit_write+0x3"),
             Some("exit_write")
         );
         assert_eq!(program_of("copy_from_user_nofault"), None);
+        assert_eq!(program_of("bpf_prog_get_info_by_fd+0x10"), None);
     }
 }

@@ -37,7 +37,8 @@
 //!   client's latency p50 and p99 traced over untraced;
 //! - at the high fixed rate: events lost (the kernel's `http_lost`) and the
 //!   exchanges the agent reported against the requests (x2 with both ends);
-//! - the agent's peak RSS.
+//! - the agent's peak RSS during the mode's traffic (the peak is reset
+//!   after each load: the same agent process runs every mode).
 //!
 //! Nothing stays behind: the tracer is unloaded over gRPC, the agent and
 //! nginx are killed, the pin root, scratch dir and namespace removed (also
@@ -444,6 +445,9 @@ fn main() {
                 assert!(Instant::now() < deadline, "the agent started no reader");
                 std::thread::sleep(Duration::from_millis(50));
             }
+            // The agent process stays across modes: its peak RSS starts
+            // again here (after the load, before the mode's traffic).
+            reset_peak_rss(agent_pid);
             let pinned = tracer.then(|| Pinned::open(&events_pin, &lost_pin).unwrap());
             let lost = || pinned.as_ref().map_or(0, |p| p.lost().unwrap());
 

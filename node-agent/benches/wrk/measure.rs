@@ -95,6 +95,15 @@ impl Drop for SetOnDrop<'_> {
 }
 
 /// Highest VmRSS of `pid` seen every 50 ms while `f` runs.
+/// Resets the process's peak RSS (VmHWM) to its current RSS, so that a
+/// mode's peak is its own and not one an earlier mode left in the same
+/// agent process (`clear_refs` value 5).
+pub fn reset_peak_rss(pid: u32) {
+    if let Err(e) = std::fs::write(format!("/proc/{pid}/clear_refs"), "5") {
+        println!("    cannot reset the agent's peak RSS: {e}");
+    }
+}
+
 pub fn with_peak_rss<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {

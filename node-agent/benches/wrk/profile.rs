@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use bpfleet_testsupport::perf::{Profile, Sampled, parse};
+use bpfleet_testsupport::perf::{Profile, Sampled, by_kind, parse};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -91,6 +91,13 @@ pub fn print(p: &Profile, requests: u64) {
         per(&p.run_time_stats),
         p.run_time_stats.samples
     );
+    let mut kinds: Vec<(&str, Sampled)> = by_kind(p).into_iter().collect();
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1.ns));
+    let kinds: Vec<String> = kinds
+        .iter()
+        .map(|(k, s)| format!("{k} {:.0}", per(s)))
+        .collect();
+    println!("      by kind (ns/request): {}", kinds.join(", "));
     for (name, t, parts) in progs {
         let mut parts: Vec<(&String, &Sampled)> = parts.iter().collect();
         parts.sort_by_key(|b| std::cmp::Reverse(b.1.ns));
