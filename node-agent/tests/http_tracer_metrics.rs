@@ -418,3 +418,79 @@ async fn a_restarted_agent_names_paths_announced_before_it() {
     drop(agent);
     assert!(root.pins().is_empty(), "pins left: {:?}", root.pins());
 }
+
+/// Metrics mode with half the connections sampled (`samplingRate` 0.5,
+/// slot 8): the sampled ones come as events and become spans at the OTLP
+/// collector, the rest are counted in the kernel, and every exchange is in
+/// the figures once; spans are exactly the exchanges not counted in the
+/// kernel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_connections_become_spans_and_are_counted_once() {
+    let root = PinRoot::new("http-sampled");
+    let server = TestServer::start();
+    let collector = Collector::default();
+    let otlp = format!("http://127.0.0.1:{}", collector.start().await);
+    let (agent, mut c, mport) =
+        traced_agent(&root, &[server.port], &["--otlp-endpoint", &otlp]).await;
+    c.update_config(pb::UpdateConfigRequest {
+        program: PROGRAM.into(),
+        map: String::new(),
+        entries: vec![pb::ConfigEntry {
+            key: config::SAMPLE_PPM.to_ne_bytes().to_vec(),
+            value: 500_000u64.to_ne_bytes().to_vec(),
+        }],
+        replace: false,
+        namespaces: None,
+    })
+    .await
+    .unwrap();
+    let base = format!("http://127.0.0.1:{}", server.port);
+    const CONNECTIONS: u64 = 40;
+    for _ in 0..CONNECTIONS {
+        // One curl, one connection, two exchanges.
+        let codes = curl(&[], &[format!("{base}/ok"), format!("{base}/missing")]);
+        assert_eq!(codes, [200, 404]);
+    }
+    let total = 2 * CONNECTIONS;
+    wait_requests(&mut c, "r1", total).await;
+    let (_, body) = get(mport, "/api/health");
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let t = &h["tracer"]["programs"][0];
+    assert_eq!(t["exchanges"], total, "{t}");
+    let in_kernel = t["exchanges_counted_in_kernel"].as_u64().unwrap();
+    let sampled = total - in_kernel;
+    assert!(
+        sampled > 0 && in_kernel > 0,
+        "half the connections sampled: {sampled} of {total} as events"
+    );
+    assert_eq!(sampled % 2, 0, "a connection is sampled whole: {t}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (collector.spans().len() as u64) < sampled && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spans = collector.spans();
+    assert_eq!(spans.len() as u64, sampled, "one span per sampled exchange");
+    let (_, text) = get(mport, "/metrics");
+    let m = parse_metrics(&text);
+    let count = |code: &str| {
+        sum(
+            &m,
+            "http_server_request_duration_seconds_count",
+            &[("http_response_status_code", code)],
+        )
+    };
+    assert_eq!(
+        (count("200"), count("404")),
+        (CONNECTIONS as f64, CONNECTIONS as f64)
+    );
+
+    c.unload(pb::UnloadRequest {
+        program: PROGRAM.into(),
+        revision: String::new(),
+    })
+    .await
+    .unwrap();
+    drop(agent);
+    assert!(root.pins().is_empty(), "pins left: {:?}", root.pins());
+}
