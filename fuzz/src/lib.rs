@@ -3,15 +3,18 @@
 //! `tests/corpus.rs` replays every committed input through them on stable.
 //!
 //! Each body decodes the bytes into a sequence of calls on a public entry
-//! point (`Connection::feed`, `Pipeline::handle_raw`, rules parsing), makes
+//! point (`Connection::feed`, `Pipeline::handle_raw`, rules parsing, the
+//! agent's request checks and admission), makes
 //! them, and asserts what must hold whatever the input: no panic, and
 //! results that stay within what was fed. A failed assertion is a crash to
 //! libFuzzer, like a panic in the code under test.
 //!
 //! Every module also writes its input format ([`http_segments::Script`],
-//! [`tracer_events::Script`], [`rules::input`]), used by the seeds and
+//! [`tracer_events::Script`], [`rules::input`], [`agent_requests::input`]),
+//! used by the seeds and
 //! the tests, so that nobody has to write the binary layouts by hand.
 
+pub mod agent_requests;
 pub mod http_segments;
 pub mod rules;
 pub mod seeds;

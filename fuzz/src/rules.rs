@@ -4,9 +4,10 @@
 //! request.
 //!
 //! The agent's own reader (`node-agent/src/http/rules.rs`,
-//! `apply_policy`) lives in the agent crate, which is too heavy to build
-//! instrumented; this target reads the same documented fields with serde
-//! the way it does (serde_yaml, which reads JSON as well; serde_json too),
+//! `apply_policy`) is not called (it was written before this crate
+//! depended on the agent, for `agent_requests`); this target reads the
+//! same documented fields with serde the way it does (serde_yaml, which
+//! reads JSON as well; serde_json too),
 //! and fuzzes everything downstream of the text: [`Rules::redactor`] and
 //! [`Rules::routes`] (what [`Rules::check`] runs) and their use. With the
 //! default redaction on, the redactor is built as `fast_redactor` says, so

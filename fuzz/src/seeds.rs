@@ -35,7 +35,107 @@ pub fn all() -> Vec<Seed> {
     let mut v = http_segments();
     v.extend(tracer_events());
     v.extend(rules());
+    v.extend(agent_requests());
     v
+}
+
+fn agent_requests() -> Vec<Seed> {
+    use crate::agent_requests::{HELD_NAMES, HELD_OBJECT, REAL_DIGEST, input};
+    use bpfleet_proto::v1 as pb;
+    let t = "agent_requests";
+    let entry = |name: &str, target: &str| pb::ProgramEntry {
+        bpf_program: name.into(),
+        hook: pb::HookKind::Tracepoint as i32,
+        target: target.into(),
+        pid: 0,
+    };
+    let load = |object: &[u8]| pb::LoadRequest {
+        program: "http-tracer".into(),
+        revision: "v2".into(),
+        entries: vec![
+            entry("exit_read", "syscalls/sys_exit_read"),
+            entry("exit_write", "syscalls/sys_exit_write"),
+        ],
+        persistent_maps: vec!["http_aggs".into()],
+        source: Some(pb::load_request::Source::Object(object.to_vec())),
+        ..Default::default()
+    };
+    let config = pb::UpdateConfigRequest {
+        program: "http-tracer".into(),
+        map: String::new(),
+        entries: vec![pb::ConfigEntry {
+            key: 8u32.to_ne_bytes().to_vec(),
+            value: 500_000u64.to_ne_bytes().to_vec(),
+        }],
+        replace: false,
+        namespaces: Some(pb::NamespaceFilter {
+            names: vec!["shop".into(), "payments".into(), "shop".into()],
+        }),
+    };
+    vec![
+        seed(
+            t,
+            "load-new-program",
+            input(0, REAL_DIGEST, &load(b"\x7fELF new")),
+        ),
+        seed(t, "load-wrong-digest", input(0, 0, &load(b"\x7fELF new"))),
+        seed(
+            t,
+            "load-held-revision",
+            input(0, REAL_DIGEST | HELD_NAMES, &load(HELD_OBJECT)),
+        ),
+        seed(
+            t,
+            "load-object-path",
+            input(
+                0,
+                0,
+                &pb::LoadRequest {
+                    source: Some(pb::load_request::Source::ObjectPath(
+                        "/var/lib/bpfleet/x.o".into(),
+                    )),
+                    ..load(b"")
+                },
+            ),
+        ),
+        seed(t, "update-config-namespaces", input(1, 0, &config)),
+        seed(
+            t,
+            "activate",
+            input(
+                2,
+                0,
+                &pb::ActivateRequest {
+                    program: "http-tracer".into(),
+                    revision: "v2".into(),
+                },
+            ),
+        ),
+        seed(
+            t,
+            "rollback-previous",
+            input(
+                3,
+                0,
+                &pb::RollbackRequest {
+                    program: "http-tracer".into(),
+                    to_revision: String::new(),
+                },
+            ),
+        ),
+        seed(
+            t,
+            "unload-program",
+            input(
+                4,
+                0,
+                &pb::UnloadRequest {
+                    program: "http-tracer".into(),
+                    revision: String::new(),
+                },
+            ),
+        ),
+    ]
 }
 
 fn http_segments() -> Vec<Seed> {

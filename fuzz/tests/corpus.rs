@@ -9,10 +9,11 @@ use bpfleet_httptrace::rules::{RedactionRules, Rules};
 
 type Body = fn(&[u8]);
 
-const TARGETS: [(&str, Body); 3] = [
+const TARGETS: [(&str, Body); 4] = [
     ("http_segments", bpfleet_fuzz::http_segments::run),
     ("tracer_events", bpfleet_fuzz::tracer_events::run),
     ("rules", bpfleet_fuzz::rules::run),
+    ("agent_requests", bpfleet_fuzz::agent_requests::run),
 ];
 
 fn root() -> PathBuf {
@@ -153,4 +154,30 @@ fn a_regex_past_the_compile_size_limit_is_refused() {
         );
     }
     assert!(with_pattern(r"--pin=\S+").check().is_ok());
+}
+
+/// The agent request seeds reach what they are named for: a new program
+/// admitted, a wrong digest refused at admission, the held revision found
+/// loaded, a path source and the other requests past their checks.
+#[test]
+fn the_agent_request_seeds_reach_admission() {
+    use bpfleet_fuzz::agent_requests::{Reached, reach};
+    let want = [
+        ("load-new-program", Reached::Admitted),
+        ("load-wrong-digest", Reached::NotAdmitted),
+        ("load-held-revision", Reached::AlreadyLoaded),
+        ("load-object-path", Reached::Checked),
+        ("update-config-namespaces", Reached::Checked),
+        ("activate", Reached::Checked),
+        ("rollback-previous", Reached::Checked),
+        ("unload-program", Reached::Checked),
+    ];
+    let seeds = bpfleet_fuzz::seeds::all();
+    for (name, reached) in want {
+        let s = seeds
+            .iter()
+            .find(|s| s.target == "agent_requests" && s.name == name)
+            .unwrap_or_else(|| panic!("no seed {name}"));
+        assert_eq!(reach(&s.data), reached, "{name}");
+    }
 }
