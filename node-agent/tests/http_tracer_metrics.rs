@@ -20,6 +20,22 @@ const SLOW: Duration = Duration::from_millis(180);
 
 type Client = pb::agent_client::AgentClient<tonic::transport::Channel>;
 
+/// Writes one `bpfleet_config` slot of the tracer.
+async fn set_slot(c: &mut Client, slot: u32, value: u64) {
+    c.update_config(pb::UpdateConfigRequest {
+        program: PROGRAM.into(),
+        map: String::new(),
+        entries: vec![pb::ConfigEntry {
+            key: slot.to_ne_bytes().to_vec(),
+            value: value.to_ne_bytes().to_vec(),
+        }],
+        replace: false,
+        namespaces: None,
+    })
+    .await
+    .unwrap();
+}
+
 /// The agent (metrics on a port of its own, `extra` flags) with the tracer
 /// loaded and active, tracing `ports` only, its reader running: the agent,
 /// a client and the metrics port.
@@ -46,18 +62,7 @@ async fn traced_agent(root: &PinRoot, ports: &[u16], extra: &[&str]) -> (AgentPr
     })
     .await
     .unwrap();
-    c.update_config(pb::UpdateConfigRequest {
-        program: PROGRAM.into(),
-        map: String::new(),
-        entries: vec![pb::ConfigEntry {
-            key: config::PORT_FILTER.to_ne_bytes().to_vec(),
-            value: 1u64.to_ne_bytes().to_vec(),
-        }],
-        replace: false,
-        namespaces: None,
-    })
-    .await
-    .unwrap();
+    set_slot(&mut c, config::PORT_FILTER, 1).await;
     c.activate(pb::ActivateRequest {
         program: PROGRAM.into(),
         revision: "r1".into(),
@@ -432,18 +437,7 @@ async fn sampled_connections_become_spans_and_are_counted_once() {
     let otlp = format!("http://127.0.0.1:{}", collector.start().await);
     let (agent, mut c, mport) =
         traced_agent(&root, &[server.port], &["--otlp-endpoint", &otlp]).await;
-    c.update_config(pb::UpdateConfigRequest {
-        program: PROGRAM.into(),
-        map: String::new(),
-        entries: vec![pb::ConfigEntry {
-            key: config::SAMPLE_PPM.to_ne_bytes().to_vec(),
-            value: 500_000u64.to_ne_bytes().to_vec(),
-        }],
-        replace: false,
-        namespaces: None,
-    })
-    .await
-    .unwrap();
+    set_slot(&mut c, config::SAMPLE_PPM, 500_000).await;
     let base = format!("http://127.0.0.1:{}", server.port);
     const CONNECTIONS: u64 = 40;
     for _ in 0..CONNECTIONS {

@@ -98,49 +98,52 @@ pub fn parse(text: &str) -> Profile {
 /// What kind of work a profile entry (a program's `self`, a global
 /// function or a kernel function it called) is.
 pub fn kind(what: &str) -> &'static str {
-    const MAPS: &[&str] = &[
-        "lookup_nulls_elem_raw",
-        "htab_",
-        "__htab_",
-        "bpf_lru_",
-        "prealloc_lru",
-        "pcpu_",
+    const KINDS: &[(&str, &[&str])] = &[
+        (
+            "maps",
+            &[
+                "lookup_nulls_elem_raw",
+                "htab_",
+                "__htab_",
+                "bpf_lru_",
+                "prealloc_lru",
+                "pcpu_",
+            ],
+        ),
+        (
+            "user memory",
+            &[
+                "copy_from_user_nofault",
+                "__check_object_size",
+                "check_stack_object",
+                "bpf_probe_read_user",
+                "__virt_addr_valid",
+                "is_vmalloc_addr",
+                "__pi_memcpy",
+            ],
+        ),
+        (
+            "clock",
+            &["read_tsc", "ktime_get_mono_fast_ns", "bpf_ktime_get_ns"],
+        ),
+        (
+            "task and registers",
+            &[
+                "bpf_task_pt_regs",
+                "bpf_get_current_task_btf",
+                "bpf_get_current_pid_tgid",
+            ],
+        ),
+        ("ring buffer", &["__bpf_ringbuf", "bpf_ringbuf_"]),
+        ("parsing", &["head_pipelined", "parse_request"]),
     ];
-    const USER: &[&str] = &[
-        "copy_from_user_nofault",
-        "__check_object_size",
-        "check_stack_object",
-        "bpf_probe_read_user",
-        "__virt_addr_valid",
-        "is_vmalloc_addr",
-        "__pi_memcpy",
-    ];
-    const CLOCK: &[&str] = &["read_tsc", "ktime_get_mono_fast_ns", "bpf_ktime_get_ns"];
-    const TASK: &[&str] = &[
-        "bpf_task_pt_regs",
-        "bpf_get_current_task_btf",
-        "bpf_get_current_pid_tgid",
-    ];
-    const RING: &[&str] = &["__bpf_ringbuf_reserve", "bpf_ringbuf_", "__bpf_ringbuf"];
-    const PARSE: &[&str] = &["head_pipelined", "parse_request"];
-    let any = |list: &[&str]| list.iter().any(|p| what.starts_with(p));
     if what == "self" {
-        "own code"
-    } else if any(MAPS) {
-        "maps"
-    } else if any(USER) {
-        "user memory"
-    } else if any(CLOCK) {
-        "clock"
-    } else if any(TASK) {
-        "task and registers"
-    } else if any(RING) {
-        "ring buffer"
-    } else if any(PARSE) {
-        "parsing"
-    } else {
-        "other"
+        return "own code";
     }
+    KINDS
+        .iter()
+        .find(|(_, prefixes)| prefixes.iter().any(|p| what.starts_with(p)))
+        .map_or("other", |(k, _)| k)
 }
 
 /// The profile's BPF time per kind of work, summed over programs

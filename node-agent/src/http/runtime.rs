@@ -260,12 +260,25 @@ fn ignore_self(agent: &Mutex<Agent>, v: &ProgramView, own: u32) -> bool {
     if kernel::maps::read_u64(pin, IGNORE_TGID) == Some(u64::from(own)) {
         return true;
     }
+    write_slot(
+        agent,
+        &v.program,
+        IGNORE_TGID,
+        u64::from(own),
+        "cannot tell the tracer to ignore the agent",
+    )
+}
+
+/// Writes one `bpfleet_config` slot of `program` through the agent, so
+/// that it is audited (as `agent:http-tracer`); a refusal is logged with
+/// `failed`. False when the agent's lock is poisoned.
+fn write_slot(agent: &Mutex<Agent>, program: &str, slot: u32, value: u64, failed: &str) -> bool {
     let req = pb::UpdateConfigRequest {
-        program: v.program.clone(),
+        program: program.to_string(),
         map: String::new(),
         entries: vec![pb::ConfigEntry {
-            key: IGNORE_TGID.to_ne_bytes().to_vec(),
-            value: u64::from(own).to_ne_bytes().to_vec(),
+            key: slot.to_ne_bytes().to_vec(),
+            value: value.to_ne_bytes().to_vec(),
         }],
         replace: false,
         namespaces: None,
@@ -274,7 +287,7 @@ fn ignore_self(agent: &Mutex<Agent>, v: &ProgramView, own: u32) -> bool {
         return false;
     };
     if let Err(e) = a.update_config(&req, "agent:http-tracer") {
-        tracing::warn!(program = v.program, error = %e, "cannot tell the tracer to ignore the agent");
+        tracing::warn!(program, error = %e, "{failed}");
     }
     true
 }
@@ -295,23 +308,13 @@ fn new_paths_epoch(agent: &Mutex<Agent>, pins: &TracerPins) -> bool {
         return true;
     }
     let epoch = kernel::maps::read_u64(config, PATHS_EPOCH).unwrap_or(0) as u32;
-    let req = pb::UpdateConfigRequest {
-        program: pins.program.clone(),
-        map: String::new(),
-        entries: vec![pb::ConfigEntry {
-            key: PATHS_EPOCH.to_ne_bytes().to_vec(),
-            value: u64::from(epoch.wrapping_add(1)).to_ne_bytes().to_vec(),
-        }],
-        replace: false,
-        namespaces: None,
-    };
-    let Ok(mut a) = agent.lock() else {
-        return false;
-    };
-    if let Err(e) = a.update_config(&req, "agent:http-tracer") {
-        tracing::warn!(program = pins.program, error = %e, "cannot move the tracer to a new paths epoch");
-    }
-    true
+    write_slot(
+        agent,
+        &pins.program,
+        PATHS_EPOCH,
+        u64::from(epoch.wrapping_add(1)),
+        "cannot move the tracer to a new paths epoch",
+    )
 }
 
 /// One reader: until `stop` or until the ring buffer's pin disappears.
