@@ -16,11 +16,40 @@ pub mod agent {
 
 pub use agent::v1;
 
+/// Prints the user name only: requests are logged with `{:?}` and a
+/// registry password must never reach a log line.
+impl std::fmt::Debug for v1::RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::v1::{HookKind, LoadRequest, ProgramEntry, load_request::Source};
     use prost::Message;
+
+    #[test]
+    fn credentials_never_print_the_password() {
+        let c = super::v1::RegistryCredentials {
+            username: "ci".into(),
+            password: "s3cret-value".into(),
+        };
+        let req = LoadRequest {
+            source: Some(Source::Image(super::v1::ImageSource {
+                reference: "r.example/p@sha256:00".into(),
+                credentials: Some(c),
+            })),
+            ..Default::default()
+        };
+        let shown = format!("{req:?} {req:#?}");
+        assert!(shown.contains("\"ci\""), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
 
     #[test]
     fn load_request_round_trips_through_the_wire_format() {

@@ -54,7 +54,8 @@ impl AgentProcess {
     /// Starts `bin serve` with `files`, then `extra` arguments and `env`
     /// variables, inside the network namespace at `netns` (a
     /// `/run/netns/...` path, entered with nsenter, which keeps our mounts)
-    /// when given; returns once its socket exists (20 s at most).
+    /// when given; returns once its socket accepts a connection (20 s at
+    /// most).
     pub fn start(
         bin: &Path,
         files: &AgentFiles,
@@ -85,8 +86,10 @@ impl AgentProcess {
             socket: files.socket.clone(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !me.socket.exists() {
-            assert!(Instant::now() < deadline, "agent socket did not appear");
+        // The file appears at bind(2), before listen(2): a connect in
+        // between is refused, so wait for one that is accepted.
+        while std::os::unix::net::UnixStream::connect(&me.socket).is_err() {
+            assert!(Instant::now() < deadline, "agent socket did not answer");
             std::thread::sleep(Duration::from_millis(20));
         }
         me

@@ -217,6 +217,12 @@ impl Agent {
         let max = self.cfg.max_object_bytes;
         let bytes = match source {
             ObjectSource::Bytes(b) => b.clone(),
+            ObjectSource::Image(i) => {
+                return Err(Error::Precondition(format!(
+                    "image {}: this agent does not pull images yet (unsupported)",
+                    i.reference
+                )));
+            }
             ObjectSource::Path(path) => {
                 let p = path.display();
                 let meta =

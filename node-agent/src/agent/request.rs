@@ -24,12 +24,15 @@ pub const MAX_CONFIG_ENTRIES: usize = 4096;
 pub const MAX_NAMESPACES: usize = 64;
 
 /// Where a revision's object comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ObjectSource {
     /// Bytes sent in the request.
     Bytes(Vec<u8>),
     /// An absolute path on the node.
     Path(PathBuf),
+    /// An OCI reference pinned by digest, pulled before the agent is
+    /// locked (see `crate::image`); its Debug prints no password.
+    Image(pb::ImageSource),
 }
 
 /// A checked Load request.
@@ -111,9 +114,10 @@ pub fn load(req: pb::LoadRequest) -> Result<LoadCmd> {
             }
             ObjectSource::Path(path)
         }
+        Some(Source::Image(i)) => ObjectSource::Image(i),
         None => {
             return Err(Error::Invalid(
-                "no object: set object bytes or object_path".into(),
+                "no object: set object bytes, object_path or image".into(),
             ));
         }
     };

@@ -88,7 +88,9 @@ impl Agent {
             .expect("spawn agent");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
+        // The file appears at bind(2), before listen(2): wait for a
+        // connect that is accepted.
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "agent {} did not start",
