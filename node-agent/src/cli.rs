@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load a revision (inactive).
     Load {
         #[command(flatten)]
@@ -156,6 +156,23 @@ pub struct ServeArgs {
     /// Accept objects without a signature.
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Where pulled images' objects are kept, by digest, so restarts,
+    /// rollbacks and undos need no registry [default: `images` beside the
+    /// state file].
+    #[arg(long, env = "BPFLEET_IMAGE_CACHE_DIR")]
+    pub image_cache_dir: Option<PathBuf>,
+    /// Most bytes of objects the image cache keeps; the least recently
+    /// used go first.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub image_cache_max_bytes: u64,
+    /// PEM bundle of CAs trusted for registries, beside the system's;
+    /// repeatable.
+    #[arg(long = "registry-ca")]
+    pub registry_cas: Vec<PathBuf>,
+    /// Registry (`host[:port]`) pulled from over plain HTTP; repeatable.
+    /// Every other registry is HTTPS only.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
     /// Most programs at once.
     #[arg(long, default_value_t = 64)]
     pub max_programs: usize,
@@ -276,6 +293,14 @@ impl ServeArgs {
             let pem = std::fs::read_to_string(k)
                 .map_err(|e| Error::io(format!("reading {}", k.display()), e))?;
             cfg.trusted_keys.push((k.display().to_string(), pem));
+        }
+        cfg.images.cache_dir = self.image_cache_dir;
+        cfg.images.cache_max_bytes = self.image_cache_max_bytes;
+        cfg.images.insecure = self.insecure_registries;
+        for f in &self.registry_cas {
+            let pem =
+                std::fs::read(f).map_err(|e| Error::io(format!("reading {}", f.display()), e))?;
+            cfg.images.ca_pems.push((f.display().to_string(), pem));
         }
         let tls = match (self.tls_cert, self.tls_key, self.client_ca) {
             (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {

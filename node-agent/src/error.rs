@@ -52,6 +52,11 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The object's source (a registry) could not be read now: down,
+    /// refusing the credentials, missing the image. The load may succeed
+    /// later; the message is the registry's answer.
+    #[error("source unavailable: {0}")]
+    SourceUnavailable(String),
     /// Transport setup (listeners, TLS) failed.
     #[error("transport: {0}")]
     Transport(String),
@@ -88,6 +93,9 @@ impl Error {
             Self::Verifier { .. } => Code::InvalidArgument,
             Self::Denied(_) => Code::PermissionDenied,
             Self::Budget(_) => Code::ResourceExhausted,
+            // Not Unavailable: the operator reads that as "agent not
+            // reached". Aborted: this call failed, the same call may not.
+            Self::SourceUnavailable(_) => Code::Aborted,
             Self::Kernel { .. } | Self::Io { .. } | Self::Transport(_) => Code::Internal,
         }
     }
@@ -105,6 +113,7 @@ impl Error {
             Self::Kernel { .. } => "kernel",
             Self::Io { .. } => "io",
             Self::Transport(_) => "transport",
+            Self::SourceUnavailable(_) => "source_unavailable",
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod error;
 pub mod fault;
 pub mod hooks;
 pub mod http;
+pub mod image;
 pub mod kernel;
 pub mod metrics;
 pub mod names;

@@ -78,6 +78,19 @@ impl AgentService {
         }
     }
 
+    /// The agent's image side, taken under a short lock.
+    async fn images(&self) -> Result<Arc<crate::image::Images>, Status> {
+        let agent = self.agent.clone();
+        tokio::task::spawn_blocking(move || {
+            agent
+                .lock()
+                .map(|a| a.images())
+                .map_err(|_| Status::from(crate::agent::poisoned()))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("agent task failed: {e}")))?
+    }
+
     async fn run<T, F>(&self, op: &'static str, f: F) -> Result<T, Status>
     where
         T: Send + 'static,
@@ -132,7 +145,22 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<pb::LoadResponse>, Status> {
         let who = actor(&req);
         let r = req.into_inner();
-        let (revision, created) = self.run("load", move |a| a.load(r, &who)).await?;
+        // An image is pulled (or found in the node cache) before the agent
+        // is locked: a slow registry holds up no other call.
+        let fetched = match &r.source {
+            Some(pb::load_request::Source::Image(src)) => {
+                let images = self.images().await?;
+                Some(
+                    images
+                        .fetch(src, &r.entries, !r.signature.trim().is_empty())
+                        .await,
+                )
+            }
+            _ => None,
+        };
+        let (revision, created) = self
+            .run("load", move |a| a.load_fetched(r, fetched, &who))
+            .await?;
         Ok(Response::new(pb::LoadResponse {
             revision: Some(revision),
             created,

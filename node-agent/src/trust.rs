@@ -58,6 +58,21 @@ impl Verifiers {
         })
     }
 
+    /// Whether objects without any signature are let through.
+    pub fn allows_unsigned(&self) -> bool {
+        self.allow_unsigned
+    }
+
+    /// Checks a signature that is there (an image's cosign signature over
+    /// its payload): the name of the trusted key that verifies it.
+    pub fn check_signed(&self, bytes: &[u8], signature_b64: &str) -> Result<String> {
+        if signature_b64.trim().is_empty() {
+            return Err(Error::Denied("the signature is empty".into()));
+        }
+        self.check(bytes, signature_b64)?
+            .ok_or_else(|| Error::Denied("the signature is empty".into()))
+    }
+
     /// Checks `signature_b64` over `bytes`; returns the name of the key that
     /// verified it, or `None` for an allowed unsigned object.
     pub fn check(&self, bytes: &[u8], signature_b64: &str) -> Result<Option<String>> {

@@ -21,6 +21,7 @@ use super::request::{self, LoadCmd, ObjectSource, check_object_len};
 use crate::audit::now_ms;
 use crate::error::{Error, Result};
 use crate::fault;
+use crate::image::Fetched;
 use crate::kernel::{self, Slot};
 use crate::names::pin_component;
 use crate::state::{ProgramState, RevisionState, RunFigures, SharedLink};
@@ -28,9 +29,31 @@ use crate::state::{ProgramState, RevisionState, RunFigures, SharedLink};
 impl Agent {
     /// Loads a revision, inactive. Idempotent by (program, revision, digest).
     pub fn load(&mut self, req: pb::LoadRequest, actor: &str) -> Result<(pb::RevisionInfo, bool)> {
+        self.load_fetched(req, None, actor)
+    }
+
+    /// Load of a request whose image source was fetched before the agent
+    /// was locked (`crate::image`): `fetched` is that outcome, audited and
+    /// answered like any other refusal.
+    pub fn load_fetched(
+        &mut self,
+        req: pb::LoadRequest,
+        fetched: Option<Result<Fetched>>,
+        actor: &str,
+    ) -> Result<(pb::RevisionInfo, bool)> {
         let program = req.program.clone();
         let revision = req.revision.clone();
-        let res = self.load_inner(req);
+        let image = match &fetched {
+            Some(Ok(f)) => format!(
+                " image {} manifest {} signed_by {} cached {}",
+                f.reference,
+                f.manifest_digest,
+                f.signer.as_deref().unwrap_or("-"),
+                f.cached
+            ),
+            _ => String::new(),
+        };
+        let res = self.load_inner(req, fetched);
         self.audit_result(
             actor,
             "load",
@@ -39,7 +62,7 @@ impl Agent {
             &res,
             |(info, created)| {
                 format!(
-                    "sha256 {} created {created} load_ns {}",
+                    "sha256 {} created {created} load_ns {}{image}",
                     info.sha256, info.load_nanos
                 )
             },
@@ -47,9 +70,21 @@ impl Agent {
         res
     }
 
-    fn load_inner(&mut self, req: pb::LoadRequest) -> Result<(pb::RevisionInfo, bool)> {
-        let cmd = request::load(req)?;
-        let bytes = self.read_object(&cmd.source)?;
+    fn load_inner(
+        &mut self,
+        req: pb::LoadRequest,
+        fetched: Option<Result<Fetched>>,
+    ) -> Result<(pb::RevisionInfo, bool)> {
+        let mut cmd = request::load(req)?;
+        let bytes = match (&cmd.source, fetched) {
+            (ObjectSource::Image(_), Some(f)) => {
+                let f = f?;
+                check_object_len(f.object.len(), self.cfg.max_object_bytes)?;
+                cmd.verified_by = f.signer;
+                f.object
+            }
+            _ => self.read_object(&cmd.source)?,
+        };
         self.load_inner_cmd(cmd, &bytes)
     }
 
@@ -219,7 +254,7 @@ impl Agent {
             ObjectSource::Bytes(b) => b.clone(),
             ObjectSource::Image(i) => {
                 return Err(Error::Precondition(format!(
-                    "image {}: this agent does not pull images yet (unsupported)",
+                    "image {}: images are pulled by the agent's gRPC service before a load; this call came without it",
                     i.reference
                 )));
             }

@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use crate::audit::Audit;
 use crate::error::{Error, Result};
 use crate::hooks::NodeSupport;
+use crate::image::{ImageConfig, Images};
 use crate::kernel::{self, Slot};
 use crate::state::{Persister, StateFile};
 use crate::trust::Verifiers;
@@ -76,6 +77,8 @@ pub struct Config {
     pub enable_stats: bool,
     /// Node name reported by NodeInfo.
     pub node_name: String,
+    /// Registries and the node's image cache.
+    pub images: ImageConfig,
 }
 
 impl Config {
@@ -94,6 +97,7 @@ impl Config {
             allow_unsigned: false,
             enable_stats: true,
             node_name: String::new(),
+            images: ImageConfig::default(),
         }
     }
 }
@@ -135,6 +139,7 @@ pub struct Agent {
     problems: Vec<String>,
     persister: Persister,
     views: watch::Sender<Views>,
+    images: Arc<Images>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -158,6 +163,12 @@ impl Agent {
         let opened = StateFile::open(&cfg.state_file)?;
         let state = opened.state;
         let verifiers = Verifiers::new(&cfg.trusted_keys, cfg.allow_unsigned)?;
+        let images = Arc::new(Images::new(
+            &cfg.images,
+            &cfg.state_file,
+            verifiers.clone(),
+            cfg.max_object_bytes as u64,
+        )?);
         let audit = Audit::new(cfg.audit_log.as_deref())?;
         let stats_fd = if cfg.enable_stats {
             match kernel::enable_stats() {
@@ -182,6 +193,7 @@ impl Agent {
             problems: Vec::new(),
             persister: Persister::new(cfg_state_file),
             views: watch::channel(Arc::new(Vec::new())).0,
+            images,
         };
         if let Some(c) = opened.corrupt {
             agent.problems.push(format!(
@@ -284,6 +296,11 @@ impl Agent {
                 .audit
                 .write(actor, action, program, revision, e.kind(), &e.to_string()),
         }
+    }
+
+    /// The image side (pulls happen outside the agent's lock).
+    pub fn images(&self) -> Arc<Images> {
+        self.images.clone()
     }
 
     /// Whether a hook is usable here (for callers that pre-check).

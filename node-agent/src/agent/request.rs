@@ -49,6 +49,9 @@ pub struct LoadCmd {
     pub sha256: String,
     /// Signature, base64 (checked at admission).
     pub signature: String,
+    /// The trusted key that verified the image's cosign signature, set
+    /// once an image source is fetched (`crate::image`).
+    pub verified_by: Option<String>,
     /// The request's own map memory budget, when it sets one.
     pub max_map_bytes: Option<u64>,
 }
@@ -129,6 +132,7 @@ pub fn load(req: pb::LoadRequest) -> Result<LoadCmd> {
         source,
         sha256: req.sha256,
         signature: req.signature,
+        verified_by: None,
         max_map_bytes: req
             .budget
             .map(|b| b.max_map_memory_bytes)
