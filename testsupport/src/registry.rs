@@ -34,7 +34,7 @@ pub struct RegistryOpts {
 }
 
 /// A `docker-registry serve` process on 127.0.0.1, killed (and its files
-/// removed) on drop.
+/// removed) on drop, or by the kernel if the test dies first.
 pub struct Registry {
     port: u16,
     tls: bool,
@@ -225,16 +225,28 @@ impl Registry {
         let log2 = log
             .try_clone()
             .unwrap_or_else(|e| panic!("registry log: {e}"));
-        let child = Command::new(BINARY)
-            .arg("serve")
+        let mut cmd = Command::new(BINARY);
+        cmd.arg("serve")
             .arg(self.dir.path().join("config.yml"))
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("{BINARY}: {e} (apt-get install docker-registry; scripts/setup.sh does)")
+            .stderr(log2);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls prctl(2), which is async-signal-safe. PR_SET_PDEATHSIG has
+        // the kernel kill the registry if the test dies without running
+        // Drop (it fires when the thread that started the registry ends,
+        // which for a test is when the test does).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
             });
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("{BINARY}: {e} (apt-get install docker-registry; scripts/setup.sh does)")
+        });
         self.child = Some(child);
         self.wait_ready();
     }
