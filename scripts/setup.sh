@@ -6,14 +6,15 @@
 #    nginx-light for the tracer benchmark (scripts/bench-tracer.sh);
 #    docker-registry (distribution 2.8) and apache2-utils (htpasswd -B) for
 #    the image tests' local registry (testsupport::registry), never left
-#    running as a service;
+#    running as a service; buildah to build bpfman-format bytecode images
+#    (testsupport::buildah; no daemon, vfs storage);
 #  - a bpffs on /sys/fs/bpf and tracefs on /sys/kernel/tracing;
 #  - etcd, kube-apiserver and kubectl (and helm and cosign for the chart and
 #    image-signature tests) built from the Go module proxy.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-packages=(clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 gcc make curl python3 lua5.4 openssl wrk nginx-light docker-registry apache2-utils)
+packages=(clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 gcc make curl python3 lua5.4 openssl wrk nginx-light docker-registry apache2-utils buildah)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -11,12 +11,14 @@
 //! ([`python`]), agent processes ([`agent`]), network namespaces
 //! ([`netns`]), cgroup2 directories ([`cgroup`]), load requests built
 //! from objects ([`request`]), perf profiles ([`perf`]), a real OCI
-//! registry with TLS and basic auth ([`registry`]) and the real cosign CLI
-//! ([`cosign`]). It must not depend on `bpfleet-agent` (whose tests use it)
+//! registry with TLS and basic auth ([`registry`]), the real cosign CLI
+//! ([`cosign`]) and bpfman-format bytecode images built by buildah
+//! ([`buildah`]). It must not depend on `bpfleet-agent` (whose tests use it)
 //! nor on any crate above the wire types: agent calls belong in the agent's
 //! own `tests/common`.
 
 pub mod agent;
+pub mod buildah;
 pub mod cgroup;
 pub mod cosign;
 pub mod http;
