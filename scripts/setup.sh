@@ -4,12 +4,17 @@
 #  - Debian packages for BPF C (clang, llvm, libbpf's build: libelf, zlib,
 #    pkg-config), bpftool, iproute2 for network namespaces, wrk and
 #    nginx-light for the tracer benchmark (scripts/bench-tracer.sh);
+#    docker-registry (distribution 2.8) and apache2-utils (htpasswd -B) for
+#    the image tests' local registry (testsupport::registry), never left
+#    running as a service; buildah to build bpfman-format bytecode images
+#    (testsupport::buildah; no daemon, vfs storage);
 #  - a bpffs on /sys/fs/bpf and tracefs on /sys/kernel/tracing;
-#  - etcd, kube-apiserver and kubectl built from the Go module proxy.
+#  - etcd, kube-apiserver and kubectl (and helm and cosign for the chart and
+#    image-signature tests) built from the Go module proxy.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-packages=(clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 gcc make curl python3 lua5.4 openssl wrk nginx-light)
+packages=(clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 gcc make curl python3 lua5.4 openssl wrk nginx-light docker-registry apache2-utils buildah)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,8 +26,25 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
   echo "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packages that ship a daemon (docker-registry) must not start it on a real
+  # port: the tests run their own registries on loopback. Deny service starts
+  # during the install unless the machine already has a policy of its own.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# bpfleet setup.sh: no service starts during its install\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
+    own_policy=1
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ "$own_policy" = 1 ]; then rm -f "$policy"; trap - EXIT; fi
+  # Nor at the next boot, under either init.
+  if [ -x /etc/init.d/docker-registry ]; then
+    update-rc.d docker-registry disable >/dev/null 2>&1 || true
+    deb-systemd-helper disable docker-registry.service >/dev/null 2>&1 || true
+  fi
 fi
 
 for tool in cargo go; do

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the real control plane the tests and the demo run: etcd,
 # kube-apiserver and kubectl, from the Go module proxy, at the versions pinned
-# in go.mod/go.sum; then helm, for the chart tests (helm/build.sh, its own
-# module and stamp). Output: $BPFLEET_CONTROLPLANE_BIN or
+# in go.mod/go.sum; then helm, for the chart tests (helm/build.sh), and
+# cosign, for the image-signature tests (cosign/build.sh), each its own
+# module and stamp. Output: $BPFLEET_CONTROLPLANE_BIN or
 # .cache/controlplane/bin (git-ignored). A stamp of the inputs makes a second
 # run a no-op.
 set -euo pipefail
@@ -24,7 +25,8 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   for b in "${bins[@]}"; do [ -x "$out/$b" ] || missing=1; done
   if [ "$missing" = 0 ]; then
     echo "control plane up to date in $out"
-    exec bash "$here/helm/build.sh"
+    bash "$here/helm/build.sh"
+    exec bash "$here/cosign/build.sh"
   fi
 fi
 
@@ -46,3 +48,4 @@ go build -trimpath -ldflags "$ldflags" -o "$out/kubectl" k8s.io/kubernetes/cmd/k
 echo "$want" > "$stamp"
 echo "control plane built in $(( $(date +%s) - start ))s"
 bash "$here/helm/build.sh"
+bash "$here/cosign/build.sh"

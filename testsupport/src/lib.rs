@@ -9,18 +9,24 @@
 //! test server and a GET for the agent's endpoints ([`http`]), the
 //! Prometheus text parser ([`metrics`]), Python's `http.server`
 //! ([`python`]), agent processes ([`agent`]), network namespaces
-//! ([`netns`]), cgroup2 directories ([`cgroup`]) and load requests built
-//! from objects ([`request`]). It must not depend on `bpfleet-agent` (whose
-//! tests use it) nor on any crate above the wire types: agent calls belong
-//! in the agent's own `tests/common`.
+//! ([`netns`]), cgroup2 directories ([`cgroup`]), load requests built
+//! from objects ([`request`]), perf profiles ([`perf`]), a real OCI
+//! registry with TLS and basic auth ([`registry`]), the real cosign CLI
+//! ([`cosign`]) and bpfman-format bytecode images built by buildah
+//! ([`buildah`]). It must not depend on `bpfleet-agent` (whose tests use it)
+//! nor on any crate above the wire types: agent calls belong in the agent's
+//! own `tests/common`.
 
 pub mod agent;
+pub mod buildah;
 pub mod cgroup;
+pub mod cosign;
 pub mod http;
 pub mod metrics;
 pub mod netns;
 pub mod perf;
 pub mod python;
+pub mod registry;
 pub mod request;
 
 use std::net::TcpListener;
