@@ -158,7 +158,7 @@ impl Images {
                     Some((p, s)) => self.cached_signer(p, s),
                     None => None,
                 };
-                if signer.is_none() {
+                if signer.is_none() && !self.verifiers.allows_unsigned() {
                     signer = self.signer(&image, creds.as_ref()).await?.map(|(n, _)| n);
                 }
             }

@@ -54,9 +54,11 @@ pub struct Pulled {
     pub manifest_digest: String,
 }
 
-/// A registry client.
+/// A registry client. Each operation gets a connection pool and token
+/// cache of its own: `oci-client` keeps the first credentials it saw for a
+/// registry, and one request's credentials must never serve another's.
 pub struct Registry {
-    client: oci_client::Client,
+    opts: RegistryOptions,
 }
 
 impl Registry {
@@ -65,34 +67,38 @@ impl Registry {
         // kube and tonic here use ring; rustls needs one provider chosen
         // for the process. Installing twice is refused, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut certs = Vec::new();
         for pem in &opts.ca_pems {
             if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
                 return Err(Error::Invalid(
                     "a registry CA bundle holds no PEM certificate".into(),
                 ));
             }
-            certs.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: pem.clone(),
-            });
         }
-        let timeout = opts.timeout.unwrap_or(Duration::from_secs(10));
-        let config = ClientConfig {
-            protocol: if opts.insecure.is_empty() {
+        Ok(Self { opts: opts.clone() })
+    }
+
+    fn client(&self) -> oci_client::Client {
+        let timeout = self.opts.timeout.unwrap_or(Duration::from_secs(10));
+        oci_client::Client::new(ClientConfig {
+            protocol: if self.opts.insecure.is_empty() {
                 ClientProtocol::Https
             } else {
-                ClientProtocol::HttpsExcept(opts.insecure.clone())
+                ClientProtocol::HttpsExcept(self.opts.insecure.clone())
             },
-            extra_root_certificates: certs,
+            extra_root_certificates: self
+                .opts
+                .ca_pems
+                .iter()
+                .map(|pem| Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
             platform_resolver: None,
             read_timeout: Some(timeout),
             connect_timeout: Some(timeout),
             user_agent: concat!("bpfleet/", env!("CARGO_PKG_VERSION")),
             ..Default::default()
-        };
-        Ok(Self {
-            client: oci_client::Client::new(config),
         })
     }
 
@@ -107,14 +113,15 @@ impl Registry {
         max_object: u64,
     ) -> Result<Pulled> {
         let auth = auth(creds);
+        let client = self.client();
         let (bytes, digest) = self
-            .manifest(image, &image.by_digest(), image.digest(), &auth)
+            .manifest(&client, image, &image.by_digest(), image.digest(), &auth)
             .await?;
         let (config, layers, annotations, digest) = match Manifest::parse(&bytes)? {
             Manifest::Index(entries) => {
                 let d = format::pick_platform(&entries, format::node_arch())?.clone();
                 let r = image.at(&d.digest);
-                let (bytes, digest) = self.manifest(image, &r, &d.digest, &auth).await?;
+                let (bytes, digest) = self.manifest(&client, image, &r, &d.digest, &auth).await?;
                 match Manifest::parse(&bytes)? {
                     Manifest::Image {
                         config,
@@ -139,15 +146,19 @@ impl Registry {
         let labels = match fmt {
             Format::Artifact => Labels::from_map(annotations.as_ref())?,
             Format::Bpfman => {
-                let c = self.blob(image, &config, format::MAX_METADATA).await?;
+                let c = blob(&client, image, &config, format::MAX_METADATA).await?;
                 format::config_labels(&c)?
             }
         };
         // A gzip layer is smaller than what it holds; the extraction
         // bounds the object itself.
-        let blob = self
-            .blob(image, &layer, max_object.saturating_mul(2).max(1 << 20))
-            .await?;
+        let blob = blob(
+            &client,
+            image,
+            &layer,
+            max_object.saturating_mul(2).max(1 << 20),
+        )
+        .await?;
         let object = format::extract(&layer, &blob, max_object)?;
         Ok(Pulled {
             object,
@@ -168,7 +179,8 @@ impl Registry {
         let auth = auth(creds);
         let tag = image.tagged(&cosign::signature_tag(image.digest()));
         let accepted = [format::OCI_MANIFEST, format::DOCKER_MANIFEST];
-        let bytes = match self.client.pull_manifest_raw(&tag, &auth, &accepted).await {
+        let client = self.client();
+        let bytes = match client.pull_manifest_raw(&tag, &auth, &accepted).await {
             Ok((b, _)) => b,
             Err(e) if not_found(&e) => return Ok(Vec::new()),
             Err(e) => return Err(unavailable(image, "reading its cosign signatures", e)),
@@ -185,7 +197,7 @@ impl Registry {
                 digest,
                 size,
             };
-            let payload = self.blob(image, &d, format::MAX_METADATA).await?;
+            let payload = blob(&client, image, &d, format::MAX_METADATA).await?;
             if cosign::check_payload(&payload, image.digest()).is_ok() {
                 out.push((payload, signature_b64));
             }
@@ -206,18 +218,19 @@ impl Registry {
             .parse()
             .map_err(|e| Error::Invalid(format!("{repo}:{tag} is not a reference: {e}")))?;
         let auth = auth(creds);
-        self.client
+        let client = self.client();
+        client
             .auth(&reference, &auth, oci_client::RegistryOperation::Push)
             .await
             .map_err(|e| unavailable(&reference, "signing in to push", e))?;
         for (d, bytes) in &built.blobs {
-            self.client
+            client
                 .push_blob(&reference, bytes.clone(), &d.digest)
                 .await
                 .map_err(|e| unavailable(&reference, "pushing a blob", e))?;
         }
         let ct = http_header(built.manifest_type)?;
-        self.client
+        client
             .push_manifest_raw(&reference, built.manifest.clone(), ct)
             .await
             .map_err(|e| unavailable(&reference, "pushing the manifest", e))?;
@@ -228,6 +241,7 @@ impl Registry {
     /// checked to hash to `want`.
     async fn manifest(
         &self,
+        client: &oci_client::Client,
         image: &Pinned,
         at: &oci_client::Reference,
         want: &str,
@@ -239,8 +253,7 @@ impl Registry {
             format::OCI_INDEX,
             format::DOCKER_LIST,
         ];
-        let (bytes, _) = self
-            .client
+        let (bytes, _) = client
             .pull_manifest_raw(at, auth, &accepted)
             .await
             .map_err(|e| unavailable(image, "pulling its manifest", e))?;
@@ -257,47 +270,48 @@ impl Registry {
         }
         Ok((bytes.to_vec(), got))
     }
+}
 
-    /// A blob, refused when its descriptor says more than `max` bytes or
-    /// its bytes do not hash to its digest.
-    async fn blob(&self, image: &Pinned, d: &Descriptor, max: u64) -> Result<Vec<u8>> {
-        if d.size > max {
-            return Err(Error::Invalid(format!(
-                "{image}: blob {} is {} bytes, at most {max} accepted",
-                d.digest, d.size
-            )));
-        }
-        let desc = OciDescriptor {
-            media_type: d.media_type.clone(),
-            digest: d.digest.clone(),
-            size: d.size as i64,
-            ..Default::default()
-        };
-        let mut out = Vec::with_capacity(d.size as usize);
-        match self
-            .client
-            .pull_blob(&image.by_digest(), &desc, &mut out)
-            .await
-        {
-            Ok(()) => {}
-            Err(OciDistributionError::DigestError(e)) => {
-                return Err(Error::Invalid(format!(
-                    "{image}: blob {} does not match its digest ({e})",
-                    d.digest
-                )));
-            }
-            Err(e) => return Err(unavailable(image, &format!("pulling blob {}", d.digest), e)),
-        }
-        let got = digest_of(&out);
-        if got != d.digest || out.len() as u64 != d.size {
-            return Err(Error::Invalid(format!(
-                "{image}: blob {} does not match its digest (the registry served {got}, {} bytes)",
-                d.digest,
-                out.len()
-            )));
-        }
-        Ok(out)
+/// A blob, refused when its descriptor says more than `max` bytes or
+/// its bytes do not hash to its digest.
+async fn blob(
+    client: &oci_client::Client,
+    image: &Pinned,
+    d: &Descriptor,
+    max: u64,
+) -> Result<Vec<u8>> {
+    if d.size > max {
+        return Err(Error::Invalid(format!(
+            "{image}: blob {} is {} bytes, at most {max} accepted",
+            d.digest, d.size
+        )));
     }
+    let desc = OciDescriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.clone(),
+        size: d.size as i64,
+        ..Default::default()
+    };
+    let mut out = Vec::with_capacity(d.size as usize);
+    match client.pull_blob(&image.by_digest(), &desc, &mut out).await {
+        Ok(()) => {}
+        Err(OciDistributionError::DigestError(e)) => {
+            return Err(Error::Invalid(format!(
+                "{image}: blob {} does not match its digest ({e})",
+                d.digest
+            )));
+        }
+        Err(e) => return Err(unavailable(image, &format!("pulling blob {}", d.digest), e)),
+    }
+    let got = digest_of(&out);
+    if got != d.digest || out.len() as u64 != d.size {
+        return Err(Error::Invalid(format!(
+            "{image}: blob {} does not match its digest (the registry served {got}, {} bytes)",
+            d.digest,
+            out.len()
+        )));
+    }
+    Ok(out)
 }
 
 fn auth(creds: Option<&Credentials>) -> RegistryAuth {
@@ -326,7 +340,15 @@ fn not_found(e: &OciDistributionError) -> bool {
 /// A registry failure as the caller reads it: what was being done and the
 /// registry's (or the network's) answer, the whole chain of causes.
 fn unavailable(image: &dyn std::fmt::Display, doing: &str, e: OciDistributionError) -> Error {
-    let mut msg = format!("{image}: {doing}: {e}");
+    let status = match &e {
+        OciDistributionError::UnauthorizedError { .. } => {
+            " (HTTP 401 Unauthorized: the registry refused the credentials, or needs some)"
+        }
+        OciDistributionError::AuthenticationFailure(_) => " (authentication failed)",
+        OciDistributionError::ImageManifestNotFoundError(_) => " (HTTP 404: not in the registry)",
+        _ => "",
+    };
+    let mut msg = format!("{image}: {doing}: {e}{status}");
     let mut src = std::error::Error::source(&e);
     while let Some(s) = src {
         msg.push_str(&format!(": {s}"));
