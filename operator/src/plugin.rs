@@ -14,11 +14,13 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::requests;
+
+pub mod image;
 use crate::rollout::conditions::phase_name;
 use crate::{Error, Result};
 
 /// Control bpfleet rollouts: status, promote, abort, retry, pause, resume,
-/// undo. Uses the current kubeconfig context (KUBECONFIG honoured).
+/// undo; push program images. Uses the current kubeconfig context (KUBECONFIG honoured).
 #[derive(clap::Parser, Debug)]
 #[command(name = "kubectl-bpfleet", version)]
 pub struct Cli {
@@ -28,6 +30,9 @@ pub struct Cli {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
+    /// Build and push program images (no cluster needed).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Show a TracerProgram's rollout: revisions, step, nodes, gates,
     /// failing nodes, conditions and the version registry.
     Status { name: String },
@@ -82,9 +87,14 @@ fn request_id() -> String {
 
 /// Runs one plugin command, printing to stdout.
 pub async fn run(cli: Cli) -> Result<()> {
+    let cmd = match cli.command {
+        Command::Image(i) => return image::run(i).await,
+        other => other,
+    };
     let client = Client::try_default().await?;
     let api: Api<TracerProgram> = Api::all(client);
-    match cli.command {
+    match cmd {
+        Command::Image(_) => Ok(()),
         Command::Status { name } => {
             let tp = api.get(&name).await.map_err(|e| not_found(&name, e))?;
             print!("{}", render_status(&tp));
