@@ -2,8 +2,12 @@
 # The main job, locally: a real control plane (etcd + kube-apiserver), the
 # bpfleet CRDs, the operator, and three node agents as local processes
 # standing for three nodes (Node objects annotated with each agent's
-# socket; each agent pins under /sys/fs/bpf/bpfleet-<node>/). Then:
-#   1. the HTTP tracer rolled out to every node, traffic to a local server,
+# socket; each agent pins under /sys/fs/bpf/bpfleet-<node>/), and a local
+# OCI registry (Debian's docker-registry, TLS from a CA made here, basic
+# auth) holding the programs as images pushed by `kubectl bpfleet image
+# push` and signed by cosign. Then:
+#   1. the HTTP tracer rolled out to every node from its image (a pull
+#      secret, cosign verified by each agent), traffic to a local server,
 #      and what the agents' metrics say about it;
 #   2. a syscall counter v1, then v2 by canary (one node, pause, all), shown
 #      as `kubectl get tp -w` would;
@@ -20,7 +24,7 @@ keep=0
 case "${1:-}" in
   --keep) keep=1 ;;
   "") ;;
-  -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "demo.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
 esac
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (the agents load BPF programs)" >&2; exit 1; }
@@ -50,6 +54,69 @@ cargo build -q --locked -p bpfleet-e2e --bin bpfleet-controlplane \
 bpfleet-objects "$run/objects" >/dev/null
 sha() { sha256sum "$run/objects/$1" | cut -d' ' -f1; }
 
+say "a local registry with TLS and basic auth; the programs pushed as signed images"
+reg=$run/registry
+mkdir -p "$reg/data"
+reg_host=127.0.0.1:5443
+reg_user=demo
+reg_pass=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+  -subj /CN=bpfleet-demo-ca -keyout "$reg/ca.key" -out "$reg/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+  -keyout "$reg/tls.key" -out "$reg/tls.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$reg/san.ext"
+openssl x509 -req -in "$reg/tls.csr" -CA "$reg/ca.pem" -CAkey "$reg/ca.key" -CAcreateserial \
+  -days 1 -extfile "$reg/san.ext" -out "$reg/tls.crt" 2>/dev/null
+htpasswd -Bbn "$reg_user" "$reg_pass" >"$reg/htpasswd" 2>/dev/null
+cat >"$reg/config.yml" <<YAML
+version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: $reg/data}}
+http: {addr: $reg_host, tls: {certificate: $reg/tls.crt, key: $reg/tls.key}}
+auth: {htpasswd: {realm: bpfleet-demo, path: $reg/htpasswd}}
+YAML
+docker-registry serve "$reg/config.yml" >"$reg/registry.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 50); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' --cacert "$reg/ca.pem" "https://$reg_host/v2/")" = 401 ] && break
+  sleep 0.2
+done
+# cosign offline: no transparency log, no trusted-root download, and no way
+# out but loopback (the proxy variables point at a closed port).
+cosign_offline() {
+  HOME=$run/cosign-home DOCKER_CONFIG=$run/cosign-home TUF_ROOT=$run/cosign-home/tuf \
+    HTTPS_PROXY=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 NO_PROXY=127.0.0.1,localhost \
+    COSIGN_PASSWORD=demo cosign "$@"
+}
+mkdir -p "$run/cosign-home" "$run/keys"
+(cd "$run/keys" && cosign_offline generate-key-pair >/dev/null 2>&1)
+export BPFLEET_REGISTRY_PASSWORD=$reg_pass
+push() { # object repository:tag program=type...
+  local obj=$1 ref=$2 out ref_pinned
+  shift 2
+  local args=()
+  for p in "$@"; do args+=(--program "$p"); done
+  out=$(kubectl-bpfleet image push "$run/objects/$obj" "$reg_host/$ref" "${args[@]}" \
+    --username "$reg_user" --registry-ca "$reg/ca.pem")
+  ref_pinned=$(awk '/^    reference: /{print $2}' <<<"$out")
+  cosign_offline sign --key "$run/keys/cosign.key" --tlog-upload=false --yes \
+    --registry-cacert "$reg/ca.pem" --registry-username "$reg_user" \
+    --registry-password "$reg_pass" "$ref_pinned" >"$reg/sign.log" 2>&1 \
+    || { cat "$reg/sign.log" >&2; exit 1; }
+  echo "$ref_pinned"
+}
+tracer_programs=()
+for p in $(http-tracer-manifest --object /x --sha256 "$(sha http_tracer.bpf.o)" | awk '/- \{name: /{gsub(",", "", $3); print $3}'); do
+  tracer_programs+=("$p=tracepoint")
+done
+declare -A image
+image[http_tracer.bpf.o]=$(push http_tracer.bpf.o bpfleet/http-tracer:1.0.0 "${tracer_programs[@]}")
+for v in v1 v2 faulty; do
+  image[syscount_$v.bpf.o]=$(push "syscount_$v.bpf.o" "bpfleet/syscount:$v" count_getppid=tracepoint)
+done
+echo "pushed (kubectl bpfleet image push) and signed (cosign sign):"
+for k in "${!image[@]}"; do echo "  ${image[$k]}"; done
+
 say "starting etcd + kube-apiserver and installing the CRDs"
 bpfleet-controlplane --kubeconfig "$KUBECONFIG" --install-crds >"$run/controlplane.log" 2>&1 &
 pids+=($!)
@@ -67,7 +134,8 @@ for n in "${nodes[@]}"; do
   mkdir -p "$run/$n"
   rm -rf "/sys/fs/bpf/bpfleet-$n"
   bpfleet-agent serve --pin-root "/sys/fs/bpf/bpfleet-$n" --state-file "$run/$n/state.json" \
-    --audit-log "$run/$n/audit.jsonl" --socket "$run/$n/agent.sock" --allow-unsigned \
+    --audit-log "$run/$n/audit.jsonl" --socket "$run/$n/agent.sock" \
+    --trusted-key "$run/keys/cosign.pub" --registry-ca "$reg/ca.pem" \
     --node-name "$n" --metrics-listen "127.0.0.1:$((9101 + i))" >"$run/$n/agent.log" 2>&1 &
   pids+=($!)
   i=$((i + 1))
@@ -82,6 +150,11 @@ EOF
 done
 kubectl get nodes -L kubernetes.io/hostname 2>/dev/null || kubectl get nodes
 
+echo "+ the registry's credentials, a dockerconfigjson Secret in the operator's namespace"
+kubectl create secret docker-registry demo-registry --docker-server="$reg_host" \
+  --docker-username="$reg_user" --docker-password="$reg_pass" -n default >/dev/null
+kubectl get secret demo-registry -n default
+
 say "the operator"
 bpfleet-operator --namespace default --metrics-listen 127.0.0.1:9100 --resync-seconds 10 \
   >"$run/operator.log" 2>&1 &
@@ -94,7 +167,9 @@ wait_phase() { # name phase [revision-field=value] timeout
 }
 
 say "1. the HTTP tracer on every node"
-http-tracer-manifest --object "$run/objects/http_tracer.bpf.o" --sha256 "$(sha http_tracer.bpf.o)" >"$run/http-tracer.yaml"
+http-tracer-manifest --image "${image[http_tracer.bpf.o]}" --pull-secret demo-registry \
+  --sha256 "$(sha http_tracer.bpf.o)" >"$run/http-tracer.yaml"
+grep -A3 'bytecode:' "$run/http-tracer.yaml"
 kubectl apply -f "$run/http-tracer.yaml"
 wait_phase http-tracer Healthy
 kubectl get tp http-tracer
@@ -140,7 +215,7 @@ kind: TracerProgram
 metadata: {name: syscount}
 spec:
   version: "$1"
-  bytecode: {file: {path: $run/objects/$2}}
+  bytecode: {image: {reference: "${image[$2]}", pullSecret: demo-registry}}
   sha256: $(sha "$2")
   programs:
     - {name: count_getppid, type: Tracepoint, tracepoint: {category: syscalls, name: sys_enter_getppid}}

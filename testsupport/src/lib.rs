@@ -40,6 +40,26 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
 }
 
+/// The whole machine's busy CPU time in seconds (every CPU: user, nice,
+/// system, irq, softirq, steal; not idle or iowait), from /proc/stat.
+pub fn machine_cpu_seconds() -> f64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|i| f.get(*i))
+        .sum::<u64>();
+    // SAFETY: sysconf has no side effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    busy as f64 / hz
+}
+
 /// Runs `cmd args...` and panics with its stderr unless it succeeds.
 pub fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd)

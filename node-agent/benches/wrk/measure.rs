@@ -44,25 +44,7 @@ pub fn cpu_seconds(stat: &Path) -> f64 {
     f.iter().sum::<u64>() as f64 / hz
 }
 
-/// The whole machine's busy CPU time in seconds (every CPU: user, nice,
-/// system, irq, softirq, steal; not idle or iowait), from /proc/stat.
-pub fn machine_cpu_seconds() -> f64 {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let f: Vec<u64> = text
-        .lines()
-        .find_map(|l| l.strip_prefix("cpu "))
-        .unwrap_or("")
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let busy = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|i| f.get(*i))
-        .sum::<u64>();
-    // SAFETY: sysconf has no side effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    busy as f64 / hz
-}
+pub use bpfleet_testsupport::machine_cpu_seconds;
 
 /// The stat file of the agent's reader thread (named `http-reader-...`).
 pub fn reader_task(pid: u32) -> PathBuf {

@@ -42,10 +42,18 @@ pub(crate) struct Agent {
     pub(crate) pin_root: PathBuf,
     pub(crate) dir: tempfile::TempDir,
     pub(crate) child: Option<Child>,
+    /// Arguments after the usual ones (registry CA, trusted keys...).
+    pub(crate) extra: Vec<String>,
 }
 
 impl Agent {
     pub(crate) fn start(node: &str) -> Self {
+        Self::start_with(node, &[])
+    }
+
+    /// An agent with `extra` arguments; its log goes to `agent.log` in its
+    /// directory ([`Agent::log`]).
+    pub(crate) fn start_with(node: &str, extra: &[&str]) -> Self {
         let pin_root = PathBuf::from(format!(
             "/sys/fs/bpf/bpfleet-e2e-{node}-{}",
             std::process::id()
@@ -56,6 +64,7 @@ impl Agent {
             pin_root,
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         a.spawn();
         a
@@ -82,8 +91,16 @@ impl Agent {
             .arg("--socket")
             .arg(&socket)
             .args(["--allow-unsigned", "--node-name", &self.node])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join("agent.log"))
+                    .expect("agent log"),
+            )
             .spawn()
             .expect("spawn agent");
         self.child = Some(child);
@@ -115,6 +132,15 @@ impl Agent {
             .create(&PostParams::default(), &node)
             .await
             .expect("create node");
+    }
+
+    /// Everything the agent logged and audited, as text.
+    pub(crate) fn log(&self) -> String {
+        ["agent.log", "audit.jsonl"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The actions of the agent's audit log, in order.

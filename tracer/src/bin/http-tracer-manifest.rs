@@ -1,12 +1,16 @@
-//! `http-tracer-manifest --object PATH --sha256 HEX [--name N] [--version V]`:
-//! prints a TracerProgram (YAML) that rolls the HTTP tracer object at PATH
-//! out to every node at once, listing the object's real programs and the
-//! maps that must persist across revisions. The local demo applies it.
+//! `http-tracer-manifest (--object PATH | --image REF [--pull-secret S])
+//! --sha256 HEX [--name N] [--version V]`: prints a TracerProgram (YAML)
+//! that rolls the HTTP tracer object (a file on the nodes, or an image
+//! pinned by digest) out to every node at once, listing the object's real
+//! programs and the maps that must persist across revisions. The local
+//! demo applies it.
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut object = None;
+    let mut image = None;
+    let mut pull_secret = None;
     let mut sha256 = None;
     let mut name = "http-tracer".to_string();
     let mut version = "1.0.0".to_string();
@@ -15,6 +19,8 @@ fn main() -> ExitCode {
         let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
         let r = match a.as_str() {
             "--object" => value("--object").map(|v| object = Some(v)),
+            "--image" => value("--image").map(|v| image = Some(v)),
+            "--pull-secret" => value("--pull-secret").map(|v| pull_secret = Some(v)),
             "--sha256" => value("--sha256").map(|v| sha256 = Some(v)),
             "--name" => value("--name").map(|v| name = v),
             "--version" => value("--version").map(|v| version = v),
@@ -26,14 +32,27 @@ fn main() -> ExitCode {
                 eprintln!("http-tracer-manifest: {e}");
             }
             eprintln!(
-                "usage: http-tracer-manifest --object PATH --sha256 HEX [--name N] [--version V]"
+                "usage: http-tracer-manifest (--object PATH | --image REF [--pull-secret S]) --sha256 HEX [--name N] [--version V]"
             );
             return ExitCode::from(2);
         }
     }
-    let (Some(object), Some(sha256)) = (object, sha256) else {
-        eprintln!("http-tracer-manifest: --object and --sha256 are required");
+    let Some(sha256) = sha256 else {
+        eprintln!("http-tracer-manifest: --sha256 is required");
         return ExitCode::from(2);
+    };
+    let bytecode = match (object, image) {
+        (Some(o), None) if pull_secret.is_none() => format!("    file:\n      path: {o:?}"),
+        (None, Some(i)) => match pull_secret {
+            Some(s) => format!("    image:\n      reference: {i:?}\n      pullSecret: {s:?}"),
+            None => format!("    image:\n      reference: {i:?}"),
+        },
+        _ => {
+            eprintln!(
+                "http-tracer-manifest: give --object or --image (--pull-secret goes with --image)"
+            );
+            return ExitCode::from(2);
+        }
     };
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         eprintln!("http-tracer-manifest: --sha256 must be 64 hex digits");
@@ -44,7 +63,7 @@ fn main() -> ExitCode {
     println!("metadata:\n  name: {name}");
     println!("spec:");
     println!("  version: {version:?}");
-    println!("  bytecode:\n    file:\n      path: {object:?}");
+    println!("  bytecode:\n{bytecode}");
     println!("  sha256: {sha256}");
     println!("  programs:");
     for (prog, tp) in bpfleet_tracer::PROGRAMS {
