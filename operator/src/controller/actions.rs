@@ -142,6 +142,7 @@ async fn act(
                 reason: reason.to_string(),
                 message: observe::truncate(&message, observe::MAX_MESSAGE),
                 at: now(),
+                attempts: 1,
             },
         );
         false
