@@ -21,8 +21,8 @@ use super::targets::Target;
 use super::{Context, now};
 use crate::cache::NodeCache;
 use crate::load::{self, RevisionSnapshot, Source};
-use crate::rollout::{ActionKind, NodeAction, NodeFailure};
-use crate::{observe, policy};
+use crate::rollout::{ActionKind, NodeAction, NodeFailure, SOURCE_UNAVAILABLE};
+use crate::{observe, policy, pull_secret};
 
 /// Nodes acted on at once per reconcile.
 const FANOUT: usize = 64;
@@ -299,7 +299,7 @@ async fn load_request(
             let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
             let cm = api.get(&name).await.map_err(|e| {
                 (
-                    "SourceUnavailable",
+                    SOURCE_UNAVAILABLE,
                     format!("bytecode.configMap {namespace}/{name}: {e}"),
                 )
             })?;
@@ -316,11 +316,26 @@ async fn load_request(
                 })
                 .ok_or_else(|| {
                     (
-                        "SourceUnavailable",
+                        SOURCE_UNAVAILABLE,
                         format!("bytecode.configMap {namespace}/{name} has no key {key:?} in binaryData or data"),
                     )
                 })?;
             Source::Bytes(bytes)
+        }
+        // Read for each reconcile that loads the revision (a rotated
+        // Secret is picked up), in the operator's namespace only.
+        Source::Image {
+            reference,
+            pull_secret: Some(secret),
+        } => {
+            let credentials =
+                pull_secret::credentials(&ctx.client, &ctx.namespace, &secret, &reference)
+                    .await
+                    .map_err(|m| (SOURCE_UNAVAILABLE, m))?;
+            Source::Pull {
+                reference,
+                credentials: Some(credentials),
+            }
         }
         other => other,
     };
