@@ -5,6 +5,11 @@
 //! once per revision ([`LoadRequests`]: one base64 decode or ConfigMap
 //! read per revision, not per node) and cloned for each node. Decides
 //! nothing: which action goes where is the machine's.
+//!
+//! A Load request of an image may carry registry credentials: requests are
+//! never formatted (no `{:?}`, no tracing field), failures and log lines
+//! carry only the agent's answer or a message naming the pull secret, and
+//! [`LoadRequests`] has no `Debug`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
