@@ -234,13 +234,18 @@ fn switch_allowance<'a>(t: &Targets<'a>, nodes: &'a [NodeReport]) -> BTreeSet<&'
     let by_name: BTreeMap<&str, &NodeReport> = nodes.iter().map(|n| (n.node.as_str(), n)).collect();
     let report = |name: &str| by_name.get(name).copied();
     // `maxUnavailable` counts every selected node that is down or failing
-    // (on the candidate or the stable revision), not only canaries.
+    // (on the candidate or the stable revision), not only canaries. A node
+    // waiting for the candidate's source still runs stable: it takes its
+    // share below, as a node switching; one that cannot fetch the stable
+    // revision runs nothing and counts here.
     let unavailable = nodes
         .iter()
         .filter(|n| {
             !n.reachable
                 || n.failure(c).is_some()
-                || t.stable.is_some_and(|s| n.failure(s).is_some())
+                || t.stable.is_some_and(|s| {
+                    n.failure(s).is_some() || (!n.has(s) && n.unavailable(s).is_some())
+                })
         })
         .count();
     let mut budget = if t.max_unavailable == usize::MAX {

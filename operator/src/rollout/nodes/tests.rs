@@ -259,3 +259,32 @@ fn a_node_without_the_source_waits_for_its_retry_then_loads_again() {
     // maxUnavailable 1: "a" waits for "b" either way.
     assert!(kinds(&p, "a").is_empty());
 }
+
+/// A node that cannot fetch the stable revision runs nothing: it takes
+/// maxUnavailable's budget, as a node refusing it would.
+#[test]
+fn a_node_without_the_stable_source_counts_as_unavailable() {
+    let mut joining = node("j", &[]);
+    joining.failures.push(NodeFailure {
+        revision: "s".into(),
+        reason: crate::rollout::SOURCE_UNAVAILABLE.into(),
+        message: "source unavailable: 503".into(),
+        at: time(100),
+        attempts: 1,
+    });
+    let nodes = [node("a", &[("s", true)]), joining];
+    let p = plan(&targets(&["a"]), &nodes, &[], &[], &time(101));
+    assert!(kinds(&p, "a").is_empty(), "{:?}", p.actions);
+    assert!(kinds(&p, "j").is_empty(), "held until 105: {:?}", p.actions);
+    assert_eq!(p.retry_in, Some(4));
+    assert_eq!(p.failing[0].node, "j");
+    // Due: the stable revision is loaded and activated again.
+    let p = plan(&targets(&["a"]), &nodes, &[], &p.failing, &time(105));
+    assert_eq!(
+        kinds(&p, "j"),
+        [
+            ("s".into(), ActionKind::Load),
+            ("s".into(), ActionKind::Activate)
+        ]
+    );
+}
