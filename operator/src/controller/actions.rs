@@ -202,7 +202,12 @@ async fn act(
             true
         }
         Err(status) => match observe::failure_of(&status, &a.revision, now()) {
-            Some(f) => {
+            Some(mut f) => {
+                // Only a Load fetches a source: an Activate, Rollback or
+                // Unload answered so is an agent fault, not a wait.
+                if f.source_unavailable() && a.kind != ActionKind::Load {
+                    f.reason = "AgentError".into();
+                }
                 ctx.metrics.call(&what, "refused");
                 warn!(node = %a.node, revision = %a.revision, action = %what, reason = %f.reason, message = %status.message(), "agent refused");
                 ctx.failures().record(&a.node, program, f);
