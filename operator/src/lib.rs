@@ -17,10 +17,11 @@
 //! 1. pure, no kube client, no tonic channel: `rollout`, `gates`,
 //!    `revision`, `selector`, `requests`, `load`, `observe`,
 //!    [`runtime_config`] (a TracerPolicy's `spec.config` as agent writes),
+//!    [`registry`] (an image's registry and its pull secret's entry),
 //!    `error`, `metrics`, and `cache` (given its agent call);
 //! 2. the edges: `agents` (agent discovery, the channel pool, the
-//!    observation call) and `status` (status by server-side apply under
-//!    the one field manager);
+//!    observation call), `status` (status by server-side apply under
+//!    the one field manager) and [`pull_secret`] (the one Secret read);
 //! 3. `policy`, which uses both edges;
 //! 4. `controller`, which uses `policy` (sync and winner), never the
 //!    other way;
@@ -37,6 +38,8 @@ pub mod metrics;
 pub mod observe;
 pub mod plugin;
 pub mod policy;
+pub mod pull_secret;
+pub mod registry;
 pub mod requests;
 pub mod revision;
 pub mod rollout;

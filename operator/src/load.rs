@@ -5,8 +5,8 @@
 //! joining mid-rollout, a rollback or an undo can load a revision the
 //! current spec no longer describes.
 //!
-//! Pure: fetching a ConfigMap's bytes is the caller's job ([`Source`] says
-//! what to fetch).
+//! Pure: fetching a ConfigMap's bytes and reading an image's pull secret
+//! are the caller's job ([`Source`] says what to fetch).
 
 use base64::Engine;
 use bpfleet_api::TracerProgramSpec;
@@ -16,6 +16,7 @@ use bpfleet_api::program::{
 use bpfleet_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
+use crate::registry::Credentials;
 use crate::{Error, Result};
 
 /// The load-relevant part of a spec, as snapshotted per revision (the data
@@ -58,6 +59,19 @@ pub enum Source {
         name: String,
         key: String,
     },
+    /// An OCI image the agent pulls, pinned by digest; `pull_secret` names
+    /// the Secret (in the operator's namespace) the operator reads the
+    /// registry's credentials from before the request is built.
+    Image {
+        reference: String,
+        pull_secret: Option<String>,
+    },
+    /// An image with its pull secret read: the credentials for the
+    /// reference's registry, if any (their `Debug` shows neither field).
+    Pull {
+        reference: String,
+        credentials: Option<Credentials>,
+    },
 }
 
 /// The source of a spec's bytecode, or why it cannot be used.
@@ -80,10 +94,16 @@ pub fn source(b: &BytecodeSource) -> Result<Source> {
         });
     }
     if let Some(i) = &b.image {
-        return Err(Error::Unsupported(format!(
-            "bytecode.image {:?}: this operator does not pull OCI artifacts yet; use bytecode.file, bytecode.inline or bytecode.configMap",
-            i.reference
-        )));
+        if !i.reference.contains("@sha256:") {
+            return Err(Error::InvalidSpec(format!(
+                "bytecode.image.reference {:?} is not pinned by digest (registry/repository[:tag]@sha256:<64 hex>)",
+                i.reference
+            )));
+        }
+        return Ok(Source::Image {
+            reference: i.reference.clone(),
+            pull_secret: i.pull_secret.clone().filter(|s| !s.is_empty()),
+        });
     }
     Err(Error::InvalidSpec(
         "bytecode sets none of image, file, inline or configMap".into(),
@@ -229,6 +249,22 @@ pub fn request(
                 "ConfigMap {namespace}/{name} key {key} must be fetched before building the request"
             )));
         }
+        Source::Image {
+            reference,
+            pull_secret: None,
+        } => image(reference, None),
+        Source::Image {
+            pull_secret: Some(secret),
+            ..
+        } => {
+            return Err(Error::InvalidSpec(format!(
+                "pull secret {secret} must be read before building the request"
+            )));
+        }
+        Source::Pull {
+            reference,
+            credentials,
+        } => image(reference, credentials),
     };
     Ok(pb::LoadRequest {
         program: program.to_string(),
@@ -243,6 +279,16 @@ pub fn request(
         entries: entries(&spec.programs)?,
         persistent_maps: spec.persistent_maps.clone(),
         budget: None,
+    })
+}
+
+fn image(reference: String, credentials: Option<Credentials>) -> pb::load_request::Source {
+    pb::load_request::Source::Image(pb::ImageSource {
+        reference,
+        credentials: credentials.map(|c| pb::RegistryCredentials {
+            username: c.username,
+            password: c.password,
+        }),
     })
 }
 
@@ -347,17 +393,86 @@ mod tests {
                 .to_string()
                 .contains("bytecode.inline")
         );
-        let image = BytecodeSource {
+        let image = |reference: &str, pull_secret: Option<&str>| BytecodeSource {
             image: Some(bpfleet_api::program::ImageSource {
-                reference: "r.example/x@sha256:00".into(),
-                pull_secret: None,
+                reference: reference.into(),
+                pull_secret: pull_secret.map(str::to_string),
             }),
             ..Default::default()
         };
-        let e = source(&image).unwrap_err().to_string();
+        let pinned = format!("r.example/x:v1@sha256:{}", "0".repeat(64));
+        assert_eq!(
+            source(&image(&pinned, Some("regcred"))).unwrap(),
+            Source::Image {
+                reference: pinned.clone(),
+                pull_secret: Some("regcred".into())
+            }
+        );
+        // An empty name is no secret (anonymous pull).
+        assert_eq!(
+            source(&image(&pinned, Some(""))).unwrap(),
+            Source::Image {
+                reference: pinned.clone(),
+                pull_secret: None
+            }
+        );
+        let e = source(&image("r.example/x:v1", None))
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("bytecode.image") && e.contains("bytecode.file"),
+            e.contains("bytecode.image.reference") && e.contains("digest"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_image_is_sent_with_its_registry_credentials_only_once_read() {
+        let mut spec = RevisionSnapshot::from_spec(&crate::rollout::testing::spec("a"));
+        let reference = format!("r.example:5000/bpf/x@sha256:{}", "ab".repeat(32));
+        spec.bytecode = BytecodeSource {
+            image: Some(bpfleet_api::program::ImageSource {
+                reference: reference.clone(),
+                pull_secret: Some("regcred".into()),
+            }),
+            ..Default::default()
+        };
+        let unread = source(&spec.bytecode).unwrap();
+        let e = request("p", "r1", &spec, unread).unwrap_err().to_string();
+        assert!(e.contains("regcred"), "{e}");
+        let creds = Credentials {
+            username: "ci".into(),
+            password: "SECRET-pw".into(),
+        };
+        let pull = Source::Pull {
+            reference: reference.clone(),
+            credentials: Some(creds),
+        };
+        assert!(!format!("{pull:?}").contains("SECRET"), "{pull:?}");
+        let req = request("p", "r1", &spec, pull).unwrap();
+        assert_eq!(
+            req.source,
+            Some(pb::load_request::Source::Image(pb::ImageSource {
+                reference: reference.clone(),
+                credentials: Some(pb::RegistryCredentials {
+                    username: "ci".into(),
+                    password: "SECRET-pw".into(),
+                }),
+            }))
+        );
+        assert!(!format!("{req:?}").contains("SECRET"));
+        // No signature in the spec: the agent checks the image's own.
+        assert_eq!(req.signature, "");
+        let anonymous = Source::Image {
+            reference: reference.clone(),
+            pull_secret: None,
+        };
+        let req = request("p", "r1", &spec, anonymous).unwrap();
+        assert!(matches!(
+            req.source,
+            Some(pb::load_request::Source::Image(pb::ImageSource {
+                credentials: None,
+                ..
+            }))
+        ));
     }
 }

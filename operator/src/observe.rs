@@ -14,7 +14,7 @@ use bpfleet_proto::v1 as pb;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::gates::HealthSample;
-use crate::rollout::{LoadedRevision, NodeFailure, NodeReport};
+use crate::rollout::{LoadedRevision, NodeFailure, NodeReport, SOURCE_UNAVAILABLE};
 
 /// A sample covers at least this much time; a reconcile sooner than this
 /// after the window opened reuses the previous sample.
@@ -306,22 +306,28 @@ pub fn quantile_ms(cur: &pb::HttpFigures, base: &pb::HttpFigures, q: f64) -> Opt
 type Key = (String, String, String);
 
 /// Failures of the operator's calls to agents, per (node, program,
-/// revision), kept until a later call for the same revision succeeds.
+/// revision), kept until a later call for the same revision succeeds, with
+/// how many calls in a row failed for the same reason.
 #[derive(Default, Debug)]
 pub struct FailureBook {
     failures: HashMap<Key, NodeFailure>,
 }
 
 impl FailureBook {
-    pub fn record(&mut self, node: &str, program: &str, failure: NodeFailure) {
-        self.failures.insert(
-            (
-                node.to_string(),
-                program.to_string(),
-                failure.revision.clone(),
-            ),
-            failure,
+    /// Records `failure` (its `attempts` ignored): one more attempt when
+    /// the last call for that revision failed for the same reason, else the
+    /// first.
+    pub fn record(&mut self, node: &str, program: &str, mut failure: NodeFailure) {
+        let key = (
+            node.to_string(),
+            program.to_string(),
+            failure.revision.clone(),
         );
+        failure.attempts = match self.failures.get(&key) {
+            Some(last) if last.reason == failure.reason => last.attempts.saturating_add(1),
+            _ => 1,
+        };
+        self.failures.insert(key, failure);
     }
 
     pub fn clear(&mut self, node: &str, program: &str, revision: &str) {
@@ -369,6 +375,10 @@ pub fn failure_of(status: &tonic::Status, revision: &str, at: Time) -> Option<No
         Code::ResourceExhausted => "BudgetExceeded",
         Code::NotFound => "NotFound",
         Code::AlreadyExists => "Conflict",
+        // The agent could not pull the source (its registry down, refusing
+        // the credentials, not having the image): the node waits and the
+        // load is retried, see `rollout::nodes::retry_delay`.
+        Code::Aborted => SOURCE_UNAVAILABLE,
         _ => "AgentError",
     };
     Some(NodeFailure {
@@ -376,6 +386,7 @@ pub fn failure_of(status: &tonic::Status, revision: &str, at: Time) -> Option<No
         reason: reason.to_string(),
         message: truncate(msg, MAX_MESSAGE),
         at,
+        attempts: 1,
     })
 }
 
@@ -592,6 +603,45 @@ mod tests {
         assert!(f.message.len() <= MAX_MESSAGE + 3);
     }
 
+    /// The agent's answer for a registry it cannot pull from, and the
+    /// attempts the book counts for the retry backoff.
+    #[test]
+    fn aborted_means_source_unavailable_and_attempts_count_in_a_row() {
+        let unavailable = |at| {
+            failure_of(
+                &tonic::Status::aborted("source unavailable: r.example answered 401 Unauthorized"),
+                "r2",
+                time(at),
+            )
+            .unwrap()
+        };
+        let f = unavailable(1);
+        assert_eq!(f.reason, "SourceUnavailable");
+        assert!(f.source_unavailable());
+        assert!(f.message.contains("401"));
+        let mut book = FailureBook::default();
+        book.record("n1", "p", unavailable(1));
+        book.record("n1", "p", unavailable(6));
+        book.record("n2", "p", unavailable(6));
+        let attempts = |b: &FailureBook, node| b.of(node, "p")[0].attempts;
+        assert_eq!((attempts(&book, "n1"), attempts(&book, "n2")), (2, 1));
+        // Another reason starts again; so does a success.
+        let refused = failure_of(
+            &tonic::Status::permission_denied("bad signature"),
+            "r2",
+            time(9),
+        );
+        book.record("n1", "p", refused.unwrap());
+        assert_eq!(attempts(&book, "n1"), 1);
+        book.record("n1", "p", unavailable(10));
+        assert_eq!(attempts(&book, "n1"), 1);
+        book.record("n1", "p", unavailable(15));
+        assert_eq!(attempts(&book, "n1"), 2);
+        book.clear("n1", "p", "r2");
+        book.record("n1", "p", unavailable(20));
+        assert_eq!(attempts(&book, "n1"), 1);
+    }
+
     #[test]
     fn report_reads_active_state_and_failures() {
         let list = pb::ListResponse {
@@ -622,6 +672,7 @@ mod tests {
                 reason: "VerifierRejected".into(),
                 message: "m".into(),
                 at: time(5),
+                attempts: 1,
             },
         );
         let view = NodeView::from_answers(&list, &pb::StatsResponse::default());

@@ -20,7 +20,7 @@
 //! crate alone.
 //!
 //! One file per topic under `rollout_e2e/`: [`lifecycle`], [`policy`],
-//! [`hostile`]; the agents and what they hold in [`nodes`], the control
+//! [`hostile`], [`images`]; the agents and what they hold in [`nodes`], the control
 //! plane side in [`cluster`]. One test binary, so the tests still run side
 //! by side, each with its own control plane and agents.
 
@@ -31,6 +31,8 @@
 mod cluster;
 #[path = "rollout_e2e/hostile.rs"]
 mod hostile;
+#[path = "rollout_e2e/images.rs"]
+mod images;
 #[path = "rollout_e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "rollout_e2e/nodes.rs"]

@@ -40,7 +40,11 @@ pub struct ImageSource {
     ))]
     #[schemars(length(max = 512))]
     pub reference: String,
-    /// Secret (in the operator's namespace) with registry credentials.
+    /// Name of a `kubernetes.io/dockerconfigjson` Secret in the operator's
+    /// namespace (`kubectl create secret docker-registry`). Only its entry
+    /// for the reference's registry (host and port, matched exactly) is
+    /// passed to the agents, with each Load; a missing Secret or entry makes
+    /// nodes report SourceUnavailable until it is fixed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_secret: Option<String>,
 }

@@ -182,6 +182,7 @@ async fn rendered_chart_applies_to_a_real_apiserver() {
         &["create", "controllerrevisions.apps", "-n", NS],
         &["deletecollection", "controllerrevisions.apps", "-n", NS],
         &["get", "configmaps", "-n", "team-a"],
+        &["get", "secrets", "-n", NS],
         &["create", "events.events.k8s.io", "-n", "default"],
         &["patch", "events", "-n", "default"],
         &["create", "leases.coordination.k8s.io", "-n", NS],
@@ -193,7 +194,11 @@ async fn rendered_chart_applies_to_a_real_apiserver() {
         ],
     ];
     let op_no: &[&[&str]] = &[
-        &["get", "secrets", "-n", NS],
+        &["list", "secrets", "-n", NS],
+        &["watch", "secrets", "-n", NS],
+        &["get", "secrets", "-n", "default"],
+        &["get", "secrets", "-n", "kube-system"],
+        &["create", "secrets", "-n", NS],
         &["list", "configmaps", "-A"],
         &["watch", "pods", "-n", "default"],
         &["create", "controllerrevisions.apps", "-n", "default"],

@@ -44,6 +44,7 @@ mod lint;
 mod monitoring;
 mod ops_script;
 mod rbac;
+mod registries;
 mod running;
 mod security;
 mod values;

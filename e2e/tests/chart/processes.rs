@@ -163,11 +163,32 @@ pub fn materialize_mounts(d: &[Value], tls: &[Value], k: &str, workload: &str, r
                 put(format!("etc/{sub}/{path}"), &bytes);
             }
         } else if let Some(cm) = v["configMap"]["name"].as_str() {
-            for (file, text) in named(d, "ConfigMap", cm)["data"].as_object().unwrap() {
-                put(
-                    format!("etc/{sub}/{file}"),
-                    text.as_str().unwrap().as_bytes(),
-                );
+            let rendered = d
+                .iter()
+                .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == cm);
+            if let Some(rendered) = rendered {
+                for (file, text) in rendered["data"].as_object().unwrap() {
+                    put(
+                        format!("etc/{sub}/{file}"),
+                        text.as_str().unwrap().as_bytes(),
+                    );
+                }
+            } else {
+                // The user's own ConfigMap (agent.registries.caBundle): a
+                // PEM bundle of CAs. The chart's TLS material has the only
+                // CA certificate at hand.
+                let b64 = named(tls, "Secret", &format!("{AGENT}-tls"))["data"]["ca.crt"]
+                    .as_str()
+                    .unwrap();
+                let pem = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap();
+                for item in v["configMap"]["items"].as_array().unwrap() {
+                    put(
+                        format!("etc/{sub}/{}", item["path"].as_str().unwrap()),
+                        &pem,
+                    );
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
 //! RBAC grants exactly what the code uses: no wildcard or escalation verb,
-//! no Secret access, the operator's ClusterRole and Roles equal to the
+//! Secrets only as `get` in the operator's own namespace (image pull
+//! secrets), the operator's ClusterRole and Roles equal to the
 //! calls its code makes (a tripwire on those calls in `operator/src`), the
 //! ConfigMap grant narrowed to bytecode namespaces when listed, and no role
 //! at all for the agent, which has no Kubernetes client (its dependencies,
@@ -86,15 +87,24 @@ fn rbac_grants_exactly_what_the_code_uses() {
                 v != "deletecollection" || r == "controllerrevisions",
                 "deletecollection on {r}"
             );
+            // Pull secrets are read by name (get) in the operator's
+            // namespace: never listed or watched, never cluster-wide.
             assert!(
-                r != "secrets",
-                "nobody reads Secrets: the kubelet mounts them"
+                r != "secrets"
+                    || (v == "get"
+                        && role["kind"] == "Role"
+                        && role["metadata"]["name"] == OPERATOR
+                        && role["metadata"]["namespace"] == NS),
+                "{v} on Secrets granted by {} {}",
+                role["kind"],
+                role["metadata"]["name"]
             );
         }
     }
-    // The operator's calls (operator/src: run, controller, leader):
-    // watches programs, policies, nodes, agent pods; patches program
-    // finalizers and status; reads bytecode ConfigMaps; keeps revision
+    // The operator's calls (operator/src: run, controller, leader,
+    // pull_secret): watches programs, policies, nodes, agent pods; patches
+    // program finalizers and status; reads bytecode ConfigMaps and, in its
+    // namespace, image pull secrets (one get each); keeps revision
     // snapshots (ControllerRevisions, pruned with delete_collection) and its
     // Lease in its namespace; records events.
     let op_src = operator_source();
@@ -104,6 +114,8 @@ fn rbac_grants_exactly_what_the_code_uses() {
         "Api::<Pod>::namespaced(",
         "Api::<Node>::all(",
         "Api<ConfigMap> = Api::namespaced(",
+        "Api<Secret> = Api::namespaced(client.clone(), namespace)",
+        "api.get_opt(name)",
         "api.replace(&cfg.name",
         "patch_status(",
         "finalizer(&api",
@@ -167,6 +179,7 @@ fn rbac_grants_exactly_what_the_code_uses() {
         grants(ns_role),
         expand(&[
             ("", &["pods"], &["get", "list", "watch"], ""),
+            ("", &["secrets"], &["get"], ""),
             (
                 "apps",
                 &["controllerrevisions"],

@@ -37,6 +37,19 @@ fn bad_values_fail_with_the_field_named() {
             &["tls.existing.agentSecret"],
         ),
         (&["--set", "otlp.enabled=true"], &["otlp.endpoint"]),
+        (
+            &["--set", "agent.imageCache.maxBytes=0"],
+            &["/agent/imageCache/maxBytes"],
+        ),
+        (
+            &["--set", "agent.registries.insecure={http://r.example:5000}"],
+            &["/agent/registries/insecure/0"],
+        ),
+        (
+            &["--set", "agent.registries.caBundle=Registry_CA"],
+            &["/agent/registries/caBundle"],
+        ),
+        (&["--set", "agent.registries.ca=x"], &["'ca' not allowed"]),
     ];
     for (args, wanted) in cases {
         let err = render_fails(args);

@@ -5,6 +5,11 @@
 //! once per revision ([`LoadRequests`]: one base64 decode or ConfigMap
 //! read per revision, not per node) and cloned for each node. Decides
 //! nothing: which action goes where is the machine's.
+//!
+//! A Load request of an image may carry registry credentials: requests are
+//! never formatted (no `{:?}`, no tracing field), failures and log lines
+//! carry only the agent's answer or a message naming the pull secret, and
+//! [`LoadRequests`] has no `Debug`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -21,8 +26,8 @@ use super::targets::Target;
 use super::{Context, now};
 use crate::cache::NodeCache;
 use crate::load::{self, RevisionSnapshot, Source};
-use crate::rollout::{ActionKind, NodeAction, NodeFailure};
-use crate::{observe, policy};
+use crate::rollout::{ActionKind, NodeAction, NodeFailure, SOURCE_UNAVAILABLE};
+use crate::{observe, policy, pull_secret};
 
 /// Nodes acted on at once per reconcile.
 const FANOUT: usize = 64;
@@ -142,6 +147,7 @@ async fn act(
                 reason: reason.to_string(),
                 message: observe::truncate(&message, observe::MAX_MESSAGE),
                 at: now(),
+                attempts: 1,
             },
         );
         false
@@ -196,7 +202,12 @@ async fn act(
             true
         }
         Err(status) => match observe::failure_of(&status, &a.revision, now()) {
-            Some(f) => {
+            Some(mut f) => {
+                // Only a Load fetches a source: an Activate, Rollback or
+                // Unload answered so is an agent fault, not a wait.
+                if f.source_unavailable() && a.kind != ActionKind::Load {
+                    f.reason = "AgentError".into();
+                }
                 ctx.metrics.call(&what, "refused");
                 warn!(node = %a.node, revision = %a.revision, action = %what, reason = %f.reason, message = %status.message(), "agent refused");
                 ctx.failures().record(&a.node, program, f);
@@ -298,7 +309,7 @@ async fn load_request(
             let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
             let cm = api.get(&name).await.map_err(|e| {
                 (
-                    "SourceUnavailable",
+                    SOURCE_UNAVAILABLE,
                     format!("bytecode.configMap {namespace}/{name}: {e}"),
                 )
             })?;
@@ -315,11 +326,26 @@ async fn load_request(
                 })
                 .ok_or_else(|| {
                     (
-                        "SourceUnavailable",
+                        SOURCE_UNAVAILABLE,
                         format!("bytecode.configMap {namespace}/{name} has no key {key:?} in binaryData or data"),
                     )
                 })?;
             Source::Bytes(bytes)
+        }
+        // Read for each reconcile that loads the revision (a rotated
+        // Secret is picked up), in the operator's namespace only.
+        Source::Image {
+            reference,
+            pull_secret: Some(secret),
+        } => {
+            let credentials =
+                pull_secret::credentials(&ctx.client, &ctx.namespace, &secret, &reference)
+                    .await
+                    .map_err(|m| (SOURCE_UNAVAILABLE, m))?;
+            Source::Pull {
+                reference,
+                credentials: Some(credentials),
+            }
         }
         other => other,
     };

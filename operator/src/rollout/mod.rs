@@ -107,11 +107,30 @@ impl NodeReport {
             .and_then(|r| r.health.as_ref())
     }
 
-    /// The reported failure of `revision`, if any.
+    /// The failure of `revision` on this node, if any: a refusal of the
+    /// revision itself. A source the node could not fetch is not one (see
+    /// [`NodeReport::unavailable`]).
     pub fn failure(&self, revision: &str) -> Option<&NodeFailure> {
-        self.failures.iter().find(|f| f.revision == revision)
+        self.failures
+            .iter()
+            .find(|f| f.revision == revision && !f.source_unavailable())
+    }
+
+    /// The last failure to fetch the source of `revision` on this node
+    /// (its registry down or refusing, its pull secret or ConfigMap
+    /// missing): the node waits and the load is retried with backoff.
+    pub fn unavailable(&self, revision: &str) -> Option<&NodeFailure> {
+        self.failures
+            .iter()
+            .find(|f| f.revision == revision && f.source_unavailable())
     }
 }
+
+/// The reason of a failure to fetch a revision's source: a failure of
+/// where the bytes live, not of the revision, so it is retried (see
+/// [`nodes::retry_delay`]) and only the progress deadline fails a rollout
+/// for it.
+pub const SOURCE_UNAVAILABLE: &str = "SourceUnavailable";
 
 /// One revision loaded on a node.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -133,6 +152,16 @@ pub struct NodeFailure {
     /// deployment (`deployedAt` in the registry, moved by a retry) is stale:
     /// the machine ignores it and sends the revision again.
     pub at: Time,
+    /// Calls in a row that failed with this reason (1 for the first); a
+    /// source-unavailable failure's next retry waits longer each time.
+    pub attempts: u32,
+}
+
+impl NodeFailure {
+    /// A failure to fetch the revision's source ([`SOURCE_UNAVAILABLE`]).
+    pub fn source_unavailable(&self) -> bool {
+        self.reason == SOURCE_UNAVAILABLE
+    }
 }
 
 /// Manual control. `pause` is a level (held while true); commands are edges,

@@ -13,6 +13,10 @@
 //! that a node outside the candidate set (the set shrinks when nodes leave)
 //! returns to stable: no step ever has more candidate nodes than it allows. Nodes
 //! whose agent is unreachable get nothing; departed nodes only get `Unload`.
+//! A node that refused a revision gets nothing more for it (until a retry
+//! moves its deployment); a node that could not fetch its source
+//! (`SourceUnavailable`) is listed as failing, and its Load (with the
+//! Activate after it) is sent again once [`retry_delay`] has passed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,10 +24,29 @@ use bpfleet_api::program::{FailingNode, NodeCounts};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::clock::secs;
-use super::{ActionKind, NodeAction, NodeReport};
+use super::{ActionKind, NodeAction, NodeFailure, NodeReport};
 
 /// At most this many failing nodes are listed in status.
 pub const MAX_FAILING_NODES: usize = 20;
+
+/// Wait before the first retry of a load whose source a node could not
+/// fetch ([`super::SOURCE_UNAVAILABLE`]).
+pub const RETRY_FIRST_SECONDS: i64 = 5;
+/// Longest wait between two such retries.
+pub const RETRY_MAX_SECONDS: i64 = 60;
+
+/// Seconds a node waits, after its `attempts`-th load in a row failed for
+/// want of the source, before the next: 5, 10, 20, 40, then 60 each time.
+pub fn retry_delay(attempts: u32) -> i64 {
+    let doublings = attempts.saturating_sub(1).min(8);
+    (RETRY_FIRST_SECONDS << doublings).min(RETRY_MAX_SECONDS)
+}
+
+/// Seconds from `now` until the load that failed with `f` (a
+/// source-unavailable failure) may be retried; zero or less: now.
+pub fn retry_in(f: &NodeFailure, now: i64) -> i64 {
+    secs(&f.at) + retry_delay(f.attempts) - now
+}
 
 /// Why the rollout does not move nodes to the candidate now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +82,9 @@ pub struct NodePlan {
     /// Reachable, non-failing nodes whose active revision is not their
     /// target yet (failing ones are counted in `counts.failed` instead).
     pub unsettled: usize,
+    /// Seconds until the first load held back by its retry backoff is due
+    /// (a node that could not fetch a revision's source).
+    pub retry_in: Option<i64>,
 }
 
 /// Plans every node.
@@ -105,11 +131,14 @@ pub fn plan(
         }
         loaded.extend(t.retained);
 
-        let failure = loaded
-            .iter()
-            .copied()
-            .chain(t.candidate.filter(|_| in_set))
-            .find_map(|r| node.failure(r));
+        let wanted = || loaded.iter().copied().chain(t.candidate.filter(|_| in_set));
+        let failure = wanted().find_map(|r| node.failure(r));
+        // Not a failure of the revision: listed (and counted as failing)
+        // while the node waits for the source, the load retried with backoff.
+        let fetching = wanted()
+            .filter(|r| !node.has(r))
+            .find_map(|r| node.unavailable(r));
+        let trouble = failure.or(fetching);
         if !node.reachable {
             failing.push(failing_node(
                 node,
@@ -119,7 +148,7 @@ pub fn plan(
                 previous_failing,
                 now,
             ));
-        } else if let Some(f) = failure {
+        } else if let Some(f) = trouble {
             failing.push(failing_node(
                 node,
                 Some(&f.revision),
@@ -134,24 +163,36 @@ pub fn plan(
             out.counts.updated += 1;
         }
         let settled = node.active() == active;
-        if !settled && node.reachable && failure.is_none() {
+        if !settled && node.reachable && trouble.is_none() {
             out.unsettled += 1;
         }
-        if node.reachable && failure.is_none() && settled {
+        if node.reachable && trouble.is_none() && settled {
             out.counts.ready += 1;
         }
         if !node.reachable {
             continue;
         }
         let skip = |r: &str| node.failure(r).is_some();
+        // Seconds until a revision whose source the node could not fetch
+        // may be loaded again; its Load and Activate wait until then.
+        let held = |r: &str| {
+            node.unavailable(r)
+                .filter(|_| !node.has(r))
+                .map(|f| retry_in(f, secs(now)))
+                .filter(|&s| s > 0)
+        };
         for r in &loaded {
             if !node.has(r) && !skip(r) {
-                out.actions.push(action(node, r, ActionKind::Load));
+                match held(r) {
+                    Some(s) => out.retry_in = Some(out.retry_in.map_or(s, |n| n.min(s))),
+                    None => out.actions.push(action(node, r, ActionKind::Load)),
+                }
             }
         }
         if let Some(a) = active
             && node.active() != Some(a)
             && !skip(a)
+            && held(a).is_none()
         {
             let kind = if Some(a) == t.stable && node.active().is_some() {
                 ActionKind::Rollback
@@ -193,13 +234,18 @@ fn switch_allowance<'a>(t: &Targets<'a>, nodes: &'a [NodeReport]) -> BTreeSet<&'
     let by_name: BTreeMap<&str, &NodeReport> = nodes.iter().map(|n| (n.node.as_str(), n)).collect();
     let report = |name: &str| by_name.get(name).copied();
     // `maxUnavailable` counts every selected node that is down or failing
-    // (on the candidate or the stable revision), not only canaries.
+    // (on the candidate or the stable revision), not only canaries. A node
+    // waiting for the candidate's source still runs stable: it takes its
+    // share below, as a node switching; one that cannot fetch the stable
+    // revision runs nothing and counts here.
     let unavailable = nodes
         .iter()
         .filter(|n| {
             !n.reachable
                 || n.failure(c).is_some()
-                || t.stable.is_some_and(|s| n.failure(s).is_some())
+                || t.stable.is_some_and(|s| {
+                    n.failure(s).is_some() || (!n.has(s) && n.unavailable(s).is_some())
+                })
         })
         .count();
     let mut budget = if t.max_unavailable == usize::MAX {

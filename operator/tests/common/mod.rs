@@ -352,6 +352,7 @@ impl Fleet {
                             reason,
                             message: "the verifier refused the program".into(),
                             at: time(self.now),
+                            attempts: 1,
                         });
                     }
                     None => {

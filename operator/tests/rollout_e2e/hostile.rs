@@ -179,7 +179,7 @@ async fn hostile_agents_and_empty_selections_are_reported_without_a_hot_loop() {
 }
 
 /// GET /metrics from the in-process operator.
-async fn reqwest_like(port: u16) -> String {
+pub(crate) async fn reqwest_like(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

@@ -10,6 +10,7 @@ use crate::rollout::history;
 use crate::rollout::nodes::waiting_for;
 use crate::rollout::plan::{Kind, Step};
 use crate::rollout::selection::canary_nodes;
+use crate::rollout::{NodeFailure, SOURCE_UNAVAILABLE};
 
 impl<'a> Machine<'a> {
     /// The nodes that should run the candidate while step `index` runs.
@@ -276,6 +277,7 @@ impl<'a> Machine<'a> {
         }
         let since = self.progress.progress_at.as_ref().map_or(self.now, secs);
         let deadline = i64::from(self.input.spec.progress_deadline_seconds.max(1));
+        let fetching = self.fetching(c, waiting);
         if self.now - since > deadline {
             let mut names: Vec<&str> = waiting.iter().take(5).map(String::as_str).collect();
             if waiting.len() > 5 {
@@ -284,7 +286,7 @@ impl<'a> Machine<'a> {
             return StepState::Failed {
                 reason: "ProgressDeadlineExceeded",
                 message: format!(
-                    "no progress for {}s (progressDeadlineSeconds {deadline}), waiting for {}",
+                    "no progress for {}s (progressDeadlineSeconds {deadline}), waiting for {}{fetching}",
                     self.now - since,
                     names.join(", ")
                 ),
@@ -292,8 +294,27 @@ impl<'a> Machine<'a> {
         }
         StepState::Wait {
             phase: Phase::Progressing,
-            message: text,
+            message: format!("{text}{fetching}"),
             next_in: Some(since + deadline + 1 - self.now),
+        }
+    }
+
+    /// What the `waiting` nodes that could not fetch the source of `c` say
+    /// (empty when none): how many, and the first one's answer.
+    fn fetching(&self, c: &str, waiting: &[String]) -> String {
+        let failures: Vec<(&str, &NodeFailure)> = self
+            .nodes
+            .iter()
+            .filter(|n| waiting.contains(&n.node))
+            .filter_map(|n| n.unavailable(c).map(|f| (n.node.as_str(), f)))
+            .collect();
+        match failures.first() {
+            None => String::new(),
+            Some((node, f)) => format!(
+                "; {} node(s) cannot fetch its source ({SOURCE_UNAVAILABLE}, retried with backoff), first {node}: {}",
+                failures.len(),
+                f.message
+            ),
         }
     }
 

@@ -1,15 +1,17 @@
 //! Assembling the output: node plan, phase and message, counts, history,
 //! conditions and the requeue hint.
 
-use bpfleet_api::program::{Phase, RevisionOutcome};
+use std::collections::BTreeMap;
+
+use bpfleet_api::program::{FailingNode, Phase, RevisionOutcome};
 
 use super::Machine;
-use crate::rollout::Output;
 use crate::rollout::clock::time;
 use crate::rollout::conditions::{self, Facts};
 use crate::rollout::history;
 use crate::rollout::nodes::{self, Freeze, Targets};
 use crate::rollout::plan::Kind;
+use crate::rollout::{Output, SOURCE_UNAVAILABLE};
 
 impl Machine<'_> {
     pub(super) fn finish(mut self) -> Output {
@@ -50,6 +52,11 @@ impl Machine<'_> {
             &self.input.status.failing_nodes,
             &now,
         );
+
+        if let Some(s) = plan.retry_in {
+            self.want_again(s);
+        }
+        self.source_events(&plan.failing);
 
         let previous_phase = self.input.status.phase;
         let (phase, message) = match (self.phase, candidate.as_deref()) {
@@ -106,6 +113,42 @@ impl Machine<'_> {
             actions: plan.actions,
             events: self.events,
             requeue_after: self.next_in,
+        }
+    }
+
+    /// A warning per revision whose source nodes newly cannot fetch (not
+    /// listed so in the last status), with the first node's answer. Nodes
+    /// stay listed while the load is retried, so each wait is told once.
+    fn source_events(&mut self, failing: &[FailingNode]) {
+        let mut new: BTreeMap<&str, Vec<&FailingNode>> = BTreeMap::new();
+        for f in failing.iter().filter(|f| f.reason == SOURCE_UNAVAILABLE) {
+            let known = self
+                .input
+                .status
+                .failing_nodes
+                .iter()
+                .any(|p| p.node == f.node && p.reason == f.reason && p.revision == f.revision);
+            if !known {
+                new.entry(f.revision.as_deref().unwrap_or_default())
+                    .or_default()
+                    .push(f);
+            }
+        }
+        for (revision, nodes) in new {
+            let mut names: Vec<&str> = nodes.iter().take(5).map(|f| f.node.as_str()).collect();
+            if nodes.len() > 5 {
+                names.push("...");
+            }
+            let first = nodes.first().map_or("", |f| f.message.as_str());
+            self.event(
+                true,
+                SOURCE_UNAVAILABLE,
+                format!(
+                    "{} node(s) cannot fetch the source of revision {revision} ({}); their load is retried with backoff: {first}",
+                    nodes.len(),
+                    names.join(", ")
+                ),
+            );
         }
     }
 

@@ -9,7 +9,10 @@ use bpfleet_api::program::Phase;
 use crate::Error;
 use crate::rollout::clock::time;
 use crate::rollout::testing::{canary, none, pause_for, percent, spec};
-use crate::rollout::{ActionKind, Command, CommandKind, Input, NodeReport, Output, Requests};
+use crate::rollout::{
+    ActionKind, Command, CommandKind, Input, LoadedRevision, NodeFailure, NodeReport, Output,
+    Requests, SOURCE_UNAVAILABLE,
+};
 
 fn run(
     spec: &TracerProgramSpec,
@@ -131,4 +134,199 @@ fn acknowledged_ids_are_bounded() {
     let acked = &out.status.rollout.expect("progress").acknowledged_requests;
     assert_eq!(acked.len(), 16);
     assert_eq!(acked.last().map(String::as_str), Some("r39"));
+}
+
+/// Two nodes running `a` as stable, and the spec moved to `b`
+/// (immediate, progress deadline 120 s): the status after `a` rolled out,
+/// and the two revisions.
+fn stable_a_then_b() -> (TracerProgramSpec, TracerProgramStatus, String, String) {
+    let a = spec("a");
+    let mut b = spec("b");
+    b.progress_deadline_seconds = 120;
+    let (ra, rb) = (
+        crate::revision::revision_id(&a).expect("id"),
+        crate::revision::revision_id(&b).expect("id"),
+    );
+    let on_a = [holding("n0", &[(&ra, true)]), holding("n1", &[(&ra, true)])];
+    let out = run(&a, &Default::default(), &on_a, &Requests::default(), 0).expect("run");
+    assert_eq!(out.status.stable_revision.as_deref(), Some(ra.as_str()));
+    (b, out.status, ra, rb)
+}
+
+fn holding(node: &str, revisions: &[(&str, bool)]) -> NodeReport {
+    NodeReport {
+        revisions: revisions
+            .iter()
+            .map(|(r, active)| LoadedRevision {
+                revision: (*r).into(),
+                active: *active,
+                health: None,
+            })
+            .collect(),
+        ..NodeReport::new(node)
+    }
+}
+
+fn refused(revision: &str, reason: &str, at: i64, attempts: u32) -> NodeFailure {
+    NodeFailure {
+        revision: revision.into(),
+        reason: reason.into(),
+        message: "source unavailable: r.example:5000 answered 503 Service Unavailable".into(),
+        at: time(at),
+        attempts,
+    }
+}
+
+fn loads_of<'a>(out: &'a Output, node: &str) -> Vec<(&'a str, ActionKind)> {
+    out.actions
+        .iter()
+        .filter(|a| a.node == node)
+        .map(|a| (a.revision.as_str(), a.kind))
+        .collect()
+}
+
+/// n1's registry is down: the rollout neither fails nor hammers it. n1
+/// is listed as `SourceUnavailable` (one event), its Load is sent again
+/// at 5, 10, 20, 40 s intervals while the machine is called every second,
+/// and the progress deadline alone fails the rollout, naming the node
+/// and the registry's answer.
+#[test]
+fn a_node_whose_registry_is_down_waits_with_backoff_until_the_deadline() {
+    let (b, status, ra, rb) = stable_a_then_b();
+    let none = Requests::default();
+    let on_a = [holding("n0", &[(&ra, true)]), holding("n1", &[(&ra, true)])];
+    let out = run(&b, &status, &on_a, &none, 100).expect("run");
+    assert_eq!(
+        loads_of(&out, "n1"),
+        [
+            (rb.as_str(), ActionKind::Load),
+            (rb.as_str(), ActionKind::Activate)
+        ]
+    );
+    // n0 switched; n1's agent could not pull.
+    let n0 = holding("n0", &[(&ra, false), (&rb, true)]);
+    let mut n1 = holding("n1", &[(&ra, true)]);
+    n1.failures = vec![refused(&rb, SOURCE_UNAVAILABLE, 100, 1)];
+    let mut status = out.status;
+    let mut loads = Vec::new();
+    let mut events = Vec::new();
+    let mut last = None;
+    for now in 101..=221 {
+        let nodes = [n0.clone(), n1.clone()];
+        let out = run(&b, &status, &nodes, &none, now).expect("run");
+        assert_eq!(out.status.phase, Some(Phase::Progressing), "at {now}");
+        let failing = &out.status.failing_nodes;
+        assert_eq!(failing.len(), 1, "at {now}");
+        assert_eq!(
+            (failing[0].node.as_str(), failing[0].reason.as_str()),
+            ("n1", "SourceUnavailable")
+        );
+        assert_eq!(out.status.nodes.failed, 1);
+        let message = out.status.message.clone().unwrap_or_default();
+        assert!(
+            message.contains("cannot fetch its source") && message.contains("503"),
+            "{message}"
+        );
+        events.extend(out.events.iter().map(|e| (now, e.clone())));
+        // The same input again: same status, no event (as every reconcile).
+        let again = run(&b, &out.status, &nodes, &none, now).expect("run");
+        assert_eq!(again.status, out.status);
+        assert!(again.events.is_empty(), "{:?}", again.events);
+        if loads_of(&out, "n1").is_empty() {
+            // Asked back no later than the retry is due.
+            let due = crate::rollout::nodes::retry_in(&n1.failures[0], now);
+            assert!(out.requeue_after.is_some_and(|r| r <= due), "at {now}");
+        } else {
+            assert_eq!(
+                loads_of(&out, "n1"),
+                [
+                    (rb.as_str(), ActionKind::Load),
+                    (rb.as_str(), ActionKind::Activate)
+                ]
+            );
+            loads.push(now);
+            // The registry is still down: one more attempt failed.
+            let attempts = n1.failures[0].attempts + 1;
+            n1.failures = vec![refused(&rb, SOURCE_UNAVAILABLE, now, attempts)];
+        }
+        assert!(loads_of(&out, "n0").is_empty());
+        status = out.status;
+        last = Some(now);
+    }
+    assert_eq!(last, Some(221));
+    assert_eq!(loads, [105, 115, 135, 175]);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (at, e) = &events[0];
+    assert_eq!(
+        (*at, e.reason.as_str(), e.warning),
+        (101, "SourceUnavailable", true)
+    );
+    assert!(
+        e.message.contains("n1") && e.message.contains("503"),
+        "{}",
+        e.message
+    );
+
+    // Progress was last made at 101 (n0 switched): 121 s later, the
+    // deadline fails the rollout and every node returns to `a`.
+    let out = run(&b, &status, &[n0, n1], &none, 222).expect("run");
+    assert_eq!(out.status.phase, Some(Phase::Aborted));
+    let message = out.status.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("progressDeadlineSeconds 120")
+            && message.contains("n1")
+            && message.contains("SourceUnavailable")
+            && message.contains("503"),
+        "{message}"
+    );
+    assert!(
+        out.events
+            .iter()
+            .any(|e| e.reason == "ProgressDeadlineExceeded")
+    );
+    assert_eq!(
+        loads_of(&out, "n0"),
+        [
+            (ra.as_str(), ActionKind::Rollback),
+            (rb.as_str(), ActionKind::Unload)
+        ]
+    );
+}
+
+/// The registry comes back: the next retry loads, and the rollout
+/// completes as if nothing happened.
+#[test]
+fn a_node_whose_registry_is_back_completes_the_rollout() {
+    let (b, status, ra, rb) = stable_a_then_b();
+    let none = Requests::default();
+    let on_a = [holding("n0", &[(&ra, true)]), holding("n1", &[(&ra, true)])];
+    let out = run(&b, &status, &on_a, &none, 100).expect("run");
+    let n0 = holding("n0", &[(&ra, false), (&rb, true)]);
+    let mut n1 = holding("n1", &[(&ra, true)]);
+    n1.failures = vec![refused(&rb, SOURCE_UNAVAILABLE, 100, 1)];
+    let out = run(&b, &out.status, &[n0.clone(), n1], &none, 103).expect("run");
+    assert!(out.actions.is_empty());
+    assert_eq!(out.requeue_after, Some(2));
+    let n1 = holding("n1", &[(&ra, false), (&rb, true)]);
+    let out = run(&b, &out.status, &[n0, n1], &none, 105).expect("run");
+    assert_eq!(out.status.phase, Some(Phase::Healthy));
+    assert_eq!(out.status.stable_revision.as_deref(), Some(rb.as_str()));
+    assert!(out.status.failing_nodes.is_empty());
+}
+
+/// The contrast: a refusal of the revision itself fails the rollout at
+/// once (maxProgramFailures 0), and the node gets nothing more.
+#[test]
+fn a_refused_revision_fails_the_rollout_at_once() {
+    let (b, status, ra, rb) = stable_a_then_b();
+    let none = Requests::default();
+    let on_a = [holding("n0", &[(&ra, true)]), holding("n1", &[(&ra, true)])];
+    let out = run(&b, &status, &on_a, &none, 100).expect("run");
+    let n0 = holding("n0", &[(&ra, false), (&rb, true)]);
+    let mut n1 = holding("n1", &[(&ra, true)]);
+    n1.failures = vec![refused(&rb, "LoadRefused", 100, 1)];
+    let out = run(&b, &out.status, &[n0, n1], &none, 101).expect("run");
+    assert_eq!(out.status.phase, Some(Phase::Aborted));
+    assert!(out.events.iter().any(|e| e.reason == "ProgramLoadFailed"));
+    assert!(loads_of(&out, "n1").is_empty());
 }

@@ -83,6 +83,7 @@ fn failing_canary_node_uses_the_budget() {
         reason: "VerifierRejected".into(),
         message: "invalid mem access".into(),
         at: time(1),
+        attempts: 1,
     });
     let nodes = [node("a", &[("s", true)]), failed];
     let p = plan(&targets(&["b", "a"]), &nodes, &[], &[], &time(5));
@@ -197,6 +198,7 @@ fn a_node_failing_stable_uses_the_budget_too() {
         reason: "AttachFailed".into(),
         message: "no such tracepoint".into(),
         at: time(1),
+        attempts: 1,
     });
     let nodes = [node("a", &[("s", true)]), node("b", &[("s", true)]), broken];
     let mut t = targets(&["a", "b"]);
@@ -209,4 +211,80 @@ fn a_node_failing_stable_uses_the_budget_too() {
         .count();
     assert_eq!(switching, 1);
     assert!(kinds(&p, "z").is_empty(), "a failed load is not resent");
+}
+
+#[test]
+fn retries_of_an_unavailable_source_back_off_to_a_minute() {
+    let delays: Vec<i64> = (1..=7).map(retry_delay).collect();
+    assert_eq!(delays, [5, 10, 20, 40, 60, 60, 60]);
+    assert_eq!(retry_delay(u32::MAX), RETRY_MAX_SECONDS);
+    // Never called with 0, but it must not be shorter than the first wait.
+    assert_eq!(retry_delay(0), RETRY_FIRST_SECONDS);
+}
+
+/// A canary node that could not fetch the candidate's source keeps its
+/// place (and the budget): listed as failing, its Load and Activate held
+/// back until the retry is due, then sent again.
+#[test]
+fn a_node_without_the_source_waits_for_its_retry_then_loads_again() {
+    let mut waiting = node("b", &[("s", true)]);
+    waiting.failures.push(NodeFailure {
+        revision: "c".into(),
+        reason: crate::rollout::SOURCE_UNAVAILABLE.into(),
+        message: "source unavailable: registry r.example answered 503".into(),
+        at: time(100),
+        attempts: 2,
+    });
+    let nodes = [node("a", &[("s", true)]), waiting];
+    // Retry due at 100 + 10.
+    let p = plan(&targets(&["b", "a"]), &nodes, &[], &[], &time(104));
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.retry_in, Some(6));
+    assert_eq!(p.counts.failed, 1);
+    assert_eq!(p.counts.ready, 1);
+    assert_eq!(p.unsettled, 0);
+    assert_eq!(p.failing[0].reason, "SourceUnavailable");
+    assert!(p.failing[0].message.contains("503"));
+    let p = plan(&targets(&["b", "a"]), &nodes, &[], &p.failing, &time(110));
+    assert_eq!(
+        kinds(&p, "b"),
+        [
+            ("c".into(), ActionKind::Load),
+            ("c".into(), ActionKind::Activate)
+        ]
+    );
+    // Still listed (the retry's outcome is not known yet), since unchanged.
+    assert_eq!(p.failing[0].since, Some(time(104)));
+    assert_eq!(p.retry_in, None);
+    // maxUnavailable 1: "a" waits for "b" either way.
+    assert!(kinds(&p, "a").is_empty());
+}
+
+/// A node that cannot fetch the stable revision runs nothing: it takes
+/// maxUnavailable's budget, as a node refusing it would.
+#[test]
+fn a_node_without_the_stable_source_counts_as_unavailable() {
+    let mut joining = node("j", &[]);
+    joining.failures.push(NodeFailure {
+        revision: "s".into(),
+        reason: crate::rollout::SOURCE_UNAVAILABLE.into(),
+        message: "source unavailable: 503".into(),
+        at: time(100),
+        attempts: 1,
+    });
+    let nodes = [node("a", &[("s", true)]), joining];
+    let p = plan(&targets(&["a"]), &nodes, &[], &[], &time(101));
+    assert!(kinds(&p, "a").is_empty(), "{:?}", p.actions);
+    assert!(kinds(&p, "j").is_empty(), "held until 105: {:?}", p.actions);
+    assert_eq!(p.retry_in, Some(4));
+    assert_eq!(p.failing[0].node, "j");
+    // Due: the stable revision is loaded and activated again.
+    let p = plan(&targets(&["a"]), &nodes, &[], &p.failing, &time(105));
+    assert_eq!(
+        kinds(&p, "j"),
+        [
+            ("s".into(), ActionKind::Load),
+            ("s".into(), ActionKind::Activate)
+        ]
+    );
 }
