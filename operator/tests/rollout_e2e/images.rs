@@ -1,8 +1,16 @@
-//! A revision from `bytecode.image` whose pull secret is missing, through
-//! the real reconciler, three real agents and a real apiserver: every node
-//! waits as `SourceUnavailable` (the Secret named, nothing failed, the
-//! stable revision still running, one event, no hot loop), and once the
-//! Secret exists the next retry sends the Load to the agents.
+//! Revisions from `bytecode.image` in a real registry (Debian's
+//! docker-registry, TLS from a private CA, basic auth), through the real
+//! reconciler, three real agents and a real apiserver:
+//! - the pull secret missing: every node waits as `SourceUnavailable` (the
+//!   Secret named, nothing failed, the stable revision still running, one
+//!   event, no hot loop);
+//! - the Secret with a wrong password: the nodes wait on the registry's 401;
+//! - the right password: the next retry pulls and the revision rolls out;
+//! - the registry stopped mid-canary: the canary waits on the nodes that
+//!   must pull, and finishes once the registry is back;
+//!
+//! and nothing of the Secret reaches a status, an event, an agent's log or
+//! its audit log.
 
 use std::time::{Duration, Instant};
 
@@ -17,14 +25,76 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
+use bpfleet_testsupport::registry::{Registry, RegistryOpts};
+
 use super::cluster::*;
 use super::hostile::reqwest_like;
 use super::nodes::*;
 
 const SECRET: &str = "syscount-registry";
+const USER: &str = "ci";
 const PASSWORD: &str = "pw-SECRET-not-for-logs";
+const WRONG: &str = "pw-WRONG-not-for-logs";
 
-fn waiting_on_secret(tp: &TracerProgram) -> bool {
+/// `obj` pushed as `bpf/syscount:<tag>`; its digest reference.
+async fn push(reg: &Registry, tag: &str, obj: &[u8]) -> String {
+    use bpfleet_oci::format::{self, Format, Labels};
+    let client = bpfleet_oci::Registry::new(&bpfleet_oci::RegistryOptions {
+        ca_pems: vec![reg.ca_pem()],
+        ..Default::default()
+    })
+    .expect("client");
+    let labels = Labels {
+        programs: Some([("count_getppid".to_string(), "tracepoint".to_string())].into()),
+        maps: None,
+    };
+    let built = format::build(Format::Bpfman, obj, "syscount.bpf.o", &labels).expect("image");
+    let repo = format!("{}/bpf/syscount", reg.host());
+    let creds = bpfleet_oci::Credentials {
+        username: USER.into(),
+        password: PASSWORD.into(),
+    };
+    let digest = client
+        .push(&repo, tag, &built, Some(&creds))
+        .await
+        .expect("push");
+    format!("{repo}:{tag}@{digest}")
+}
+
+/// The dockerconfigjson Secret for `host` with `password`.
+fn secret(host: &str, password: &str) -> Secret {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{password}"));
+    let config = json!({"auths": {host: {"auth": auth}}}).to_string();
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(SECRET.into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/dockerconfigjson".into()),
+        data: Some(
+            [(
+                ".dockerconfigjson".to_string(),
+                ByteString(config.into_bytes()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// Every node listed as waiting on the source with a message holding
+/// `needle`.
+fn all_waiting_on(tp: &TracerProgram, needle: &str) -> bool {
+    tp.status.as_ref().is_some_and(|s| {
+        s.phase == Some(Phase::Progressing)
+            && s.failing_nodes.len() == 3
+            && s.failing_nodes
+                .iter()
+                .all(|f| f.reason == "SourceUnavailable" && f.message.contains(needle))
+    })
+}
+
+fn waiting_on_secret(tp: &TracerProgram, host: &str) -> bool {
     tp.status.as_ref().is_some_and(|s| {
         s.failing_nodes.len() == 3
             && s.failing_nodes.iter().all(|f| {
@@ -32,18 +102,27 @@ fn waiting_on_secret(tp: &TracerProgram) -> bool {
                     && f.message
                         .contains(&format!("bytecode.image.pullSecret default/{SECRET}"))
                     && f.message.contains("no such Secret")
-                    && f.message.contains("registry.invalid:5000")
+                    && f.message.contains(host)
             })
     })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_missing_pull_secret_is_waited_for_then_the_load_reaches_the_agents() {
+async fn images_wait_for_their_secret_and_registry_then_roll_out() {
+    let mut reg = Registry::start(RegistryOpts {
+        tls: true,
+        users: vec![(USER.into(), PASSWORD.into())],
+    });
+    let host = reg.host();
+    let ca = reg.ca_file().display().to_string();
     let cp = ControlPlane::start().await.expect("control plane starts");
     cp.install_crds().expect("CRDs install");
     let client = cp.client().await.expect("client");
     let objects = Objects::write();
-    let agents: Vec<Agent> = NODES.iter().map(|n| Agent::start(n)).collect();
+    let agents: Vec<Agent> = NODES
+        .iter()
+        .map(|n| Agent::start_with(n, &["--registry-ca", &ca]))
+        .collect();
     for a in &agents {
         a.register(&client).await;
     }
@@ -71,17 +150,14 @@ async fn a_missing_pull_secret_is_waited_for_then_the_load_reaches_the_agents() 
     // v2 from an image whose pull secret does not exist yet.
     let mut v2 = objects.spec("v2", "2.0.0", json!({"immediate": {}}));
     v2["spec"]["bytecode"] = json!({"image": {
-        "reference": format!("registry.invalid:5000/bpf/syscount:v2@sha256:{}", "ab".repeat(32)),
+        "reference": push(&reg, "v2", bpfleet_bpf::SYSCOUNT_V2).await,
         "pullSecret": SECRET,
     }});
     let r2 = spec_revision(&v2);
     apply(&api, &v2).await;
-    let tp = wait_for(
-        &api,
-        "every node waiting for the pull secret",
-        60,
-        waiting_on_secret,
-    )
+    let tp = wait_for(&api, "every node waiting for the pull secret", 60, |tp| {
+        waiting_on_secret(tp, &host)
+    })
     .await;
     let started = Instant::now();
     let st = tp.status.clone().unwrap();
@@ -110,7 +186,7 @@ async fn a_missing_pull_secret_is_waited_for_then_the_load_reaches_the_agents() 
     let during = reconciles().await - before;
     assert!(during <= 16.0, "{during} reconciles in 8 s of waiting");
     let tp = api.get(PROGRAM).await.expect("get");
-    assert!(waiting_on_secret(&tp), "{}", dump(&tp));
+    assert!(waiting_on_secret(&tp, &host), "{}", dump(&tp));
     assert_eq!(phase(&tp), Some(Phase::Progressing));
     // One event for the wait, naming the Secret.
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
@@ -129,66 +205,97 @@ async fn a_missing_pull_secret_is_waited_for_then_the_load_reaches_the_agents() 
         "{note}"
     );
 
-    // The Secret appears: a retry (at most a minute away) reads it and the
-    // Load goes to the agents; what they answer is theirs to say, but it is
-    // no longer about the pull secret.
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{PASSWORD}"));
-    let config = json!({"auths": {"registry.invalid:5000": {"auth": auth}}}).to_string();
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(SECRET.into()),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/dockerconfigjson".into()),
-        data: Some(
-            [(
-                ".dockerconfigjson".to_string(),
-                ByteString(config.into_bytes()),
-            )]
-            .into(),
-        ),
-        ..Default::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &secret)
+    // The Secret appears with a wrong password: a retry (at most a minute
+    // away) reads it, the agents pull and the registry answers 401.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    secrets
+        .create(&PostParams::default(), &secret(&host, WRONG))
         .await
         .expect("secret");
-    // The agent's answer, not the operator's: today a refusal of images
-    // (the rollout fails and returns to v1), once agents pull an
-    // unresolvable registry (the nodes keep waiting, on the registry now).
-    let tp = wait_for(&api, "the Load answered by the agents", 75, |tp| {
-        tp.status.as_ref().is_some_and(|s| {
-            let message = s.message.clone().unwrap_or_default();
-            let refused = s.phase == Some(Phase::Aborted)
-                && message.contains("failed to load")
-                && !message.contains("pullSecret");
-            let unreachable_registry = !s.failing_nodes.is_empty()
-                && s.failing_nodes
-                    .iter()
-                    .all(|f| !f.message.contains("pullSecret"));
-            refused || unreachable_registry
-        })
+    wait_for(&api, "the nodes waiting on the registry's 401", 75, |tp| {
+        all_waiting_on(tp, "401")
     })
     .await;
+    let placed = placement(&pool, &agents).await;
+    assert!(placed.iter().all(|(a, _)| *a == r1), "{placed:?}");
+
+    // The right password: the next retry pulls, v2 rolls out.
+    secrets
+        .replace(SECRET, &PostParams::default(), &secret(&host, PASSWORD))
+        .await
+        .expect("secret");
+    wait_for(&api, "v2 healthy from its image", 90, |tp| {
+        healthy_on(tp, &r2)
+    })
+    .await;
+
+    // The registry stops; a canary of v3 (another image) waits on the
+    // nodes that must pull it, and finishes once the registry is back.
+    let v3_image = push(&reg, "v3", bpfleet_bpf::SYSCOUNT_V1).await;
+    reg.stop();
+    let mut v3 = objects.spec(
+        "v1",
+        "3.0.0",
+        json!({"canary": {"steps": [{"setNodePercent": 34}, {"setNodePercent": 100}]}}),
+    );
+    v3["spec"]["bytecode"] = json!({"image": {
+        "reference": v3_image,
+        "pullSecret": SECRET,
+    }});
+    let r3 = spec_revision(&v3);
+    apply(&api, &v3).await;
+    let tp = wait_for(
+        &api,
+        "the canary waiting on the stopped registry",
+        60,
+        |tp| {
+            tp.status.as_ref().is_some_and(|s| {
+                s.candidate_revision.as_deref() == Some(r3.as_str())
+                    && !s.failing_nodes.is_empty()
+                    && s.failing_nodes.iter().all(|f| {
+                        f.reason == "SourceUnavailable" && f.message.contains("source unavailable")
+                    })
+            })
+        },
+    )
+    .await;
+    assert_eq!(phase(&tp), Some(Phase::Progressing), "{}", dump(&tp));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let tp = api.get(PROGRAM).await.expect("get");
+    assert_eq!(
+        phase(&tp),
+        Some(Phase::Progressing),
+        "still waiting: {}",
+        dump(&tp)
+    );
+    reg.start_again();
+    let tp = wait_for(&api, "v3 healthy once the registry is back", 120, |tp| {
+        healthy_on(tp, &r3)
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let text = dump(&tp);
     assert!(!text.contains(PASSWORD), "{text}");
-    // Whatever the agents answered, nothing of the Secret is in their
-    // audit logs or in any event.
+    // Nothing of the Secret is in the agents' logs and audit logs (which
+    // do name the image) or in any event.
     for a in &agents {
-        let audit = std::fs::read_to_string(a.dir.path().join("audit.jsonl")).expect("audit log");
-        assert!(
-            !audit.contains(PASSWORD),
-            "{}: audit holds the password",
-            a.node
-        );
+        let log = a.log();
+        assert!(log.contains("bpf/syscount"), "{}: {log}", a.node);
+        for secret in [PASSWORD, WRONG] {
+            assert!(
+                !log.contains(secret),
+                "{}: the log holds a password",
+                a.node
+            );
+        }
     }
     let all = events.list(&Default::default()).await.expect("events");
     let shown = serde_json::to_string(&all.items).unwrap();
     assert!(
-        !shown.contains(PASSWORD) && !shown.contains("ci:"),
+        !shown.contains(PASSWORD) && !shown.contains(WRONG) && !shown.contains("ci:"),
         "an event holds the secret"
     );
-    assert!(started.elapsed() < Duration::from_secs(120));
+    assert!(started.elapsed() < Duration::from_secs(300));
     assert!(!task.is_finished(), "operator stopped: {task:?}");
     task.abort();
 }
