@@ -153,6 +153,7 @@ async fn main() {
         .iter()
         .map(|_| Figures {
             wall_ms: vec![],
+            source_ms: vec![],
             cpu_ms: vec![],
         })
         .collect();
@@ -169,10 +170,12 @@ async fn main() {
             }
             let cpu0 = machine_cpu_seconds();
             let t = Instant::now();
-            c.load(req)
+            let r = c
+                .load(req)
                 .await
                 .unwrap_or_else(|e| panic!("{} load: {e}", names[i]));
             let wall = t.elapsed().as_secs_f64() * 1e3;
+            let kernel = r.into_inner().revision.map_or(0, |r| r.load_nanos) as f64 / 1e6;
             let cpu = (machine_cpu_seconds() - cpu0) * 1e3;
             c.unload(pb::UnloadRequest {
                 program: PROGRAM.into(),

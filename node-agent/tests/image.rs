@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use bpfleet_bpf as objs;
 use bpfleet_oci::format::{self, Format, Labels};
-use bpfleet_oci::{Credentials, Registry as Client, RegistryOptions};
+use bpfleet_oci::{Credentials, RegistryOptions};
 use bpfleet_proto::v1::{self as pb, load_request::Source};
 use bpfleet_testsupport::cosign;
 use bpfleet_testsupport::registry::{Registry, RegistryOpts};
@@ -59,7 +59,7 @@ async fn push(
     obj: &[u8],
     l: &Labels,
 ) -> String {
-    let client = Client::new(&RegistryOptions {
+    let client = bpfleet_oci::Registry::new(&RegistryOptions {
         ca_pems: vec![reg.ca_pem()],
         ..Default::default()
     })
@@ -91,6 +91,29 @@ fn image_req(
     r
 }
 
+type Client = pb::agent_client::AgentClient<tonic::transport::Channel>;
+
+/// Loads syscount `revision` from `reference` with the registry's
+/// credentials.
+async fn load(
+    c: &mut Client,
+    revision: &str,
+    reference: &str,
+    obj: &[u8],
+) -> Result<tonic::Response<pb::LoadResponse>, tonic::Status> {
+    c.load(image_req(revision, reference, obj, Some((USER, PASS))))
+        .await
+}
+
+async fn activate(c: &mut Client, revision: &str) {
+    c.activate(pb::ActivateRequest {
+        program: "syscount".into(),
+        revision: revision.into(),
+    })
+    .await
+    .unwrap();
+}
+
 fn agent(root: &PinRoot, reg: &Registry, extra: &[&str]) -> AgentProc {
     let ca = reg.ca_file().display().to_string();
     let mut args = vec!["--registry-ca", ca.as_str()];
@@ -117,7 +140,7 @@ async fn active(
         .filter(|a| !a.is_empty())
 }
 
-async fn unload(c: &mut pb::agent_client::AgentClient<tonic::transport::Channel>) {
+async fn unload(c: &mut Client) {
     c.unload(pb::UnloadRequest {
         program: "syscount".into(),
         revision: String::new(),
@@ -160,15 +183,8 @@ async fn images_of_both_formats_load_by_digest_and_run() {
         ("v1", &v1, objs::SYSCOUNT_V1, 0),
         ("v2", &v2, objs::SYSCOUNT_V2, 1),
     ] {
-        c.load(image_req(rev, reference, obj, Some((USER, PASS))))
-            .await
-            .unwrap();
-        c.activate(pb::ActivateRequest {
-            program: "syscount".into(),
-            revision: rev.into(),
-        })
-        .await
-        .unwrap();
+        load(&mut c, rev, reference, obj).await.unwrap();
+        activate(&mut c, rev).await;
         let tid = gettid();
         c.update_config(only_thread("syscount", tid)).await.unwrap();
         let before = slot(&counts, k);
@@ -186,9 +202,7 @@ async fn images_of_both_formats_load_by_digest_and_run() {
     unload(&mut c).await;
     let mut reg = reg;
     reg.stop();
-    c.load(image_req("v1", &v1, objs::SYSCOUNT_V1, Some((USER, PASS))))
-        .await
-        .unwrap();
+    load(&mut c, "v1", &v1, objs::SYSCOUNT_V1).await.unwrap();
     assert!(audit(&root).contains("cached true"), "{}", audit(&root));
     unload(&mut c).await;
     assert!(
@@ -234,15 +248,7 @@ async fn content_that_does_not_match_the_reference_is_refused() {
         &labels(&[("count_all", "tracepoint")]),
     )
     .await;
-    let e = refused(
-        c.load(image_req(
-            "l",
-            &other,
-            objs::SYSCOUNT_V1,
-            Some((USER, PASS)),
-        ))
-        .await,
-    );
+    let e = refused(load(&mut c, "l", &other, objs::SYSCOUNT_V1).await);
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(
         e.message().contains("\"count_getppid\"") && e.message().contains("count_all: tracepoint"),
@@ -259,10 +265,7 @@ async fn content_that_does_not_match_the_reference_is_refused() {
         &labels(&[("count_getppid", "xdp")]),
     )
     .await;
-    let e = refused(
-        c.load(image_req("x", &xdp, objs::SYSCOUNT_V1, Some((USER, PASS))))
-            .await,
-    );
+    let e = refused(load(&mut c, "x", &xdp, objs::SYSCOUNT_V1).await);
     assert!(
         e.message().contains("declares it as \"xdp\""),
         "{}",
@@ -281,15 +284,7 @@ async fn content_that_does_not_match_the_reference_is_refused() {
     .await;
     let layer = format::Descriptor::of(format::OBJECT_MEDIA_TYPE, objs::SYSCOUNT_V1).digest;
     flip_blob(&reg, &layer);
-    let e = refused(
-        c.load(image_req(
-            "y",
-            &layered,
-            objs::SYSCOUNT_V1,
-            Some((USER, PASS)),
-        ))
-        .await,
-    );
+    let e = refused(load(&mut c, "y", &layered, objs::SYSCOUNT_V1).await);
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(
         e.message().contains(&layer),
@@ -309,15 +304,7 @@ async fn content_that_does_not_match_the_reference_is_refused() {
     .await;
     let digest = manifested.split('@').nth(1).unwrap().to_string();
     flip_blob(&reg, &digest);
-    let e = refused(
-        c.load(image_req(
-            "z",
-            &manifested,
-            objs::SYSCOUNT_V2,
-            Some((USER, PASS)),
-        ))
-        .await,
-    );
+    let e = refused(load(&mut c, "z", &manifested, objs::SYSCOUNT_V2).await);
     assert!(
         e.message().contains(&format!("for digest {digest}")) || e.message().contains(&digest),
         "{}",
@@ -397,25 +384,12 @@ async fn an_unavailable_registry_is_reported_and_the_cache_carries_on() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Aborted, "anonymous: {e:?}");
 
-    c.load(image_req("v1", &v1, objs::SYSCOUNT_V1, Some((USER, PASS))))
-        .await
-        .unwrap();
-    c.activate(pb::ActivateRequest {
-        program: "syscount".into(),
-        revision: "v1".into(),
-    })
-    .await
-    .unwrap();
+    load(&mut c, "v1", &v1, objs::SYSCOUNT_V1).await.unwrap();
+    activate(&mut c, "v1").await;
     reg.stop();
     // A digest never pulled, with the registry down.
     let other = v1.replace(&v1[v1.len() - 8..], "00000000");
-    let e = c
-        .load(image_req(
-            "v2",
-            &other,
-            objs::SYSCOUNT_V2,
-            Some((USER, PASS)),
-        ))
+    let e = load(&mut c, "v2", &other, objs::SYSCOUNT_V2)
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
@@ -432,9 +406,7 @@ async fn an_unavailable_registry_is_reported_and_the_cache_carries_on() {
     let mut c = a.client().await;
     assert_eq!(active(&mut c).await.as_deref(), Some("v1"), "re-adopted");
     // The same image as another revision: from the cache.
-    c.load(image_req("v1b", &v1, objs::SYSCOUNT_V1, Some((USER, PASS))))
-        .await
-        .unwrap();
+    load(&mut c, "v1b", &v1, objs::SYSCOUNT_V1).await.unwrap();
     let log = audit(&root);
     assert!(log.contains("cached true"), "{log}");
     assert!(log.contains("source_unavailable"), "{log}");
@@ -497,27 +469,16 @@ async fn cosign_signatures_decide_what_loads() {
     let pubkey = trusted_pub.display().to_string();
     let a = agent(&root, &reg, &["--trusted-key", &pubkey]);
     let mut c = a.client().await;
-    c.load(image_req(
-        "v1",
-        &signed,
-        objs::SYSCOUNT_V1,
-        Some((USER, PASS)),
-    ))
-    .await
-    .unwrap();
+    load(&mut c, "v1", &signed, objs::SYSCOUNT_V1)
+        .await
+        .unwrap();
     assert!(
         audit(&root).contains(&format!("signed_by {pubkey}")),
         "{}",
         audit(&root)
     );
 
-    let e = c
-        .load(image_req(
-            "f",
-            &foreign,
-            objs::SYSCOUNT_V1,
-            Some((USER, PASS)),
-        ))
+    let e = load(&mut c, "f", &foreign, objs::SYSCOUNT_V1)
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
@@ -527,13 +488,7 @@ async fn cosign_signatures_decide_what_loads() {
         "{}",
         e.message()
     );
-    let e = c
-        .load(image_req(
-            "u",
-            &unsigned,
-            objs::SYSCOUNT_V2,
-            Some((USER, PASS)),
-        ))
+    let e = load(&mut c, "u", &unsigned, objs::SYSCOUNT_V2)
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
@@ -569,14 +524,9 @@ async fn cosign_signatures_decide_what_loads() {
     // With --allow-unsigned, the unsigned image loads.
     let a = agent(&root, &reg, &["--allow-unsigned"]);
     let mut c = a.client().await;
-    c.load(image_req(
-        "u",
-        &unsigned,
-        objs::SYSCOUNT_V2,
-        Some((USER, PASS)),
-    ))
-    .await
-    .unwrap();
+    load(&mut c, "u", &unsigned, objs::SYSCOUNT_V2)
+        .await
+        .unwrap();
     unload(&mut c).await;
     drop(a);
     assert!(root.pins().is_empty(), "pins left: {:?}", root.pins());
@@ -608,20 +558,10 @@ async fn a_bpfman_image_built_by_buildah_loads() {
     );
     let a = agent(&root, &reg, &["--allow-unsigned"]);
     let mut c = a.client().await;
-    c.load(image_req(
-        "v1",
-        &reference,
-        objs::SYSCOUNT_V1,
-        Some((USER, PASS)),
-    ))
-    .await
-    .unwrap();
-    c.activate(pb::ActivateRequest {
-        program: "syscount".into(),
-        revision: "v1".into(),
-    })
-    .await
-    .unwrap();
+    load(&mut c, "v1", &reference, objs::SYSCOUNT_V1)
+        .await
+        .unwrap();
+    activate(&mut c, "v1").await;
     c.update_config(only_thread("syscount", gettid()))
         .await
         .unwrap();

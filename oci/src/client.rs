@@ -26,7 +26,8 @@ pub struct RegistryOptions {
     pub timeout: Option<Duration>,
 }
 
-/// Basic credentials for one registry. Debug prints no password.
+/// HTTP basic credentials for one registry. Its `Debug` prints neither
+/// field: credentials may end up inside a logged value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
@@ -36,8 +37,9 @@ pub struct Credentials {
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
+            .field("username", &"<redacted>")
+            .field("password", &"<redacted>")
+            .finish()
     }
 }
 

@@ -27,22 +27,9 @@ pub const DOCKER_HUB: &str = "docker.io";
 /// Names Docker Hub's config entries go by (after scheme and path are cut).
 const DOCKER_HUB_ALIASES: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
 
-/// HTTP basic credentials for one registry. Its `Debug` prints neither
-/// field: a reference's credentials may end up inside a logged value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &"<redacted>")
-            .field("password", &"<redacted>")
-            .finish()
-    }
-}
+/// HTTP basic credentials for one registry (its `Debug` prints neither
+/// field); the same type the registry client takes.
+pub use bpfleet_oci::Credentials;
 
 /// Why a pull secret gives no credentials for a registry. The messages
 /// name the Secret's type or key and the registry, never its content.
