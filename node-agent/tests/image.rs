@@ -18,6 +18,7 @@ use bpfleet_oci::{Credentials, RegistryOptions};
 use bpfleet_proto::v1::{self as pb, load_request::Source};
 use bpfleet_testsupport::cosign;
 use bpfleet_testsupport::registry::{Registry, RegistryOpts};
+use bpfleet_testsupport::request::sha256_hex;
 use common::*;
 
 const USER: &str = "node-puller";
@@ -569,6 +570,104 @@ async fn a_bpfman_image_built_by_buildah_loads() {
     let before = slot(&counts, 0);
     getppid_n(10);
     assert_eq!(slot(&counts, 0), before + 10);
+    unload(&mut c).await;
+    drop(a);
+    assert!(root.pins().is_empty(), "pins left: {:?}", root.pins());
+}
+
+/// A multi-architecture index: the agent takes this machine's platform's
+/// manifest (another architecture's image holds another object).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_resolves_to_this_machines_platform() {
+    let reg = registry();
+    let root = PinRoot::new("image-index");
+    let client = bpfleet_oci::Registry::new(&RegistryOptions {
+        ca_pems: vec![reg.ca_pem()],
+        ..Default::default()
+    })
+    .unwrap();
+    let l = labels(&[("count_getppid", "tracepoint")]);
+    let repo = format!("{}/bpf/multi", reg.host());
+    let arch = format::node_arch();
+    let other = if arch == "arm64" { "amd64" } else { "arm64" };
+    let mut entries = Vec::new();
+    for (platform, obj) in [(arch, objs::SYSCOUNT_V1), (other, objs::SYSCOUNT_V2)] {
+        let built = format::build(Format::Bpfman, obj, "syscount.bpf.o", &l).unwrap();
+        let digest = client
+            .push(&repo, platform, &built, Some(&creds()))
+            .await
+            .unwrap();
+        entries.push(serde_json::json!({
+            "mediaType": format::OCI_MANIFEST, "digest": digest, "size": built.manifest.len(),
+            "platform": {"os": "linux", "architecture": platform},
+        }));
+    }
+    let index = format::Built {
+        blobs: Vec::new(),
+        manifest: serde_json::json!({"schemaVersion": 2, "mediaType": format::OCI_INDEX, "manifests": entries})
+            .to_string()
+            .into_bytes(),
+        manifest_type: format::OCI_INDEX,
+    };
+    let digest = client
+        .push(&repo, "multi", &index, Some(&creds()))
+        .await
+        .unwrap();
+    let a = agent(&root, &reg, &["--allow-unsigned"]);
+    let mut c = a.client().await;
+    // The request's sha256 is this platform's object: the other one's
+    // would be refused by digest.
+    let r = load(&mut c, "v1", &format!("{repo}@{digest}"), objs::SYSCOUNT_V1)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revision.unwrap().sha256, sha256_hex(objs::SYSCOUNT_V1));
+    unload(&mut c).await;
+    drop(a);
+    assert!(root.pins().is_empty(), "pins left: {:?}", root.pins());
+}
+
+/// A plain-HTTP registry is reached only when the agent names it with
+/// `--insecure-registry`; otherwise the pull fails on TLS, unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_needs_the_registry_named_insecure() {
+    let reg = Registry::start(RegistryOpts {
+        tls: false,
+        users: Vec::new(),
+    });
+    let root = PinRoot::new("image-http");
+    let client = bpfleet_oci::Registry::new(&RegistryOptions {
+        insecure: vec![reg.host()],
+        ..Default::default()
+    })
+    .unwrap();
+    let built = format::build(
+        Format::Artifact,
+        objs::SYSCOUNT_V1,
+        "syscount.bpf.o",
+        &labels(&[("count_getppid", "tracepoint")]),
+    )
+    .unwrap();
+    let repo = format!("{}/bpf/plain", reg.host());
+    let digest = client.push(&repo, "v1", &built, None).await.unwrap();
+    let reference = format!("{repo}@{digest}");
+    let req = || image_req("v1", &reference, objs::SYSCOUNT_V1, None);
+
+    let a = AgentProc::start(&root, None, &["--allow-unsigned"]);
+    let mut c = a.client().await;
+    let e = c.load(req()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
+    drop(c);
+    drop(a);
+
+    let host = reg.host();
+    let a = AgentProc::start(
+        &root,
+        None,
+        &["--allow-unsigned", "--insecure-registry", &host],
+    );
+    let mut c = a.client().await;
+    c.load(req()).await.unwrap();
     unload(&mut c).await;
     drop(a);
     assert!(root.pins().is_empty(), "pins left: {:?}", root.pins());
