@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every check CI makes, in CI's order: formatting, generated CRDs, lints, and
-# the whole test suite (unit, real kernel, real kube-apiserver). Run as root:
-# the agent tests load real BPF programs. Expects scripts/setup.sh to have run
+# the whole test suite (unit, real kernel, real kube-apiserver, real
+# registry and cosign), then a short coverage-guided run of every fuzz
+# target (FUZZ_SECONDS each, default 10). Run as root: the agent tests load
+# real BPF programs. Expects scripts/setup.sh to have run
 # (`make test` does both).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,6 +37,11 @@ echo "crash tests took $(( $(date +%s) - start ))s"
 
 step "fuzz corpus replayed (fuzz/, its own workspace; stable, no cargo-fuzz)"
 cargo test --locked --manifest-path fuzz/Cargo.toml
+
+step "fuzz smoke run: every target, coverage-guided, from the committed corpus"
+start=$(date +%s)
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
+echo "fuzz smoke took $(( $(date +%s) - start ))s"
 
 after=$(progs)
 if [ "$after" -gt "$before" ]; then
