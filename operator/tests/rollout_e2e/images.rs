@@ -238,6 +238,9 @@ async fn images_wait_for_their_secret_and_registry_then_roll_out() {
         "3.0.0",
         json!({"canary": {"steps": [{"setNodePercent": 34}, {"setNodePercent": 100}]}}),
     );
+    // Room for the backoff: a node that failed five times retries a
+    // minute later, and a loaded CI machine is slow to notice the wait.
+    v3["spec"]["progressDeadlineSeconds"] = json!(600);
     v3["spec"]["bytecode"] = json!({"image": {
         "reference": v3_image,
         "pullSecret": SECRET,

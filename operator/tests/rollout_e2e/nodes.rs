@@ -54,8 +54,14 @@ impl Agent {
     /// An agent with `extra` arguments; its log goes to `agent.log` in its
     /// directory ([`Agent::log`]).
     pub(crate) fn start_with(node: &str, extra: &[&str]) -> Self {
+        // Tests of this binary run side by side with the same node names:
+        // each agent gets a pin root of its own (a shared one would share
+        // the persistent maps, and one test's programs would count into
+        // another's).
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let pin_root = PathBuf::from(format!(
-            "/sys/fs/bpf/bpfleet-e2e-{node}-{}",
+            "/sys/fs/bpf/bpfleet-e2e-{node}-{}-{n}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&pin_root);
