@@ -54,8 +54,13 @@ impl Agent {
     /// An agent with `extra` arguments; its log goes to `agent.log` in its
     /// directory ([`Agent::log`]).
     pub(crate) fn start_with(node: &str, extra: &[&str]) -> Self {
+        // Tests of this binary run side by side in one process, some with
+        // the same node names: a sequence number keeps their pin roots
+        // apart (start_with removes what is at the path).
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let seq = NEXT.fetch_add(1, Ordering::Relaxed);
         let pin_root = PathBuf::from(format!(
-            "/sys/fs/bpf/bpfleet-e2e-{node}-{}",
+            "/sys/fs/bpf/bpfleet-e2e-{node}-{}-{seq}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&pin_root);
