@@ -399,7 +399,7 @@ async fn the_second_replica_takes_the_lease_and_continues_the_same_step() {
     assert_eq!(st.on(&r2).await, canary_nodes);
     st.replicas_alive("after the takeover");
 
-    let tp = wait_for(&st.api, "v2 healthy under replica-b", 90, |tp| {
+    wait_for(&st.api, "v2 healthy under replica-b", 90, |tp| {
         if let Some(s) = tp.status.as_ref() {
             assert!(
                 s.current_step_index >= Some(1),
@@ -410,7 +410,6 @@ async fn the_second_replica_takes_the_lease_and_continues_the_same_step() {
         healthy_on(tp, &r2)
     })
     .await;
-    let _ = tp;
     settle(&st.pool, &st.agents, "v2 everywhere", |p| {
         p.iter().all(|(a, _)| *a == r2)
     })
