@@ -46,11 +46,20 @@ fn binary(name: &str) -> Result<PathBuf> {
 
 /// A running control plane. Dropping it stops both processes and removes
 /// their data.
+///
+/// Tests that fault the control plane kill and start its processes again
+/// with the flags, ports, certificates and etcd data they started with:
+/// [`ControlPlane::stop_apiserver`], [`ControlPlane::start_apiserver`],
+/// [`ControlPlane::restart_etcd`].
 pub struct ControlPlane {
     // Field order matters: processes are stopped (Drop body) before the
     // directory holding their data is removed (field drop).
-    etcd: Child,
-    apiserver: Child,
+    etcd: Option<Child>,
+    apiserver: Option<Child>,
+    /// How each process was started, to start it again the same way.
+    etcd_cmd: Launch,
+    apiserver_cmd: Launch,
+    etcd_url: String,
     /// Address of the apiserver, `https://127.0.0.1:<port>`.
     pub server: String,
     /// Admin kubeconfig (user `bpfleet-admin` in `system:masters`).
@@ -92,11 +101,11 @@ impl ControlPlane {
         let etcd_peer = free_port();
         let api_port = free_port();
         let etcd_url = format!("http://127.0.0.1:{etcd_client}");
-        let etcd = spawn(
-            "etcd",
-            &etcd_bin,
-            &root.join("etcd.log"),
-            &[
+        let etcd_cmd = Launch {
+            name: "etcd",
+            bin: etcd_bin,
+            log: root.join("etcd.log"),
+            args: vec![
                 "--name=bpfleet-test".into(),
                 format!("--data-dir={}", root.join("etcd").display()),
                 format!("--listen-client-urls={etcd_url}"),
@@ -107,12 +116,13 @@ impl ControlPlane {
                 "--unsafe-no-fsync=true".into(),
                 "--log-level=warn".into(),
             ],
-        )?;
-        let apiserver = match spawn(
-            "kube-apiserver",
-            &apiserver_bin,
-            &root.join("apiserver.log"),
-            &[
+        };
+        let etcd = etcd_cmd.spawn(false)?;
+        let apiserver_cmd = Launch {
+            name: "kube-apiserver",
+            bin: apiserver_bin,
+            log: root.join("apiserver.log"),
+            args: vec![
                 format!("--etcd-servers={etcd_url}"),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
@@ -132,10 +142,12 @@ impl ControlPlane {
                 "--enable-priority-and-fairness=false".into(),
                 "--v=1".into(),
             ],
-        ) {
+        };
+        let apiserver = match apiserver_cmd.spawn(false) {
             Ok(child) => child,
             Err(e) => {
-                stop(etcd);
+                let mut etcd = etcd;
+                stop_ref(&mut etcd);
                 return Err(e);
             }
         };
@@ -143,8 +155,11 @@ impl ControlPlane {
         let server = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = root.join("kubeconfig");
         let mut cp = ControlPlane {
-            etcd,
-            apiserver,
+            etcd: Some(etcd),
+            apiserver: Some(apiserver),
+            etcd_cmd,
+            apiserver_cmd,
+            etcd_url,
             server,
             kubeconfig,
             ca,
@@ -183,6 +198,9 @@ impl ControlPlane {
                 ("etcd", &mut self.etcd),
                 ("kube-apiserver", &mut self.apiserver),
             ] {
+                let Some(child) = child else {
+                    return Err(Error::NotRunning(name));
+                };
                 if let Ok(Some(status)) = child.try_wait() {
                     let log = tail(&self.dir.path().join(log_name(name)), 8);
                     return Err(Error::Exited { name, status, log });
@@ -203,7 +221,7 @@ impl ControlPlane {
         }
         Err(Error::Timeout {
             seconds: READY_TIMEOUT.as_secs(),
-            last,
+            last: format!("kube-apiserver /readyz on {}: {last}", self.server),
         })
     }
 
@@ -253,12 +271,126 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// Kills kube-apiserver (SIGKILL, reaped): its port stops answering and
+    /// every watch and request of every client breaks, as when the
+    /// apiserver's machine dies. etcd keeps running. A no-op when it is
+    /// already stopped.
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut child) = self.apiserver.take() {
+            kill_now(&mut child);
+        }
+    }
+
+    /// Starts kube-apiserver again with the flags, port and certificates it
+    /// first started with (its log is appended to), and waits until its
+    /// `/readyz` answers `ok`. Errors name the apiserver: it exited (with
+    /// the log's last lines) or was not ready in time.
+    pub async fn start_apiserver(&mut self) -> Result<()> {
+        if self.apiserver.is_some() {
+            return Err(Error::AlreadyRunning("kube-apiserver"));
+        }
+        self.apiserver = Some(self.apiserver_cmd.spawn(true)?);
+        self.wait_ready().await
+    }
+
+    /// Whether kube-apiserver is running (not stopped by
+    /// [`ControlPlane::stop_apiserver`]).
+    pub fn apiserver_running(&self) -> bool {
+        self.apiserver.is_some()
+    }
+
+    /// Kills etcd (SIGKILL, reaped) and starts it again on the same data
+    /// directory and ports, then waits until etcd's own `/health` says
+    /// `true` (and, when the apiserver runs, until the apiserver's `/readyz`
+    /// is `ok` again). What etcd had stored is still there.
+    pub async fn restart_etcd(&mut self) -> Result<()> {
+        if let Some(mut child) = self.etcd.take() {
+            kill_now(&mut child);
+        }
+        self.etcd = Some(self.etcd_cmd.spawn(true)?);
+        self.wait_etcd_healthy().await?;
+        if self.apiserver.is_some() {
+            self.wait_ready().await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_etcd_healthy(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let addr = self.etcd_url.trim_start_matches("http://").to_string();
+        let mut last = String::from("not attempted");
+        while started.elapsed() < READY_TIMEOUT {
+            if let Some(child) = self.etcd.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let log = tail(&self.dir.path().join(log_name("etcd")), 8);
+                self.etcd = None;
+                return Err(Error::Exited {
+                    name: "etcd",
+                    status,
+                    log,
+                });
+            }
+            match etcd_health(&addr) {
+                Ok(body) if body.contains(r#""health":"true""#) => return Ok(()),
+                Ok(body) => last = body,
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Error::Timeout {
+            seconds: READY_TIMEOUT.as_secs(),
+            last: format!("etcd /health on {addr}: {last}"),
+        })
+    }
+}
+
+/// One GET of etcd's `/health` over plain HTTP on loopback; the body.
+fn etcd_health(addr: &str) -> std::io::Result<String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// A process of the control plane and how to start it.
+struct Launch {
+    name: &'static str,
+    bin: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Launch {
+    /// Starts the process; `append` keeps the log of an earlier run.
+    fn spawn(&self, append: bool) -> Result<Child> {
+        spawn(self.name, &self.bin, &self.log, &self.args, append)
+    }
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         // The apiserver first, so it does not log etcd errors on the way down.
-        stop_ref(&mut self.apiserver);
-        stop_ref(&mut self.etcd);
+        if let Some(c) = self.apiserver.as_mut() {
+            stop_ref(c);
+        }
+        if let Some(c) = self.etcd.as_mut() {
+            stop_ref(c);
+        }
     }
+}
+
+fn kill_now(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn log_name(process: &str) -> &'static str {
@@ -269,8 +401,14 @@ fn log_name(process: &str) -> &'static str {
     }
 }
 
-fn spawn(name: &str, bin: &Path, log: &Path, args: &[String]) -> Result<Child> {
-    let out = File::create(log).map_err(io(format!("creating {}", log.display())))?;
+fn spawn(name: &str, bin: &Path, log: &Path, args: &[String], append: bool) -> Result<Child> {
+    let out = File::options()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(log)
+        .map_err(io(format!("creating {}", log.display())))?;
     let err = out
         .try_clone()
         .map_err(io(format!("opening {}", log.display())))?;
@@ -288,10 +426,6 @@ fn spawn(name: &str, bin: &Path, log: &Path, args: &[String]) -> Result<Child> {
         });
     }
     cmd.spawn().map_err(io(format!("starting {name}")))
-}
-
-fn stop(mut child: Child) {
-    stop_ref(&mut child);
 }
 
 /// SIGTERM, up to five seconds of grace, then SIGKILL; always reaped.

@@ -41,6 +41,10 @@ pub enum Error {
     },
     #[error("control plane not ready after {seconds}s: {last}")]
     Timeout { seconds: u64, last: String },
+    #[error("{0} is not running (stopped by the test)")]
+    NotRunning(&'static str),
+    #[error("{0} is already running")]
+    AlreadyRunning(&'static str),
     #[error("kubectl {args}: {stderr}")]
     Kubectl { args: String, stderr: String },
 }

@@ -3,8 +3,9 @@
 //! renews every `renew`; another replica takes over once the lease has not
 //! been renewed for `duration`. Updates carry the lease's resourceVersion,
 //! so two replicas racing for an expired lease cannot both win. A holder
-//! that fails to renew before its lease expires stops (the process exits
-//! and its restart campaigns again), never reconciling without the lease.
+//! that fails to renew before its lease expires stops reconciling (`run`
+//! drops everything of its term) and campaigns again in the same process,
+//! never reconciling without the lease.
 
 use std::time::Duration;
 

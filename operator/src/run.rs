@@ -237,13 +237,38 @@ pub async fn run_with(client: Client, args: Args) -> Result<()> {
         duration: Duration::from_secs(15),
         renew: Duration::from_secs(5),
     };
-    if args.leader_elect {
-        // Ready while standing by: a follower is healthy, just idle.
-        metrics.ready.store(true, Ordering::Relaxed);
+    if !args.leader_elect {
+        return operate(client, &args, &metrics, tls, agent_selector, &identity).await;
+    }
+    // Ready while standing by: a follower is healthy, just idle.
+    metrics.ready.store(true, Ordering::Relaxed);
+    loop {
         leader::acquire(&client, &lease).await?;
         metrics.leader.set(1);
+        let lost = tokio::select! {
+            r = operate(client.clone(), &args, &metrics, tls.clone(), agent_selector.clone(), &identity) => return r,
+            e = leader::hold(&client, &lease) => e,
+        };
+        // Dropping `operate` stopped every reconcile, watch and agent call
+        // of this term before another replica can take the lease. Stand by
+        // and campaign again, in this process: an apiserver that is away
+        // longer than the lease (an upgrade, a restart) must not restart
+        // every replica.
+        metrics.leader.set(0);
+        warn!(error = %lost, "stopped reconciling: the leader lease is lost; campaigning again");
     }
+}
 
+/// Watches, the controllers and the agent pool of one term: until a
+/// signal (as leader: until the lease is lost, when the caller drops it).
+async fn operate(
+    client: Client,
+    args: &Args,
+    metrics: &Arc<Metrics>,
+    tls: Option<Tls>,
+    agent_selector: Vec<(String, String)>,
+    identity: &str,
+) -> Result<()> {
     let agent_namespace = args
         .agent_namespace
         .clone()
@@ -283,7 +308,7 @@ pub async fn run_with(client: Client, args: Args) -> Result<()> {
             client.clone(),
             Reporter {
                 controller: "bpfleet-operator".into(),
-                instance: Some(identity.clone()),
+                instance: Some(identity.to_string()),
             },
         ),
         metrics: metrics.clone(),
@@ -405,18 +430,8 @@ pub async fn run_with(client: Client, args: Args) -> Result<()> {
                 })
         );
     };
-    if args.leader_elect {
-        tokio::select! {
-            () = run => Ok(()),
-            e = leader::hold(&client, &lease) => {
-                metrics.leader.set(0);
-                Err(e)
-            }
-        }
-    } else {
-        run.await;
-        Ok(())
-    }
+    run.await;
+    Ok(())
 }
 
 /// Sets up logging as `--log-format` says (RUST_LOG filters, default info).

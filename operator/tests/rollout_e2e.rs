@@ -20,8 +20,8 @@
 //! crate alone.
 //!
 //! One file per topic under `rollout_e2e/`: [`lifecycle`], [`policy`],
-//! [`hostile`], [`images`]; the agents and what they hold in [`nodes`], the control
-//! plane side in [`cluster`]. One test binary, so the tests still run side
+//! [`hostile`], [`images`], [`faults`] (control-plane faults); the agents
+//! and what they hold in [`nodes`], the control plane side in [`cluster`]. One test binary, so the tests still run side
 //! by side, each with its own control plane and agents.
 
 // Test code: a failed setup panics, and the panic message is the report.
@@ -29,6 +29,8 @@
 
 #[path = "rollout_e2e/cluster.rs"]
 mod cluster;
+#[path = "rollout_e2e/faults.rs"]
+mod faults;
 #[path = "rollout_e2e/hostile.rs"]
 mod hostile;
 #[path = "rollout_e2e/images.rs"]

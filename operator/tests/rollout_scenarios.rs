@@ -11,6 +11,8 @@ mod common;
 mod blue_green;
 #[path = "scenarios/canary.rs"]
 mod canary;
+#[path = "scenarios/clock.rs"]
+mod clock;
 #[path = "scenarios/lifecycle.rs"]
 mod lifecycle;
 

@@ -26,6 +26,7 @@ const ACK_LIMIT: usize = 16;
 /// Computes the next status, node actions and events (see the module docs).
 pub fn reconcile(input: &Input<'_>) -> Result<Output> {
     let mut m = Machine::new(input)?;
+    m.clock_went_back();
     m.commands();
     m.hold();
     m.choose_candidate();
@@ -247,6 +248,40 @@ impl<'a> Machine<'a> {
         ) && self.input.status.current_revision.as_deref() == rev
             && self.status.candidate_revision.as_deref() != rev
             && self.status.stable_revision.as_deref() != rev
+    }
+
+    /// The rollout's clocks are wall-clock times in status (so a restarted
+    /// or new leader resumes them). A clock that now reads earlier than one
+    /// of them went back (NTP step, a replica whose clock is behind): the
+    /// clock restarts from now instead of waiting out the jump, so a pause,
+    /// an analysis window or the progress deadline is stretched by at most
+    /// the time it had already run, never by the size of the jump. A jump
+    /// forward cannot be told from time passing (an operator down for an
+    /// hour) and counts as elapsed time.
+    fn clock_went_back(&mut self) {
+        let now = self.now;
+        let mut ahead = 0;
+        for t in [
+            &mut self.progress.step_started_at,
+            &mut self.progress.progress_at,
+            &mut self.progress.held_since,
+        ] {
+            if let Some(x) = t.as_ref().map(secs)
+                && x > now
+            {
+                ahead = ahead.max(x - now);
+                *t = Some(time(now));
+            }
+        }
+        if ahead > 0 {
+            self.event(
+                true,
+                "ClockWentBack",
+                format!(
+                    "the clock reads {ahead}s before a time the rollout recorded; its step clocks restart from now"
+                ),
+            );
+        }
     }
 
     /// `spec.paused` and pause requests; held time is given back on resume.
