@@ -98,7 +98,8 @@ pub enum Reached {
     Undecoded,
     /// Refused by the request checks.
     Refused,
-    /// Passed the request checks (and, for a Load from a path, no further).
+    /// Passed the request checks (and, for a Load from a path or an image,
+    /// no further).
     Checked,
     /// A Load refused at admission.
     NotAdmitted,
@@ -193,6 +194,9 @@ fn load(req: pb::LoadRequest) -> Reached {
             assert!(p.is_absolute(), "{}", p.display());
             return Reached::Checked;
         }
+        // Pulled by the gRPC service before admission (`image`), with
+        // the reference parsed there.
+        ObjectSource::Image(_) => return Reached::Checked,
         ObjectSource::Bytes(b) => b.clone(),
     };
     let state = held_state();
