@@ -19,6 +19,9 @@ use crate::{Error, Result, io};
 /// about 10 s; etcd compaction or a loaded machine can double it).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Starts tried when a port was taken between choosing and binding it.
+const START_ATTEMPTS: u32 = 3;
+
 /// The repository root (two levels above this crate's manifest).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -71,7 +74,26 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Starts etcd and kube-apiserver and waits until `/readyz` answers.
+    ///
+    /// The ports are free a moment before the processes bind them, and
+    /// another process on the machine can take one in between (it happened
+    /// in a test run: the apiserver exited with "address already in use").
+    /// Such a start is retried with new ports and a new directory, up to
+    /// [`START_ATTEMPTS`] times; any other failure is returned at once.
     pub async fn start() -> Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once().await {
+                Err(e) if attempt < START_ATTEMPTS && e.is_port_taken() => {
+                    eprintln!("control plane: a port was taken before it was bound, retrying: {e}");
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn start_once() -> Result<Self> {
         let etcd_bin = binary("etcd")?;
         let apiserver_bin = binary("kube-apiserver")?;
         let dir = tempfile::Builder::new()

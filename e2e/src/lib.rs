@@ -51,7 +51,39 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// A process exited because its port was taken (by another process,
+    /// between the moment the port was found free and its bind).
+    pub fn is_port_taken(&self) -> bool {
+        matches!(self, Error::Exited { log, .. } if log.contains("address already in use"))
+    }
+}
+
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn exited(log: &str) -> Error {
+        Error::Exited {
+            name: "kube-apiserver",
+            status: std::process::ExitStatus::from_raw(1 << 8),
+            log: log.into(),
+        }
+    }
+
+    #[test]
+    fn only_a_bind_refusal_counts_as_a_taken_port() {
+        let taken = "E1202 run.go:72] \"command failed\" err=\"failed to create listener: \
+                     failed to listen on 127.0.0.1:41234: listen tcp 127.0.0.1:41234: bind: \
+                     address already in use\"";
+        assert!(exited(taken).is_port_taken());
+        assert!(!exited("etcdserver: mvcc: database space exceeded").is_port_taken());
+        assert!(!Error::NotRunning("etcd").is_port_taken());
+    }
 }
