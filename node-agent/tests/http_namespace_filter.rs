@@ -54,38 +54,22 @@ async fn namespace_filter_keeps_only_pods_of_listed_namespaces() {
 
     let mut c = agent.client().await;
     c.load(tracer_req("r1")).await.unwrap();
-    let slot = |k: u32, v: u64| pb::ConfigEntry {
-        key: k.to_ne_bytes().to_vec(),
-        value: v.to_ne_bytes().to_vec(),
-    };
-    c.update_config(pb::UpdateConfigRequest {
-        program: PROGRAM.into(),
-        map: "bpfleet_ports".into(),
-        entries: [shop.port, other.port]
-            .iter()
-            .map(|p| pb::ConfigEntry {
-                key: p.to_ne_bytes().to_vec(),
-                value: vec![1],
-            })
-            .collect(),
-        replace: true,
-        namespaces: None,
-    })
-    .await
-    .unwrap();
+    c.update_config(ports_write(PROGRAM, &[shop.port, other.port], true))
+        .await
+        .unwrap();
+    // Events mode, both ends (what this test counts).
     let filter = |names: &[&str]| pb::UpdateConfigRequest {
-        program: PROGRAM.into(),
-        map: String::new(),
-        // Events mode, both ends (what this test counts).
-        entries: vec![
-            slot(config::PORT_FILTER, 1),
-            slot(config::EVENTS, 1),
-            slot(config::ENDS, config::ENDS_BOTH),
-        ],
-        replace: false,
         namespaces: Some(pb::NamespaceFilter {
             names: names.iter().map(|n| n.to_string()).collect(),
         }),
+        ..slots_write(
+            PROGRAM,
+            &[
+                (config::PORT_FILTER, 1),
+                (config::EVENTS, 1),
+                (config::ENDS, config::ENDS_BOTH),
+            ],
+        )
     };
     // Let the agent's tracer runtime see the program unfiltered first: the
     // filter must be in force when UpdateConfig returns, not at the

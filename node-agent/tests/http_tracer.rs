@@ -131,38 +131,20 @@ async fn tracer_in_the_agent_exports_exact_figures() {
     let python = python_in(None);
     // Only our servers' ports: nothing else on the machine is counted.
     for port in [server.port, python.port] {
-        c.update_config(pb::UpdateConfigRequest {
-            program: PROGRAM.into(),
-            map: "bpfleet_ports".into(),
-            entries: vec![pb::ConfigEntry {
-                key: port.to_ne_bytes().to_vec(),
-                value: vec![1],
-            }],
-            replace: false,
-            namespaces: None,
-        })
-        .await
-        .unwrap();
+        c.update_config(ports_write(PROGRAM, &[port], false))
+            .await
+            .unwrap();
     }
-    c.update_config(pb::UpdateConfigRequest {
-        program: PROGRAM.into(),
-        map: String::new(),
-        // Events mode, both ends: this test checks what only events give
-        // (spans, body sizes, both sides); metrics mode has its own test.
-        entries: [
-            (config::PORT_FILTER, 1u64),
+    // Events mode, both ends: this test checks what only events give
+    // (spans, body sizes, both sides); metrics mode has its own test.
+    c.update_config(slots_write(
+        PROGRAM,
+        &[
+            (config::PORT_FILTER, 1),
             (config::EVENTS, 1),
             (config::ENDS, config::ENDS_BOTH),
-        ]
-        .iter()
-        .map(|(k, v)| pb::ConfigEntry {
-            key: k.to_ne_bytes().to_vec(),
-            value: v.to_ne_bytes().to_vec(),
-        })
-        .collect(),
-        replace: false,
-        namespaces: None,
-    })
+        ],
+    ))
     .await
     .unwrap();
     c.activate(pb::ActivateRequest {

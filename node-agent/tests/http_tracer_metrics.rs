@@ -22,18 +22,9 @@ type Client = pb::agent_client::AgentClient<tonic::transport::Channel>;
 
 /// Writes one `bpfleet_config` slot of the tracer.
 async fn set_slot(c: &mut Client, slot: u32, value: u64) {
-    c.update_config(pb::UpdateConfigRequest {
-        program: PROGRAM.into(),
-        map: String::new(),
-        entries: vec![pb::ConfigEntry {
-            key: slot.to_ne_bytes().to_vec(),
-            value: value.to_ne_bytes().to_vec(),
-        }],
-        replace: false,
-        namespaces: None,
-    })
-    .await
-    .unwrap();
+    c.update_config(slots_write(PROGRAM, &[(slot, value)]))
+        .await
+        .unwrap();
 }
 
 /// The agent (metrics on a port of its own, `extra` flags) with the tracer
@@ -47,21 +38,9 @@ async fn traced_agent(root: &PinRoot, ports: &[u16], extra: &[&str]) -> (AgentPr
     let agent = AgentProc::start(root, None, &args);
     let mut c = agent.client().await;
     c.load(tracer_req("r1")).await.unwrap();
-    c.update_config(pb::UpdateConfigRequest {
-        program: PROGRAM.into(),
-        map: "bpfleet_ports".into(),
-        entries: ports
-            .iter()
-            .map(|p| pb::ConfigEntry {
-                key: p.to_ne_bytes().to_vec(),
-                value: vec![1],
-            })
-            .collect(),
-        replace: false,
-        namespaces: None,
-    })
-    .await
-    .unwrap();
+    c.update_config(ports_write(PROGRAM, ports, false))
+        .await
+        .unwrap();
     set_slot(&mut c, config::PORT_FILTER, 1).await;
     c.activate(pb::ActivateRequest {
         program: PROGRAM.into(),

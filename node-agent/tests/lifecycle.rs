@@ -182,16 +182,7 @@ fn policy_maps_are_shared_replaced_and_listed() {
     a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
     a.load(syscount("v2", objs::SYSCOUNT_V2), "t").unwrap();
     let entry = |k: Vec<u8>, v: Vec<u8>| pb::ConfigEntry { key: k, value: v };
-    let ports = |ps: &[u16]| pb::UpdateConfigRequest {
-        program: "syscount".into(),
-        map: "bpfleet_ports".into(),
-        entries: ps
-            .iter()
-            .map(|p| entry(p.to_ne_bytes().to_vec(), vec![1]))
-            .collect(),
-        replace: true,
-        namespaces: None,
-    };
+    let ports = |ps: &[u16]| ports_write("syscount", ps, true);
     let written = a.update_config(&ports(&[80, 8080]), "t").unwrap();
     assert_eq!(
         written.len(),

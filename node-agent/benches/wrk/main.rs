@@ -62,6 +62,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bpfleet_agent::agent::request::{ports_write, slots_write};
 use bpfleet_proto::v1 as pb;
 use bpfleet_testsupport::agent::{AgentFiles, AgentProcess};
 use bpfleet_testsupport::free_port;
@@ -187,26 +188,14 @@ async fn load_tracer(
     let r = c.load(req).await.unwrap().into_inner();
     let rev = r.revision.unwrap();
     let mut ids = rev.prog_ids;
-    let cfg = |map: &str, key: Vec<u8>, value: Vec<u8>| pb::UpdateConfigRequest {
-        program: PROGRAM.into(),
-        map: map.into(),
-        entries: vec![pb::ConfigEntry { key, value }],
-        replace: false,
-        namespaces: None,
-    };
     if mode != Mode::Floor {
-        c.update_config(cfg("bpfleet_ports", port.to_ne_bytes().to_vec(), vec![1]))
+        c.update_config(ports_write(PROGRAM, &[port], false))
             .await
             .unwrap();
     }
-    for (slot, value) in mode.slots() {
-        c.update_config(cfg(
-            "",
-            slot.to_ne_bytes().to_vec(),
-            value.to_ne_bytes().to_vec(),
-        ))
-        .await
-        .unwrap();
+    let slots = mode.slots();
+    if !slots.is_empty() {
+        c.update_config(slots_write(PROGRAM, &slots)).await.unwrap();
     }
     c.activate(pb::ActivateRequest {
         program: PROGRAM.into(),

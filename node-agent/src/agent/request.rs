@@ -212,6 +212,44 @@ pub fn config_map_name(req: &pb::UpdateConfigRequest) -> &str {
     }
 }
 
+/// An UpdateConfig that writes `slots` of `program`'s `bpfleet_config`
+/// (key `u32`, value `u64`, native byte order, as the BPF side reads
+/// them), the other slots left as they are. The one way the agent, its
+/// tests and benches build such a write.
+pub fn slots_write(program: &str, slots: &[(u32, u64)]) -> pb::UpdateConfigRequest {
+    pb::UpdateConfigRequest {
+        program: program.to_string(),
+        map: String::new(),
+        entries: slots
+            .iter()
+            .map(|(slot, value)| pb::ConfigEntry {
+                key: slot.to_ne_bytes().to_vec(),
+                value: value.to_ne_bytes().to_vec(),
+            })
+            .collect(),
+        replace: false,
+        namespaces: None,
+    }
+}
+
+/// An UpdateConfig that enables `ports` in `program`'s `bpfleet_ports`
+/// (key `u16`, value 1); with `replace`, every other port is removed.
+pub fn ports_write(program: &str, ports: &[u16], replace: bool) -> pb::UpdateConfigRequest {
+    pb::UpdateConfigRequest {
+        program: program.to_string(),
+        map: crate::kernel::PORTS_MAP.to_string(),
+        entries: ports
+            .iter()
+            .map(|p| pb::ConfigEntry {
+                key: p.to_ne_bytes().to_vec(),
+                value: vec![1],
+            })
+            .collect(),
+        replace,
+        namespaces: None,
+    }
+}
+
 /// A namespace filter as UpdateConfig gives it: at most 64 Kubernetes
 /// namespace names (DNS labels), sorted, without repeats.
 pub fn namespace_list(names: &[String]) -> Result<Vec<String>> {
@@ -387,5 +425,25 @@ mod tests {
         assert!(names("p", "", true).is_ok());
         assert!(names("p", "", false).is_err());
         assert!(names("", "r", false).is_err());
+    }
+
+    #[test]
+    fn built_config_writes_pass_the_checks_with_the_bpf_layout() {
+        let c = update_config(&slots_write("tracer", &[(3, 7), (12, u64::MAX)])).unwrap();
+        assert_eq!(c.map, "bpfleet_config");
+        assert!(!c.replace);
+        assert_eq!(
+            c.entries,
+            vec![
+                (3u32.to_ne_bytes().to_vec(), 7u64.to_ne_bytes().to_vec()),
+                (12u32.to_ne_bytes().to_vec(), u64::MAX.to_ne_bytes().to_vec()),
+            ]
+        );
+        let c = update_config(&ports_write("tracer", &[80, 8080], true)).unwrap();
+        assert_eq!(c.map, "bpfleet_ports");
+        assert!(c.replace);
+        assert_eq!(c.entries[1], (8080u16.to_ne_bytes().to_vec(), vec![1]));
+        // Nothing to write is refused, as any empty UpdateConfig is.
+        assert!(update_config(&slots_write("tracer", &[])).is_err());
     }
 }

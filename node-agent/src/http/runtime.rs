@@ -24,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bpfleet_httptrace::route::Routes;
 use bpfleet_httptrace::{Outcome, Role};
-use bpfleet_proto::v1 as pb;
 use bpfleet_tracer::aggregate::{AggKey, Counts, Deltas};
 use bpfleet_tracer::event::config::{IGNORE_TGID, PATHS_EPOCH};
 use bpfleet_tracer::pinned::{Aggregates, Pinned, forget_paths};
@@ -273,16 +272,7 @@ fn ignore_self(agent: &Mutex<Agent>, v: &ProgramView, own: u32) -> bool {
 /// that it is audited (as `agent:http-tracer`); a refusal is logged with
 /// `failed`. False when the agent's lock is poisoned.
 fn write_slot(agent: &Mutex<Agent>, program: &str, slot: u32, value: u64, failed: &str) -> bool {
-    let req = pb::UpdateConfigRequest {
-        program: program.to_string(),
-        map: String::new(),
-        entries: vec![pb::ConfigEntry {
-            key: slot.to_ne_bytes().to_vec(),
-            value: value.to_ne_bytes().to_vec(),
-        }],
-        replace: false,
-        namespaces: None,
-    };
+    let req = crate::agent::request::slots_write(program, &[(slot, value)]);
     let Ok(mut a) = agent.lock() else {
         return false;
     };

@@ -13,10 +13,12 @@ use crate::state::EntryState;
 
 /// Name of the config map written by UpdateConfig (shared by revisions).
 pub const CONFIG_MAP: &str = "bpfleet_config";
+/// Name of the TracerPolicy's port list (`bpfleet_gate.h`).
+pub const PORTS_MAP: &str = "bpfleet_ports";
 /// Maps of `bpfleet_gate.h` that every revision of a program shares
 /// without naming them persistent: the config map and the TracerPolicy's
 /// process and port lists.
-pub const SHARED_MAPS: [&str; 3] = [CONFIG_MAP, "bpfleet_pids", "bpfleet_ports"];
+pub const SHARED_MAPS: [&str; 3] = [CONFIG_MAP, "bpfleet_pids", PORTS_MAP];
 /// Name of the per-revision program error counter.
 pub const ERRORS_MAP: &str = "bpfleet_errors";
 /// Section holding the revision token the agent writes before load.

@@ -35,8 +35,9 @@ pub mod verifier;
 pub use bpffs::{ensure_bpffs, is_bpffs};
 pub use dispatch::Slot;
 pub use layout::{
-    CONFIG_MAP, DispatcherPins, ERRORS_MAP, REVISION_SECTION, SHARED_MAPS, dispatcher_pin,
-    entry_keys, hook_of, shared_link_key, shared_link_pin, shared_map_pin, slot_pin,
+    CONFIG_MAP, DispatcherPins, ERRORS_MAP, PORTS_MAP, REVISION_SECTION, SHARED_MAPS,
+    dispatcher_pin, entry_keys, hook_of, shared_link_key, shared_link_pin, shared_map_pin,
+    slot_pin,
 };
 pub use link::{create_shared_link, link_ids, link_update};
 pub use load::{Loaded, ObjectLoad, load, program_tags};

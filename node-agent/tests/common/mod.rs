@@ -17,6 +17,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use bpfleet_agent::agent::request::{ports_write, slots_write};
 use bpfleet_agent::{Agent, Config, kernel};
 use bpfleet_proto::v1::{self as pb, HookKind};
 pub use bpfleet_testsupport::agent::{AgentFiles, AgentProcess};
