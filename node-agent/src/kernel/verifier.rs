@@ -2,7 +2,7 @@
 //! cut out of it when a load fails. Owns the process-wide capture buffer;
 //! touches nothing else.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use libbpf_rs::PrintLevel;
 
@@ -27,15 +27,30 @@ pub fn install_libbpf_log() {
     libbpf_rs::set_print(Some((PrintLevel::Info, print_cb)));
 }
 
-/// Collects libbpf's messages while it lives (one load at a time).
-pub(super) struct Capture;
+/// Collects libbpf's messages while it lives. The buffer is one per
+/// process, so a capture is exclusive: a second load in the same process
+/// (the agent's lock allows none, but tests and tools may run several
+/// agents in one process) waits for the first's capture to end. Without
+/// this, the second load's start emptied the buffer and its end dropped
+/// it, and the first load's verifier log was lost: its rejection came
+/// back as a bare kernel error.
+pub(super) struct Capture {
+    _one_at_a_time: MutexGuard<'static, ()>,
+}
+
+/// Held by the live capture.
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
 
 impl Capture {
     pub(super) fn start() -> Self {
+        // A panic while capturing poisons nothing the next capture needs.
+        let guard = EXCLUSIVE.lock().unwrap_or_else(PoisonError::into_inner);
         if let Ok(mut c) = CAPTURE.lock() {
             *c = Some(Vec::new());
         }
-        Capture
+        Capture {
+            _one_at_a_time: guard,
+        }
     }
     pub(super) fn take(&self) -> Vec<String> {
         CAPTURE
@@ -94,5 +109,34 @@ mod tests {
         assert!(log.contains("invalid mem access"), "{log}");
         assert!(!log.contains("END PROG"), "{log}");
         assert!(verifier_error(&["libbpf: failed to open\n".to_string()]).is_none());
+    }
+
+    /// Two loads in one process: the second capture waits for the first,
+    /// so the first keeps every line logged while it was live.
+    #[test]
+    fn a_second_capture_waits_for_the_first() {
+        let first = Capture::start();
+        print_cb(PrintLevel::Warn, "first: BEGIN PROG LOAD LOG".into());
+        let (started, second_started) = std::sync::mpsc::channel();
+        let second = std::thread::spawn(move || {
+            let c = Capture::start();
+            let _ = started.send(());
+            print_cb(PrintLevel::Warn, "second".into());
+            c.take()
+        });
+        // The second load may not begin (and empty the buffer) meanwhile.
+        assert!(
+            second_started
+                .recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "a second capture started while the first was live"
+        );
+        print_cb(PrintLevel::Warn, "first: END PROG LOAD LOG".into());
+        assert_eq!(
+            first.take(),
+            ["first: BEGIN PROG LOAD LOG", "first: END PROG LOAD LOG"]
+        );
+        drop(first);
+        assert_eq!(second.join().unwrap(), ["second"]);
     }
 }
