@@ -154,7 +154,11 @@ pub struct NodeCounts {
     pub updated: i32,
     /// Nodes whose agent reports the program healthy.
     pub ready: i32,
-    /// Nodes where load, attach or activation failed.
+    /// Nodes where load, attach or activation failed: of a revision they
+    /// should run, or of the spec's revision after its rollout aborted
+    /// (those nodes run the stable revision and count as ready too, until
+    /// a retry or a new spec). Unreachable agents and nodes that cannot
+    /// fetch a source are counted here as well. `failingNodes` lists them.
     pub failed: i32,
 }
 

@@ -82,6 +82,12 @@ pub struct NodePlan {
     /// Reachable, non-failing nodes whose active revision is not their
     /// target yet (failing ones are counted in `counts.failed` instead).
     pub unsettled: usize,
+    /// Nodes failing to run what they should run now (unreachable, a
+    /// wanted revision failed or its source cannot be fetched). Unlike
+    /// `counts.failed`, without nodes whose only failure is of a spec
+    /// revision no longer wanted (an aborted one): those run the stable
+    /// revision, so they do not make the program degraded.
+    pub troubled: i32,
     /// Seconds until the first load held back by its retry backoff is due
     /// (a node that could not fetch a revision's source).
     pub retry_in: Option<i64>,
@@ -149,6 +155,22 @@ pub fn plan(
                 now,
             ));
         } else if let Some(f) = trouble {
+            failing.push(failing_node(
+                node,
+                Some(&f.revision),
+                &f.reason,
+                &f.message,
+                previous_failing,
+                now,
+            ));
+        }
+        let troubled_here = !node.reachable || trouble.is_some();
+        out.troubled += i32::from(troubled_here);
+        // The spec's revision failed here but is no longer wanted (the
+        // rollout aborted): still a failed node of that revision, listed
+        // and counted as the abort's message says, until a retry or a new
+        // spec (its failures are then stale and dropped).
+        if !troubled_here && let Some(f) = node.failure(t.current) {
             failing.push(failing_node(
                 node,
                 Some(&f.revision),

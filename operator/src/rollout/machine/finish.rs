@@ -62,7 +62,7 @@ impl Machine<'_> {
         let (phase, message) = match (self.phase, candidate.as_deref()) {
             (Some(p), _) => (p, self.message.clone().unwrap_or_default()),
             (None, Some(c)) => (Phase::Progressing, format!("rolling out revision {c}")),
-            (None, None) => self.idle_phase(plan.unsettled, plan.counts.failed, previous_phase),
+            (None, None) => self.idle_phase(plan.unsettled, plan.troubled, previous_phase),
         };
         let stall_reason = self.stall_reason.clone().unwrap_or_else(|| {
             self.input
@@ -101,7 +101,7 @@ impl Machine<'_> {
                 phase,
                 message: &message,
                 stall_reason: &stall_reason,
-                failed_nodes: plan.counts.failed,
+                failed_nodes: plan.troubled,
                 generation: self.input.generation,
                 now: &now,
             },

@@ -330,3 +330,55 @@ fn a_refused_revision_fails_the_rollout_at_once() {
     assert!(out.events.iter().any(|e| e.reason == "ProgramLoadFailed"));
     assert!(loads_of(&out, "n1").is_empty());
 }
+
+/// A revision the verifier rejects on every node aborts the rollout; the
+/// status counts then agree with the abort's message: every node is
+/// counted failed and listed with that revision, while all of them run
+/// the stable revision (ready), and the conditions stay on the abort.
+#[test]
+fn counts_after_an_abort_agree_with_its_message() {
+    let (b, status, ra, rb) = stable_a_then_b();
+    let none = Requests::default();
+    let on_a = [holding("n0", &[(&ra, true)]), holding("n1", &[(&ra, true)])];
+    let out = run(&b, &status, &on_a, &none, 100).expect("run");
+    let rejected = |node: &str| NodeReport {
+        failures: vec![NodeFailure {
+            revision: rb.clone(),
+            reason: "VerifierRejected".into(),
+            message: "R1 invalid mem access 'scalar'".into(),
+            at: time(100),
+            attempts: 1,
+        }],
+        ..holding(node, &[(&ra, true)])
+    };
+    let failed = [rejected("n0"), rejected("n1")];
+    let mut status = out.status;
+    for now in 101..=103 {
+        let out = run(&b, &status, &failed, &none, now).expect("run");
+        let s = &out.status;
+        assert_eq!(s.phase, Some(Phase::Aborted), "at {now}");
+        let message = s.message.clone().unwrap_or_default();
+        assert!(message.contains("2 node(s) failed to load"), "{message}");
+        assert_eq!(
+            (s.nodes.desired, s.nodes.failed, s.nodes.ready, s.nodes.updated),
+            (2, 2, 2, 0),
+            "at {now}: {:?}",
+            s.nodes
+        );
+        let listed: Vec<(&str, Option<&str>, &str)> = s
+            .failing_nodes
+            .iter()
+            .map(|f| (f.node.as_str(), f.revision.as_deref(), f.reason.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("n0", Some(rb.as_str()), "VerifierRejected"),
+                ("n1", Some(rb.as_str()), "VerifierRejected")
+            ]
+        );
+        // The stable revision stays where it is: nothing to do on the nodes.
+        assert!(out.actions.is_empty(), "{:?}", out.actions);
+        status = out.status;
+    }
+}
