@@ -13,21 +13,15 @@ root=$(cd "$here/../.." && pwd)
 out=${BPFLEET_CONTROLPLANE_BIN:-$root/.cache/controlplane/bin}
 bins=(etcd kube-apiserver kubectl)
 
-command -v go >/dev/null || { echo "build.sh: Go is required (go.mod wants $(awk '/^go /{print $2}' "$here/go.mod") or newer)" >&2; exit 1; }
-# Never download a toolchain: this machine reaches only package registries.
-export GOTOOLCHAIN=local
-export GOFLAGS=-mod=readonly
+. "$here/go-build.sh"
+go_env build.sh
 
 stamp="$out/.inputs.sha256"
-want=$( (cat "$here/go.mod" "$here/go.sum" "$here/etcd/main.go" "${BASH_SOURCE[0]}"; go version) | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  missing=0
-  for b in "${bins[@]}"; do [ -x "$out/$b" ] || missing=1; done
-  if [ "$missing" = 0 ]; then
-    echo "control plane up to date in $out"
-    bash "$here/helm/build.sh"
-    exec bash "$here/cosign/build.sh"
-  fi
+want=$(inputs_digest "$here/go.mod" "$here/go.sum" "$here/etcd/main.go" "${BASH_SOURCE[0]}")
+if up_to_date "$stamp" "$want" "${bins[@]}"; then
+  echo "control plane up to date in $out"
+  bash "$here/helm/build.sh"
+  exec bash "$here/cosign/build.sh"
 fi
 
 version=$(awk '$1 == "k8s.io/kubernetes" {print $2; exit}' "$here/go.mod")

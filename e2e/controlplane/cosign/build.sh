@@ -12,14 +12,12 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../../.." && pwd)
 out=${BPFLEET_CONTROLPLANE_BIN:-$root/.cache/controlplane/bin}
 
-command -v go >/dev/null || { echo "cosign/build.sh: Go is required" >&2; exit 1; }
-# Never download a toolchain: this machine reaches only package registries.
-export GOTOOLCHAIN=local
-export GOFLAGS=-mod=readonly
+. "$here/../go-build.sh"
+go_env cosign/build.sh
 
 stamp="$out/.cosign-inputs.sha256"
-want=$( (cat "$here/go.mod" "$here/go.sum" "${BASH_SOURCE[0]}"; go version) | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$out/cosign" ]; then
+want=$(inputs_digest "$here/go.mod" "$here/go.sum" "${BASH_SOURCE[0]}")
+if up_to_date "$stamp" "$want" cosign; then
   echo "cosign up to date in $out"
   exit 0
 fi

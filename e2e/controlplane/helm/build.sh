@@ -10,13 +10,12 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../../.." && pwd)
 out=${BPFLEET_CONTROLPLANE_BIN:-$root/.cache/controlplane/bin}
 
-command -v go >/dev/null || { echo "helm/build.sh: Go is required" >&2; exit 1; }
-export GOTOOLCHAIN=local
-export GOFLAGS=-mod=readonly
+. "$here/../go-build.sh"
+go_env helm/build.sh
 
 stamp="$out/.helm-inputs.sha256"
-want=$( (cat "$here/go.mod" "$here/go.sum" "${BASH_SOURCE[0]}"; go version) | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$out/helm" ]; then
+want=$(inputs_digest "$here/go.mod" "$here/go.sum" "${BASH_SOURCE[0]}")
+if up_to_date "$stamp" "$want" helm; then
   echo "helm up to date in $out"
   exit 0
 fi
