@@ -22,7 +22,7 @@ pub fn check_digest(bytes: &[u8], expected: &str) -> Result<String> {
     if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::Invalid(format!(
             "sha256 must be 64 hex digits, got {:?}",
-            truncate(expected, 80)
+            bpfleet_oci::format::excerpt(expected, 80)
         )));
     }
     let actual = sha256_hex(bytes);
@@ -109,13 +109,6 @@ impl Verifiers {
             "signature does not verify against any of the {} trusted keys",
             self.keys.len()
         )))
-    }
-}
-
-fn truncate(s: &str, n: usize) -> &str {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }
 

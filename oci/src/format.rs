@@ -89,7 +89,7 @@ impl Labels {
             serde_json::from_str(text).map(Some).map_err(|e| {
                 Error::Invalid(format!(
                     "label {key} is not a JSON object of names to types ({e}): {}",
-                    cut(text, 120)
+                    excerpt(text, 120)
                 ))
             })
         };
@@ -429,7 +429,9 @@ fn tar_of(object: &[u8], file_name: &str) -> Result<Vec<u8>> {
         .map_err(|e| Error::Invalid(format!("writing the layer's tar: {e}")))
 }
 
-fn cut(s: &str, n: usize) -> &str {
+/// The first `n` characters of `s`: how much of an untrusted value an
+/// error message quotes (also used by the agent's digest checks).
+pub fn excerpt(s: &str, n: usize) -> &str {
     match s.char_indices().nth(n) {
         Some((i, _)) => &s[..i],
         None => s,
@@ -440,6 +442,13 @@ fn cut(s: &str, n: usize) -> &str {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_excerpt_counts_characters_not_bytes() {
+        assert_eq!(excerpt("h\u{e9}llo w\u{f6}rld", 2), "h\u{e9}");
+        assert_eq!(excerpt("short", 80), "short");
+        assert_eq!(excerpt("", 3), "");
+    }
 
     fn labels() -> Labels {
         Labels {
