@@ -61,28 +61,52 @@ impl Objects {
     }
 }
 
+/// The operator run in-process, as one replica of the chart's Deployment.
 pub(crate) struct Operator {
     pub(crate) task: tokio::task::JoinHandle<()>,
+    /// Its metrics and health port on 127.0.0.1.
+    pub(crate) metrics_port: u16,
 }
 
 impl Operator {
+    /// `--namespace default`, a 5 s resync.
     pub(crate) fn start(client: kube::Client) -> Self {
+        Self::start_with(&client, "operator", &["--resync-seconds", "5"])
+    }
+
+    /// `--namespace default`, metrics on a free loopback port, then
+    /// `extra`; the task panics with `name` and the error if the operator
+    /// returns one.
+    pub(crate) fn start_with(client: &kube::Client, name: &str, extra: &[&str]) -> Self {
         use clap::Parser;
-        let args = bpfleet_operator::run::Args::parse_from([
+        let metrics_port = bpfleet_testsupport::free_port();
+        let listen = format!("127.0.0.1:{metrics_port}");
+        let mut argv = vec![
             "bpfleet-operator",
             "--metrics-listen",
-            "127.0.0.1:0",
+            &listen,
             "--namespace",
             "default",
-            "--resync-seconds",
-            "5",
-        ]);
+        ];
+        argv.extend_from_slice(extra);
+        let args = bpfleet_operator::run::Args::parse_from(argv);
+        let client = client.clone();
+        let name = name.to_string();
         let task = tokio::spawn(async move {
             if let Err(e) = bpfleet_operator::run::run_with(client, args).await {
-                panic!("operator stopped: {e}");
+                panic!("{name} stopped: {e}");
             }
         });
-        Operator { task }
+        Operator { task, metrics_port }
+    }
+
+    /// Panics when the operator's task has ended (its panic names why).
+    pub(crate) fn assert_running(&self, when: &str) {
+        assert!(
+            !self.task.is_finished(),
+            "operator stopped {when}: {:?}",
+            self.task
+        );
     }
 
     /// Stops it the hard way: its tasks are dropped mid-flight, as a

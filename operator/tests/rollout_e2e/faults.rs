@@ -33,34 +33,25 @@ const LEASE: &str = "bpfleet-operator";
 
 /// One operator replica as the chart runs it: leader election on, the
 /// other flags at their defaults.
-fn replica(client: &kube::Client, identity: &str) -> tokio::task::JoinHandle<()> {
-    use clap::Parser;
-    let args = bpfleet_operator::run::Args::parse_from([
-        "bpfleet-operator",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--namespace",
-        "default",
-        "--leader-elect",
-        "--lease-name",
-        LEASE,
-        "--identity",
-        identity,
-    ]);
-    let client = client.clone();
-    let identity = identity.to_string();
-    tokio::spawn(async move {
-        if let Err(e) = bpfleet_operator::run::run_with(client, args).await {
-            panic!("operator replica {identity} stopped: {e}");
-        }
-    })
+fn replica(client: &kube::Client, identity: &str) -> Operator {
+    Operator::start_with(
+        client,
+        &format!("operator replica {identity}"),
+        &[
+            "--leader-elect",
+            "--lease-name",
+            LEASE,
+            "--identity",
+            identity,
+        ],
+    )
 }
 
 /// A control plane, three agents counting getppid(2), v1 healthy on every
 /// node, and the operator replicas named `replicas`.
 struct Stage {
     // Drop order: replicas first (Drop), then agents, then the control plane.
-    replicas: Vec<(String, tokio::task::JoinHandle<()>)>,
+    replicas: Vec<(String, Operator)>,
     pool: Pool,
     api: Api<TracerProgram>,
     client: kube::Client,
@@ -136,8 +127,8 @@ impl Stage {
 
     /// Panics when a replica's task ended (its panic names the error).
     fn replicas_alive(&self, when: &str) {
-        for (id, task) in &self.replicas {
-            assert!(!task.is_finished(), "replica {id} stopped {when}");
+        for (id, replica) in &self.replicas {
+            replica.assert_running(&format!("(replica {id}) {when}"));
         }
     }
 
@@ -155,8 +146,8 @@ impl Stage {
 
 impl Drop for Stage {
     fn drop(&mut self) {
-        for (_, task) in &self.replicas {
-            task.abort();
+        for (_, replica) in self.replicas.drain(..) {
+            replica.kill();
         }
     }
 }
@@ -335,9 +326,9 @@ async fn the_second_replica_takes_the_lease_and_continues_the_same_step() {
     assert!(step_started.is_some(), "{}", dump(&paused));
 
     // The leader dies at the pause, mid-step, without giving the Lease up.
-    let (id, task) = st.replicas.remove(0);
+    let (id, leader) = st.replicas.remove(0);
     assert_eq!(id, "replica-a");
-    task.abort();
+    leader.kill();
     let killed_at = Instant::now();
     let lease = loop {
         let l = leases.get(LEASE).await.expect("lease");

@@ -68,21 +68,8 @@ async fn hostile_agents_and_empty_selections_are_reported_without_a_hot_loop() {
     }
     let objects = Objects::write();
     let api: Api<TracerProgram> = Api::all(client.clone());
-    let port = bpfleet_testsupport::free_port();
-    let task = {
-        use clap::Parser;
-        let args = bpfleet_operator::run::Args::parse_from([
-            "bpfleet-operator",
-            "--metrics-listen",
-            &format!("127.0.0.1:{port}"),
-            "--namespace",
-            "default",
-            "--observe-timeout-seconds",
-            "2",
-        ]);
-        let c = client.clone();
-        tokio::spawn(async move { bpfleet_operator::run::run_with(c, args).await })
-    };
+    let operator = Operator::start_with(&client, "operator", &["--observe-timeout-seconds", "2"]);
+    let port = operator.metrics_port;
 
     let v1 = objects.spec("v1", "1.0.0", json!({"immediate": {}}));
     apply(&api, &v1).await;
@@ -173,8 +160,8 @@ async fn hostile_agents_and_empty_selections_are_reported_without_a_hot_loop() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(!task.is_finished(), "operator stopped: {:?}", task);
-    task.abort();
+    operator.assert_running("at the end");
+    operator.kill();
     drop(held);
 }
 

@@ -128,19 +128,7 @@ async fn images_wait_for_their_secret_and_registry_then_roll_out() {
     }
     let pool = Pool::new(None, Duration::from_secs(30));
     let api: Api<TracerProgram> = Api::all(client.clone());
-    let port = bpfleet_testsupport::free_port();
-    let task = {
-        use clap::Parser;
-        let args = bpfleet_operator::run::Args::parse_from([
-            "bpfleet-operator",
-            "--metrics-listen",
-            &format!("127.0.0.1:{port}"),
-            "--namespace",
-            "default",
-        ]);
-        let c = client.clone();
-        tokio::spawn(async move { bpfleet_operator::run::run_with(c, args).await })
-    };
+    let operator = Operator::start_with(&client, "operator", &[]);
 
     let v1 = objects.spec("v1", "1.0.0", json!({"immediate": {}}));
     let r1 = spec_revision(&v1);
@@ -174,7 +162,7 @@ async fn images_wait_for_their_secret_and_registry_then_roll_out() {
 
     // No hot loop: while the nodes wait, a handful of reconciles.
     let reconciles = || async {
-        reqwest_like(port)
+        reqwest_like(operator.metrics_port)
             .await
             .lines()
             .filter(|l| l.starts_with("bpfleet_operator_reconciles_total"))
@@ -299,6 +287,6 @@ async fn images_wait_for_their_secret_and_registry_then_roll_out() {
         "an event holds the secret"
     );
     assert!(started.elapsed() < Duration::from_secs(300));
-    assert!(!task.is_finished(), "operator stopped: {task:?}");
-    task.abort();
+    operator.assert_running("at the end");
+    operator.kill();
 }
