@@ -436,7 +436,10 @@ mod tests {
             c.entries,
             vec![
                 (3u32.to_ne_bytes().to_vec(), 7u64.to_ne_bytes().to_vec()),
-                (12u32.to_ne_bytes().to_vec(), u64::MAX.to_ne_bytes().to_vec()),
+                (
+                    12u32.to_ne_bytes().to_vec(),
+                    u64::MAX.to_ne_bytes().to_vec()
+                ),
             ]
         );
         let c = update_config(&ports_write("tracer", &[80, 8080], true)).unwrap();

@@ -360,7 +360,12 @@ fn counts_after_an_abort_agree_with_its_message() {
         let message = s.message.clone().unwrap_or_default();
         assert!(message.contains("2 node(s) failed to load"), "{message}");
         assert_eq!(
-            (s.nodes.desired, s.nodes.failed, s.nodes.ready, s.nodes.updated),
+            (
+                s.nodes.desired,
+                s.nodes.failed,
+                s.nodes.ready,
+                s.nodes.updated
+            ),
             (2, 2, 2, 0),
             "at {now}: {:?}",
             s.nodes
