@@ -45,6 +45,12 @@ object!(
     SYSCOUNT_LEGACY, "syscount_legacy.bpf.o"
 );
 object!(
+    /// Syscount whose `counts` values are the same 8 bytes read as a struct
+    /// of two `u32` (BTF shape changed, sizes not): a revision the agent
+    /// must refuse to share the pinned map with. Counts into slot 0.
+    SYSCOUNT_RESHAPED, "syscount_reshaped.bpf.o"
+);
+object!(
     /// Raw tracepoint `sys_enter`, program `count_raw`: counts getppid into
     /// slot 2 of `counts`. Switched by the dispatcher.
     SYSCOUNT_RAW, "syscount_raw.bpf.o"
@@ -103,13 +109,14 @@ object!(
 
 /// Every example object by the file name the build gives it, for tools that
 /// write them to disk (the demo, `bpfleet-objects`).
-pub const OBJECTS: [(&str, &[u8]); 16] = [
+pub const OBJECTS: [(&str, &[u8]); 17] = [
     ("syscount_v1.bpf.o", SYSCOUNT_V1),
     ("syscount_v2.bpf.o", SYSCOUNT_V2),
     ("syscount_bad.bpf.o", SYSCOUNT_BAD),
     ("syscount_faulty.bpf.o", SYSCOUNT_FAULTY),
     ("syscount_legacy.bpf.o", SYSCOUNT_LEGACY),
     ("syscount_raw.bpf.o", SYSCOUNT_RAW),
+    ("syscount_reshaped.bpf.o", SYSCOUNT_RESHAPED),
     ("xdpcount_v1.bpf.o", XDPCOUNT_V1),
     ("xdpcount_v2.bpf.o", XDPCOUNT_V2),
     ("tccount_v1.bpf.o", TCCOUNT_V1),

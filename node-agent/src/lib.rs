@@ -7,7 +7,8 @@
 //! Layers; arrows point one way, from each layer to the ones before it:
 //!
 //! ```text
-//! names, hooks, trust, state, audit   pure or file-only
+//! names, hooks, trust, state, audit,  pure or file-only
+//! map_layout
 //!        ^
 //! kernel/                             the one kernel boundary: every libbpf-rs,
 //!        ^                            libbpf-sys and libc call of the crate
@@ -36,6 +37,7 @@ pub mod hooks;
 pub mod http;
 pub mod image;
 pub mod kernel;
+pub mod map_layout;
 pub mod metrics;
 pub mod names;
 pub mod server;

@@ -204,6 +204,45 @@ fn incompatible_persistent_map_is_refused() {
     assert!(root.pins().is_empty(), "{:?}", root.pins());
 }
 
+/// Same sizes, another shape: `counts` of syscount v1 holds `u64`
+/// values, the reshaped revision reads the same 8 bytes as a struct of two
+/// `u32`. Refused naming the difference from the kernel's BTF of the
+/// pinned map; the running revision and its map are left as they were.
+#[test]
+fn a_persistent_map_reshaped_at_the_same_size_is_refused_with_the_difference() {
+    let root = PinRoot::new("reshaped");
+    let mut a = agent(&root);
+    a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
+    a.update_config(&only_thread("syscount", gettid()), "t")
+        .unwrap();
+    a.activate("syscount", "v1", "t").unwrap();
+    let pins = root.pins();
+    let e = a
+        .load(syscount("v2", objs::SYSCOUNT_RESHAPED), "t")
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("map counts is incompatible with the pinned one")
+            && text.contains("value: u64 -> struct count_pair (8 bytes)")
+            && !text.contains("value_size"),
+        "{text}"
+    );
+    assert_eq!(
+        tonic::Status::from(e).code(),
+        tonic::Code::FailedPrecondition
+    );
+    assert_eq!(root.pins(), pins, "a refused load changed the pins");
+    // v1 still counts into its map.
+    let counts = root.path.join("syscount/_map_counts");
+    let before = slots(&counts)[0];
+    getppid_n(10);
+    assert_eq!(slots(&counts)[0], before + 10);
+    // Compatible shapes still share: v2 (the same u64 counters) loads.
+    a.load(syscount("v2", objs::SYSCOUNT_V2), "t").unwrap();
+    a.unload("syscount", "", "t").unwrap();
+    assert!(root.pins().is_empty(), "{:?}", root.pins());
+}
+
 #[test]
 fn budgets_refuse_before_load() {
     let root = PinRoot::new("budget");

@@ -81,7 +81,11 @@ pub struct TracerProgramSpec {
 
     /// Names of maps in the object whose contents must survive a switch
     /// between revisions (counters, connection state). A new revision reuses
-    /// the pinned map; one whose definition differs is refused.
+    /// the pinned map; one whose definition differs is refused on the node
+    /// (FailedPrecondition, the rollout fails as for a verifier rejection):
+    /// map type, key or value size, max entries, or, when both have BTF,
+    /// the shape of key or value (a field added, removed, moved, resized
+    /// or retyped, even at the same size), each difference listed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     #[schemars(inner(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")))]

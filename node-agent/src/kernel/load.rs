@@ -149,6 +149,7 @@ fn load_inner(spec: &ObjectLoad<'_>, created: &mut Vec<PathBuf>) -> Result<Loade
             )));
         }
     }
+    let shapes = super::btf::object_shapes(&open);
     for mut m in open.maps_mut() {
         let name = m.name().to_string_lossy().into_owned();
         let pin = if SHARED_MAPS.contains(&name.as_str()) || spec.persistent_maps.contains(&name) {
@@ -173,7 +174,7 @@ fn load_inner(spec: &ObjectLoad<'_>, created: &mut Vec<PathBuf>) -> Result<Loade
         }
         match pin {
             Some(pin) if pin.exists() => {
-                check_compatible(&name, &m, &pin)?;
+                check_compatible(&name, &m, shapes.get(&name), &pin)?;
                 m.set_pin_path(&pin)
                     .map_err(|e| Error::kernel(format!("reusing {}", pin.display()), e))?;
                 shared.insert(name, pin);
@@ -313,7 +314,16 @@ pub fn program_tags(
     Ok(tags)
 }
 
-fn check_compatible(name: &str, m: &libbpf_rs::OpenMapMut<'_>, pin: &Path) -> Result<()> {
+/// Refuses to reuse the map pinned at `pin` for this object's map `name`
+/// when they differ in type, sizes or (both having BTF) the shape of key
+/// or value: a field added, removed, moved, resized or retyped, listed
+/// each. Without BTF on either side only type and sizes are compared.
+fn check_compatible(
+    name: &str,
+    m: &libbpf_rs::OpenMapMut<'_>,
+    shapes: Option<&super::btf::MapShapes>,
+    pin: &Path,
+) -> Result<()> {
     let pinned = MapHandle::from_pinned_path(pin)
         .map_err(|e| Error::kernel(format!("opening pinned map {}", pin.display()), e))?;
     let mut diffs = Vec::new();
@@ -333,13 +343,17 @@ fn check_compatible(name: &str, m: &libbpf_rs::OpenMapMut<'_>, pin: &Path) -> Re
             diffs.push(format!("{what} {new} vs pinned {old}"));
         }
     }
+    if let (Some(new), Some(old)) = (shapes, super::btf::pinned_shapes(&pinned)) {
+        diffs.extend(crate::map_layout::diff("key", &old.key, &new.key));
+        diffs.extend(crate::map_layout::diff("value", &old.value, &new.value));
+    }
     if diffs.is_empty() {
         Ok(())
     } else {
         Err(Error::Precondition(format!(
-            "map {name} is incompatible with the pinned one at {}: {}",
+            "map {name} is incompatible with the pinned one at {} (pinned -> this revision): {}",
             pin.display(),
-            diffs.join(", ")
+            diffs.join("; ")
         )))
     }
 }

@@ -5,6 +5,8 @@
 //! - [`layout`]: where the agent pins what (pure path arithmetic, no calls);
 //! - [`load`] and [`verifier`]: opening, checking and loading an object
 //!   with its pins ([`ObjectLoad`]), and the verifier log of a refusal;
+//! - [`btf`]: the BTF shapes of map keys and values, of an object and of a
+//!   pinned map, for the persistent-map check;
 //! - [`dispatch`]: dispatcher programs, their one-slot program arrays
 //!   ([`Slot`]) and attaching them to their hooks;
 //! - [`link`]: switchable links and `bpf_link_update`;
@@ -21,6 +23,7 @@
 //! nothing above sees a libbpf type.
 
 pub mod bpffs;
+pub mod btf;
 pub mod caps;
 pub mod dispatch;
 pub mod layout;
