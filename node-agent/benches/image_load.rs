@@ -21,8 +21,8 @@
 use std::path::Path;
 use std::time::Instant;
 
+use bpfleet_oci::Credentials;
 use bpfleet_oci::format::{self, Format, Labels};
-use bpfleet_oci::{Credentials, Registry as Client, RegistryOptions};
 use bpfleet_proto::v1::{self as pb, load_request::Source};
 use bpfleet_testsupport::agent::{AgentFiles, AgentProcess};
 use bpfleet_testsupport::registry::{Registry, RegistryOpts};
@@ -81,11 +81,7 @@ async fn main() {
         ),
         maps: None,
     };
-    let client = Client::new(&RegistryOptions {
-        ca_pems: vec![reg.ca_pem()],
-        ..Default::default()
-    })
-    .unwrap();
+    let client = reg.client();
     let built = format::build(Format::Bpfman, obj, "http_tracer.bpf.o", &programs).unwrap();
     let repo = format!("{}/bpf/http-tracer", reg.host());
     let creds = Credentials {

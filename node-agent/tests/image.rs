@@ -13,8 +13,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use bpfleet_bpf as objs;
+use bpfleet_oci::Credentials;
 use bpfleet_oci::format::{self, Format, Labels};
-use bpfleet_oci::{Credentials, RegistryOptions};
 use bpfleet_proto::v1::{self as pb, load_request::Source};
 use bpfleet_testsupport::cosign;
 use bpfleet_testsupport::registry::{Registry, RegistryOpts};
@@ -60,11 +60,7 @@ async fn push(
     obj: &[u8],
     l: &Labels,
 ) -> String {
-    let client = bpfleet_oci::Registry::new(&RegistryOptions {
-        ca_pems: vec![reg.ca_pem()],
-        ..Default::default()
-    })
-    .unwrap();
+    let client = reg.client();
     let built = format::build(fmt, obj, "syscount.bpf.o", l).unwrap();
     let repo = format!("{}/{repo}", reg.host());
     let digest = client
@@ -581,11 +577,7 @@ async fn a_bpfman_image_built_by_buildah_loads() {
 async fn an_index_resolves_to_this_machines_platform() {
     let reg = registry();
     let root = PinRoot::new("image-index");
-    let client = bpfleet_oci::Registry::new(&RegistryOptions {
-        ca_pems: vec![reg.ca_pem()],
-        ..Default::default()
-    })
-    .unwrap();
+    let client = reg.client();
     let l = labels(&[("count_getppid", "tracepoint")]);
     let repo = format!("{}/bpf/multi", reg.host());
     let arch = format::node_arch();
@@ -636,11 +628,7 @@ async fn plain_http_needs_the_registry_named_insecure() {
         users: Vec::new(),
     });
     let root = PinRoot::new("image-http");
-    let client = bpfleet_oci::Registry::new(&RegistryOptions {
-        insecure: vec![reg.host()],
-        ..Default::default()
-    })
-    .unwrap();
+    let client = reg.client();
     let built = format::build(
         Format::Artifact,
         objs::SYSCOUNT_V1,

@@ -9,7 +9,7 @@
 
 use std::process::Command;
 
-use bpfleet_oci::{Credentials, Format, Pinned, Registry as Client, RegistryOptions};
+use bpfleet_oci::{Credentials, Format, Pinned};
 use bpfleet_testsupport::registry::{Registry, RegistryOpts};
 
 const USER: &str = "ci-pusher";
@@ -50,11 +50,7 @@ async fn pushed_images_pull_back_to_the_object_and_labels() {
     let dir = tempfile::tempdir().unwrap();
     let obj = dir.path().join("syscount_v1.bpf.o");
     std::fs::write(&obj, bpfleet_bpf::SYSCOUNT_V1).unwrap();
-    let client = Client::new(&RegistryOptions {
-        ca_pems: vec![reg.ca_pem()],
-        ..Default::default()
-    })
-    .unwrap();
+    let client = reg.client();
     let creds = Credentials {
         username: USER.into(),
         password: PASS.into(),

@@ -100,6 +100,23 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// A registry client that trusts this registry: its CA with TLS, plain
+    /// HTTP for its host without.
+    pub fn client(&self) -> bpfleet_oci::Registry {
+        let opts = if self.tls {
+            bpfleet_oci::RegistryOptions {
+                ca_pems: vec![self.ca_pem()],
+                ..Default::default()
+            }
+        } else {
+            bpfleet_oci::RegistryOptions {
+                insecure: vec![self.host()],
+                ..Default::default()
+            }
+        };
+        bpfleet_oci::Registry::new(&opts).unwrap_or_else(|e| panic!("registry client: {e}"))
+    }
+
     /// The registry's port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

@@ -39,11 +39,7 @@ const WRONG: &str = "pw-WRONG-not-for-logs";
 /// `obj` pushed as `bpf/syscount:<tag>`; its digest reference.
 async fn push(reg: &Registry, tag: &str, obj: &[u8]) -> String {
     use bpfleet_oci::format::{self, Format, Labels};
-    let client = bpfleet_oci::Registry::new(&bpfleet_oci::RegistryOptions {
-        ca_pems: vec![reg.ca_pem()],
-        ..Default::default()
-    })
-    .expect("client");
+    let client = reg.client();
     let labels = Labels {
         programs: Some([("count_getppid".to_string(), "tracepoint".to_string())].into()),
         maps: None,
