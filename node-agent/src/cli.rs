@@ -135,7 +135,8 @@ pub struct ServeArgs {
         default_value = "/run/bpfleet/agent.sock"
     )]
     pub socket: PathBuf,
-    /// TCP address for the operator (requires the three TLS options).
+    /// TCP address for the operator (requires the three TLS options and
+    /// --client-identity: the agent refuses to start without them).
     #[arg(long, env = "BPFLEET_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Server certificate (PEM).
@@ -147,6 +148,19 @@ pub struct ServeArgs {
     /// CA that operator client certificates must chain to (PEM).
     #[arg(long, env = "BPFLEET_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
+    /// Identity a TCP client's certificate must carry, besides chaining to
+    /// --client-ca; repeatable (comma-separated in the variable). Matched
+    /// exactly against the certificate's DNS and URI subject alternative
+    /// names, or against its subject common name when it has neither
+    /// (DNS names without regard to case). Any other client is refused
+    /// with PermissionDenied on every call, and audited. Required with
+    /// --listen: a CA alone would let in every certificate it ever signed.
+    #[arg(
+        long = "client-identity",
+        env = "BPFLEET_CLIENT_IDENTITY",
+        value_delimiter = ','
+    )]
+    pub client_identities: Vec<String>,
     /// Prometheus endpoint address.
     #[arg(long, env = "BPFLEET_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -302,11 +316,20 @@ impl ServeArgs {
                 std::fs::read(f).map_err(|e| Error::io(format!("reading {}", f.display()), e))?;
             cfg.images.ca_pems.push((f.display().to_string(), pem));
         }
+        if self.listen.is_some() && self.client_identities.is_empty() {
+            return Err(Error::Invalid(
+                "--listen needs --client-identity: the name the operator's client certificate \
+                 carries (the chart's is bpfleet-operator); the CA alone would let in every \
+                 certificate it signed"
+                    .into(),
+            ));
+        }
         let tls = match (self.tls_cert, self.tls_key, self.client_ca) {
             (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {
                 cert,
                 key,
                 client_ca,
+                client_identities: crate::server::check_identities(&self.client_identities)?,
             }),
             _ => None,
         };

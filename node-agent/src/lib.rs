@@ -7,7 +7,8 @@
 //! Layers; arrows point one way, from each layer to the ones before it:
 //!
 //! ```text
-//! names, hooks, trust, state, audit   pure or file-only
+//! names, hooks, trust, state, audit,  pure or file-only
+//! peer
 //!        ^
 //! kernel/                             the one kernel boundary: every libbpf-rs,
 //!        ^                            libbpf-sys and libc call of the crate
@@ -38,6 +39,7 @@ pub mod image;
 pub mod kernel;
 pub mod metrics;
 pub mod names;
+pub mod peer;
 pub mod server;
 pub mod state;
 pub mod trust;
