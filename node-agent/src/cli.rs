@@ -170,6 +170,17 @@ pub struct ServeArgs {
     /// Accept objects without a signature.
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Directory a Load's object_path (spec.bytecode.file.path) must
+    /// resolve into, symlinks and `..` resolved; repeatable
+    /// (comma-separated in the variable). A path that escapes, or is not a
+    /// regular file, is refused before anything is read. Unset: any
+    /// absolute path on the node is read (the agent warns at start).
+    #[arg(
+        long = "object-dir",
+        env = "BPFLEET_OBJECT_DIRS",
+        value_delimiter = ','
+    )]
+    pub object_dirs: Vec<PathBuf>,
     /// Where pulled images' objects are kept, by digest, so restarts,
     /// rollbacks and undos need no registry [default: `images` beside the
     /// state file].
@@ -302,6 +313,14 @@ impl ServeArgs {
         cfg.max_map_bytes_per_program = self.max_map_bytes_per_program;
         cfg.max_map_bytes_total = self.max_map_bytes_total;
         cfg.allow_unsigned = self.allow_unsigned;
+        crate::agent::object_dirs::check_dirs(&self.object_dirs)?;
+        if self.object_dirs.is_empty() {
+            tracing::warn!(
+                "no --object-dir: a Load's object_path may name any file on the node; \
+                 give --object-dir to restrict path sources"
+            );
+        }
+        cfg.object_dirs = self.object_dirs;
         cfg.node_name = self.node_name;
         for k in &self.trusted_keys {
             let pem = std::fs::read_to_string(k)
