@@ -680,34 +680,6 @@ async fn tracer_in_the_agent_exports_exact_figures() {
     drop(agent);
 }
 
-/// The bytes of every key and value of every map pinned under `root`, as
-/// `bpftool map dump` reads them (one buffer per map; ring buffers, which
-/// have no keys, give nothing).
-fn pinned_map_bytes(root: &PinRoot) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for pin in root.pins() {
-        let o = Command::new("bpftool")
-            .args(["-j", "map", "dump", "pinned"])
-            .arg(&pin)
-            .output()
-            .expect("bpftool is installed");
-        if !o.status.success() {
-            // A program or link pin, or a ring buffer.
-            continue;
-        }
-        let text = String::from_utf8_lossy(&o.stdout);
-        let bytes: Vec<u8> = text
-            .split(|c: char| !c.is_ascii_alphanumeric())
-            .filter_map(|t| t.strip_prefix("0x"))
-            .filter(|h| h.len() == 2)
-            .filter_map(|h| u8::from_str_radix(h, 16).ok())
-            .collect();
-        out.push((pin, bytes));
-    }
-    assert!(!out.is_empty(), "no map pinned under the root");
-    out
-}
-
 /// Replaces `path` whole, as a ConfigMap update does (a new file renamed
 /// over the old one): the agent's watcher never sees it half written.
 fn replace_file(path: &std::path::Path, text: &str) {
