@@ -72,14 +72,13 @@ fn canonical_dirs(dirs: &[PathBuf]) -> Vec<PathBuf> {
 /// Resolves `path` (symlinks, `.` and `..`) and returns its canonical form
 /// when it is a regular file below one of `dirs`; with no `dirs`, any
 /// regular file. Refused before anything is read: a path that does not
-/// resolve, one outside the directories, anything but a regular file.
+/// resolve (an I/O error, as a missing file always was), one outside the
+/// directories, anything but a regular file.
 pub fn resolve(path: &Path, dirs: &[PathBuf]) -> Result<PathBuf> {
-    let resolved = std::fs::canonicalize(path).map_err(|e| {
-        Error::Invalid(format!(
-            "{FIELD} {}: cannot be resolved: {e}",
-            path.display()
-        ))
-    })?;
+    // A file that is not there (yet) is an I/O error, as it was before the
+    // directories were checked: the operator retries those.
+    let resolved = std::fs::canonicalize(path)
+        .map_err(|e| Error::io(format!("reading {} ({FIELD})", path.display()), e))?;
     if !dirs.is_empty() && !within(&resolved, &canonical_dirs(dirs)) {
         return Err(refusal(path, &resolved, dirs));
     }
@@ -224,7 +223,8 @@ mod tests {
         let e = resolve(&t.allowed.join("fifo.o"), &dirs).unwrap_err();
         assert!(e.to_string().contains("not a regular file"), "{e}");
         let e = resolve(&t.allowed.join("none.o"), &dirs).unwrap_err();
-        assert!(e.to_string().contains("cannot be resolved"), "{e}");
+        assert_eq!(e.kind(), "io", "{e}");
+        assert!(e.to_string().contains("none.o (object_path"), "{e}");
     }
 
     #[test]
