@@ -206,12 +206,30 @@ static __always_inline void count_lost(void)
 		*lost += 1;
 }
 
-/* 0 when the record went out. */
+/* Clears the first cap bytes of e->data. http_scratch is pinned with the
+ * revision's maps: without this, the last bytes captured on each CPU
+ * (request heads with their Authorization and Cookie values, before the
+ * agent redacts them) stayed readable there (`bpftool map dump`) until the
+ * next capture. bpf_probe_read_kernel zero-fills its destination when the
+ * read fails, and a read from address 0 always fails: a memset of a
+ * variable length the verifier accepts, in one helper call. */
+static __always_inline void wipe(struct http_event *e, __u32 cap)
+{
+	__u32 n = cap & (HTTP_MAX_CAPTURE - 1);
+
+	asm volatile("" : "+r"(n));
+	n &= HTTP_MAX_CAPTURE - 1;
+	bpf_probe_read_kernel(e->data, n, (void *)0);
+}
+
+/* 0 when the record went out. The captured bytes are wiped from the
+ * scratch space either way. */
 static __always_inline int submit(struct http_event *e, __u32 cap)
 {
 	__u64 size = sizeof(e->hdr) + (cap & (HTTP_MAX_CAPTURE - 1));
 	__u64 avail = bpf_ringbuf_query(&http_events, BPF_RB_AVAIL_DATA);
 	__u64 flags = BPF_RB_NO_WAKEUP;
+	int err = 0;
 
 	/* Wake the reader once, when this record takes the backlog over the
 	 * threshold; not on every record while the backlog stays above it
@@ -220,9 +238,10 @@ static __always_inline int submit(struct http_event *e, __u32 cap)
 		flags = BPF_RB_FORCE_WAKEUP;
 	if (bpf_ringbuf_output(&http_events, e, size, flags)) {
 		count_lost();
-		return -1;
+		err = -1;
 	}
-	return 0;
+	wipe(e, cap);
+	return err;
 }
 
 static __always_inline struct http_event *scratch(__u32 slot)
@@ -737,6 +756,7 @@ static __always_inline void metrics_exit(struct conn_key *k, struct conn *c, str
 		return;
 	n = capture(e, src, ret);
 	if (n < 4 || !looks_like_http(e->data) || is_response(e->data)) {
+		wipe(e, n);
 		if (!c->seen)
 			c->ignored = 1;
 		return;
@@ -752,6 +772,8 @@ static __always_inline void metrics_exit(struct conn_key *k, struct conn *c, str
 	}
 	x->method = rl.method;
 	x->path_key = announce_path(k, c, x, rl.key, src, rl.target, rl.end - rl.target);
+	/* Counted in the kernel: the captured head goes nowhere. */
+	wipe(e, n);
 	x->req_ts = bpf_ktime_get_ns();
 }
 
@@ -771,6 +793,7 @@ static __always_inline void events_exit(struct conn_key *k, struct conn *c, stru
 		/* A connection is traced only if its first bytes are HTTP. */
 		c->seen = 1;
 		if (n < 4 || !looks_like_http(e->data)) {
+			wipe(e, n);
 			c->ignored = 1;
 			return;
 		}

@@ -1,5 +1,5 @@
 //! JSON-lines audit log: one line per load, activate, rollback, unload and
-//! config change, with who asked (the caller's certificate identity or unix
+//! config change, and per TCP call refused for its client identity, with who asked (the caller's certificate identity or unix
 //! credentials), what, and the outcome.
 
 use std::io::Write;
@@ -17,7 +17,9 @@ pub struct Record<'a> {
     pub ts_ms: u64,
     /// Who asked.
     pub actor: &'a str,
-    /// load | activate | rollback | unload | update_config.
+    /// load | activate | rollback | unload | update_config, or the gRPC
+    /// method (`/bpfleet.agent.v1.Agent/List`) of a TCP call refused for its
+    /// client identity.
     pub action: &'a str,
     /// Program name.
     pub program: &'a str,

@@ -135,7 +135,8 @@ pub struct ServeArgs {
         default_value = "/run/bpfleet/agent.sock"
     )]
     pub socket: PathBuf,
-    /// TCP address for the operator (requires the three TLS options).
+    /// TCP address for the operator (requires the three TLS options and
+    /// --client-identity: the agent refuses to start without them).
     #[arg(long, env = "BPFLEET_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Server certificate (PEM).
@@ -147,6 +148,19 @@ pub struct ServeArgs {
     /// CA that operator client certificates must chain to (PEM).
     #[arg(long, env = "BPFLEET_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
+    /// Identity a TCP client's certificate must carry, besides chaining to
+    /// --client-ca; repeatable (comma-separated in the variable). Matched
+    /// exactly against the certificate's DNS and URI subject alternative
+    /// names, or against its subject common name when it has neither
+    /// (DNS names without regard to case). Any other client is refused
+    /// with PermissionDenied on every call, and audited. Required with
+    /// --listen: a CA alone would let in every certificate it ever signed.
+    #[arg(
+        long = "client-identity",
+        env = "BPFLEET_CLIENT_IDENTITY",
+        value_delimiter = ','
+    )]
+    pub client_identities: Vec<String>,
     /// Prometheus endpoint address.
     #[arg(long, env = "BPFLEET_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -156,6 +170,17 @@ pub struct ServeArgs {
     /// Accept objects without a signature.
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Directory a Load's object_path (spec.bytecode.file.path) must
+    /// resolve into, symlinks and `..` resolved; repeatable
+    /// (comma-separated in the variable). A path that escapes, or is not a
+    /// regular file, is refused before anything is read. Unset: any
+    /// absolute path on the node is read (the agent warns at start).
+    #[arg(
+        long = "object-dir",
+        env = "BPFLEET_OBJECT_DIRS",
+        value_delimiter = ','
+    )]
+    pub object_dirs: Vec<PathBuf>,
     /// Where pulled images' objects are kept, by digest, so restarts,
     /// rollbacks and undos need no registry [default: `images` beside the
     /// state file].
@@ -288,6 +313,14 @@ impl ServeArgs {
         cfg.max_map_bytes_per_program = self.max_map_bytes_per_program;
         cfg.max_map_bytes_total = self.max_map_bytes_total;
         cfg.allow_unsigned = self.allow_unsigned;
+        crate::agent::object_dirs::check_dirs(&self.object_dirs)?;
+        if self.object_dirs.is_empty() {
+            tracing::warn!(
+                "no --object-dir: a Load's object_path may name any file on the node; \
+                 give --object-dir to restrict path sources"
+            );
+        }
+        cfg.object_dirs = self.object_dirs;
         cfg.node_name = self.node_name;
         for k in &self.trusted_keys {
             let pem = std::fs::read_to_string(k)
@@ -302,11 +335,20 @@ impl ServeArgs {
                 std::fs::read(f).map_err(|e| Error::io(format!("reading {}", f.display()), e))?;
             cfg.images.ca_pems.push((f.display().to_string(), pem));
         }
+        if self.listen.is_some() && self.client_identities.is_empty() {
+            return Err(Error::Invalid(
+                "--listen needs --client-identity: the name the operator's client certificate \
+                 carries (the chart's is bpfleet-operator); the CA alone would let in every \
+                 certificate it signed"
+                    .into(),
+            ));
+        }
         let tls = match (self.tls_cert, self.tls_key, self.client_ca) {
             (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {
                 cert,
                 key,
                 client_ca,
+                client_identities: crate::server::check_identities(&self.client_identities)?,
             }),
             _ => None,
         };

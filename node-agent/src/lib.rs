@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! names, hooks, trust, state, audit,  pure or file-only
-//! map_layout
+//! map_layout, peer
 //!        ^
 //! kernel/                             the one kernel boundary: every libbpf-rs,
 //!        ^                            libbpf-sys and libc call of the crate
@@ -40,6 +40,7 @@ pub mod kernel;
 pub mod map_layout;
 pub mod metrics;
 pub mod names;
+pub mod peer;
 pub mod server;
 pub mod state;
 pub mod trust;

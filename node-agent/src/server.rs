@@ -1,6 +1,8 @@
 //! The gRPC front of the agent: the `bpfleet.agent.v1.Agent` service over a
 //! node-local Unix socket and over TCP with mutual TLS (rustls; only client
-//! certificates chaining to the configured CA are accepted), plus the
+//! certificates chaining to the configured CA are accepted, and of those
+//! only the ones carrying a `--client-identity`, checked by [`PinnedLayer`]
+//! in front of every service of the TCP server), plus the
 //! Prometheus endpoint and HTTP API. Every call runs the agent core on a
 //! blocking thread. With the HTTP tracer runtime on ([`crate::http`]),
 //! Stats fills `RevisionStats.http` for tracer revisions.
@@ -15,11 +17,13 @@ use bpfleet_proto::v1::{self as pb, agent_server::AgentServer};
 use sha2::{Digest, Sha256};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::server::UdsConnectInfo;
+use tonic::codegen::{BoxFuture, http};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use crate::agent::Agent;
+use crate::audit::Audit;
 use crate::error::{Error, Result};
 use crate::http::{HttpConfig, Hub, runtime::Runtime};
 use crate::metrics::Metrics;
@@ -36,6 +40,111 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// CA that client certificates must chain to.
     pub client_ca: PathBuf,
+    /// Identities a client certificate must carry ([`crate::peer`]); a
+    /// TCP listener refuses to start with none.
+    pub client_identities: Vec<String>,
+}
+
+/// Checks `--client-identity` values: non-empty, no spaces or wildcards
+/// (matching is exact, so a `*` would only ever match itself).
+pub fn check_identities(ids: &[String]) -> Result<Vec<String>> {
+    for id in ids {
+        if id.is_empty() || id.contains(char::is_whitespace) || id.contains('*') {
+            return Err(Error::Invalid(format!(
+                "--client-identity {id:?}: must be a non-empty name without spaces or `*` \
+                 (a DNS or URI subject alternative name, or a common name)"
+            )));
+        }
+    }
+    Ok(ids.to_vec())
+}
+
+/// A tower layer over the whole TCP server: every request (each RPC, read
+/// only or not, of every service added) is refused with PermissionDenied
+/// unless the client's certificate carries an allowed identity; each
+/// refusal is logged and audited with the refused subject and the method.
+#[derive(Clone)]
+pub struct PinnedLayer {
+    allowed: Arc<Vec<String>>,
+    audit: Arc<Audit>,
+}
+
+impl PinnedLayer {
+    /// Admits only `allowed`; refusals go to `audit`.
+    pub fn new(allowed: Vec<String>, audit: Audit) -> Self {
+        Self {
+            allowed: Arc::new(allowed),
+            audit: Arc::new(audit),
+        }
+    }
+
+    /// The verdict on one request's connection.
+    fn check<B>(&self, req: &http::Request<B>) -> Result<(), Status> {
+        let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
+        let leaf = info
+            .and_then(TlsConnectInfo::peer_certs)
+            .and_then(|c| c.first().map(|l| l.as_ref().to_vec()));
+        let (who, refused) = match leaf {
+            None => (
+                "x509:none".to_string(),
+                Error::Denied("no client certificate".into()),
+            ),
+            Some(der) => match crate::peer::admit(&der, &self.allowed) {
+                Ok(_) => return Ok(()),
+                Err(e) => (cert_actor(&der), e),
+            },
+        };
+        let remote = info
+            .and_then(|i| i.get_ref().remote_addr())
+            .map_or_else(String::new, |a| a.to_string());
+        let method = req.uri().path();
+        tracing::warn!(actor = %who, %remote, method, error = %refused, "client refused");
+        self.audit
+            .write(&who, method, "", "", refused.kind(), &refused.to_string());
+        Err(refused.into())
+    }
+}
+
+impl<S> tower::Layer<S> for PinnedLayer {
+    type Service = Pinned<S>;
+    fn layer(&self, inner: S) -> Pinned<S> {
+        Pinned {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`PinnedLayer`] wraps around the server's routes.
+#[derive(Clone)]
+pub struct Pinned<S> {
+    inner: S,
+    layer: PinnedLayer,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Pinned<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        match self.layer.check(&req) {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+        }
+    }
 }
 
 /// Where the agent listens.
@@ -116,17 +225,23 @@ impl AgentService {
     }
 }
 
+/// A client certificate as the audit log names it: subject and the start
+/// of its SHA-256.
+fn cert_actor(leaf: &[u8]) -> String {
+    let fp = hex::encode(&Sha256::digest(leaf)[..8]);
+    let subject = x509_parser::parse_x509_certificate(leaf)
+        .ok()
+        .map(|(_, c)| c.subject().to_string())
+        .unwrap_or_else(|| "unparsable".into());
+    format!("x509:{subject} sha256:{fp}")
+}
+
 /// Who is calling: certificate subject for mTLS, credentials on the socket.
 pub fn actor<T>(req: &Request<T>) -> String {
     if let Some(certs) = req.peer_certs()
         && let Some(leaf) = certs.first()
     {
-        let fp = hex::encode(&Sha256::digest(leaf.as_ref())[..8]);
-        let subject = x509_parser::parse_x509_certificate(leaf.as_ref())
-            .ok()
-            .map(|(_, c)| c.subject().to_string())
-            .unwrap_or_else(|| "unparsable".into());
-        return format!("x509:{subject} sha256:{fp}");
+        return cert_actor(leaf.as_ref());
     }
     if let Some(info) = req.extensions().get::<UdsConnectInfo>()
         && let Some(cred) = &info.peer_cred
@@ -296,6 +411,9 @@ pub async fn serve_with(
     http: HttpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    // The refusals of the TCP listener's identity check go to the agent's
+    // audit log, through a handle of their own (lines are appended whole).
+    let refusal_audit = Audit::new(agent.config().audit_log.as_deref())?;
     let agent = Arc::new(Mutex::new(agent));
     let hub = if http.enabled {
         Some(Arc::new(Hub::new(http)?))
@@ -377,6 +495,14 @@ pub async fn serve_with(
         })?;
         let identity = Identity::from_pem(read(&tls.cert, "certificate")?, read(&tls.key, "key")?);
         let ca = Certificate::from_pem(read(&tls.client_ca, "client CA")?);
+        if tls.client_identities.is_empty() {
+            return Err(Error::Transport(
+                "a TCP listener needs --client-identity: the name(s) the operator's client \
+                 certificate carries (with only --client-ca, every certificate that CA signed \
+                 would get in)"
+                    .into(),
+            ));
+        }
         let cfg = ServerTlsConfig::new()
             .identity(identity)
             .client_ca_root(ca)
@@ -384,11 +510,15 @@ pub async fn serve_with(
         let router = Server::builder()
             .tls_config(cfg)
             .map_err(|e| Error::Transport(format!("TLS config: {e}")))?
+            .layer(PinnedLayer::new(
+                tls.client_identities.clone(),
+                refusal_audit,
+            ))
             .add_service(make());
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Error::Transport(format!("binding {addr}: {e}")))?;
-        tracing::info!(%addr, "gRPC listening on TCP with mTLS");
+        tracing::info!(%addr, identities = ?tls.client_identities, "gRPC listening on TCP with mTLS");
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
         let mut stop = stop_tx.subscribe();
         tasks.spawn(async move {

@@ -7,9 +7,12 @@
 //! revision attribution across a switch, `/api/health` and
 //! `/api/analytics`, OTLP spans received by a gRPC trace collector in the
 //! test (the real OTLP protocol; no Jaeger on these machines), and that an
-//! Authorization header value, a token query value, and a header and query
-//! value redacted by the TracerPolicy's own rules (`--http-rules`) never
-//! show anywhere; the policy's route pattern names the route.
+//! Authorization header value, a Cookie value, a token query value, and a
+//! header and query value redacted by the TracerPolicy's own rules
+//! (`--http-rules`) never show anywhere the agent exposes or writes: every
+//! route of its metrics port, Stats, spans, audit log, state file, its own
+//! output at trace level, the maps under its pin root. The policy's route
+//! pattern names the route.
 //! Needs root.
 //!
 //! The namespace filter is tested in `http_namespace_filter.rs`, switches
@@ -38,6 +41,8 @@ const QUERY_SECRET: &str = "qwerty-QUERYSECRET";
 /// Redacted only because the TracerPolicy's rules say so.
 const SID_SECRET: &str = "sid-SESSIONID-777";
 const HEADER_SECRET: &str = "hdr-XSESSION-888";
+/// A session cookie: redacted by the built-in rules (`Cookie`).
+const COOKIE_SECRET: &str = "ck-COOKIEJAR-555";
 /// Redacted only after the policy file changes under the running agent.
 const LATE_SECRET: &str = "late-RELOADED-999";
 /// A TracerPolicy manifest as `kubectl get -o yaml` prints it: its
@@ -102,9 +107,11 @@ async fn tracer_in_the_agent_exports_exact_figures() {
     let mlisten = format!("127.0.0.1:{mport}");
     let collector = Collector::default();
     let otlp = format!("http://127.0.0.1:{}", collector.start().await);
-    let agent = AgentProc::start(
+    // The agent's own output, at its most verbose, is searched for
+    // secrets too.
+    let log = root.scratch.path().join("agent.log");
+    let agent = AgentProc::start_logged(
         &root,
-        None,
         &[
             "--allow-unsigned",
             "--metrics-listen",
@@ -118,6 +125,11 @@ async fn tracer_in_the_agent_exports_exact_figures() {
             "--http-request-timeout-seconds",
             "1",
         ],
+        &[(
+            "RUST_LOG",
+            "info,bpfleet_agent=trace,bpfleet_tracer=trace,bpfleet_httptrace=trace",
+        )],
+        &log,
     );
     let mut c = agent.client().await;
     let mut ids = Vec::new();
@@ -177,8 +189,11 @@ async fn tracer_in_the_agent_exports_exact_figures() {
 
     // Traffic under r1.
     let base = format!("http://127.0.0.1:{}", server.port);
+    // A session cookie on these GETs only: with it, a POST's head would
+    // pass the default 256 captured bytes before its Content-Length.
+    let cookie = format!("Cookie: session={COOKIE_SECRET}; theme=dark");
     let codes = curl(
-        &[],
+        &["-H", &cookie],
         &[
             format!("{base}/ok?token={QUERY_SECRET}&sid={SID_SECRET}"),
             format!("{base}/ok"),
@@ -507,18 +522,44 @@ async fn tracer_in_the_agent_exports_exact_figures() {
     );
     assert_eq!(f["r2"].errors, 0);
 
-    // No secret anywhere.
+    // No secret anywhere the agent exposes or writes: every route of the
+    // metrics port (and one it does not serve), Stats, the OTLP spans, the
+    // audit log, the state file, its stdout and stderr, and the values of
+    // every map pinned under its pin root.
     let everything = [
         get(mport, "/metrics").1,
+        get(mport, "/").1,
         get(mport, "/api/analytics").1,
         get(mport, "/api/health").1,
+        get(mport, "/api/nothing").1,
         format!("{:?}", figures(&mut c).await),
         format!("{:?}", collector.spans()),
         std::fs::read_to_string(root.audit_log()).unwrap(),
-    ]
-    .join("\n");
-    for secret in [SECRET, QUERY_SECRET, SID_SECRET, HEADER_SECRET] {
-        assert!(!everything.contains(secret), "{secret} leaked");
+        std::fs::read_to_string(root.state_file()).unwrap(),
+        std::fs::read_to_string(&log).unwrap(),
+    ];
+    assert!(
+        everything[1].contains("http_requests") || everything[1].contains("bpfleet_"),
+        "/ serves the metrics"
+    );
+    let maps = pinned_map_bytes(&root);
+    for secret in [
+        SECRET,
+        QUERY_SECRET,
+        SID_SECRET,
+        HEADER_SECRET,
+        COOKIE_SECRET,
+    ] {
+        for (i, text) in everything.iter().enumerate() {
+            assert!(!text.contains(secret), "{secret} leaked in source {i}");
+        }
+        for (pin, bytes) in &maps {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} readable in map {}",
+                pin.display()
+            );
+        }
     }
 
     // The TracerPolicy changes: the agent re-reads the file and a query

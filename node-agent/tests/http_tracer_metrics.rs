@@ -52,6 +52,9 @@ async fn traced_agent(root: &PinRoot, ports: &[u16], extra: &[&str]) -> (AgentPr
     (agent, c, mport)
 }
 
+/// A bearer token sent with the counted requests.
+const METRICS_SECRET: &str = "metrics-BEARER-4242";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counted_exchanges_reach_stats_metrics_and_the_api() {
     let root = PinRoot::new("http-metrics");
@@ -65,8 +68,14 @@ async fn counted_exchanges_reach_stats_metrics_and_the_api() {
     .await;
 
     let base = format!("http://127.0.0.1:{}", server.port);
+    // Counted in the kernel, never sent up: the heads must not stay in
+    // the tracer's pinned maps either (checked below).
+    let auth = [
+        "-H".to_string(),
+        format!("Authorization: Bearer {METRICS_SECRET}"),
+    ];
     let codes = curl(
-        &[],
+        &auth,
         &[
             format!("{base}/ok?token=x"),
             format!("{base}/ok"),
@@ -97,6 +106,15 @@ async fn counted_exchanges_reach_stats_metrics_and_the_api() {
     // Server end only: 10 exchanges with the Rust server, 3 with Python.
     let total = 13;
     let f = wait_requests(&mut c, "r1", total).await;
+    for (pin, bytes) in pinned_map_bytes(&root) {
+        assert!(
+            !bytes
+                .windows(METRICS_SECRET.len())
+                .any(|w| w == METRICS_SECRET.as_bytes()),
+            "{METRICS_SECRET} readable in map {}",
+            pin.display()
+        );
+    }
     let r1 = &f["r1"];
     assert_eq!(r1.errors, 1, "the 500; 404s are no gate errors");
     assert_eq!(r1.latency_bucket_counts.iter().sum::<u64>(), total);

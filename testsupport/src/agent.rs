@@ -63,6 +63,19 @@ impl AgentProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_logged(bin, files, netns, extra, env, None)
+    }
+
+    /// [`AgentProcess::start`], the agent's stdout and stderr written to
+    /// `log` when given (inherited otherwise).
+    pub fn start_logged(
+        bin: &Path,
+        files: &AgentFiles,
+        netns: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Self {
         let mut args: Vec<String> = Vec::new();
         let mut cmd = if let Some(ns) = netns {
             args.push(format!("--net={ns}"));
@@ -75,10 +88,18 @@ impl AgentProcess {
         args.extend(files.serve_args());
         args.extend(extra.iter().map(|s| s.to_string()));
         let _ = std::fs::remove_file(&files.socket);
-        let child = cmd
-            .args(&args)
+        cmd.args(&args)
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        if let Some(log) = log {
+            let f = std::fs::File::create(log)
+                .unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+            let f2 = f
+                .try_clone()
+                .unwrap_or_else(|e| panic!("dup {}: {e}", log.display()));
+            cmd.stdout(f).stderr(f2);
+        }
+        let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e} (is the agent built?)", bin.display()));
         let me = Self {

@@ -1,3 +1,7 @@
+//! The agent's own security flags are rendered by default: no
+//! `--allow-unsigned`, the operator's identity pinned with the certificate
+//! the chart issues carrying it, path sources confined to `--object-dir`.
+//!
 //! Every container holds only what the code needs: no privilege, no
 //! escalation, read-only root, all capabilities dropped, requests, limits
 //! and probes; the operator runs as non-root with nothing from the node;
@@ -16,7 +20,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use crate::code::{agent_keeps_sys_admin, agent_kept_capabilities};
-use crate::support::{AGENT, OPERATOR, all_on, docs, named, pod_specs, render, rust_sources, strs};
+use crate::support::{
+    AGENT, OPERATOR, all_on, container, docs, flag, flags, named, pod_specs, render, rust_sources,
+    strs,
+};
 
 /// The comment text of the agent's source files, comment markers removed
 /// and whitespace collapsed (so a rewrapped sentence still matches).
@@ -181,4 +188,121 @@ fn containers_hold_only_what_the_code_needs() {
             "Bidirectional propagation needs a privileged container"
         );
     }
+}
+
+/// The PEM certificate's DER bytes.
+fn pem_der(pem: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let body: String = String::from_utf8_lossy(pem)
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}
+
+/// The agent's security flags as the chart renders them by default: no
+/// `--allow-unsigned`, no privileged container, the operator's identity
+/// pinned (`--client-identity`, the very identity the chart's operator
+/// certificate carries, in helm and cert-manager modes, checked by the
+/// agent's own code) and path sources confined (`--object-dir`). A user's
+/// `tls.operatorName` reaches both the flag and the certificates.
+#[test]
+fn the_default_render_pins_the_operator_and_confines_object_paths() {
+    use base64::Engine;
+    let d = docs(&render(&[]));
+    let args = strs(&container(&d, AGENT, "DaemonSet")["args"]);
+    assert!(
+        !args.iter().any(|a| a.starts_with("--allow-unsigned")),
+        "{args:?}"
+    );
+    for (name, spec) in pod_specs(&d) {
+        for c in spec["containers"].as_array().unwrap() {
+            assert_ne!(c["securityContext"]["privileged"], json!(true), "{name}");
+        }
+    }
+    let identities: Vec<String> = flags(&args)
+        .into_iter()
+        .filter(|(f, _)| f == "--client-identity")
+        .filter_map(|(_, v)| v)
+        .collect();
+    assert_eq!(identities, ["bpfleet-operator"], "{args:?}");
+    let dirs: Vec<String> = flags(&args)
+        .into_iter()
+        .filter(|(f, _)| f == "--object-dir")
+        .filter_map(|(_, v)| v)
+        .collect();
+    assert_eq!(dirs, ["/var/lib/bpfleet/objects"], "{args:?}");
+    // The object directory lies on the state volume the agent mounts.
+    let mounts = container(&d, AGENT, "DaemonSet")["volumeMounts"].clone();
+    assert!(
+        mounts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| dirs[0].starts_with(&format!("{}/", m["mountPath"].as_str().unwrap()))),
+        "{mounts}"
+    );
+
+    // helm mode: the operator's certificate passes the agent's identity
+    // check with the rendered flag; an agent pinned to another name
+    // refuses it.
+    let op_secret = named(&d, "Secret", "bpfleet-operator-tls");
+    let crt = base64::engine::general_purpose::STANDARD
+        .decode(op_secret["data"]["tls.crt"].as_str().unwrap())
+        .unwrap();
+    let der = pem_der(&crt);
+    let ids = bpfleet_agent::peer::admit(&der, &identities)
+        .unwrap_or_else(|e| panic!("the chart's operator certificate is refused: {e}"));
+    assert_eq!(ids.dns, ["bpfleet-operator"]);
+    assert!(bpfleet_agent::peer::admit(&der, &["bpfleet-agent".to_string()]).is_err());
+    // The agent's own certificate (same chart, other CA and name) would
+    // not pass the identity check either.
+    let agent_crt = base64::engine::general_purpose::STANDARD
+        .decode(
+            named(&d, "Secret", "bpfleet-agent-tls")["data"]["tls.crt"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    assert!(bpfleet_agent::peer::admit(&pem_der(&agent_crt), &identities).is_err());
+
+    // cert-manager mode: the operator's Certificate names the pinned
+    // identity as CN and DNS SAN.
+    let cm = docs(&render(&["--set", "tls.mode=certManager"]));
+    let cert = named(&cm, "Certificate", "bpfleet-operator-tls");
+    assert_eq!(cert["spec"]["commonName"], "bpfleet-operator");
+    assert_eq!(strs(&cert["spec"]["dnsNames"]), ["bpfleet-operator"]);
+    let cm_args = strs(&container(&cm, AGENT, "DaemonSet")["args"]);
+    assert_eq!(flag(&cm_args, "--client-identity"), "bpfleet-operator");
+
+    // A user's name reaches flag and certificates; no object dirs, no flag.
+    let own = docs(&render(&[
+        "--set",
+        "tls.operatorName=ops.example",
+        "--set",
+        "agent.objectDirs=null",
+    ]));
+    let own_args = strs(&container(&own, AGENT, "DaemonSet")["args"]);
+    assert_eq!(flag(&own_args, "--client-identity"), "ops.example");
+    assert!(!own_args.iter().any(|a| a.starts_with("--object-dir")));
+    let crt = base64::engine::general_purpose::STANDARD
+        .decode(
+            named(&own, "Secret", "bpfleet-operator-tls")["data"]["tls.crt"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    bpfleet_agent::peer::admit(&pem_der(&crt), &["ops.example".to_string()]).unwrap();
+    let cm = docs(&render(&[
+        "--set",
+        "tls.mode=certManager",
+        "--set",
+        "tls.operatorName=ops.example",
+    ]));
+    let cert = named(&cm, "Certificate", "bpfleet-operator-tls");
+    assert_eq!(cert["spec"]["commonName"], "ops.example");
 }

@@ -9,14 +9,16 @@
 //! tags, and replaces it when it does not run.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bpfleet_proto::v1 as pb;
 
 use super::Agent;
 use super::admit::{Admission, Admitted, Held, Node, admit};
+use super::object_dirs;
 use super::request::{self, LoadCmd, ObjectSource, check_object_len};
 use crate::audit::now_ms;
 use crate::error::{Error, Result};
@@ -258,20 +260,45 @@ impl Agent {
                     i.reference
                 )));
             }
-            ObjectSource::Path(path) => {
-                let p = path.display();
-                let meta =
-                    std::fs::metadata(path).map_err(|e| Error::io(format!("reading {p}"), e))?;
-                if meta.len() > max as u64 {
-                    return Err(Error::Invalid(format!(
-                        "object {p} is {} bytes, at most {max} accepted",
-                        meta.len(),
-                    )));
-                }
-                std::fs::read(path).map_err(|e| Error::io(format!("reading {p}"), e))?
-            }
+            ObjectSource::Path(path) => self.read_object_file(path)?,
         };
         check_object_len(bytes.len(), max)?;
+        Ok(bytes)
+    }
+
+    /// A path source's bytes: resolved and checked against `--object-dir`
+    /// before anything is read ([`object_dirs`]), opened without following
+    /// a symlink or blocking, then checked again through the open handle
+    /// (where it really is, a regular file, its size) so nothing swapped
+    /// in between is read.
+    fn read_object_file(&self, path: &Path) -> Result<Vec<u8>> {
+        let max = self.cfg.max_object_bytes;
+        let dirs = &self.cfg.object_dirs;
+        let resolved = object_dirs::resolve(path, dirs)?;
+        let p = resolved.display();
+        let file = kernel::sys::open_no_follow(&resolved)
+            .map_err(|e| Error::io(format!("opening {p}"), e))?;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|e| Error::io(format!("locating the opened {p}"), e))?;
+        object_dirs::opened_within(path, &real, dirs)?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading {p}"), e))?;
+        if !meta.is_file() {
+            return Err(object_dirs::not_regular(path));
+        }
+        if meta.len() > max as u64 {
+            return Err(Error::Invalid(format!(
+                "object {p} is {} bytes, at most {max} accepted",
+                meta.len(),
+            )));
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        // One byte more than allowed: a file grown since fstat is caught.
+        (&file)
+            .take(max as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(format!("reading {p}"), e))?;
         Ok(bytes)
     }
 

@@ -21,6 +21,7 @@ mod adopt;
 pub mod budget;
 mod config;
 mod load;
+pub mod object_dirs;
 pub mod request;
 mod switch;
 mod unload;
@@ -79,6 +80,9 @@ pub struct Config {
     pub node_name: String,
     /// Registries and the node's image cache.
     pub images: ImageConfig,
+    /// Directories a path source must resolve into (`--object-dir`); empty:
+    /// any absolute path ([`object_dirs`]).
+    pub object_dirs: Vec<PathBuf>,
 }
 
 impl Config {
@@ -98,6 +102,7 @@ impl Config {
             enable_stats: true,
             node_name: String::new(),
             images: ImageConfig::default(),
+            object_dirs: Vec::new(),
         }
     }
 }

@@ -61,3 +61,15 @@ pub fn enter_netns(ns: BorrowedFd<'_>) -> Result<()> {
     }
     Ok(())
 }
+
+/// Opens `path` read-only without following a symlink in its last
+/// component and without blocking (a FIFO or a device answers at once
+/// instead of holding the caller): the object-file read checks what it
+/// opened (type, size, where it really is) through the returned handle.
+pub fn open_no_follow(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+}

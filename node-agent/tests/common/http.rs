@@ -185,3 +185,31 @@ pub fn self_comm() -> String {
         .trim()
         .to_string()
 }
+
+/// The bytes of every key and value of every map pinned under `root`, as
+/// `bpftool map dump` reads them (one buffer per map; ring buffers, which
+/// have no keys, give nothing).
+pub fn pinned_map_bytes(root: &super::PinRoot) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for pin in root.pins() {
+        let o = std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(&pin)
+            .output()
+            .expect("bpftool is installed");
+        if !o.status.success() {
+            // A program or link pin, or a ring buffer.
+            continue;
+        }
+        let text = String::from_utf8_lossy(&o.stdout);
+        let bytes: Vec<u8> = text
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter_map(|t| t.strip_prefix("0x"))
+            .filter(|h| h.len() == 2)
+            .filter_map(|h| u8::from_str_radix(h, 16).ok())
+            .collect();
+        out.push((pin, bytes));
+    }
+    assert!(!out.is_empty(), "no map pinned under the root");
+    out
+}

@@ -181,6 +181,20 @@ impl AgentProc {
         ))
     }
 
+    /// [`AgentProc::start`] with environment variables, stdout and stderr
+    /// written to `log`.
+    pub fn start_logged(root: &PinRoot, extra: &[&str], env: &[(&str, &str)], log: &Path) -> Self {
+        let bin = Path::new(env!("CARGO_BIN_EXE_bpfleet-agent"));
+        Self(AgentProcess::start_logged(
+            bin,
+            &root.files(),
+            None,
+            extra,
+            env,
+            Some(log),
+        ))
+    }
+
     pub async fn client(&self) -> pb::agent_client::AgentClient<tonic::transport::Channel> {
         bpfleet_agent::cli::connect_unix(self.socket.clone())
             .await
