@@ -19,7 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${1:-10}"
 version=0.13.2
 root="$PWD/.cache/cargo-fuzz-$version"
-targets="${FUZZ_TARGETS:-http_segments tracer_events rules agent_requests}"
+targets="${FUZZ_TARGETS:-http_segments tracer_events rules agent_requests agent_replies}"
 
 if [ "$("$root/bin/cargo-fuzz" --version 2>/dev/null)" != "cargo-fuzz $version" ]; then
   echo "== installing cargo-fuzz $version into $root"

@@ -14,6 +14,7 @@
 //! used by the seeds and
 //! the tests, so that nobody has to write the binary layouts by hand.
 
+pub mod agent_replies;
 pub mod agent_requests;
 pub mod http_segments;
 pub mod rules;

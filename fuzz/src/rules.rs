@@ -3,15 +3,17 @@
 //! into a redactor and a route mapper, and those applied to a sample
 //! request.
 //!
-//! The agent's own reader (`node-agent/src/http/rules.rs`,
-//! `apply_policy`) is not called (it was written before this crate
-//! depended on the agent, for `agent_requests`); this target reads the
-//! same documented fields with serde the way it does (serde_yaml, which
-//! reads JSON as well; serde_json too),
-//! and fuzzes everything downstream of the text: [`Rules::redactor`] and
-//! [`Rules::routes`] (what [`Rules::check`] runs) and their use. With the
-//! default redaction on, the redactor is built as `fast_redactor` says, so
-//! that a run does not spend its time compiling the same two regexes.
+//! Two readers of the text, which must agree: the agent's own,
+//! `bpfleet_agent::http::rules::apply_policy` (what `--http-rules` runs,
+//! here over no command-line rules), and this target's, which reads the
+//! same documented fields with serde (serde_yaml, as the agent does, and
+//! serde_json too). The agent accepts a document exactly when this reader
+//! reads it and its rules compile, and then with the same [`Rules`]; a
+//! JSON document the agent (a YAML reader) reads as well must give the same
+//! rules. Downstream of the text, [`Rules::redactor`] and [`Rules::routes`]
+//! (what [`Rules::check`] runs) and their use are fuzzed as well; the
+//! built-in command-line regexes are compiled once per process by
+//! `bpfleet_httptrace::redact` itself.
 //!
 //! Input layout: the document as UTF-8 (the agent reads the file as a
 //! string: anything else is refused before parsing), then optionally a NUL
@@ -25,7 +27,9 @@
 
 use std::collections::HashSet;
 
-use bpfleet_httptrace::redact::{DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, REDACTED, Redactor};
+use bpfleet_agent::error::Error as AgentError;
+use bpfleet_agent::http::rules::apply_policy;
+use bpfleet_httptrace::redact::{DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, REDACTED};
 use bpfleet_httptrace::route::Unmatched;
 use bpfleet_httptrace::rules::{BadRule, RedactionRules, RouteRules, Rules};
 use serde::Deserialize;
@@ -89,11 +93,38 @@ pub fn run(data: &[u8]) {
         return;
     };
     let sample = String::from_utf8_lossy(sample);
-    if let Ok(doc) = serde_yaml::from_str::<Document>(text) {
-        exercise(doc, &sample);
-    }
+    // The agent's own reader, over no command-line rules.
+    let agent = apply_policy(Rules::default(), text);
+    let yaml = serde_yaml::from_str::<Document>(text)
+        .ok()
+        .and_then(rules)
+        .and_then(|r| exercise(r, &sample));
+    agree("YAML", text, yaml.as_ref(), &agent);
     if let Ok(doc) = serde_json::from_str::<Document>(text) {
-        exercise(doc, &sample);
+        let json = rules(doc).and_then(|r| exercise(r, &sample));
+        // A JSON document is read by the agent as YAML: where the two
+        // parsers read it alike, the agent takes it as JSON says.
+        if serde_yaml::from_str::<serde_yaml::Value>(text).is_ok() {
+            agree("JSON", text, json.as_ref(), &agent);
+        }
+    }
+}
+
+/// The agent accepts a document exactly when this reader does, with the
+/// same rules.
+fn agree(how: &str, text: &str, ours: Option<&Rules>, agent: &Result<Rules, AgentError>) {
+    match (ours, agent) {
+        (Some(ours), Ok(theirs)) => {
+            assert_eq!(ours, theirs, "the agent read {how} {text:?} otherwise");
+        }
+        (None, Err(e)) => {
+            assert!(
+                e.to_string().contains("--http-rules"),
+                "the agent's error does not name its flag: {e}"
+            );
+        }
+        (Some(_), Err(e)) => panic!("the agent refused {how} {text:?}, read here: {e}"),
+        (None, Ok(r)) => panic!("the agent took {how} {text:?}, refused here: {r:?}"),
     }
 }
 
@@ -128,13 +159,10 @@ fn rules(doc: Document) -> Option<Rules> {
     })
 }
 
-fn exercise(doc: Document, sample: &str) {
-    let Some(rules) = rules(doc) else {
-        return;
-    };
-    // `check()` is these two; calling it too would compile every regex
-    // twice per run.
-    let redactor = fast_redactor(&rules);
+/// Compiles the rules and applies them to the sample; the rules when they
+/// compile (what `Rules::check` accepts).
+fn exercise(rules: Rules, sample: &str) -> Option<Rules> {
+    let redactor = rules.redactor();
     let routes = rules.routes();
     // An error names its place in the policy, inside the list.
     match (&redactor, &routes) {
@@ -148,7 +176,7 @@ fn exercise(doc: Document, sample: &str) {
         (Ok(_), Ok(_)) => {}
     }
     let (Ok(redactor), Ok(mut routes)) = (redactor, routes) else {
-        return;
+        return None;
     };
 
     let mut lines = sample.lines();
@@ -185,9 +213,6 @@ fn exercise(doc: Document, sample: &str) {
         "redaction changed the path"
     );
     let _ = redactor.cmdline(sample);
-    if !r.disable_defaults {
-        let _ = crate::builtin_redactor().cmdline(sample);
-    }
 
     // Routes: always a path, and bounded in number whatever the paths.
     let mut seen = HashSet::new();
@@ -202,23 +227,7 @@ fn exercise(doc: Document, sample: &str) {
         "{} routes, at most {bound}",
         seen.len()
     );
-}
-
-/// `rules.redactor()`, without compiling the built-in command-line
-/// regexes on every run (1.5 ms, 97 % of a run): with the defaults on, the
-/// same redactor with the default header and parameter names listed and
-/// the defaults off; the built-in regexes are applied from a redactor
-/// compiled once. With the defaults off it is `rules.redactor()` itself.
-fn fast_redactor(rules: &Rules) -> Result<Redactor, BadRule> {
-    let r = &rules.redaction;
-    if r.disable_defaults {
-        return rules.redactor();
-    }
-    let mut headers: Vec<String> = DEFAULT_HEADERS.iter().map(|h| h.to_string()).collect();
-    headers.extend(r.headers.iter().cloned());
-    let mut params: Vec<String> = DEFAULT_QUERY_PARAMS.iter().map(|p| p.to_string()).collect();
-    params.extend(r.query_params.iter().cloned());
-    Redactor::new(&headers, &params, &r.command_line_patterns, true).map_err(BadRule::Redaction)
+    Some(rules)
 }
 
 /// An input of this target: a document and a sample request.

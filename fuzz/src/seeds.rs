@@ -36,7 +36,213 @@ pub fn all() -> Vec<Seed> {
     v.extend(tracer_events());
     v.extend(rules());
     v.extend(agent_requests());
+    v.extend(agent_replies());
     v
+}
+
+/// What one agent holds of the traced program, as its `List` and `Stats`
+/// replies say: `active` and the other revisions loaded, each revision's
+/// counters grown by `tick` (run time, errors, requests) since it loaded.
+fn agent_answer(active: &str, inactive: &[&str], tick: u64, errors: u64) -> (Vec<u8>, Vec<u8>) {
+    use crate::agent_replies::PROGRAM;
+    use bpfleet_httptrace::stats::SEMCONV_DURATION_BUCKETS;
+    use bpfleet_proto::v1 as pb;
+    use prost::Message;
+    let mut names = vec![active];
+    names.extend(inactive);
+    let info = |rev: &str, state: pb::RevisionState| pb::RevisionInfo {
+        program: PROGRAM.into(),
+        revision: rev.into(),
+        state: state as i32,
+        sha256: format!("{:0>64}", rev.len()),
+        revision_token: 7,
+        prog_ids: vec![101, 102],
+        pins: vec![format!("/sys/fs/bpf/bpfleet/{PROGRAM}/{rev}/prog_count")],
+        links: vec![],
+        entries: vec![pb::ProgramEntry {
+            bpf_program: "count".into(),
+            hook: pb::HookKind::Tracepoint as i32,
+            target: "syscalls/sys_enter_write".into(),
+            pid: 0,
+        }],
+        loaded_at_unix_ms: 1_800_000_000_000,
+        load_nanos: 2_500_000,
+    };
+    let mut revisions = vec![info(active, pb::RevisionState::Active)];
+    revisions.extend(
+        inactive
+            .iter()
+            .map(|r| info(r, pb::RevisionState::Inactive)),
+    );
+    let mut config = vec![0u64; 16];
+    config[15] = 3;
+    let list = pb::ListResponse {
+        programs: vec![
+            pb::ProgramInfo {
+                program: PROGRAM.into(),
+                active_revision: active.into(),
+                revisions,
+                shared_pins: vec![format!("/sys/fs/bpf/bpfleet/{PROGRAM}/link_count")],
+                persistent_maps: vec![],
+                config,
+                namespaces: vec!["shop".into()],
+            },
+            pb::ProgramInfo {
+                program: "other".into(),
+                active_revision: "o1".into(),
+                revisions: vec![pb::RevisionInfo {
+                    program: "other".into(),
+                    ..info("o1", pb::RevisionState::Active)
+                }],
+                ..Default::default()
+            },
+        ],
+    };
+    let mut counts = vec![0u64; SEMCONV_DURATION_BUCKETS.len() + 1];
+    counts[3] = 90 * tick;
+    counts[6] = 9 * tick;
+    counts[10] = tick;
+    let stats = pb::StatsResponse {
+        revisions: names
+            .iter()
+            .map(|rev| pb::RevisionStats {
+                program: PROGRAM.into(),
+                revision: (*rev).into(),
+                active: *rev == active,
+                progs: vec![pb::ProgStats {
+                    bpf_program: "count".into(),
+                    prog_id: 101,
+                    run_cnt: 1000 * tick,
+                    run_time_ns: 40_000 * tick,
+                    recursion_misses: 0,
+                }],
+                run_cnt: 1000 * tick,
+                run_time_ns: 40_000 * tick,
+                program_errors: errors,
+                map_memory_bytes: 1 << 20,
+                load_nanos: 2_500_000,
+                http: Some(pb::HttpFigures {
+                    requests: 100 * tick,
+                    errors: tick,
+                    latency_bounds_seconds: SEMCONV_DURATION_BUCKETS.to_vec(),
+                    latency_bucket_counts: counts.clone(),
+                }),
+            })
+            .collect(),
+        stats_enabled: true,
+    };
+    (list.encode_to_vec(), stats.encode_to_vec())
+}
+
+fn agent_replies() -> Vec<Seed> {
+    use crate::agent_replies::{NodeReply, Round, input, revisions};
+    let t = "agent_replies";
+    let (stable, cand) = revisions();
+    let (stable, cand) = (stable.as_str(), cand.as_str());
+    let answer = |active: &str, inactive: &[&str], tick: u64, errors: u64| NodeReply {
+        answer: Some(agent_answer(active, inactive, tick, errors)),
+        refused: None,
+    };
+    // The canary as it goes when every action is carried out: node-0
+    // loads and switches to the candidate, the analysis measures both.
+    let canary = |errors: u64| -> Vec<Round> {
+        (1..=6u64)
+            .map(|i| Round {
+                extra_seconds: 0,
+                nodes: vec![
+                    if i == 1 {
+                        answer(stable, &[], i, 0)
+                    } else {
+                        answer(cand, &[stable], i, errors * i)
+                    },
+                    answer(stable, &[], i, 0),
+                ],
+            })
+            .collect()
+    };
+    let refused = |code: tonic::Code, msg: String, for_stable: bool| NodeReply {
+        answer: Some(agent_answer(stable, &[], 1, 0)),
+        refused: Some((code as u8, msg.into_bytes(), for_stable)),
+    };
+    let verifier = format!(
+        "verifier rejected program count: {}",
+        "R1 invalid mem access 'scalar'\n".repeat(60)
+    );
+    vec![
+        seed(t, "canary-healthy", input(2, 4, &canary(0))),
+        seed(t, "canary-program-errors", input(2, 4, &canary(5))),
+        seed(
+            t,
+            "load-verifier-rejected",
+            input(
+                2,
+                2,
+                &[
+                    Round {
+                        extra_seconds: 0,
+                        nodes: vec![answer(stable, &[], 1, 0), answer(stable, &[], 1, 0)],
+                    },
+                    Round {
+                        extra_seconds: 0,
+                        nodes: vec![
+                            refused(tonic::Code::InvalidArgument, verifier, false),
+                            answer(stable, &[], 2, 0),
+                        ],
+                    },
+                    Round {
+                        extra_seconds: 5,
+                        nodes: vec![
+                            refused(
+                                tonic::Code::Aborted,
+                                "pulling registry.local/traced@sha256:00: connection refused"
+                                    .into(),
+                                false,
+                            ),
+                            refused(
+                                tonic::Code::FailedPrecondition,
+                                "hook fentry not supported on this kernel".into(),
+                                true,
+                            ),
+                        ],
+                    },
+                ],
+            ),
+        ),
+        seed(
+            t,
+            "unreachable-and-garbage",
+            input(
+                4,
+                8,
+                &[
+                    Round {
+                        extra_seconds: 0,
+                        nodes: vec![
+                            answer(stable, &[], 1, 0),
+                            NodeReply::default(),
+                            NodeReply {
+                                answer: Some((vec![0x0a, 0xff, 0xff], vec![0x08])),
+                                refused: None,
+                            },
+                            refused(tonic::Code::Unavailable, "connection reset".into(), true),
+                        ],
+                    },
+                    Round {
+                        extra_seconds: 30,
+                        nodes: vec![
+                            answer(cand, &[stable], 2, 0),
+                            answer(stable, &[], 2, 0),
+                            NodeReply {
+                                answer: Some((Vec::new(), Vec::new())),
+                                refused: None,
+                            },
+                            answer(stable, &[cand], 2, 0),
+                        ],
+                    },
+                ],
+            ),
+        ),
+    ]
 }
 
 fn agent_requests() -> Vec<Seed> {

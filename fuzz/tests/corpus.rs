@@ -9,11 +9,12 @@ use bpfleet_httptrace::rules::{RedactionRules, Rules};
 
 type Body = fn(&[u8]);
 
-const TARGETS: [(&str, Body); 4] = [
+const TARGETS: [(&str, Body); 5] = [
     ("http_segments", bpfleet_fuzz::http_segments::run),
     ("tracer_events", bpfleet_fuzz::tracer_events::run),
     ("rules", bpfleet_fuzz::rules::run),
     ("agent_requests", bpfleet_fuzz::agent_requests::run),
+    ("agent_replies", bpfleet_fuzz::agent_replies::run),
 ];
 
 fn root() -> PathBuf {
@@ -180,4 +181,59 @@ fn the_agent_request_seeds_reach_admission() {
             .unwrap_or_else(|| panic!("no seed {name}"));
         assert_eq!(reach(&s.data), reached, "{name}");
     }
+}
+
+/// The agent reply seeds reach what they are named for: the healthy canary
+/// and the one whose candidate counts program errors get health samples
+/// and an analysis (passed, failed), the refusals become node failures,
+/// a reply that does not decode is taken for an unreachable node.
+#[test]
+fn the_agent_reply_seeds_reach_the_machine() {
+    use bpfleet_api::program::AnalysisVerdict;
+    use bpfleet_fuzz::agent_replies::reach;
+    let seeds = bpfleet_fuzz::seeds::all();
+    let seed = |name: &str| {
+        let s = seeds
+            .iter()
+            .find(|s| s.target == "agent_replies" && s.name == name)
+            .unwrap_or_else(|| panic!("no seed {name}"));
+        reach(&s.data)
+    };
+    let verdict = |r: &bpfleet_fuzz::agent_replies::Reached| {
+        r.status
+            .as_ref()
+            .and_then(|s| s.last_analysis.as_ref())
+            .map(|a| a.verdict.clone())
+    };
+
+    let healthy = seed("canary-healthy");
+    assert_eq!(healthy.rounds, 6);
+    assert!(healthy.samples > 0 && healthy.analyses > 0, "{healthy:?}");
+    assert_eq!(
+        verdict(&healthy),
+        Some(AnalysisVerdict::Passed),
+        "{healthy:?}"
+    );
+    let errors = seed("canary-program-errors");
+    assert_eq!(
+        verdict(&errors),
+        Some(AnalysisVerdict::Failed),
+        "{errors:?}"
+    );
+
+    let refused = seed("load-verifier-rejected");
+    assert_eq!((refused.rounds, refused.failures), (3, 3), "{refused:?}");
+    let failing = refused.status.map(|s| s.failing_nodes).unwrap_or_default();
+    assert!(
+        failing
+            .iter()
+            .any(|f| f.reason == "VerifierRejected" || f.reason == "Unsupported"),
+        "{failing:?}"
+    );
+
+    let garbage = seed("unreachable-and-garbage");
+    assert_eq!(
+        (garbage.rounds, garbage.garbage, garbage.failures),
+        (2, 1, 0)
+    );
 }

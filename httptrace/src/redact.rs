@@ -4,6 +4,8 @@
 //! Defaults cover the usual credentials; a TracerPolicy's `redaction` adds to
 //! them (or, explicitly, turns them off).
 
+use std::sync::LazyLock;
+
 use regex::Regex;
 
 /// What replaces a redacted value.
@@ -41,6 +43,19 @@ const DEFAULT_CMDLINE: [&str; 2] = [
     r"(?i)(--?(?:password|passwd|pass|token|secret|api[-_]?key|auth)(?:=|\s+))\S+",
     r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+(@)",
 ];
+
+/// The default command-line patterns, compiled once per process: every
+/// redactor with the defaults on starts from them, and compiling them took
+/// longer than the rest of building one. A clone shares the compiled program.
+fn builtin_cmdline() -> &'static [Regex] {
+    static BUILTIN: LazyLock<Vec<Regex>> = LazyLock::new(|| {
+        DEFAULT_CMDLINE
+            .iter()
+            .filter_map(|p| Regex::new(p).ok())
+            .collect()
+    });
+    &BUILTIN
+}
 
 /// Redaction rules, built once per policy and shared by every connection.
 #[derive(Debug)]
@@ -81,10 +96,7 @@ impl Redactor {
         Self {
             headers: DEFAULT_HEADERS.iter().map(|s| s.to_string()).collect(),
             query_params: DEFAULT_QUERY_PARAMS.iter().map(|s| s.to_string()).collect(),
-            cmdline: DEFAULT_CMDLINE
-                .iter()
-                .filter_map(|p| Regex::new(p).ok())
-                .collect(),
+            cmdline: builtin_cmdline().to_vec(),
         }
     }
 
@@ -245,6 +257,22 @@ mod tests {
         assert_eq!(
             r.cmdline("psql postgres://bob:pw123@db:5432/x"),
             "psql postgres://bob:[REDACTED]@db:5432/x"
+        );
+    }
+
+    #[test]
+    fn every_default_pattern_compiles_once_and_is_shared() {
+        assert_eq!(builtin_cmdline().len(), DEFAULT_CMDLINE.len());
+        let (a, b) = (Redactor::builtin(), Redactor::default());
+        assert_eq!(a.cmdline.len(), DEFAULT_CMDLINE.len());
+        for (x, y) in a.cmdline.iter().zip(&b.cmdline) {
+            assert_eq!(x.as_str(), y.as_str());
+        }
+        let custom = Redactor::new(&[], &[], &["--pin=\\S+".into()], false).expect("compiles");
+        assert_eq!(custom.cmdline.len(), DEFAULT_CMDLINE.len() + 1);
+        assert_eq!(
+            custom.cmdline("x --token=t --pin=1"),
+            "x --token=[REDACTED] [REDACTED]"
         );
     }
 

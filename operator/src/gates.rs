@@ -78,11 +78,16 @@ impl GroupFigures {
             program_failures: load_failures,
             ..Default::default()
         };
-        let mut p99_weight = 0u64;
+        // In f64, as the sum it weighs: a weight saturated in u64 would
+        // no longer match it.
+        let mut p99_weight = 0.0f64;
         let mut p99_sum = 0.0;
+        // The figures come from agents: saturating sums, so that counters
+        // no agent reaches (u64::MAX errors on two nodes) cannot wrap round
+        // to a small count that passes a gate.
         for s in samples {
             g.nodes += 1;
-            g.program_failures += s.program_failures;
+            g.program_failures = g.program_failures.saturating_add(s.program_failures);
             if let Some(cpu) = s.cpu_overhead_percent() {
                 g.max_cpu_percent = Some(g.max_cpu_percent.map_or(cpu, |m| m.max(cpu)));
             }
@@ -90,17 +95,17 @@ impl GroupFigures {
                 g.max_map_memory
                     .map_or(s.map_memory_bytes, |m| m.max(s.map_memory_bytes)),
             );
-            g.requests += s.http_requests;
-            g.errors += s.http_errors;
+            g.requests = g.requests.saturating_add(s.http_requests);
+            g.errors = g.errors.saturating_add(s.http_errors);
             if let Some(p99) = s.p99_latency_ms
                 && s.http_requests > 0
             {
-                p99_weight += s.http_requests;
+                p99_weight += s.http_requests as f64;
                 p99_sum += p99 * s.http_requests as f64;
             }
         }
-        if p99_weight > 0 {
-            g.p99_ms = Some(p99_sum / p99_weight as f64);
+        if p99_weight > 0.0 {
+            g.p99_ms = Some(p99_sum / p99_weight);
         }
         g
     }

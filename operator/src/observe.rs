@@ -84,19 +84,23 @@ impl NodeView {
             .programs
             .iter()
             .map(|p| {
+                let active = active_of(p);
                 let mut revisions: Vec<RevisionView> = p
                     .revisions
                     .iter()
                     .map(|r| RevisionView {
                         revision: r.revision.clone(),
-                        active: r.state == pb::RevisionState::Active as i32
-                            || (!p.active_revision.is_empty() && p.active_revision == r.revision),
+                        active: active == Some(r.revision.as_str()),
                         figures: figures
                             .get(&(p.program.as_str(), r.revision.as_str()))
                             .map(|s| Figures::from(*s)),
                     })
                     .collect();
                 revisions.sort_by(|a, b| a.revision.cmp(&b.revision));
+                // An agent lists a revision once; should one repeat, the
+                // first wins (two entries named active_revision would make
+                // two active revisions).
+                revisions.dedup_by(|a, b| a.revision == b.revision);
                 ProgramView {
                     program: p.program.clone(),
                     config_stamp: crate::runtime_config::reported_stamp(&p.config),
@@ -123,6 +127,26 @@ impl NodeView {
         self.programs
             .binary_search_by(|p| p.program.as_str().cmp(program))
             .map_or(&[], |i| self.programs[i].revisions.as_slice())
+    }
+}
+
+/// The revision a program's `List` entry says is active: its
+/// `active_revision` when set, else the one revision whose state is
+/// `ACTIVE`. A program runs at most one revision, so an entry that names
+/// two (two `ACTIVE` states and no `active_revision`) names none: the
+/// machine then treats the node as running nothing it can count on, rather
+/// than picking one of two claims.
+fn active_of(p: &pb::ProgramInfo) -> Option<&str> {
+    if !p.active_revision.is_empty() {
+        return Some(p.active_revision.as_str());
+    }
+    let mut active = p
+        .revisions
+        .iter()
+        .filter(|r| r.state == pb::RevisionState::Active as i32);
+    match (active.next(), active.next()) {
+        (Some(r), None) => Some(r.revision.as_str()),
+        _ => None,
     }
 }
 
@@ -272,9 +296,17 @@ fn http_reset(base: Option<&pb::HttpFigures>, cur: Option<&pb::HttpFigures>) -> 
 /// The `q` quantile in milliseconds of the requests between two cumulative
 /// histograms, interpolated linearly inside its bucket as Prometheus'
 /// `histogram_quantile` does; the +Inf bucket answers its lower bound.
+///
+/// Bucket bounds that are not finite, non-negative and strictly ascending
+/// (as no agent sends them) give no quantile: a latency interpolated from
+/// them could be negative or NaN, which a gate would read as a pass.
 pub fn quantile_ms(cur: &pb::HttpFigures, base: &pb::HttpFigures, q: f64) -> Option<f64> {
     let bounds = &cur.latency_bounds_seconds;
     if cur.latency_bucket_counts.len() != bounds.len() + 1 {
+        return None;
+    }
+    if bounds.iter().any(|b| !b.is_finite() || *b < 0.0) || bounds.windows(2).any(|w| w[0] >= w[1])
+    {
         return None;
     }
     let delta: Vec<u64> = cur
@@ -640,6 +672,91 @@ mod tests {
         book.clear("n1", "p", "r2");
         book.record("n1", "p", unavailable(20));
         assert_eq!(attempts(&book, "n1"), 1);
+    }
+
+    fn entry(active_revision: &str, states: &[(&str, pb::RevisionState)]) -> pb::ProgramInfo {
+        pb::ProgramInfo {
+            program: "p".into(),
+            active_revision: active_revision.into(),
+            revisions: states
+                .iter()
+                .map(|(r, s)| pb::RevisionInfo {
+                    revision: (*r).into(),
+                    state: *s as i32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Found by the `agent_replies` fuzz target's checks: a List entry whose
+    /// revision states and `active_revision` disagree made two revisions
+    /// of one program active in the node's report.
+    #[test]
+    fn a_program_has_at_most_one_active_revision() {
+        use pb::RevisionState::{Active, Inactive};
+        let active = |p: pb::ProgramInfo| {
+            let list = pb::ListResponse { programs: vec![p] };
+            let view = NodeView::from_answers(&list, &pb::StatsResponse::default());
+            let on: Vec<String> = view
+                .program("p")
+                .iter()
+                .filter(|r| r.active)
+                .map(|r| r.revision.clone())
+                .collect();
+            on
+        };
+        // The agent's own answer: both say r1.
+        assert_eq!(
+            active(entry("r1", &[("r1", Active), ("r2", Inactive)])),
+            ["r1"]
+        );
+        // They disagree: active_revision wins.
+        assert_eq!(
+            active(entry("r2", &[("r1", Active), ("r2", Inactive)])),
+            ["r2"]
+        );
+        assert_eq!(
+            active(entry("r2", &[("r1", Active), ("r2", Active)])),
+            ["r2"]
+        );
+        // No active_revision: the one ACTIVE state; two of them name none.
+        assert_eq!(
+            active(entry("", &[("r1", Inactive), ("r2", Active)])),
+            ["r2"]
+        );
+        assert!(active(entry("", &[("r1", Active), ("r2", Active)])).is_empty());
+        assert!(active(entry("", &[("r1", Inactive)])).is_empty());
+        // Found by libFuzzer: a revision listed twice was active twice.
+        assert_eq!(
+            active(entry("r1", &[("r1", Active), ("r1", Inactive)])),
+            ["r1"]
+        );
+    }
+
+    /// Found by the `agent_replies` fuzz target's checks: bucket bounds of -5 s gave
+    /// a p99 of -5000 ms, which passes any latency gate.
+    #[test]
+    fn bounds_no_agent_sends_give_no_quantile() {
+        let figures = |bounds: Vec<f64>| pb::HttpFigures {
+            requests: 20,
+            errors: 0,
+            latency_bucket_counts: vec![10; bounds.len() + 1],
+            latency_bounds_seconds: bounds,
+        };
+        let zero = pb::HttpFigures::default();
+        let q = |b: Vec<f64>| quantile_ms(&figures(b), &zero, 0.99);
+        assert!(q(vec![0.1, 0.5]).is_some_and(|v| v.is_finite() && v >= 0.0));
+        for bad in [
+            vec![-5.0],
+            vec![f64::NAN],
+            vec![0.1, f64::INFINITY],
+            vec![0.5, 0.1],
+            vec![0.1, 0.1],
+        ] {
+            assert_eq!(q(bad.clone()), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -217,3 +217,24 @@ fn bytes_format() {
     assert_eq!(format_bytes(1536), "1.5 KiB");
     assert_eq!(format_bytes(3 << 30), "3.0 GiB");
 }
+
+/// Found by the `agent_replies` fuzz target's checks: two nodes reporting
+/// `u64::MAX` program errors overflowed the sum (a panic with overflow
+/// checks, a wrap to a small count that passes the gate without).
+#[test]
+fn sums_of_agent_counters_saturate_and_still_fail() {
+    let huge = HealthSample {
+        program_failures: u64::MAX,
+        http_requests: u64::MAX,
+        http_errors: u64::MAX,
+        ..sample(1000, 10, 20.0)
+    };
+    let g = GroupFigures::from_samples(&[huge.clone(), huge], 1);
+    assert_eq!(g.nodes, 2);
+    assert_eq!(g.program_failures, u64::MAX);
+    assert_eq!((g.requests, g.errors), (u64::MAX, u64::MAX));
+    assert!(g.p99_ms.is_some_and(|p| (p - 20.0).abs() < 1e-6));
+    let m = evaluate(&all_gates(), &g, &Baseline::default(), true);
+    assert!(!gate(&m, GATE_PROGRAM_FAILURES).passed);
+    assert_eq!(m.outcome, Outcome::Fail);
+}
