@@ -553,7 +553,7 @@ async fn a_hundred_concurrent_loads_across_64_programs_agree_with_list() {
 /// `bpfleet_config` (all four to their number), odd ones replace the
 /// port map with four ports of their own.
 fn config_write(w: u64) -> pb::UpdateConfigRequest {
-    if w % 2 == 0 {
+    if w.is_multiple_of(2) {
         pb::UpdateConfigRequest {
             program: PROGRAM.into(),
             map: String::new(),
@@ -635,7 +635,7 @@ async fn update_config_storms_leave_one_writers_entries() {
             .collect();
         assert!(
             slots.iter().all(|v| *v == slots[0])
-                && slots[0] % 2 == 0
+                && slots[0].is_multiple_of(2)
                 && (first..first + writers).contains(&slots[0]),
             "round {round}: config slots 4-7 are {slots:?}, not one writer's"
         );

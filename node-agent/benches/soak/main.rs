@@ -296,7 +296,7 @@ fn main() {
             next_sample += sample_every;
         }
         if now >= next_switch {
-            let to_r2 = switches % 2 == 0;
+            let to_r2 = switches.is_multiple_of(2);
             let (want, got) = if to_r2 {
                 let r = rt.block_on(c.activate(pb::ActivateRequest {
                     program: PROGRAM.into(),

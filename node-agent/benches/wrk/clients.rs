@@ -99,7 +99,7 @@ pub fn paced_reconnecting(
                     if due > now {
                         std::thread::sleep(due - now);
                     }
-                    if per_connection > 0 && k > 0 && k % per_connection == 0 {
+                    if per_connection > 0 && k > 0 && k.is_multiple_of(per_connection) {
                         s = TcpStream::connect(("127.0.0.1", port)).unwrap();
                         s.set_nodelay(true).unwrap();
                     }
