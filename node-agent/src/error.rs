@@ -32,7 +32,8 @@ pub enum Error {
     /// Digest, signature or capability check failed.
     #[error("refused: {0}")]
     Denied(String),
-    /// A budget (programs, map memory) would be exceeded.
+    /// A budget (programs, map memory) or a kernel limit (programs on one
+    /// tracepoint) would be exceeded.
     #[error("budget exceeded: {0}")]
     Budget(String),
     /// A kernel operation failed.
@@ -71,7 +72,11 @@ impl Error {
     pub fn kernel(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
         Self::Kernel {
             what: what.into(),
-            detail: detail.to_string(),
+            // The alternate form: libbpf's error prints its whole chain
+            // with it, down to the kernel's errno ("failed to attach
+            // tracepoint: Argument list too long"); the plain form stops
+            // at libbpf's context and hides why.
+            detail: format!("{detail:#}"),
         }
     }
 

@@ -296,61 +296,6 @@ impl Node {
     }
 }
 
-fn is_prog_pin(pin: &str) -> bool {
-    Path::new(pin)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("prog_"))
-}
-
-fn bpftool_json(args: &[&str]) -> serde_json::Value {
-    let out = Command::new("bpftool")
-        .arg("-j")
-        .args(args)
-        .output()
-        .expect("bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("bpftool JSON")
-}
-
-fn bpftool_ids(args: &[&str]) -> BTreeSet<u32> {
-    bpftool_json(args)
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p["id"].as_u64())
-        .map(|id| id as u32)
-        .collect()
-}
-
-/// The program id in slot 0 of a dispatcher's program array (0: empty).
-fn slot_prog(pin: &Path) -> u32 {
-    use libbpf_rs::{MapCore, MapFlags, MapHandle};
-    let m = MapHandle::from_pinned_path(pin).unwrap();
-    m.lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-        .unwrap()
-        .map_or(0, |v| u32::from_ne_bytes(v[..4].try_into().unwrap()))
-}
-
-/// Which revision counts this thread's getppid(2) calls: "v1" (slot 0),
-/// "v2" (slot 1), or "" (none).
-fn counting(root: &PinRoot) -> &'static str {
-    let counts = root.path.join("syscount/_map_counts");
-    let before = slots(&counts);
-    getppid_n(10);
-    let after = slots(&counts);
-    match (after[0] - before[0], after[1] - before[1]) {
-        (10, 0) => "v1",
-        (0, 10) => "v2",
-        (0, 0) => "",
-        other => panic!("counted {other:?} of 10 calls"),
-    }
-}
-
 fn activate(revision: &str) -> pb::ActivateRequest {
     pb::ActivateRequest {
         program: PROGRAM.into(),

@@ -57,6 +57,19 @@ pub struct Paced {
 /// thread behind schedule sends at once (no request is skipped, none sent
 /// early).
 pub fn paced(ns: &str, port: u16, rate: u64, secs: u64, threads: u64) -> Paced {
+    paced_reconnecting(ns, port, rate, secs, threads, 0)
+}
+
+/// [`paced`], each thread closing its connection and opening a new one
+/// after every `per_connection` requests (0: never).
+pub fn paced_reconnecting(
+    ns: &str,
+    port: u16,
+    rate: u64,
+    secs: u64,
+    threads: u64,
+    per_connection: u64,
+) -> Paced {
     let start = Instant::now() + Duration::from_millis(100);
     let end = start + Duration::from_secs(secs);
     let done = Arc::new(AtomicU64::new(0));
@@ -85,6 +98,10 @@ pub fn paced(ns: &str, port: u16, rate: u64, secs: u64, threads: u64) -> Paced {
                     let now = Instant::now();
                     if due > now {
                         std::thread::sleep(due - now);
+                    }
+                    if per_connection > 0 && k > 0 && k.is_multiple_of(per_connection) {
+                        s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                        s.set_nodelay(true).unwrap();
                     }
                     s.write_all(req).unwrap();
                     read_response(&mut s, &mut buf);

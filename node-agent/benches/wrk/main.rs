@@ -47,7 +47,8 @@
 //!
 //! Files: this one sets up, runs the rounds and prints; `clients.rs`
 //! drives traffic (wrk, the paced client); `measure.rs` reads the kernel's
-//! and /proc's figures. Agent processes, namespaces, ports and the load
+//! and /proc's figures; `setup.rs` starts nginx and the agent in a
+//! namespace and removes them. Agent processes, namespaces, ports and the load
 //! request come from `bpfleet-testsupport`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -55,18 +56,15 @@
 mod clients;
 mod measure;
 mod profile;
+mod setup;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bpfleet_agent::agent::request::{ports_write, slots_write};
 use bpfleet_proto::v1 as pb;
-use bpfleet_testsupport::agent::{AgentFiles, AgentProcess};
 use bpfleet_testsupport::free_port;
-use bpfleet_testsupport::netns::{self, Netns};
 use bpfleet_testsupport::request::{load_request, tracepoints};
 use bpfleet_tracer::event::config;
 use bpfleet_tracer::pinned::Pinned;
@@ -74,6 +72,7 @@ use bpfleet_tracer::standalone::enable_stats;
 use bpfleet_tracer::{PERSISTENT_MAPS, PROGRAMS};
 use clients::{paced, wrk};
 use measure::*;
+use setup::{Setup, start_agent, start_nginx};
 
 const PROGRAM: &str = "http-tracer";
 
@@ -82,88 +81,6 @@ fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Everything the bench starts or creates; removed on drop, also on panic:
-/// nginx and the agent killed, then the pin root, then (as a field, last)
-/// the namespace.
-struct Setup {
-    pin_root: PathBuf,
-    scratch: tempfile::TempDir,
-    nginx: Option<Child>,
-    agent: Option<AgentProcess>,
-    netns: Netns,
-}
-
-impl Setup {
-    fn netns_path(&self) -> String {
-        self.netns.path()
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if let Some(c) = self.nginx.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        drop(self.agent.take());
-        // Pinned programs and links go with their pins.
-        let _ = std::fs::remove_dir_all(&self.pin_root);
-    }
-}
-
-fn start_nginx(s: &mut Setup, port: u16) {
-    let d = s.scratch.path().display().to_string();
-    let conf = format!(
-        "daemon off; master_process off; worker_processes 1; error_log {d}/error.log; pid {d}/nginx.pid;\n\
-         events {{ worker_connections 4096; }}\n\
-         http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s; client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-           server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
-    );
-    let conf_path = s.scratch.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    // nsenter execs nginx: the child is nginx itself.
-    let child = Command::new("nsenter")
-        .args([
-            &format!("--net={}", s.netns_path()),
-            "nginx",
-            "-c",
-            &conf_path.to_string_lossy(),
-            "-p",
-            &d,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx runs (apt-get install nginx-light)");
-    s.nginx = Some(child);
-    let ns = s.netns_path();
-    let up = std::thread::spawn(move || {
-        netns::enter(&ns);
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    });
-    assert!(up.join().unwrap(), "nginx did not start; see {d}/error.log");
-}
-
-fn start_agent(s: &mut Setup, bin: &Path, metrics_port: u16) -> PathBuf {
-    let files = AgentFiles::new(&s.pin_root, s.scratch.path());
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let agent = AgentProcess::start(
-        bin,
-        &files,
-        None,
-        &["--metrics-listen", &metrics, "--allow-unsigned"],
-        &[("RUST_LOG", "warn")],
-    );
-    s.agent = Some(agent);
-    files.socket
 }
 
 type Client = pb::agent_client::AgentClient<tonic::transport::Channel>;
@@ -364,18 +281,10 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bpfleet-agent")));
 
-    let tag = std::process::id();
-    let mut setup = Setup {
-        pin_root: PathBuf::from(format!("/sys/fs/bpf/bpfleet-bench-{tag}")),
-        scratch: tempfile::tempdir().unwrap(),
-        nginx: None,
-        agent: None,
-        netns: Netns::new("bench"),
-    };
-    std::fs::create_dir_all(&setup.pin_root).unwrap();
+    let mut setup = Setup::new("bench");
     let ns = setup.netns_path();
     let port = 8080;
-    start_nginx(&mut setup, port);
+    start_nginx(&mut setup, port, false);
     let mport = free_port();
     let socket = start_agent(&mut setup, &agent_bin, mport);
     let agent_pid = setup.agent.as_ref().unwrap().pid();

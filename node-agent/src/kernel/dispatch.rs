@@ -37,7 +37,19 @@ fn attach_dispatcher(prog: &libbpf_rs::ProgramMut<'_>, e: &EntryState) -> Result
                 ))
             })?;
             prog.attach_tracepoint(TracepointCategory::Custom(cat.to_string()), name)
-                .map_err(|er| Error::kernel(what, er))
+                .map_err(|er| {
+                    // E2BIG: the tracepoint already runs as many programs
+                    // as the kernel allows (BPF_TRACE_MAX_PROGS, 64): one
+                    // dispatcher per bpfleet program, and other tools'.
+                    if er.kind() == libbpf_rs::ErrorKind::TooBig {
+                        Error::Budget(format!(
+                            "{what}: the tracepoint runs as many programs as the kernel allows \
+                             (64 per tracepoint; each bpfleet program on it takes one): {er:#}"
+                        ))
+                    } else {
+                        Error::kernel(what, er)
+                    }
+                })
         }
         HookKind::RawTracepoint => prog
             .attach_raw_tracepoint(&e.target)
