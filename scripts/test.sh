@@ -9,6 +9,16 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n== %s\n' "$*"; }
+# Free disk and what the builds hold, printed at each step: a build that runs
+# out of disk fails with a bare compiler error, so the log says how close it
+# came.
+disk() {
+  local used=""
+  for d in target fuzz/target; do
+    [ -d "$d" ] && used+=" $d $(du -sh "$d" 2>/dev/null | cut -f1)"
+  done
+  echo "disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free;${used:- nothing built}"
+}
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -25,24 +35,29 @@ cargo clippy --locked -p bpfleet-agent --all-targets --features fault-injection 
 progs() { bpftool prog show 2>/dev/null | grep -c '^[0-9]*:' || true; }
 before=$(progs)
 
+disk
 step "tests"
 start=$(date +%s)
 cargo test --locked --workspace
 echo "tests took $(( $(date +%s) - start ))s"
 
+disk
 step "crash consistency (the agent built with its fault points)"
 start=$(date +%s)
 cargo test --locked -p bpfleet-agent --features fault-injection --test crash --lib
 echo "crash tests took $(( $(date +%s) - start ))s"
 
+disk
 step "fuzz corpus replayed (fuzz/, its own workspace; stable, no cargo-fuzz)"
 cargo test --locked --manifest-path fuzz/Cargo.toml
 
+disk
 step "fuzz smoke run: every target, coverage-guided, from the committed corpus"
 start=$(date +%s)
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
 echo "fuzz smoke took $(( $(date +%s) - start ))s"
 
+disk
 after=$(progs)
 if [ "$after" -gt "$before" ]; then
   echo "BPF programs left loaded by the tests: $before before, $after after" >&2
