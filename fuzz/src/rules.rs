@@ -212,7 +212,15 @@ fn exercise(rules: Rules, sample: &str) -> Option<Rules> {
         target.split('?').next(),
         "redaction changed the path"
     );
-    let _ = redactor.cmdline(sample);
+    // A command line never grows by more than one `[REDACTED]` per byte,
+    // whatever the patterns (regressions/rules/cmdline-empty-matches-*).
+    let cmdline = redactor.cmdline(sample);
+    assert!(
+        cmdline.len() <= sample.len() * REDACTED.len(),
+        "{} bytes of command line redacted into {}",
+        sample.len(),
+        cmdline.len()
+    );
 
     // Routes: always a path, and bounded in number whatever the paths.
     let mut seen = HashSet::new();

@@ -178,18 +178,48 @@ impl Redactor {
         self.query_params.contains(&key)
     }
 
-    /// A command line with secrets replaced (the flag itself is kept).
+    /// A command line with secrets replaced.
+    ///
+    /// Every pattern is matched against the command line as given, never
+    /// against another pattern's output: what a match covers, less its
+    /// capture groups 1 (kept before: the flag) and 2 (kept after: a
+    /// delimiter), is a secret. Overlapping or touching secrets merge, and
+    /// each becomes one [`REDACTED`]; a match that leaves nothing between
+    /// its groups (an empty match, say) redacts nothing. The output is
+    /// therefore at most [`REDACTED`]'s length per input byte, whatever the
+    /// patterns: applied one after another, a pattern that matches the empty
+    /// string multiplied the line's length by eleven per pattern.
     pub fn cmdline(&self, cmdline: &str) -> String {
-        let mut out = cmdline.to_string();
+        let mut secrets: Vec<(usize, usize)> = Vec::new();
         for re in &self.cmdline {
-            out = re
-                .replace_all(&out, |caps: &regex::Captures<'_>| {
-                    let prefix = caps.get(1).map_or("", |m| m.as_str());
-                    let suffix = caps.get(2).map_or("", |m| m.as_str());
-                    format!("{prefix}{REDACTED}{suffix}")
-                })
-                .into_owned();
+            for caps in re.captures_iter(cmdline) {
+                let Some(m) = caps.get(0) else { continue };
+                let start = caps.get(1).map_or(m.start(), |g| g.end());
+                let end = caps.get(2).map_or(m.end(), |g| g.start());
+                if start < end {
+                    secrets.push((start, end));
+                }
+            }
         }
+        secrets.sort_unstable();
+        let mut out = String::with_capacity(cmdline.len());
+        let mut kept = 0;
+        let mut spans = secrets.into_iter().peekable();
+        while let Some((start, mut end)) = spans.next() {
+            while let Some(&(s, e)) = spans.peek() {
+                if s > end {
+                    break;
+                }
+                end = end.max(e);
+                spans.next();
+            }
+            // Merged spans are sorted and disjoint: `start` is past `kept`
+            // unless it starts where the last one ended.
+            out.push_str(&cmdline[kept..start.max(kept)]);
+            out.push_str(REDACTED);
+            kept = end;
+        }
+        out.push_str(&cmdline[kept..]);
         out
     }
 }
@@ -257,6 +287,48 @@ mod tests {
         assert_eq!(
             r.cmdline("psql postgres://bob:pw123@db:5432/x"),
             "psql postgres://bob:[REDACTED]@db:5432/x"
+        );
+    }
+
+    #[test]
+    fn patterns_match_the_line_as_given_and_secrets_merge() {
+        let r = Redactor::new(
+            &[],
+            &[],
+            &["(--pin=)\\S+".into(), "secret".into(), "(k=)a(b)".into()],
+            true,
+        )
+        .expect("compiles");
+        // `secret` does not see the first pattern's output, and the two
+        // overlapping secrets become one.
+        assert_eq!(r.cmdline("x --pin=mysecretz y"), "x --pin=[REDACTED] y");
+        assert_eq!(r.cmdline("secretsecret"), "[REDACTED]");
+        // Groups 1 and 2 are kept, whatever surrounds them.
+        assert_eq!(r.cmdline("k=ab"), "k=[REDACTED]b");
+        assert_eq!(r.cmdline("nothing here"), "nothing here");
+        // Multi-byte text around a secret stays whole.
+        assert_eq!(r.cmdline("é secret ü"), "é [REDACTED] ü");
+    }
+
+    /// fuzz/regressions/rules/cmdline-empty-matches-grow-exponentially:
+    /// eight patterns that match the empty string used to insert
+    /// `[REDACTED]` between every two characters, each pattern into the
+    /// last one's output: a 50-byte line grew to gigabytes (108 s).
+    #[test]
+    fn empty_matches_redact_nothing_and_the_line_stays_bounded() {
+        let patterns: Vec<String> = (0..32).map(|i| format!("{i}|x{{0}}|^|a*|\\b")).collect();
+        let r = Redactor::new(&[], &[], &patterns, true).expect("compiles");
+        let line = "app --flag value 1 2 3 é";
+        assert_eq!(
+            r.cmdline(line),
+            "app --flag value [REDACTED] [REDACTED] [REDACTED] é"
+        );
+        // `[REDACTED]` holds an `E`: a pattern never sees another's output.
+        let r = Redactor::new(&[], &[], &vec!["E".to_string(); 32], false).expect("compiles");
+        let line = "EEE --token=EEEE ".repeat(100);
+        assert_eq!(
+            r.cmdline(&line),
+            "[REDACTED] --token=[REDACTED] ".repeat(100)
         );
     }
 
