@@ -31,6 +31,9 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 # The agent with its test-only fault points (and tests/crash.rs, which
 # needs them).
 cargo clippy --locked -p bpfleet-agent --all-targets --features fault-injection -- -D warnings
+# The fuzz targets and their replay tests (fuzz/, its own workspace).
+cargo fmt --all --check --manifest-path fuzz/Cargo.toml
+cargo clippy --locked --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
 progs() { bpftool prog show 2>/dev/null | grep -c '^[0-9]*:' || true; }
 before=$(progs)

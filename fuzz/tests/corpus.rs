@@ -203,7 +203,7 @@ fn the_agent_reply_seeds_reach_the_machine() {
         r.status
             .as_ref()
             .and_then(|s| s.last_analysis.as_ref())
-            .map(|a| a.verdict.clone())
+            .map(|a| a.verdict)
     };
 
     let healthy = seed("canary-healthy");
