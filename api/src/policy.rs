@@ -193,7 +193,14 @@ pub struct Redaction {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 128)))]
     pub query_params: Vec<String>,
-    /// Regular expressions; matching parts of command lines are replaced.
+    /// Regular expressions (Rust `regex` syntax) for secrets in the command
+    /// lines that spans carry (`process.command_line`). Each is matched
+    /// against the command line as read; the part of a match outside
+    /// capture groups 1 (kept: the flag before the secret) and 2 (kept: a
+    /// delimiter after it) is replaced, and an empty match replaces
+    /// nothing. The built-in patterns cover `--password x`, `--token=x` and
+    /// `user:pass@` in URLs; the header and query parameter lists hold on
+    /// command lines too (`-H 'Cookie: ...'`, `?token=...`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 512)))]
     pub command_line_patterns: Vec<String>,

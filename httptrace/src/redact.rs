@@ -57,6 +57,68 @@ fn builtin_cmdline() -> &'static [Regex] {
     &BUILTIN
 }
 
+/// In a command line, a header as clients take it (`-H 'Authorization:
+/// Bearer x'`): its name at the start of a word, the colon, spaces. The
+/// value is read by [`header_value`]. The name is checked against the
+/// redactor's header list in code, so one pattern serves every list.
+fn header_name() -> Option<&'static Regex> {
+    static RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+        Regex::new(r#"(?:^|[\s"'=])([A-Za-z0-9!#$%&*+.^_`|~-]+)[ \t]*:[ \t]*"#).ok()
+    });
+    RE.as_ref()
+}
+
+/// In a command line, a URL's query parameter: its name and value.
+fn query_param() -> Option<&'static Regex> {
+    static RE: LazyLock<Option<Regex>> =
+        LazyLock::new(|| Regex::new(r"[?&]([^=&#\s]+)=([^&#\s]*)").ok());
+    RE.as_ref()
+}
+
+/// Authorization schemes kept before a credential (`Bearer [REDACTED]`).
+const AUTH_SCHEMES: [&str; 6] = ["bearer", "basic", "digest", "negotiate", "token", "apikey"];
+
+/// Where a header's value starts and ends in `line`, from `at` (just after
+/// its colon): a known authorization scheme is kept, then the value runs
+/// to the next space, and on over `; name=value` continuations, as a
+/// cookie list has them. `None` when there is no value.
+fn header_value(line: &str, at: usize) -> Option<(usize, usize)> {
+    let rest = &line[at..];
+    let word_end = |s: &str| {
+        s.find(|c: char| c.is_whitespace() || c == ';')
+            .unwrap_or(s.len())
+    };
+    let mut start = at;
+    let first = &rest[..word_end(rest)];
+    let after = &rest[first.len()..];
+    if AUTH_SCHEMES.iter().any(|a| a.eq_ignore_ascii_case(first))
+        && after.starts_with(|c: char| c.is_whitespace())
+    {
+        let credential = after.trim_start();
+        if !credential.is_empty() && !credential.starts_with(';') {
+            start = line.len() - credential.len();
+        }
+    }
+    let mut end = start + word_end(&line[start..]);
+    if end == start {
+        return None;
+    }
+    // `a=1; b=2`: every cookie of the list.
+    loop {
+        let tail = &line[end..];
+        let Some(next) = tail.strip_prefix(';') else {
+            break;
+        };
+        let next = next.trim_start_matches([' ', '\t']);
+        let w = word_end(next);
+        if w == 0 {
+            break;
+        }
+        end = line.len() - next.len() + w;
+    }
+    Some((start, end))
+}
+
 /// Redaction rules, built once per policy and shared by every connection.
 #[derive(Debug)]
 pub struct Redactor {
@@ -201,6 +263,33 @@ impl Redactor {
                 }
             }
         }
+        // The header and query rules hold on the command line too: `curl
+        // -H 'Cookie: a=1' 'https://h/p?token=x'` loses both values.
+        if let Some(re) = header_name() {
+            for caps in re.captures_iter(cmdline) {
+                let (Some(name), Some(m)) = (caps.get(1), caps.get(0)) else {
+                    continue;
+                };
+                if self
+                    .headers
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(name.as_str()))
+                    && let Some(span) = header_value(cmdline, m.end())
+                {
+                    secrets.push(span);
+                }
+            }
+        }
+        if let Some(re) = query_param() {
+            for caps in re.captures_iter(cmdline) {
+                if let (Some(k), Some(v)) = (caps.get(1), caps.get(2))
+                    && !v.is_empty()
+                    && self.sensitive_param(k.as_str())
+                {
+                    secrets.push((v.start(), v.end()));
+                }
+            }
+        }
         secrets.sort_unstable();
         let mut out = String::with_capacity(cmdline.len());
         let mut kept = 0;
@@ -287,6 +376,38 @@ mod tests {
         assert_eq!(
             r.cmdline("psql postgres://bob:pw123@db:5432/x"),
             "psql postgres://bob:[REDACTED]@db:5432/x"
+        );
+    }
+
+    #[test]
+    fn header_and_query_rules_hold_on_command_lines() {
+        assert!(header_name().is_some() && query_param().is_some());
+        let r = Redactor::new(&["X-Session".into()], &["sid".into()], &[], false).expect("valid");
+        assert_eq!(
+            r.cmdline("curl -H Authorization: Bearer abc.def -H Accept: */* http://h/p"),
+            "curl -H Authorization: Bearer [REDACTED] -H Accept: */* http://h/p"
+        );
+        assert_eq!(
+            r.cmdline("curl -H Cookie: session=s1; theme=dark -H x-session:hdr http://h/"),
+            "curl -H Cookie: [REDACTED] -H x-session:[REDACTED] http://h/"
+        );
+        assert_eq!(
+            r.cmdline("curl --header=authorization:tok http://h/a?sid=1&x=2&%74oken=3#f"),
+            "curl --header=authorization:[REDACTED] http://h/a?sid=[REDACTED]&x=2&%74oken=[REDACTED]#f"
+        );
+        // A scheme with nothing after it is the value; no value, nothing.
+        assert_eq!(
+            r.cmdline("x authorization: bearer"),
+            "x authorization: [REDACTED]"
+        );
+        assert_eq!(r.cmdline("x cookie: ;y"), "x cookie: ;y");
+        assert_eq!(r.cmdline("cookie:"), "cookie:");
+        // Not a header: a word that only ends in a header's name.
+        assert_eq!(r.cmdline("my-cookie: 1"), "my-cookie: 1");
+        let off = Redactor::new(&[], &[], &[], true).expect("valid");
+        assert_eq!(
+            off.cmdline("cookie: a http://h/?token=1"),
+            "cookie: a http://h/?token=1"
         );
     }
 

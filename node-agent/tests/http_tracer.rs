@@ -60,6 +60,7 @@ spec:
     redaction:
       headers: [X-Session]
       queryParams: [sid]
+      commandLinePatterns: [\"(--bind )\\\\S+\"]
     routes:
       patterns: [\"/items/{item}\"]
 ";
@@ -398,6 +399,21 @@ async fn tracer_in_the_agent_exports_exact_figures() {
             |(_, s)| attr(s, "url.query").as_deref() == Some("token=[REDACTED]&sid=[REDACTED]")
         ),
         "the token (built-in rule) and sid (the policy's rule) query values are redacted in spans"
+    );
+    // Each span names its process's command line, redacted by the policy's
+    // own pattern: python's bind address is gone.
+    // (The interpreter's path depends on the machine: pyenv's shim, say.)
+    let python_args = format!("python3 -m http.server {} --bind [REDACTED]", python.port);
+    for s in named(Some("python3"), SERVER, "GET /hello.txt") {
+        let line = attr(s, "process.command_line").unwrap_or_default();
+        assert!(line.ends_with(&python_args), "{line}");
+        assert!(!line.contains("127.0.0.1"), "{line}");
+    }
+    assert!(
+        named(Some(&me), SERVER, "GET /ok")
+            .iter()
+            .all(|s| attr(s, "process.command_line").is_some_and(|c| c.contains(&me))),
+        "the test binary's own command line"
     );
     let (_, text) = get(mport, "/metrics");
     assert_eq!(

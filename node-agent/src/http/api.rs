@@ -259,6 +259,7 @@ mod tests {
                 namespace: String::new(),
                 pod: String::new(),
                 deployment: String::new(),
+                command_line: "".into(),
                 duration_ns: (i + 1) * 1_000_000,
                 // 100 exchanges over the last 100 s: all in 5m, some in 1m.
                 end_ns: now - (100 - i) * S,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bpfleet_httptrace::cgroup;
+use bpfleet_httptrace::redact::Redactor;
 
 /// What the metrics label a process with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +29,34 @@ pub struct Identity {
     /// The Deployment that owns the pod, when its name says so
     /// ([`deployment_of`]); empty otherwise.
     pub deployment: String,
+    /// The process's command line (`/proc/<pid>/cmdline`, arguments joined
+    /// by spaces, at most [`MAX_CMDLINE`] bytes read) with the policy's
+    /// `redaction` applied: the defaults and `commandLinePatterns`. Empty
+    /// when unreadable. Spans only (`process.command_line`), never a
+    /// metric label.
+    pub command_line: Arc<str>,
+}
+
+/// Bytes of `/proc/<pid>/cmdline` read; the rest is cut off (an argument
+/// cut in two is redacted as what is left of it).
+pub const MAX_CMDLINE: usize = 4096;
+
+/// `/proc/<pid>/cmdline` as one line: NUL-separated arguments joined by
+/// spaces, at most [`MAX_CMDLINE`] bytes, lossily decoded.
+fn read_cmdline(path: &Path) -> String {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    let read =
+        std::fs::File::open(path).and_then(|f| f.take(MAX_CMDLINE as u64).read_to_end(&mut raw));
+    if read.is_err() {
+        return String::new();
+    }
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    args.join(" ")
 }
 
 /// Characters of the generated parts of Kubernetes names (apimachinery's
@@ -103,10 +132,17 @@ pub struct Resolver {
     services: HashSet<String>,
     max_pods: usize,
     pods: HashSet<(String, String)>,
+    redactor: Arc<Redactor>,
 }
 
 impl Resolver {
-    pub fn new(proc_root: PathBuf, pods_dir: PathBuf, max_services: usize) -> Self {
+    /// `redactor` is applied to command lines once per process and minute.
+    pub fn new(
+        proc_root: PathBuf,
+        pods_dir: PathBuf,
+        max_services: usize,
+        redactor: Arc<Redactor>,
+    ) -> Self {
         Self {
             proc_root,
             pods_dir,
@@ -115,7 +151,15 @@ impl Resolver {
             services: HashSet::new(),
             max_pods: max_services.max(1) * 4,
             pods: HashSet::new(),
+            redactor,
         }
+    }
+
+    /// New redaction rules: every command line is read and redacted again
+    /// (the cache is dropped), so none is kept redacted by old rules.
+    pub fn set_redactor(&mut self, redactor: Arc<Redactor>) {
+        self.redactor = redactor;
+        self.cache.clear();
     }
 
     pub fn resolve(&mut self, tgid: u32) -> Arc<Identity> {
@@ -161,6 +205,10 @@ impl Resolver {
             .map(|s| s.trim().to_string())
             .ok()
             .filter(|s| !s.is_empty());
+        let command_line: Arc<str> = self
+            .redactor
+            .cmdline(&read_cmdline(&dir.join("cmdline")))
+            .into();
         let pod = std::fs::read_to_string(dir.join("cgroup"))
             .ok()
             .and_then(|t| cgroup::parse_proc_cgroup(&t))
@@ -174,12 +222,14 @@ impl Resolver {
                 namespace: p.namespace,
                 deployment: deployment_of(&p.name).unwrap_or_default().to_string(),
                 pod: p.name,
+                command_line,
             },
             None => Identity {
                 service: comm.unwrap_or_else(|| "unknown".into()),
                 namespace: String::new(),
                 pod: String::new(),
                 deployment: String::new(),
+                command_line,
             },
         }
     }
@@ -223,7 +273,7 @@ mod tests {
             "python3",
             "0::/user.slice/session-1.scope\n",
         );
-        let mut r = Resolver::new(proc_root, pods, 10);
+        let mut r = Resolver::new(proc_root, pods, 10, Default::default());
         assert_eq!(
             *r.resolve(10),
             Identity {
@@ -231,6 +281,7 @@ mod tests {
                 namespace: "shop".into(),
                 pod: "checkout-7d9f".into(),
                 deployment: String::new(),
+                command_line: "".into(),
             }
         );
         assert_eq!(r.resolve(11).service, "python3");
@@ -272,7 +323,7 @@ mod tests {
             "checkout",
             &format!("0::/kubepods/pod{UID}/{}\n", "c".repeat(64)),
         );
-        let mut r = Resolver::new(proc_root, pods, 10);
+        let mut r = Resolver::new(proc_root, pods, 10, Default::default());
         let id = r.resolve(10);
         assert_eq!(
             (id.pod.as_str(), id.deployment.as_str()),
@@ -297,7 +348,7 @@ mod tests {
                 &format!("0::/kubepods/pod{uid}/{}\n", "b".repeat(64)),
             );
         }
-        let mut r = Resolver::new(proc_root, pods, 1);
+        let mut r = Resolver::new(proc_root, pods, 1, Default::default());
         let got: Vec<String> = (0..5).map(|i| r.resolve(100 + i).pod.clone()).collect();
         assert_eq!(got, ["api-0", "api-1", "api-2", "api-3", "other"]);
         assert_eq!(r.resolve(104).service, "api");
@@ -309,10 +360,48 @@ mod tests {
         for (pid, comm) in [(1, "a"), (2, "b"), (3, "c")] {
             fake_proc(t.path(), pid, comm, "0::/\n");
         }
-        let mut r = Resolver::new(t.path().into(), t.path().join("none"), 2);
+        let mut r = Resolver::new(
+            t.path().into(),
+            t.path().join("none"),
+            2,
+            Default::default(),
+        );
         assert_eq!(r.resolve(1).service, "a");
         assert_eq!(r.resolve(2).service, "b");
         assert_eq!(r.resolve(3).service, "other");
         assert_eq!(r.resolve(1).service, "a");
+    }
+
+    #[test]
+    fn command_lines_are_read_whole_and_redacted_by_the_rules_in_force() {
+        let t = tempfile::tempdir().unwrap();
+        fake_proc(t.path(), 7, "app", "0::/\n");
+        std::fs::write(
+            t.path().join("7/cmdline"),
+            b"/usr/bin/app\0--password\0hunter2\0--pin=1234\0--port\08080\0",
+        )
+        .unwrap();
+        fake_proc(t.path(), 8, "big", "0::/\n");
+        std::fs::write(t.path().join("8/cmdline"), vec![b'x'; 3 * MAX_CMDLINE]).unwrap();
+        let mut r = Resolver::new(
+            t.path().into(),
+            t.path().join("none"),
+            10,
+            Default::default(),
+        );
+        // The built-in rules only: the password goes, the pin stays.
+        assert_eq!(
+            &*r.resolve(7).command_line,
+            "/usr/bin/app --password [REDACTED] --pin=1234 --port 8080"
+        );
+        assert_eq!(r.resolve(8).command_line.len(), MAX_CMDLINE);
+        assert_eq!(&*r.resolve(9).command_line, "", "a process that is gone");
+        // New rules apply at once, not after the cache's minute.
+        let policy = Redactor::new(&[], &[], &["(--pin=)\\S+".into()], false).unwrap();
+        r.set_redactor(Arc::new(policy));
+        assert_eq!(
+            &*r.resolve(7).command_line,
+            "/usr/bin/app --password [REDACTED] --pin=[REDACTED] --port 8080"
+        );
     }
 }

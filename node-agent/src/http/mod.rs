@@ -620,6 +620,7 @@ mod tests {
             namespace: String::new(),
             pod: String::new(),
             deployment: String::new(),
+            command_line: "".into(),
             duration_ns: 2_000_000,
             end_ns: 100 * 1_000_000_000,
             target: "/a".into(),

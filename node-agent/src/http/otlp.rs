@@ -226,6 +226,12 @@ pub fn to_span(
     if !r.deployment.is_empty() {
         attributes.push(KeyValue::new("k8s.deployment.name", r.deployment.clone()));
     }
+    if !r.command_line.is_empty() {
+        attributes.push(KeyValue::new(
+            "process.command_line",
+            r.command_line.to_string(),
+        ));
+    }
     let status = if r.semconv_error() {
         Status::error(error_type)
     } else {
@@ -285,6 +291,7 @@ mod tests {
             namespace: "prod".into(),
             pod: "shop-7d9f8c6b5d-x2k4q".into(),
             deployment: "shop".into(),
+            command_line: "shop --password [REDACTED]".into(),
             duration_ns: 180_000_000,
             end_ns: 5_000_000_000,
             request_body_bytes: None,
@@ -323,6 +330,10 @@ mod tests {
             Some("shop-7d9f8c6b5d-x2k4q")
         );
         assert_eq!(attr("k8s.deployment.name").as_deref(), Some("shop"));
+        assert_eq!(
+            attr("process.command_line").as_deref(),
+            Some("shop --password [REDACTED]")
+        );
         assert!(matches!(s.status, Status::Error { .. }));
     }
 }

@@ -4,6 +4,8 @@
 //! the operator's gates) and the per-revision cumulative figures that Stats
 //! reports.
 
+use std::sync::Arc;
+
 use bpfleet_httptrace::Outcome;
 use bpfleet_httptrace::stats::SEMCONV_DURATION_BUCKETS;
 use bpfleet_proto::v1 as pb;
@@ -51,6 +53,9 @@ pub struct Record {
     /// Owning Deployment (from the pod name); empty when unknown. Spans
     /// only: not a metric label.
     pub deployment: String,
+    /// The process's command line, redacted ([`super::identity::Identity`]);
+    /// spans only.
+    pub command_line: Arc<str>,
     pub duration_ns: u64,
     /// Kernel monotonic time the exchange ended.
     pub end_ns: u64,
@@ -223,6 +228,7 @@ mod tests {
             namespace: String::new(),
             pod: String::new(),
             deployment: String::new(),
+            command_line: "".into(),
             duration_ns: ms * 1_000_000,
             end_ns: 0,
             target: "/".into(),

@@ -339,15 +339,16 @@ fn read(hub: &Hub, pins: &TracerPins, stop: &AtomicBool) {
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),
     };
-    let mut resolver = Resolver::new(
-        cfg.proc_root.clone(),
-        cfg.pods_dir.clone(),
-        cfg.max_services,
-    );
     let redactor = match rules.redactor() {
         Ok(r) => Arc::new(r),
         Err(e) => return fail(e.to_string()),
     };
+    let mut resolver = Resolver::new(
+        cfg.proc_root.clone(),
+        cfg.pods_dir.clone(),
+        cfg.max_services,
+        redactor.clone(),
+    );
     let mut pipeline = Pipeline::new(redactor, cfg.max_connections);
     pipeline.request_timeout_ns = u64::try_from(cfg.request_timeout.as_nanos()).unwrap_or(u64::MAX);
     hub.reader_status(program, |s| {
@@ -376,7 +377,9 @@ fn read(hub: &Hub, pins: &TracerPins, stop: &AtomicBool) {
                 let (g, rules) = hub.rules();
                 if let (Ok(r), Ok(red)) = (rules.routes(), rules.redactor()) {
                     routes = r;
-                    p.set_redactor(Arc::new(red));
+                    let red = Arc::new(red);
+                    resolver.set_redactor(red.clone());
+                    p.set_redactor(red);
                 }
                 generation = g;
             }
@@ -526,6 +529,7 @@ impl KernelCounts {
                     namespace: id.namespace.clone(),
                     pod: id.pod.clone(),
                     deployment: id.deployment.clone(),
+                    command_line: id.command_line.clone(),
                     duration_ns: 0,
                     end_ns,
                     target: path.unwrap_or_default().to_string(),
@@ -563,6 +567,7 @@ fn to_record(t: Traced, routes: &mut Routes, resolver: &mut Resolver) -> Record 
         namespace: id.namespace.clone(),
         pod: id.pod.clone(),
         deployment: id.deployment.clone(),
+        command_line: id.command_line.clone(),
         duration_ns: e.duration_ns(),
         end_ns: e.end_ns,
         target: e.target,
