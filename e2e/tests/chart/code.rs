@@ -207,6 +207,7 @@ fn exchange(side: Side) -> Record {
         namespace: "default".into(),
         pod: "svc-0".into(),
         deployment: String::new(),
+        command_line: "svc --port 80".into(),
         duration_ns: 2_000_000,
         end_ns: 1_000_000_000,
         target: "/a".into(),
