@@ -254,7 +254,17 @@ pub struct HealthGates {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1.0, max = 100.0))]
     pub max_p99_latency_ratio: Option<f64>,
-    /// Requests needed on each side before ratios are judged.
+    /// Candidate BPF run time per run (the kernel's `run_time_ns` over
+    /// `run_cnt`, every program of the revision) may be at most this
+    /// multiple of the stable revision's over the same interval: a revision
+    /// that is correct but costs more per event fails. Judged when each
+    /// side ran `minSamples` times; needs BPF run-time stats on the node
+    /// (the agent turns them on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub max_run_time_ratio: Option<f64>,
+    /// Requests (runs, for `maxRunTimeRatio`) needed on each side before
+    /// ratios are judged.
     #[serde(default = "default_min_samples")]
     #[schemars(range(min = 1))]
     pub min_samples: i32,
@@ -282,6 +292,7 @@ impl Default for HealthGates {
             max_map_memory: None,
             max_error_rate_ratio: Some(1.1),
             max_p99_latency_ratio: Some(1.2),
+            max_run_time_ratio: None,
             min_samples: default_min_samples(),
             consecutive_failure_limit: default_consecutive_failures(),
             no_data: NoDataPolicy::Inconclusive,

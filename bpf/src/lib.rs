@@ -39,6 +39,13 @@ object!(
     SYSCOUNT_FAULTY, "syscount_faulty.bpf.o"
 );
 object!(
+    /// A syscount revision that counts (slot 2) and reports no error but
+    /// runs a fixed loop on every event: several times the BPF run time
+    /// per run of the others, the costly revision a `maxRunTimeRatio` gate
+    /// must roll back.
+    SYSCOUNT_COSTLY, "syscount_costly.bpf.o"
+);
+object!(
     /// Syscount built against an older `bpfleet_gate.h`: its own
     /// `bpfleet_config` but no `bpfleet_pids` or `bpfleet_ports`, so it cannot
     /// honour a TracerPolicy's process or port filter. Counts into slot 0.
@@ -109,11 +116,12 @@ object!(
 
 /// Every example object by the file name the build gives it, for tools that
 /// write them to disk (the demo, `bpfleet-objects`).
-pub const OBJECTS: [(&str, &[u8]); 17] = [
+pub const OBJECTS: [(&str, &[u8]); 18] = [
     ("syscount_v1.bpf.o", SYSCOUNT_V1),
     ("syscount_v2.bpf.o", SYSCOUNT_V2),
     ("syscount_bad.bpf.o", SYSCOUNT_BAD),
     ("syscount_faulty.bpf.o", SYSCOUNT_FAULTY),
+    ("syscount_costly.bpf.o", SYSCOUNT_COSTLY),
     ("syscount_legacy.bpf.o", SYSCOUNT_LEGACY),
     ("syscount_raw.bpf.o", SYSCOUNT_RAW),
     ("syscount_reshaped.bpf.o", SYSCOUNT_RESHAPED),
@@ -144,6 +152,7 @@ mod tests {
             SYSCOUNT_V2,
             SYSCOUNT_BAD,
             SYSCOUNT_FAULTY,
+            SYSCOUNT_COSTLY,
             SYSCOUNT_LEGACY,
             SYSCOUNT_RAW,
             XDPCOUNT_V1,

@@ -167,6 +167,7 @@ fn build_world() -> World {
         )),
         max_error_rate_ratio: Some(1.5),
         max_p99_latency_ratio: Some(1.5),
+        max_run_time_ratio: Some(1.5),
         min_samples: 1,
         consecutive_failure_limit: 2,
         no_data: NoDataPolicy::default(),

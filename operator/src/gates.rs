@@ -22,6 +22,8 @@ pub struct HealthSample {
     pub program_failures: u64,
     /// BPF run time (`run_time_ns`) spent in the interval, all programs.
     pub run_time_ns_delta: u64,
+    /// Runs of the revision's programs in the interval.
+    pub run_count_delta: u64,
     /// Length of the interval in nanoseconds of wall time.
     pub wall_time_ns: u64,
     /// CPUs of the node; overhead is run time / wall time / cores.
@@ -60,6 +62,9 @@ pub struct GroupFigures {
     pub max_cpu_percent: Option<f64>,
     /// Highest per-node map memory, bytes.
     pub max_map_memory: Option<u64>,
+    /// BPF run time and runs, summed over the nodes.
+    pub run_time_ns: u64,
+    pub runs: u64,
     pub requests: u64,
     pub errors: u64,
     /// Request-weighted mean of the nodes' p99 (percentiles do not add up;
@@ -95,6 +100,8 @@ impl GroupFigures {
                 g.max_map_memory
                     .map_or(s.map_memory_bytes, |m| m.max(s.map_memory_bytes)),
             );
+            g.run_time_ns = g.run_time_ns.saturating_add(s.run_time_ns_delta);
+            g.runs = g.runs.saturating_add(s.run_count_delta);
             g.requests = g.requests.saturating_add(s.http_requests);
             g.errors = g.errors.saturating_add(s.http_errors);
             if let Some(p99) = s.p99_latency_ms
@@ -108,6 +115,12 @@ impl GroupFigures {
             g.p99_ms = Some(p99_sum / p99_weight);
         }
         g
+    }
+
+    /// BPF run time per run in nanoseconds, if anything ran. Summed
+    /// before dividing: busy nodes weigh as much as they ran.
+    pub fn ns_per_run(&self) -> Option<f64> {
+        (self.runs > 0).then(|| self.run_time_ns as f64 / self.runs as f64)
     }
 
     /// Errors per request, if any request was seen.
@@ -124,6 +137,10 @@ pub struct Baseline {
     pub requests: Option<u64>,
     pub error_rate: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// Runs behind `ns_per_run`; `None` when recorded earlier (checked
+    /// then).
+    pub runs: Option<u64>,
+    pub ns_per_run: Option<f64>,
 }
 
 impl Baseline {
@@ -133,11 +150,17 @@ impl Baseline {
             requests: Some(g.requests),
             error_rate: g.error_rate(),
             p99_ms: g.p99_ms,
+            runs: Some(g.runs),
+            ns_per_run: g.ns_per_run(),
         }
     }
 
     fn enough(&self, min_samples: u64) -> bool {
         self.requests.is_none_or(|r| r >= min_samples)
+    }
+
+    fn enough_runs(&self, min_samples: u64) -> bool {
+        self.runs.is_none_or(|r| r >= min_samples)
     }
 }
 
@@ -176,6 +199,7 @@ pub const GATE_CPU: &str = "cpuOverhead";
 pub const GATE_MAP_MEMORY: &str = "mapMemory";
 pub const GATE_ERROR_RATE: &str = "errorRate";
 pub const GATE_P99: &str = "p99Latency";
+pub const GATE_RUN_TIME: &str = "runTimePerRun";
 /// The `message` of a gate that had no data.
 pub const NO_DATA: &str = "no data";
 
@@ -254,6 +278,9 @@ pub fn evaluate(
     if traffic && let Some(ratio) = gates.max_p99_latency_ratio {
         out.push(p99_gate(ratio, min_samples, candidate, baseline));
     }
+    if traffic && let Some(ratio) = gates.max_run_time_ratio {
+        out.push(run_time_gate(ratio, min_samples, candidate, baseline));
+    }
 
     let outcome = if out
         .iter()
@@ -321,6 +348,39 @@ fn p99_gate(
         (_, b) => no_data(
             GATE_P99,
             &samples_text(candidate.requests, baseline.requests, min_samples),
+            b.map_or_else(|| format!("<= {ratio:.2} x stable"), limit),
+        ),
+    }
+}
+
+fn run_time_gate(
+    ratio: f64,
+    min_samples: u64,
+    candidate: &GroupFigures,
+    baseline: &Baseline,
+) -> GateResult {
+    let limit = |base: f64| format!("<= {ratio:.2} x {base:.0} ns = {:.0} ns", ratio * base);
+    match (candidate.ns_per_run(), baseline.ns_per_run) {
+        (Some(c), Some(b))
+            if candidate.runs >= min_samples && baseline.enough_runs(min_samples) =>
+        {
+            GateResult {
+                gate: GATE_RUN_TIME.into(),
+                passed: c <= ratio * b,
+                measured: format!("{c:.0} ns per run ({} runs)", candidate.runs),
+                threshold: limit(b),
+                message: None,
+            }
+        }
+        (_, b) => no_data(
+            GATE_RUN_TIME,
+            &match baseline.runs {
+                Some(base) => format!(
+                    "{} runs on the candidate, {base} on stable, {min_samples} needed on each",
+                    candidate.runs
+                ),
+                None => format!("{} runs, {min_samples} needed", candidate.runs),
+            },
             b.map_or_else(|| format!("<= {ratio:.2} x stable"), limit),
         ),
     }

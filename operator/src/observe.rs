@@ -54,6 +54,8 @@ pub struct RevisionView {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Figures {
     pub run_time_ns: u64,
+    /// Runs of the revision's programs (`run_cnt`), with `run_time_ns`.
+    pub run_count: u64,
     pub program_errors: u64,
     pub map_memory_bytes: u64,
     /// Boxed: most programs trace no HTTP, and a fleet holds many of these.
@@ -64,6 +66,7 @@ impl From<&pb::RevisionStats> for Figures {
     fn from(s: &pb::RevisionStats) -> Self {
         Figures {
             run_time_ns: s.run_time_ns,
+            run_count: s.run_cnt,
             program_errors: s.program_errors,
             map_memory_bytes: s.map_memory_bytes,
             http: s.http.clone().map(Box::new),
@@ -155,6 +158,7 @@ fn active_of(p: &pb::ProgramInfo) -> Option<&str> {
 struct Snapshot {
     at_ns: u64,
     run_time_ns: u64,
+    run_count: u64,
     program_errors: u64,
     http: Option<Box<pb::HttpFigures>>,
 }
@@ -192,6 +196,7 @@ impl SampleBook {
         let cur = Snapshot {
             at_ns: now_ns,
             run_time_ns: figures.run_time_ns,
+            run_count: figures.run_count,
             program_errors: figures.program_errors,
             http: figures.http.clone(),
         };
@@ -218,6 +223,7 @@ impl SampleBook {
         };
         let base = &w.base;
         let reset = cur.run_time_ns < base.run_time_ns
+            || cur.run_count < base.run_count
             || cur.program_errors < base.program_errors
             || http_reset(base.http.as_deref(), cur.http.as_deref());
         if reset {
@@ -233,6 +239,7 @@ impl SampleBook {
         let mut s = HealthSample {
             program_failures: cur.program_errors - base.program_errors,
             run_time_ns_delta: cur.run_time_ns - base.run_time_ns,
+            run_count_delta: cur.run_count - base.run_count,
             wall_time_ns: elapsed,
             cpu_cores,
             map_memory_bytes: figures.map_memory_bytes,

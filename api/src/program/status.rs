@@ -114,6 +114,10 @@ pub struct RolloutProgress {
     /// Stable p99 latency in milliseconds recorded with `baselineErrorRate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_p99_ms: Option<f64>,
+    /// Stable BPF run time per run in nanoseconds, recorded with
+    /// `baselineErrorRate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_ns_per_run: Option<f64>,
     /// Previous revision kept loaded after a blue-green promotion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained_revision: Option<String>,

@@ -9,6 +9,7 @@ fn sample(requests: u64, errors: u64, p99: f64) -> HealthSample {
     HealthSample {
         program_failures: 0,
         run_time_ns_delta: 60_000_000,
+        run_count_delta: 100_000,
         wall_time_ns: 10_000_000_000,
         cpu_cores: 4,
         map_memory_bytes: 2 << 20,
@@ -25,6 +26,7 @@ fn all_gates() -> HealthGates {
         max_map_memory: Some(Quantity("4Mi".into())),
         max_error_rate_ratio: Some(1.1),
         max_p99_latency_ratio: Some(1.2),
+        max_run_time_ratio: Some(1.2),
         min_samples: 100,
         consecutive_failure_limit: 3,
         no_data: NoDataPolicy::Inconclusive,
@@ -44,7 +46,7 @@ fn healthy_candidate_passes_every_gate() {
     let stable = GroupFigures::from_samples(&[sample(1000, 10, 20.0), sample(1000, 10, 20.0)], 0);
     let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true);
     assert_eq!(m.outcome, Outcome::Pass);
-    assert_eq!(m.gates.len(), 5);
+    assert_eq!(m.gates.len(), 6);
     assert!(m.gates.iter().all(|g| g.passed));
     // 60 ms of BPF time over 10 s on 4 cores = 0.15 %.
     assert_eq!(gate(&m, GATE_CPU).measured, "0.15 %");
@@ -72,6 +74,8 @@ fn error_rate_at_exact_ratio_passes() {
         requests: Some(1000),
         error_rate: Some(0.01 / 1.1),
         p99_ms: Some(20.0),
+        runs: Some(100_000),
+        ns_per_run: Some(600.0),
     };
     let m = evaluate(&all_gates(), &cand, &base, true);
     assert!(gate(&m, GATE_ERROR_RATE).passed, "{m:?}");
@@ -86,6 +90,65 @@ fn p99_above_ratio_fails() {
     let g = gate(&m, GATE_P99);
     assert_eq!(g.measured, "30.0 ms");
     assert_eq!(g.threshold, "<= 1.20 x 20.0 ms = 24.0 ms");
+}
+
+#[test]
+fn run_time_per_run_above_ratio_fails_with_its_figures() {
+    // 600 ns per run on stable; the candidate costs twice as much.
+    let mut costly = sample(1000, 10, 20.0);
+    costly.run_time_ns_delta *= 2;
+    let cand = GroupFigures::from_samples(&[costly], 0);
+    let stable = GroupFigures::from_samples(&[sample(1000, 10, 20.0)], 0);
+    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true);
+    assert_eq!(m.outcome, Outcome::Fail);
+    let g = gate(&m, GATE_RUN_TIME);
+    assert_eq!(g.measured, "1200 ns per run (100000 runs)");
+    assert_eq!(g.threshold, "<= 1.20 x 600 ns = 720 ns");
+    assert!(
+        m.failed_summary().contains("runTimePerRun 1200 ns"),
+        "{}",
+        m.failed_summary()
+    );
+    // Within the ratio it passes; in a preview (no traffic) it is left out.
+    let mut dearer = sample(1000, 10, 20.0);
+    dearer.run_time_ns_delta = 70_000_000;
+    let cand = GroupFigures::from_samples(&[dearer], 0);
+    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true);
+    assert!(gate(&m, GATE_RUN_TIME).passed, "{m:?}");
+    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), false);
+    assert!(m.gates.iter().all(|g| g.gate != GATE_RUN_TIME));
+}
+
+#[test]
+fn run_time_per_run_is_weighted_by_runs_and_needs_runs_on_both_sides() {
+    // 100 runs at 1000 ns and 300 at 200 ns: 400 ns per run, not 600.
+    let mut a = sample(10, 0, 1.0);
+    (a.run_time_ns_delta, a.run_count_delta) = (100_000, 100);
+    let mut b = sample(10, 0, 1.0);
+    (b.run_time_ns_delta, b.run_count_delta) = (60_000, 300);
+    let g = GroupFigures::from_samples(&[a.clone(), b], 0);
+    assert_eq!((g.runs, g.ns_per_run()), (400, Some(400.0)));
+    // 100 runs is enough (minSamples 100); 99 on stable is not.
+    let mut thin = a;
+    thin.run_count_delta = 99;
+    let m = evaluate(
+        &all_gates(),
+        &g,
+        &Baseline::from_group(&GroupFigures::from_samples(&[thin], 0)),
+        true,
+    );
+    let gate = gate(&m, GATE_RUN_TIME);
+    assert_eq!(gate.message.as_deref(), Some(NO_DATA));
+    assert!(
+        gate.measured
+            .contains("400 runs on the candidate, 99 on stable"),
+        "{}",
+        gate.measured
+    );
+    assert!(
+        GroupFigures::default().ns_per_run().is_none(),
+        "nothing ran: no figure"
+    );
 }
 
 #[test]
@@ -127,6 +190,7 @@ fn load_failures_count_as_program_failures() {
     let mut gates = all_gates();
     gates.max_error_rate_ratio = None;
     gates.max_p99_latency_ratio = None;
+    gates.max_run_time_ratio = None;
     gates.max_cpu_overhead_percent = None;
     gates.max_map_memory = None;
     let m = evaluate(&gates, &cand, &Baseline::default(), true);
@@ -179,6 +243,8 @@ fn recorded_baseline_needs_no_sample_count() {
         requests: None,
         error_rate: Some(0.01),
         p99_ms: Some(20.0),
+        runs: None,
+        ns_per_run: Some(600.0),
     };
     let m = evaluate(&all_gates(), &cand, &base, true);
     assert_eq!(m.outcome, Outcome::Pass);

@@ -4,6 +4,8 @@ use crate::rollout::clock::time;
 fn stats(run_time_ns: u64, errors: u64, http: Option<pb::HttpFigures>) -> Figures {
     Figures {
         run_time_ns,
+        // 100 ns per run.
+        run_count: run_time_ns / 100,
         program_errors: errors,
         map_memory_bytes: 4096,
         http: http.map(Box::new),

@@ -147,6 +147,8 @@ fn measure(a: &Analysis, s: &Subject<'_>, progress: &RolloutProgress) -> Measure
             requests: None,
             error_rate: progress.baseline_error_rate,
             p99_ms: progress.baseline_p99_ms,
+            runs: None,
+            ns_per_run: progress.baseline_ns_per_run,
         }
     } else {
         Baseline::from_group(&stable_figures(s.stable, s.nodes))

@@ -28,6 +28,7 @@ impl Objects {
             ("v2", bpfleet_bpf::SYSCOUNT_V2),
             ("bad", bpfleet_bpf::SYSCOUNT_BAD),
             ("faulty", bpfleet_bpf::SYSCOUNT_FAULTY),
+            ("costly", bpfleet_bpf::SYSCOUNT_COSTLY),
             ("legacy", bpfleet_bpf::SYSCOUNT_LEGACY),
         ] {
             let p = dir.path().join(format!("syscount_{name}.bpf.o"));
@@ -209,6 +210,19 @@ pub(crate) async fn set_policy_config(policies: &Api<TracerPolicy>, config: Valu
         )
         .await
         .expect("set policy config");
+}
+
+/// Merges `health` into the e2e policy's `spec.health` (a `null` removes
+/// a gate).
+pub(crate) async fn set_policy_health(policies: &Api<TracerPolicy>, health: Value) {
+    policies
+        .patch(
+            "syscount-health",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"health": health}})),
+        )
+        .await
+        .expect("set policy health");
 }
 
 /// The e2e policy's Ready condition once it describes the policy's current

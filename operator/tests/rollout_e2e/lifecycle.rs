@@ -327,6 +327,72 @@ async fn a_program_lives_through_every_kind_of_rollout() {
     .await;
     counting(&agents, 0, &[1, 2]).await;
 
+    // 5b. A costly revision: it counts and reports no error, but spends
+    //     several times stable's BPF run time per run. With a run-time
+    //     gate in the policy, the analysis fails on the kernel's own
+    //     run_time_ns / run_cnt and the canary node is rolled back.
+    set_policy_health(
+        &policies,
+        json!({"maxRunTimeRatio": 2.0, "minSamples": 1000}),
+    )
+    .await;
+    let costly = objects.spec(
+        "costly",
+        "5.1.0",
+        json!({"canary": {"steps": [
+            {"setNodePercent": 33},
+            {"analysis": {"durationSeconds": 12, "intervalSeconds": 3}},
+            {"setNodePercent": 100}
+        ]}}),
+    );
+    let rcostly = spec_revision(&costly);
+    apply(&api, &costly).await;
+    let tp = wait_for(&api, "costly revision rolled back", 90, |tp| {
+        phase(tp) == Some(Phase::Aborted)
+            && tp
+                .status
+                .as_ref()
+                .and_then(|s| s.last_analysis.as_ref())
+                .is_some_and(|a| a.revision == rcostly)
+    })
+    .await;
+    let analysis = tp
+        .status
+        .as_ref()
+        .and_then(|s| s.last_analysis.clone())
+        .unwrap();
+    let gate = analysis
+        .gates
+        .iter()
+        .find(|g| g.gate == "runTimePerRun")
+        .unwrap_or_else(|| panic!("no runTimePerRun gate: {}", dump(&tp)));
+    eprintln!("costly revision: {} ({})", gate.measured, gate.threshold);
+    assert!(!gate.passed, "{}", dump(&tp));
+    assert!(
+        gate.measured.contains("ns per run") && gate.threshold.starts_with("<= 2.00 x "),
+        "{}",
+        dump(&tp)
+    );
+    let program_failures = analysis
+        .gates
+        .iter()
+        .find(|g| g.gate == "programFailures")
+        .expect("programFailures gate");
+    assert!(
+        program_failures.passed,
+        "the cost alone failed it: {}",
+        dump(&tp)
+    );
+    settle(
+        &pool,
+        &agents,
+        "costly revision rolled back and unloaded",
+        |p| p.iter().all(|(a, l)| *a == r1 && !l.contains(&rcostly)),
+    )
+    .await;
+    counting(&agents, 0, &[1, 2]).await;
+    set_policy_health(&policies, json!({"maxRunTimeRatio": null, "minSamples": 1})).await;
+
     // 6. An agent dies mid-rollout: the node is reported, the rollout waits;
     //    back up, it finishes. v2 by canary one node at a time.
     let v2b = objects.spec(

@@ -119,3 +119,41 @@ fn blue_green_post_promotion_failure_switches_back_instantly() {
             .contains("errorRate")
     );
 }
+
+/// After a blue-green switch every node runs the candidate: the run-time
+/// gate compares it with the stable figure recorded just before.
+#[test]
+fn blue_green_post_promotion_run_time_gate_uses_the_recorded_baseline() {
+    let (mut f, v1) = stable_fleet(4);
+    f.apply(spec(
+        "v2",
+        blue_green(BlueGreenStrategy {
+            auto_promotion_enabled: true,
+            auto_promotion_seconds: Some(30),
+            pre_promotion_analysis: None,
+            post_promotion_analysis: Some(window(20, 10)),
+            keep_previous_seconds: 300,
+        }),
+    ));
+    let v2 = f.revision();
+    let mut costly = traffic(1000, 10, 20.0);
+    costly.run_time_ns_delta *= 3;
+    f.health.insert(v2.clone(), costly);
+    f.gates.max_run_time_ratio = Some(1.5);
+    f.tick(1);
+    f.tick(1);
+    f.tick(30);
+    assert_eq!(f.running(&v2), 4);
+    f.tick(1);
+    f.tick(10);
+    f.tick(10);
+    assert_eq!(phase(&f), Phase::Aborted);
+    assert_eq!(f.running(&v1), 4);
+    let message = f.status.message.clone().unwrap_or_default();
+    assert!(
+        message.contains(
+            "runTimePerRun 1500 ns per run (80000 runs) (threshold <= 1.50 x 500 ns = 750 ns)"
+        ),
+        "{message}"
+    );
+}

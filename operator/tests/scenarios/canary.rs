@@ -391,3 +391,41 @@ fn an_aborted_revision_applied_again_after_another_is_a_fresh_attempt() {
     assert_eq!(phase(&f), Phase::Progressing);
     assert_eq!(f.event_count("RolloutStarted"), 3, "v1, v2, v2 again");
 }
+
+/// A candidate that serves as well as stable but costs twice the BPF time
+/// per run fails `maxRunTimeRatio`, and every node goes back to stable.
+#[test]
+fn canary_costing_twice_per_run_fails_the_run_time_gate() {
+    let (mut f, v1) = stable_fleet(10);
+    f.apply(spec(
+        "v2",
+        canary(3, vec![percent(30), analysis(30, 10), percent(100)]),
+    ));
+    let v2 = f.revision();
+    let mut costly = traffic(1000, 10, 20.0);
+    costly.run_time_ns_delta *= 2;
+    f.health.insert(v2.clone(), costly);
+    f.gates.max_run_time_ratio = Some(1.2);
+    f.gates.consecutive_failure_limit = 2;
+    f.settle(1, 5);
+    assert_eq!(f.running(&v2), 3);
+    f.tick(10);
+    f.tick(10);
+    assert_eq!(phase(&f), Phase::Aborted);
+    assert_eq!((f.running(&v1), f.loaded(&v2)), (10, 0));
+    let message = f.status.message.clone().unwrap_or_default();
+    assert!(
+        message.contains(
+            "runTimePerRun 1000 ns per run (60000 runs) (threshold <= 1.20 x 500 ns = 600 ns)"
+        ),
+        "{message}"
+    );
+    // The other gates passed: the cost alone failed it.
+    let gates = &f.status.last_analysis.as_ref().expect("analysis").gates;
+    assert!(
+        gates
+            .iter()
+            .all(|g| g.passed == (g.gate != "runTimePerRun")),
+        "{gates:?}"
+    );
+}

@@ -338,6 +338,7 @@ impl<'a> Machine<'a> {
             let enough = stable.requests >= min;
             self.progress.baseline_error_rate = stable.error_rate().filter(|_| enough);
             self.progress.baseline_p99_ms = stable.p99_ms.filter(|_| enough);
+            self.progress.baseline_ns_per_run = stable.ns_per_run().filter(|_| stable.runs >= min);
         }
     }
 
@@ -350,6 +351,7 @@ impl<'a> Machine<'a> {
         self.progress.consecutive_failures = 0;
         self.progress.baseline_error_rate = None;
         self.progress.baseline_p99_ms = None;
+        self.progress.baseline_ns_per_run = None;
         let mut text = format!("revision {c} is stable on {} nodes", self.nodes.len());
         if let (Kind::BlueGreen { keep_previous }, Some(o)) = (self.plan.kind, old)
             && keep_previous > 0
