@@ -254,6 +254,13 @@ pub struct HealthGates {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1.0, max = 100.0))]
     pub max_p99_latency_ratio: Option<f64>,
+    /// Events the candidate's programs may drop per measurement, summed over
+    /// the candidate nodes (a full ring buffer: `BPFLEET_LOST()` in
+    /// `bpfleet_gate.h`; the HTTP tracer counts its own). A program built
+    /// without that counter gives no data, never a pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_events_lost: Option<i64>,
     /// Candidate BPF run time per run (the kernel's `run_time_ns` over
     /// `run_cnt`, every program of the revision) may be at most this
     /// multiple of the stable revision's over the same interval: a revision
@@ -293,6 +300,7 @@ impl Default for HealthGates {
             max_error_rate_ratio: Some(1.1),
             max_p99_latency_ratio: Some(1.2),
             max_run_time_ratio: None,
+            max_events_lost: None,
             min_samples: default_min_samples(),
             consecutive_failure_limit: default_consecutive_failures(),
             no_data: NoDataPolicy::Inconclusive,

@@ -20,6 +20,8 @@
  *   bpfleet_pids,     the process and port lists of that policy, shared by
  *   bpfleet_ports     every revision like bpfleet_config
  *   BPFLEET_ERROR()   counts a program-reported error (Stats program_errors)
+ *   BPFLEET_LOST()    counts an event the program had to drop, a full ring
+ *                     buffer say (Stats events_lost, the maxEventsLost gate)
  */
 #ifndef __BPFLEET_GATE_H
 #define __BPFLEET_GATE_H
@@ -33,9 +35,13 @@ struct {
 	__type(value, __u64);
 } bpfleet_config SEC(".maps");
 
+/* Per revision, per CPU: slot 0 program errors (BPFLEET_ERROR), slot 1
+ * events dropped (BPFLEET_LOST). Objects built before slot 1 existed have
+ * one entry: their Stats carry no events_lost, and a maxEventsLost gate
+ * reports no data for them rather than a pass. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } bpfleet_errors SEC(".maps");
@@ -102,13 +108,16 @@ static __always_inline __u64 bpfleet_config_get(__u32 idx)
 	return v ? *v : 0;
 }
 
-#define BPFLEET_ERROR()                                                        \
+#define __BPFLEET_COUNT(slot)                                                  \
 	do {                                                                   \
-		__u32 __bpfleet_zero = 0;                                      \
+		__u32 __bpfleet_slot = (slot);                                 \
 		__u64 *__bpfleet_e =                                           \
-			bpf_map_lookup_elem(&bpfleet_errors, &__bpfleet_zero); \
+			bpf_map_lookup_elem(&bpfleet_errors, &__bpfleet_slot); \
 		if (__bpfleet_e)                                               \
 			*__bpfleet_e += 1;                                     \
 	} while (0)
+
+#define BPFLEET_ERROR() __BPFLEET_COUNT(0)
+#define BPFLEET_LOST() __BPFLEET_COUNT(1)
 
 #endif /* __BPFLEET_GATE_H */

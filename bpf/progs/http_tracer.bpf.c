@@ -204,6 +204,9 @@ static __always_inline void count_lost(void)
 
 	if (lost)
 		*lost += 1;
+	/* http_lost is shared by every revision; this one is the revision's
+	 * own, for its Stats and the maxEventsLost gate. */
+	BPFLEET_LOST();
 }
 
 /* Clears the first cap bytes of e->data. http_scratch is pinned with the

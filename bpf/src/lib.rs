@@ -46,6 +46,12 @@ object!(
     SYSCOUNT_COSTLY, "syscount_costly.bpf.o"
 );
 object!(
+    /// A syscount revision that counts (slot 2) and reports no error but
+    /// reports every event as dropped (`BPFLEET_LOST`): the lossy revision
+    /// a `maxEventsLost` gate must roll back.
+    SYSCOUNT_LOSSY, "syscount_lossy.bpf.o"
+);
+object!(
     /// Syscount built against an older `bpfleet_gate.h`: its own
     /// `bpfleet_config` but no `bpfleet_pids` or `bpfleet_ports`, so it cannot
     /// honour a TracerPolicy's process or port filter. Counts into slot 0.
@@ -116,12 +122,13 @@ object!(
 
 /// Every example object by the file name the build gives it, for tools that
 /// write them to disk (the demo, `bpfleet-objects`).
-pub const OBJECTS: [(&str, &[u8]); 18] = [
+pub const OBJECTS: [(&str, &[u8]); 19] = [
     ("syscount_v1.bpf.o", SYSCOUNT_V1),
     ("syscount_v2.bpf.o", SYSCOUNT_V2),
     ("syscount_bad.bpf.o", SYSCOUNT_BAD),
     ("syscount_faulty.bpf.o", SYSCOUNT_FAULTY),
     ("syscount_costly.bpf.o", SYSCOUNT_COSTLY),
+    ("syscount_lossy.bpf.o", SYSCOUNT_LOSSY),
     ("syscount_legacy.bpf.o", SYSCOUNT_LEGACY),
     ("syscount_raw.bpf.o", SYSCOUNT_RAW),
     ("syscount_reshaped.bpf.o", SYSCOUNT_RESHAPED),
@@ -153,6 +160,7 @@ mod tests {
             SYSCOUNT_BAD,
             SYSCOUNT_FAULTY,
             SYSCOUNT_COSTLY,
+            SYSCOUNT_LOSSY,
             SYSCOUNT_LEGACY,
             SYSCOUNT_RAW,
             XDPCOUNT_V1,

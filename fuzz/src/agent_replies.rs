@@ -168,6 +168,7 @@ fn build_world() -> World {
         max_error_rate_ratio: Some(1.5),
         max_p99_latency_ratio: Some(1.5),
         max_run_time_ratio: Some(1.5),
+        max_events_lost: Some(0),
         min_samples: 1,
         consecutive_failure_limit: 2,
         no_data: NoDataPolicy::default(),
@@ -508,6 +509,7 @@ fn check_view(view: &NodeView, list: &pb::ListResponse, stats: &pb::StatsRespons
                         && s.revision == r.revision
                         && s.run_time_ns == f.run_time_ns
                         && s.program_errors == f.program_errors
+                        && s.events_lost == f.events_lost
                         && s.map_memory_bytes == f.map_memory_bytes),
                     "figures of {:?} not from the Stats reply",
                     r.revision
@@ -544,6 +546,13 @@ fn check_report(report: &NodeReport, view: &NodeView) -> usize {
 fn check_sample(s: &HealthSample, f: &observe::Figures) {
     assert!(s.program_failures <= f.program_errors);
     assert!(s.run_time_ns_delta <= f.run_time_ns);
+    assert!(s.run_count_delta <= f.run_count);
+    // A loss count only where the agent sent one, never above it.
+    match (s.events_lost, f.events_lost) {
+        (Some(lost), Some(total)) => assert!(lost <= total),
+        (None, None) => {}
+        (s, f) => panic!("events lost {s:?} in the sample, {f:?} reported"),
+    }
     assert_eq!(s.map_memory_bytes, f.map_memory_bytes);
     if let Some(h) = &f.http {
         assert!(s.http_requests <= h.requests);

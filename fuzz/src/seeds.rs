@@ -119,6 +119,7 @@ fn agent_answer(active: &str, inactive: &[&str], tick: u64, errors: u64) -> (Vec
                 run_cnt: 1000 * tick,
                 run_time_ns: 40_000 * tick,
                 program_errors: errors,
+                events_lost: Some(errors),
                 map_memory_bytes: 1 << 20,
                 load_nanos: 2_500_000,
                 http: Some(pb::HttpFigures {

@@ -118,6 +118,9 @@ fn switch_and_rollback_under_load_lose_no_event() {
     for r in &st.revisions {
         assert!(r.run_cnt > 0, "{r:?}");
         assert!(r.map_memory_bytes > 0, "{r:?}");
+        // Built with bpfleet_gate.h's slot 1: they count losses, and lose
+        // nothing.
+        assert_eq!(r.events_lost, Some(0), "{r:?}");
     }
 
     // Unload the inactive revision, then the program: every pin goes.

@@ -24,6 +24,9 @@ pub struct HealthSample {
     pub run_time_ns_delta: u64,
     /// Runs of the revision's programs in the interval.
     pub run_count_delta: u64,
+    /// Events its programs dropped in the interval; `None` when the
+    /// program does not count them.
+    pub events_lost: Option<u64>,
     /// Length of the interval in nanoseconds of wall time.
     pub wall_time_ns: u64,
     /// CPUs of the node; overhead is run time / wall time / cores.
@@ -62,6 +65,9 @@ pub struct GroupFigures {
     pub max_cpu_percent: Option<f64>,
     /// Highest per-node map memory, bytes.
     pub max_map_memory: Option<u64>,
+    /// Events dropped, summed over the nodes that count them; `None` when
+    /// none does.
+    pub events_lost: Option<u64>,
     /// BPF run time and runs, summed over the nodes.
     pub run_time_ns: u64,
     pub runs: u64,
@@ -100,6 +106,9 @@ impl GroupFigures {
                 g.max_map_memory
                     .map_or(s.map_memory_bytes, |m| m.max(s.map_memory_bytes)),
             );
+            if let Some(lost) = s.events_lost {
+                g.events_lost = Some(g.events_lost.unwrap_or(0).saturating_add(lost));
+            }
             g.run_time_ns = g.run_time_ns.saturating_add(s.run_time_ns_delta);
             g.runs = g.runs.saturating_add(s.run_count_delta);
             g.requests = g.requests.saturating_add(s.http_requests);
@@ -200,6 +209,7 @@ pub const GATE_MAP_MEMORY: &str = "mapMemory";
 pub const GATE_ERROR_RATE: &str = "errorRate";
 pub const GATE_P99: &str = "p99Latency";
 pub const GATE_RUN_TIME: &str = "runTimePerRun";
+pub const GATE_EVENTS_LOST: &str = "eventsLost";
 /// The `message` of a gate that had no data.
 pub const NO_DATA: &str = "no data";
 
@@ -243,6 +253,28 @@ pub fn evaluate(
                 threshold,
                 message: None,
             },
+        });
+    }
+
+    if let Some(max) = gates.max_events_lost {
+        let max = u64::try_from(max.max(0)).unwrap_or(0);
+        let threshold = format!("<= {max} events");
+        out.push(match candidate.events_lost {
+            Some(lost) => GateResult {
+                gate: GATE_EVENTS_LOST.into(),
+                passed: lost <= max,
+                measured: format!("{lost} events"),
+                threshold,
+                message: None,
+            },
+            None if candidate.nodes == 0 => {
+                no_data(GATE_EVENTS_LOST, "no candidate node reported", threshold)
+            }
+            None => no_data(
+                GATE_EVENTS_LOST,
+                "the revision does not count lost events (bpfleet_errors has no slot 1)",
+                threshold,
+            ),
         });
     }
 

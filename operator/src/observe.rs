@@ -56,6 +56,8 @@ pub struct Figures {
     pub run_time_ns: u64,
     /// Runs of the revision's programs (`run_cnt`), with `run_time_ns`.
     pub run_count: u64,
+    /// Events its programs dropped; `None` when the object cannot say.
+    pub events_lost: Option<u64>,
     pub program_errors: u64,
     pub map_memory_bytes: u64,
     /// Boxed: most programs trace no HTTP, and a fleet holds many of these.
@@ -67,6 +69,7 @@ impl From<&pb::RevisionStats> for Figures {
         Figures {
             run_time_ns: s.run_time_ns,
             run_count: s.run_cnt,
+            events_lost: s.events_lost,
             program_errors: s.program_errors,
             map_memory_bytes: s.map_memory_bytes,
             http: s.http.clone().map(Box::new),
@@ -159,6 +162,7 @@ struct Snapshot {
     at_ns: u64,
     run_time_ns: u64,
     run_count: u64,
+    events_lost: Option<u64>,
     program_errors: u64,
     http: Option<Box<pb::HttpFigures>>,
 }
@@ -197,6 +201,7 @@ impl SampleBook {
             at_ns: now_ns,
             run_time_ns: figures.run_time_ns,
             run_count: figures.run_count,
+            events_lost: figures.events_lost,
             program_errors: figures.program_errors,
             http: figures.http.clone(),
         };
@@ -224,6 +229,7 @@ impl SampleBook {
         let base = &w.base;
         let reset = cur.run_time_ns < base.run_time_ns
             || cur.run_count < base.run_count
+            || cur.events_lost.unwrap_or(0) < base.events_lost.unwrap_or(0)
             || cur.program_errors < base.program_errors
             || http_reset(base.http.as_deref(), cur.http.as_deref());
         if reset {
@@ -240,6 +246,9 @@ impl SampleBook {
             program_failures: cur.program_errors - base.program_errors,
             run_time_ns_delta: cur.run_time_ns - base.run_time_ns,
             run_count_delta: cur.run_count - base.run_count,
+            events_lost: cur
+                .events_lost
+                .map(|c| c.saturating_sub(base.events_lost.unwrap_or(0))),
             wall_time_ns: elapsed,
             cpu_cores,
             map_memory_bytes: figures.map_memory_bytes,

@@ -220,6 +220,7 @@ impl Agent {
                         own += h.memory();
                         if m == ERRORS_MAP {
                             rs.program_errors = h.percpu_sum();
+                            rs.events_lost = h.percpu_sum_at(1);
                         }
                     }
                 }

@@ -59,18 +59,24 @@ impl PinnedMap {
 
     /// Sum of the u64 values of all CPUs for key 0 of a per-CPU counter map.
     pub fn percpu_sum(&self) -> u64 {
+        self.percpu_sum_at(0).unwrap_or(0)
+    }
+
+    /// The sum over CPUs of the u64 under `key` of a per-CPU array;
+    /// `None` when the map has no such key (an older, smaller layout).
+    pub fn percpu_sum_at(&self, key: u32) -> Option<u64> {
         self.0
-            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
             .ok()
             .flatten()
-            .map_or(0, |vals| {
+            .map(|vals| {
                 vals.iter()
                     .filter_map(|v| {
                         v.get(..8)
                             .and_then(|b| b.try_into().ok())
                             .map(u64::from_ne_bytes)
                     })
-                    .sum()
+                    .fold(0u64, u64::saturating_add)
             })
     }
 

@@ -10,6 +10,7 @@ fn sample(requests: u64, errors: u64, p99: f64) -> HealthSample {
         program_failures: 0,
         run_time_ns_delta: 60_000_000,
         run_count_delta: 100_000,
+        events_lost: Some(0),
         wall_time_ns: 10_000_000_000,
         cpu_cores: 4,
         map_memory_bytes: 2 << 20,
@@ -27,6 +28,7 @@ fn all_gates() -> HealthGates {
         max_error_rate_ratio: Some(1.1),
         max_p99_latency_ratio: Some(1.2),
         max_run_time_ratio: Some(1.2),
+        max_events_lost: Some(0),
         min_samples: 100,
         consecutive_failure_limit: 3,
         no_data: NoDataPolicy::Inconclusive,
@@ -46,7 +48,7 @@ fn healthy_candidate_passes_every_gate() {
     let stable = GroupFigures::from_samples(&[sample(1000, 10, 20.0), sample(1000, 10, 20.0)], 0);
     let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true);
     assert_eq!(m.outcome, Outcome::Pass);
-    assert_eq!(m.gates.len(), 6);
+    assert_eq!(m.gates.len(), 7);
     assert!(m.gates.iter().all(|g| g.passed));
     // 60 ms of BPF time over 10 s on 4 cores = 0.15 %.
     assert_eq!(gate(&m, GATE_CPU).measured, "0.15 %");
@@ -152,6 +154,37 @@ fn run_time_per_run_is_weighted_by_runs_and_needs_runs_on_both_sides() {
 }
 
 #[test]
+fn events_lost_on_one_candidate_node_fail_and_silence_is_no_data() {
+    let mut lossy = sample(1000, 10, 20.0);
+    lossy.events_lost = Some(3);
+    let cand = GroupFigures::from_samples(&[sample(1000, 10, 20.0), lossy], 0);
+    let stable = GroupFigures::from_samples(&[sample(1000, 10, 20.0)], 0);
+    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true);
+    assert_eq!(m.outcome, Outcome::Fail);
+    let g = gate(&m, GATE_EVENTS_LOST);
+    assert_eq!(
+        (g.measured.as_str(), g.threshold.as_str()),
+        ("3 events", "<= 0 events")
+    );
+    // Absolute: it holds for a preview too.
+    let m = evaluate(&all_gates(), &cand, &Baseline::default(), false);
+    assert!(!gate(&m, GATE_EVENTS_LOST).passed);
+    // A program that does not count losses is not taken to lose none.
+    let mut silent = sample(1000, 10, 20.0);
+    silent.events_lost = None;
+    let cand = GroupFigures::from_samples(&[silent], 0);
+    let m = evaluate(&all_gates(), &cand, &Baseline::from_group(&stable), true);
+    assert_eq!(m.outcome, Outcome::NoData);
+    let g = gate(&m, GATE_EVENTS_LOST);
+    assert_eq!(g.message.as_deref(), Some(NO_DATA));
+    assert!(
+        g.measured.contains("does not count lost events"),
+        "{}",
+        g.measured
+    );
+}
+
+#[test]
 fn p99_is_request_weighted_across_nodes() {
     let g = GroupFigures::from_samples(&[sample(300, 0, 10.0), sample(100, 0, 50.0)], 0);
     assert_eq!(g.p99_ms, Some(20.0));
@@ -191,6 +224,7 @@ fn load_failures_count_as_program_failures() {
     gates.max_error_rate_ratio = None;
     gates.max_p99_latency_ratio = None;
     gates.max_run_time_ratio = None;
+    gates.max_events_lost = None;
     gates.max_cpu_overhead_percent = None;
     gates.max_map_memory = None;
     let m = evaluate(&gates, &cand, &Baseline::default(), true);

@@ -6,6 +6,7 @@ fn stats(run_time_ns: u64, errors: u64, http: Option<pb::HttpFigures>) -> Figure
         run_time_ns,
         // 100 ns per run.
         run_count: run_time_ns / 100,
+        events_lost: Some(errors),
         program_errors: errors,
         map_memory_bytes: 4096,
         http: http.map(Box::new),

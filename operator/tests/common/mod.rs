@@ -128,6 +128,7 @@ pub fn traffic(requests: u64, errors: u64, p99_ms: f64) -> HealthSample {
         run_time_ns_delta: 10_000_000,
         // 500 ns per run.
         run_count_delta: 20_000,
+        events_lost: Some(0),
         wall_time_ns: 10_000_000_000,
         cpu_cores: 4,
         map_memory_bytes: 1 << 20,

@@ -391,7 +391,60 @@ async fn a_program_lives_through_every_kind_of_rollout() {
     )
     .await;
     counting(&agents, 0, &[1, 2]).await;
-    set_policy_health(&policies, json!({"maxRunTimeRatio": null, "minSamples": 1})).await;
+    // 5c. A lossy revision: it counts, reports no error and costs what
+    //     stable costs, but drops events (BPFLEET_LOST, a full ring buffer
+    //     in a real program): the maxEventsLost gate fails on the canary
+    //     node's own counter and the node is rolled back.
+    set_policy_health(
+        &policies,
+        json!({"maxRunTimeRatio": null, "minSamples": 1, "maxEventsLost": 0}),
+    )
+    .await;
+    let lossy = objects.spec(
+        "lossy",
+        "5.2.0",
+        json!({"canary": {"steps": [
+            {"setNodePercent": 33},
+            {"analysis": {"durationSeconds": 12, "intervalSeconds": 3}},
+            {"setNodePercent": 100}
+        ]}}),
+    );
+    let rlossy = spec_revision(&lossy);
+    apply(&api, &lossy).await;
+    let tp = wait_for(&api, "lossy revision rolled back", 90, |tp| {
+        phase(tp) == Some(Phase::Aborted)
+            && tp
+                .status
+                .as_ref()
+                .and_then(|s| s.last_analysis.as_ref())
+                .is_some_and(|a| a.revision == rlossy)
+    })
+    .await;
+    let analysis = tp
+        .status
+        .as_ref()
+        .and_then(|s| s.last_analysis.clone())
+        .unwrap();
+    let gate = analysis
+        .gates
+        .iter()
+        .find(|g| g.gate == "eventsLost")
+        .unwrap_or_else(|| panic!("no eventsLost gate: {}", dump(&tp)));
+    eprintln!("lossy revision: {} ({})", gate.measured, gate.threshold);
+    assert!(
+        !gate.passed && gate.measured.ends_with(" events") && !gate.measured.starts_with("0 "),
+        "{}",
+        dump(&tp)
+    );
+    settle(
+        &pool,
+        &agents,
+        "lossy revision rolled back and unloaded",
+        |p| p.iter().all(|(a, l)| *a == r1 && !l.contains(&rlossy)),
+    )
+    .await;
+    counting(&agents, 0, &[1, 2]).await;
+    set_policy_health(&policies, json!({"maxEventsLost": null})).await;
 
     // 6. An agent dies mid-rollout: the node is reported, the rollout waits;
     //    back up, it finishes. v2 by canary one node at a time.
