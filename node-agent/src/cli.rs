@@ -181,6 +181,13 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub object_dirs: Vec<PathBuf>,
+    /// BPF helper this node treats as missing, by name (`bpf_ringbuf_output`,
+    /// the `bpf_` prefix optional) or decimal id (`130`); repeatable. A
+    /// Load whose programs call it fails with InvalidArgument as on a kernel
+    /// lacking it (`unknown func bpf_ringbuf_output#130`), before anything
+    /// is loaded or pinned.
+    #[arg(long = "deny-helper", value_name = "NAME")]
+    pub deny_helpers: Vec<String>,
     /// Where pulled images' objects are kept, by digest, so restarts,
     /// rollbacks and undos need no registry [default: `images` beside the
     /// state file].
@@ -321,6 +328,21 @@ impl ServeArgs {
             );
         }
         cfg.object_dirs = self.object_dirs;
+        for h in &self.deny_helpers {
+            cfg.denied_helpers
+                .insert(crate::kernel::helpers::parse_helper(h)?);
+        }
+        if !cfg.denied_helpers.is_empty() {
+            let names: Vec<String> = cfg
+                .denied_helpers
+                .iter()
+                .filter_map(|id| crate::kernel::helpers::helper_name(*id))
+                .collect();
+            tracing::warn!(
+                denied = ?names,
+                "--deny-helper: Loads whose programs call these helpers are refused"
+            );
+        }
         cfg.node_name = self.node_name;
         for k in &self.trusted_keys {
             let pem = std::fs::read_to_string(k)
@@ -661,6 +683,38 @@ mod tests {
         assert_eq!(e.target, "/usr/lib/libssl.so.3:SSL_write");
         assert!(parse_entry("x:nohook:y").is_err());
         assert!(parse_entry("x").is_err());
+    }
+
+    #[test]
+    fn deny_helper_takes_names_and_ids_and_refuses_unknown_ones() {
+        let serve = |args: &[&str]| {
+            let mut argv = vec!["bpfleet-agent", "serve"];
+            argv.extend_from_slice(args);
+            let Command::Serve(s) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not serve")
+            };
+            s.split().map(|(cfg, _)| cfg)
+        };
+        let cfg = serve(&[
+            "--deny-helper",
+            "bpf_ringbuf_output",
+            "--deny-helper",
+            "get_current_pid_tgid",
+            "--deny-helper",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.denied_helpers.into_iter().collect::<Vec<_>>(),
+            [1, 14, 130]
+        );
+        assert!(serve(&[]).unwrap().denied_helpers.is_empty());
+        let e = serve(&["--deny-helper", "bpf_ringbuf_outptu"]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("--deny-helper") && msg.contains("bpf_ringbuf_outptu"),
+            "{msg}"
+        );
     }
 
     #[test]

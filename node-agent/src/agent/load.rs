@@ -335,6 +335,7 @@ impl Agent {
             max_new_map_bytes: a.map_room,
             name: &cmd.program,
             dispatchers: &dispatchers,
+            denied_helpers: &self.cfg.denied_helpers,
         };
         let loaded = match kernel::load(&spec) {
             Ok(l) => l,

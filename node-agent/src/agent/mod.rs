@@ -27,7 +27,7 @@ mod switch;
 mod unload;
 pub mod views;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -83,6 +83,9 @@ pub struct Config {
     /// Directories a path source must resolve into (`--object-dir`); empty:
     /// any absolute path ([`object_dirs`]).
     pub object_dirs: Vec<PathBuf>,
+    /// Ids of the BPF helpers this node refuses (`--deny-helper`): a Load
+    /// whose programs call one fails as on a kernel lacking the helper.
+    pub denied_helpers: BTreeSet<u32>,
 }
 
 impl Config {
@@ -103,6 +106,7 @@ impl Config {
             node_name: String::new(),
             images: ImageConfig::default(),
             object_dirs: Vec::new(),
+            denied_helpers: BTreeSet::new(),
         }
     }
 }

@@ -48,6 +48,10 @@ pub struct ObjectLoad<'a> {
     pub name: &'a str,
     /// Key -> program pin of the dispatchers the program already has.
     pub dispatchers: &'a BTreeMap<String, PathBuf>,
+    /// Ids of the helpers this node refuses (`--deny-helper`): a program
+    /// to load that calls one is refused as a kernel lacking the helper
+    /// would, before anything is created.
+    pub denied_helpers: &'a BTreeSet<u32>,
 }
 
 /// What a load produced.
@@ -134,6 +138,10 @@ fn load_inner(spec: &ObjectLoad<'_>, created: &mut Vec<PathBuf>) -> Result<Loade
         return Err(Error::Invalid(format!(
             "object has no BPF program named {missing}"
         )));
+    }
+    // Helpers denied on this node: refused before any pin or directory.
+    for p in open.progs().filter(|p| p.autoload()) {
+        super::helpers::check_denied(&p.name().to_string_lossy(), p.insns(), spec.denied_helpers)?;
     }
 
     let mut shared: BTreeMap<String, PathBuf> = BTreeMap::new();

@@ -5,6 +5,8 @@
 //! - [`layout`]: where the agent pins what (pure path arithmetic, no calls);
 //! - [`load`] and [`verifier`]: opening, checking and loading an object
 //!   with its pins ([`ObjectLoad`]), and the verifier log of a refusal;
+//! - [`helpers`]: BPF helpers by name and id, and the refusal of programs
+//!   calling a helper denied on this node (`--deny-helper`);
 //! - [`btf`]: the BTF shapes of map keys and values, of an object and of a
 //!   pinned map, for the persistent-map check;
 //! - [`dispatch`]: dispatcher programs, their one-slot program arrays
@@ -26,6 +28,7 @@ pub mod bpffs;
 pub mod btf;
 pub mod caps;
 pub mod dispatch;
+pub mod helpers;
 pub mod layout;
 pub mod link;
 pub mod load;
