@@ -121,6 +121,7 @@ fn build_world() -> World {
         immediate: None,
         canary: None,
         blue_green: None,
+        verify_first: None,
     };
     let stable = spec(
         "stable",

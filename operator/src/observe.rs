@@ -478,6 +478,7 @@ pub fn report(
         reachable: true,
         revisions,
         failures: failures.of(node, program),
+        kernel: None,
     }
 }
 

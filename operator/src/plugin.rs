@@ -264,6 +264,36 @@ pub fn render_status(tp: &TracerProgram) -> String {
             );
         }
     }
+    if let Some(v) = &st.verification {
+        let _ = writeln!(
+            o,
+            "Verification of {}: {} — {} of {} nodes loaded it, {} refused, {} pending",
+            v.revision, v.result, v.verified, v.nodes, v.failed, v.pending
+        );
+        let _ = writeln!(
+            o,
+            "  {:<32} {:>6} {:>9} {:>7}  first error",
+            "KERNEL", "NODES", "VERIFIED", "FAILED"
+        );
+        for k in &v.kernels {
+            let _ = writeln!(
+                o,
+                "  {:<32} {:>6} {:>9} {:>7}  {}",
+                k.kernel_release,
+                k.nodes,
+                k.verified,
+                k.failed,
+                k.first_error.as_deref().unwrap_or("-")
+            );
+        }
+        for n in &v.failed_nodes {
+            let _ = writeln!(
+                o,
+                "  refused on {:<20} kernel {:<24} {}: {}",
+                n.node, n.kernel_release, n.reason, n.first_error
+            );
+        }
+    }
     if let Some(a) = &st.last_analysis {
         let verdict = match a.verdict {
             AnalysisVerdict::Running => "Running",
@@ -328,7 +358,9 @@ pub fn render_status(tp: &TracerProgram) -> String {
 mod tests {
     use super::*;
     use bpfleet_api::TracerProgramStatus;
-    use bpfleet_api::program::{AnalysisResult, FailingNode, GateResult};
+    use bpfleet_api::program::{
+        AnalysisResult, FailingNode, GateResult, KernelVerification, NodeVerification, Verification,
+    };
 
     #[test]
     fn status_view_shows_gates_failures_and_history() {
@@ -364,6 +396,36 @@ mod tests {
                 }],
                 finished_at: None,
             }),
+            verification: Some(Verification {
+                revision: "bbbbbbbbbb".into(),
+                result: "Failed".into(),
+                nodes: 3,
+                verified: 2,
+                failed: 1,
+                pending: 0,
+                kernels: vec![
+                    KernelVerification {
+                        kernel_release: "6.8.0-45-generic".into(),
+                        nodes: 2,
+                        verified: 2,
+                        failed: 0,
+                        first_error: None,
+                    },
+                    KernelVerification {
+                        kernel_release: "5.4.0-old".into(),
+                        nodes: 1,
+                        verified: 0,
+                        failed: 1,
+                        first_error: Some("unknown func bpf_ringbuf_output#130".into()),
+                    },
+                ],
+                failed_nodes: vec![NodeVerification {
+                    node: "node-b".into(),
+                    kernel_release: "5.4.0-old".into(),
+                    reason: "VerifierRejected".into(),
+                    first_error: "unknown func bpf_ringbuf_output#130".into(),
+                }],
+            }),
             ..Default::default()
         });
         let text = render_status(&tp);
@@ -375,6 +437,9 @@ mod tests {
             "VerifierRejected",
             "Last analysis of bbbbbbbbbb: Failed",
             "FAIL programFailures",
+            "Verification of bbbbbbbbbb: Failed — 2 of 3 nodes loaded it, 1 refused, 0 pending",
+            "5.4.0-old                             1         0       1  unknown func bpf_ringbuf_output#130",
+            "refused on node-b",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

@@ -192,7 +192,9 @@ fn check_invariants(
         (None, stable) => {
             for (name, node) in f.nodes.iter().filter(|(_, n)| n.reachable) {
                 assert!(
-                    node.active.is_none() || node.active == *stable,
+                    node.active.is_none()
+                        || node.active == *stable
+                        || keeps_former_stable(st, node, stable.as_deref()),
                     "{name} runs {:?} with no rollout, stable {stable:?}, phase {:?}",
                     node.active,
                     st.phase
@@ -206,7 +208,9 @@ fn check_invariants(
             f.nodes
                 .values()
                 .filter(|n| n.reachable)
-                .all(|n| n.active.is_none() || n.active == stable),
+                .all(|n| n.active.is_none()
+                    || n.active == stable
+                    || keeps_former_stable(st, n, stable.as_deref())),
             "after an abort every reachable node runs stable {stable:?}"
         );
     }
@@ -234,4 +238,22 @@ proptest! {
             check_invariants(&f, &departed, &out);
         }
     }
+}
+
+/// A node that refused the stable revision keeps a revision that was
+/// promoted once (see `rollout::nodes`).
+fn keeps_former_stable(
+    st: &bpfleet_api::TracerProgramStatus,
+    node: &SimNode,
+    stable: Option<&str>,
+) -> bool {
+    let refused = node
+        .failures
+        .iter()
+        .any(|f| Some(f.revision.as_str()) == stable);
+    let promoted = st.history.iter().any(|r| {
+        Some(&r.revision) == node.active.as_ref()
+            && r.outcome == Some(bpfleet_api::program::RevisionOutcome::Promoted)
+    });
+    refused && promoted
 }

@@ -15,6 +15,8 @@ mod canary;
 mod clock;
 #[path = "scenarios/lifecycle.rs"]
 mod lifecycle;
+#[path = "scenarios/verify.rs"]
+mod verify;
 
 use bpfleet_api::program::Phase;
 use common::*;

@@ -143,6 +143,9 @@ mod defaults {
     pub fn yes() -> bool {
         true
     }
+    pub fn verify_concurrency() -> i32 {
+        64
+    }
 }
 
 /// Annotation that carries the Git commit the spec came from (set by GitOps

@@ -50,6 +50,10 @@ pub struct TracerProgramStatus {
     /// The last health analysis, with measured figures against thresholds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_analysis: Option<AnalysisResult>,
+    /// The last verify-everywhere of a rollout (`strategy.verifyFirst`):
+    /// counts per kernel release and the nodes that could not load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
     /// The version registry, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 110))]
@@ -85,6 +89,60 @@ pub struct AppliedPolicy {
     pub message: Option<String>,
 }
 
+/// The candidate loaded, inactive, on every selected node before any switch.
+/// Bounded whatever the fleet's size: counts, one line per kernel release
+/// (at most 32) and the nodes that failed (at most 20).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    pub revision: String,
+    /// `Verifying`, `Passed`, `Excluded` (passed without the failed nodes)
+    /// or `Failed`.
+    pub result: String,
+    /// Selected nodes.
+    pub nodes: i32,
+    /// Nodes where the revision loaded (the verifier accepted it).
+    pub verified: i32,
+    /// Nodes that refused it.
+    pub failed: i32,
+    /// Nodes not answered yet.
+    pub pending: i32,
+    /// Per kernel release (`status.nodeInfo.kernelVersion` of the Node;
+    /// `unknown` when not reported), most nodes first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub kernels: Vec<KernelVerification>,
+    /// Nodes that refused the revision, with the kernel's first error line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub failed_nodes: Vec<NodeVerification>,
+}
+
+/// Verification on the nodes of one kernel release.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelVerification {
+    pub kernel_release: String,
+    pub nodes: i32,
+    pub verified: i32,
+    pub failed: i32,
+    /// The first failed node's first error line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+/// One node that could not load the revision.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeVerification {
+    pub node: String,
+    pub kernel_release: String,
+    /// CamelCase, e.g. `VerifierRejected`.
+    pub reason: String,
+    /// The verifier's error line (or the agent's refusal), one line.
+    pub first_error: String,
+}
+
 /// Bookkeeping of the rollout state machine. Operator-internal: read it for
 /// debugging, never write it.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -118,6 +176,9 @@ pub struct RolloutProgress {
     /// `baselineErrorRate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_ns_per_run: Option<f64>,
+    /// The candidate whose verify-everywhere is done (its steps may run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_revision: Option<String>,
     /// Previous revision kept loaded after a blue-green promotion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained_revision: Option<String>,

@@ -22,6 +22,61 @@ pub struct Strategy {
     pub canary: Option<CanaryStrategy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blue_green: Option<BlueGreenStrategy>,
+    /// Verify everywhere before switching anywhere: load the new revision,
+    /// inactive, on every selected node first (the kernel's verifier runs,
+    /// nothing is switched), and start the steps only once every node has
+    /// answered. On by default for canary and blueGreen, off for immediate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_first: Option<VerifyFirst>,
+}
+
+impl Strategy {
+    /// Whether the rollout verifies on every node before any switch:
+    /// `verifyFirst.enabled`, else on for canary and blueGreen.
+    pub fn verifies_first(&self) -> bool {
+        self.verify_first
+            .as_ref()
+            .and_then(|v| v.enabled)
+            .unwrap_or(self.immediate.is_none())
+    }
+}
+
+/// Load the candidate on every selected node before the first switch.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyFirst {
+    /// Unset: on for canary and blueGreen, off for immediate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// What a node that cannot load the revision does to the rollout.
+    #[serde(default)]
+    pub on_failure: VerifyFailurePolicy,
+    /// Nodes sent the revision at once while verifying (per program).
+    #[serde(default = "defaults::verify_concurrency")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrent: i32,
+}
+
+impl Default for VerifyFirst {
+    fn default() -> Self {
+        VerifyFirst {
+            enabled: None,
+            on_failure: VerifyFailurePolicy::default(),
+            max_concurrent: defaults::verify_concurrency(),
+        }
+    }
+}
+
+/// What a node that cannot load the revision during verification does.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum VerifyFailurePolicy {
+    /// No node switches: the rollout fails (`failurePolicy` applies) with
+    /// the nodes and the reasons in `status.verification`.
+    #[default]
+    Block,
+    /// The node is excluded: it keeps the revision it runs, is reported in
+    /// `status.verification` and `failingNodes`, and the rest proceeds.
+    Exclude,
 }
 
 /// The immediate strategy has no settings: `immediate: {}`.

@@ -54,8 +54,8 @@ pub(super) fn reports_of(
     targets
         .iter()
         .zip(seen)
-        .map(
-            |(t, s)| match s.as_ref().and_then(|s| Some((s.at, s.view.as_ref()?))) {
+        .map(|(t, s)| {
+            let mut r = match s.as_ref().and_then(|s| Some((s.at, s.view.as_ref()?))) {
                 Some((at, view)) => observe::report(
                     &t.name,
                     program,
@@ -66,8 +66,10 @@ pub(super) fn reports_of(
                     t.cores,
                 ),
                 None => observe::unreachable(&t.name),
-            },
-        )
+            };
+            r.kernel.clone_from(&t.kernel);
+            r
+        })
         .collect()
 }
 

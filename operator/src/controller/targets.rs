@@ -19,6 +19,8 @@ pub(super) struct Target {
     pub(super) endpoint: Option<String>,
     pub(super) cores: u32,
     pub(super) selected: bool,
+    /// `status.nodeInfo.kernelVersion`, when the kubelet reported it.
+    pub(super) kernel: Option<String>,
 }
 
 pub(super) fn cores(node: &Node) -> u32 {
@@ -43,6 +45,12 @@ pub(super) fn target(node: &Node, pods: &HashMap<String, String>, selected: bool
         endpoint: agents::endpoint_in(node, pods),
         cores: cores(node),
         selected,
+        kernel: node
+            .status
+            .as_ref()
+            .and_then(|s| s.node_info.as_ref())
+            .map(|i| i.kernel_version.clone())
+            .filter(|k| !k.is_empty()),
     }
 }
 

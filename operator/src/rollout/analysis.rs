@@ -203,6 +203,7 @@ mod tests {
                 }),
             }],
             failures: vec![],
+            kernel: None,
         }
     }
 

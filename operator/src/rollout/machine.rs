@@ -10,7 +10,7 @@
 //! Pause steps, promotion waits and analysis windows have their own clocks.
 
 use bpfleet_api::TracerProgramStatus;
-use bpfleet_api::program::{FailurePolicy, Phase, RevisionOutcome, RolloutProgress};
+use bpfleet_api::program::{FailurePolicy, Phase, RevisionOutcome, RolloutProgress, VerifyFirst};
 
 use super::clock::{secs, time};
 use super::history;
@@ -54,6 +54,8 @@ struct Machine<'a> {
     now: i64,
     revision: String,
     plan: Plan,
+    /// `strategy.verifyFirst` when verification is on.
+    verify: Option<VerifyFirst>,
     status: TracerProgramStatus,
     progress: RolloutProgress,
     events: Vec<Event>,
@@ -81,6 +83,11 @@ impl<'a> Machine<'a> {
             now: secs(&input.now),
             revision: revision_id(input.spec)?,
             plan: Plan::new(&input.spec.strategy)?,
+            verify: input
+                .spec
+                .strategy
+                .verifies_first()
+                .then(|| input.spec.strategy.verify_first.clone().unwrap_or_default()),
             progress: status.rollout.clone().unwrap_or_default(),
             status,
             input,
@@ -350,6 +357,7 @@ impl<'a> Machine<'a> {
         self.status.candidate_revision = Some(rev.clone());
         self.status.current_step_index = Some(0);
         self.status.last_analysis = None;
+        self.progress.verified_revision = None;
         self.restart_clocks();
         let spec = self.input.spec;
         history::record_start(
@@ -438,3 +446,4 @@ mod advance;
 mod finish;
 #[cfg(test)]
 mod tests;
+pub mod verify;

@@ -74,6 +74,9 @@ pub struct NodeReport {
     pub revisions: Vec<LoadedRevision>,
     /// Load, attach or activation failures, latest per revision.
     pub failures: Vec<NodeFailure>,
+    /// The node's kernel release (`status.nodeInfo.kernelVersion`), for
+    /// the verification summary.
+    pub kernel: Option<String>,
 }
 
 impl NodeReport {

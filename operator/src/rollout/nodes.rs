@@ -71,6 +71,12 @@ pub struct Targets<'a> {
     pub max_unavailable: usize,
     pub retained: Option<&'a str>,
     pub freeze: Freeze,
+    /// Nodes verification left out of the candidate's rollout: not
+    /// counted against `maxUnavailable`.
+    pub excluded: &'a BTreeSet<String>,
+    /// Revisions that were promoted once (the stable one and its
+    /// predecessors): a node that refuses its target keeps one of these.
+    pub promoted: &'a BTreeSet<String>,
 }
 
 /// Actions, counts and failing nodes.
@@ -137,6 +143,18 @@ pub fn plan(
         }
         loaded.extend(t.retained);
 
+        // A node that refused the revision it should run keeps running
+        // a former stable revision it runs (a node left out by
+        // verification, after the rollout): the old revision rather than
+        // none, listed as failing. A revision never promoted (one undone
+        // or aborted) is not kept.
+        if let (Some(a), Some(running)) = (active, node.active())
+            && a != running
+            && node.failure(a).is_some()
+            && t.promoted.contains(running)
+        {
+            loaded.insert(running);
+        }
         let wanted = || loaded.iter().copied().chain(t.candidate.filter(|_| in_set));
         let failure = wanted().find_map(|r| node.failure(r));
         // Not a failure of the revision: listed (and counted as failing)
@@ -262,6 +280,7 @@ fn switch_allowance<'a>(t: &Targets<'a>, nodes: &'a [NodeReport]) -> BTreeSet<&'
     // revision runs nothing and counts here.
     let unavailable = nodes
         .iter()
+        .filter(|n| !t.excluded.contains(&n.node))
         .filter(|n| {
             !n.reachable
                 || n.failure(c).is_some()

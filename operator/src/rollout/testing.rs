@@ -39,6 +39,7 @@ pub fn none() -> Strategy {
         immediate: None,
         canary: None,
         blue_green: None,
+        verify_first: None,
     }
 }
 

@@ -59,6 +59,7 @@ pub fn immediate() -> Strategy {
         immediate: Some(ImmediateStrategy {}),
         canary: None,
         blue_green: None,
+        verify_first: None,
     }
 }
 
@@ -70,6 +71,7 @@ pub fn canary(max_unavailable: i32, steps: Vec<CanaryStep>) -> Strategy {
             max_unavailable,
         }),
         blue_green: None,
+        verify_first: None,
     }
 }
 
@@ -78,6 +80,7 @@ pub fn blue_green(bg: BlueGreenStrategy) -> Strategy {
         immediate: None,
         canary: None,
         blue_green: Some(bg),
+        verify_first: None,
     }
 }
 
@@ -147,6 +150,10 @@ pub struct SimNode {
     pub reachable: bool,
     /// The agent answers but carries out nothing.
     pub stuck: bool,
+    /// Kernel release the Node reports.
+    pub kernel: Option<String>,
+    /// Revisions this node's kernel refuses (`VerifierRejected`).
+    pub refuses: BTreeSet<String>,
 }
 
 /// The fleet, the object and the clock.
@@ -261,6 +268,7 @@ impl Fleet {
                 })
                 .collect(),
             failures: node.failures.clone(),
+            kernel: node.kernel.clone(),
         }
     }
 
@@ -335,7 +343,6 @@ impl Fleet {
 
     pub fn carry_out(&mut self, actions: &[NodeAction]) {
         for a in actions {
-            let broken = self.broken.get(&a.revision).cloned();
             let node = match self.nodes.get_mut(&a.node) {
                 Some(n) => n,
                 None => self
@@ -343,6 +350,11 @@ impl Fleet {
                     .get_mut(&a.node)
                     .expect("action for a known node"),
             };
+            let broken = self.broken.get(&a.revision).cloned().or_else(|| {
+                node.refuses
+                    .contains(&a.revision)
+                    .then(|| "VerifierRejected".to_string())
+            });
             if node.stuck {
                 continue;
             }

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::common::*;
-use bpfleet_api::program::{Phase, RevisionOutcome, RevisionState};
+use bpfleet_api::program::{Phase, RevisionOutcome, RevisionState, VerifyFirst};
 use bpfleet_operator::rollout::selection::{canary_count, canary_nodes};
 use bpfleet_operator::rollout::{ActionKind, CommandKind};
 
@@ -273,6 +273,12 @@ fn an_unreachable_agent_is_reported_and_the_deadline_decides() {
     let (mut f, v1) = stable_fleet(4);
     let mut s = spec("v2", canary(4, vec![percent(100)]));
     s.progress_deadline_seconds = 120;
+    // Verification would hold every node until node-02 answers (see
+    // `verify::an_unreachable_node_holds_verification_until_the_deadline`).
+    s.strategy.verify_first = Some(VerifyFirst {
+        enabled: Some(false),
+        ..Default::default()
+    });
     f.apply(s);
     let v2 = f.revision();
     f.nodes.get_mut("node-02").expect("node").reachable = false;

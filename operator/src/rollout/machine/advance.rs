@@ -14,12 +14,22 @@ use crate::rollout::{NodeFailure, SOURCE_UNAVAILABLE};
 
 impl<'a> Machine<'a> {
     /// The nodes that should run the candidate while step `index` runs.
+    /// Nodes left out of the rollout by verification do not count: the
+    /// percentages are of the nodes that can run the candidate.
     pub(super) fn candidate_set(&self, index: usize) -> Vec<&'a str> {
         let percent = self.plan.placement(index).percent;
         let input: &'a super::Input<'a> = self.input;
+        let excluded = match self.status.candidate_revision.as_deref() {
+            Some(c) => self.excluded(c),
+            None => Default::default(),
+        };
         canary_nodes(
             input.program,
-            input.nodes.iter().map(|n| n.node.as_str()),
+            input
+                .nodes
+                .iter()
+                .map(|n| n.node.as_str())
+                .filter(|n| !excluded.contains(*n)),
             percent,
         )
     }
@@ -41,12 +51,23 @@ impl<'a> Machine<'a> {
                 &c,
                 Some(RevisionOutcome::InProgress),
             );
-            self.event(
-                false,
-                "FailureOverridden",
-                format!("failed step of revision {c} passed on request"),
-            );
-            self.next_step();
+            if self.verifying(&c) {
+                self.override_verification(&c);
+                self.event(
+                    false,
+                    "FailureOverridden",
+                    format!(
+                        "failed verification of revision {c} passed on request; the nodes that refused it are left out"
+                    ),
+                );
+            } else {
+                self.event(
+                    false,
+                    "FailureOverridden",
+                    format!("failed step of revision {c} passed on request"),
+                );
+                self.next_step();
+            }
         }
         if self.user_hold {
             if self.take_promote() {
@@ -64,13 +85,18 @@ impl<'a> Machine<'a> {
             });
             return;
         }
+        // While verifying, refusals are the verification's to judge, once
+        // every node answered; nodes it left out count no more.
+        let excluded = self.excluded(&c);
         let failed: Vec<_> = self
             .nodes
             .iter()
+            .filter(|n| !excluded.contains(&n.node))
             .filter_map(|n| n.failure(&c).map(|f| (n.node.as_str(), f)))
             .collect();
         let tolerated = usize::try_from(self.input.gates.max_program_failures.max(0)).unwrap_or(0);
-        if failed.len() > tolerated
+        if !self.verifying(&c)
+            && failed.len() > tolerated
             && let Some((node, f)) = failed.first()
         {
             let text = format!(
@@ -81,6 +107,27 @@ impl<'a> Machine<'a> {
             );
             self.fail("ProgramLoadFailed", text);
             return;
+        }
+        if self.verifying(&c) {
+            let state = self.eval_verify(&c);
+            if !matches!(state, StepState::Done) {
+                self.stop_at(state);
+                return;
+            }
+        } else if self.verify.is_some() {
+            let result = self
+                .status
+                .verification
+                .as_ref()
+                .filter(|v| v.revision == c)
+                .map_or(super::verify::PASSED, |v| {
+                    if v.result == super::verify::EXCLUDED {
+                        super::verify::EXCLUDED
+                    } else {
+                        super::verify::PASSED
+                    }
+                });
+            self.refresh_verification(&c, result);
         }
         // Each pass either returns or moves one step on: bounded by the plan.
         for _ in 0..=self.plan.len() {
@@ -104,25 +151,31 @@ impl<'a> Machine<'a> {
             } else {
                 self.eval_step(index, &c)
             };
-            match state {
-                StepState::Done => self.next_step(),
-                StepState::Wait {
-                    phase,
-                    message,
-                    next_in,
-                } => {
-                    self.phase = Some(phase);
-                    self.message = Some(message);
-                    if let Some(n) = next_in {
-                        self.want_again(n);
-                    }
-                    return;
-                }
-                StepState::Failed { reason, message } => {
-                    self.fail(reason, message);
-                    return;
+            if matches!(state, StepState::Done) {
+                self.next_step();
+            } else {
+                self.stop_at(state);
+                return;
+            }
+        }
+    }
+
+    /// The rollout stops this call at a step that waits or failed.
+    fn stop_at(&mut self, state: StepState) {
+        match state {
+            StepState::Done => {}
+            StepState::Wait {
+                phase,
+                message,
+                next_in,
+            } => {
+                self.phase = Some(phase);
+                self.message = Some(message);
+                if let Some(n) = next_in {
+                    self.want_again(n);
                 }
             }
+            StepState::Failed { reason, message } => self.fail(reason, message),
         }
     }
 
@@ -265,7 +318,7 @@ impl<'a> Machine<'a> {
     }
 
     /// Waiting for nodes: the only time the progress deadline runs.
-    fn wait_on_nodes(&mut self, c: &str, waiting: &[String], text: String) -> StepState {
+    pub(super) fn wait_on_nodes(&mut self, c: &str, waiting: &[String], text: String) -> StepState {
         let on_candidate = self.nodes.iter().filter(|n| n.active() == Some(c)).count();
         let before = if self.status.current_revision.as_deref() == Some(c) {
             usize::try_from(self.status.nodes.updated.max(0)).unwrap_or(0)

@@ -1,7 +1,7 @@
 //! Assembling the output: node plan, phase and message, counts, history,
 //! conditions and the requeue hint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bpfleet_api::program::{FailingNode, Phase, RevisionOutcome};
 
@@ -11,7 +11,7 @@ use crate::rollout::conditions::{self, Facts};
 use crate::rollout::history;
 use crate::rollout::nodes::{self, Freeze, Targets};
 use crate::rollout::plan::Kind;
-use crate::rollout::{Output, SOURCE_UNAVAILABLE};
+use crate::rollout::{ActionKind, Output, SOURCE_UNAVAILABLE};
 
 impl Machine<'_> {
     pub(super) fn finish(mut self) -> Output {
@@ -19,7 +19,9 @@ impl Machine<'_> {
         let candidate = self.status.candidate_revision.clone();
         let stable = self.status.stable_revision.clone();
         let index = self.step_index();
-        let (placement, set) = match candidate {
+        let (placement, set) = match candidate.as_deref() {
+            // While verifying, the candidate is loaded but runs nowhere.
+            Some(c) if self.verifying(c) => (Default::default(), Vec::new()),
             Some(_) => (self.plan.placement(index), self.candidate_set(index)),
             None => (Default::default(), Vec::new()),
         };
@@ -35,23 +37,50 @@ impl Machine<'_> {
             _ => usize::MAX,
         };
         let retained = self.progress.retained_revision.clone();
+        let excluded = candidate
+            .as_deref()
+            .map(|c| self.excluded(c))
+            .unwrap_or_default();
+        let promoted: BTreeSet<String> = self
+            .status
+            .history
+            .iter()
+            .filter(|r| r.outcome == Some(RevisionOutcome::Promoted))
+            .map(|r| r.revision.clone())
+            .collect();
         let targets = Targets {
             stable: stable.as_deref(),
             candidate: candidate.as_deref(),
             current: &self.revision,
             candidate_nodes: &set,
-            preload_all: placement.preload_all,
+            // Verification leaves the candidate loaded everywhere, so each
+            // later switch is only a switch.
+            preload_all: placement.preload_all || (candidate.is_some() && self.verify.is_some()),
+            excluded: &excluded,
+            promoted: &promoted,
             max_unavailable,
             retained: retained.as_deref(),
             freeze,
         };
-        let plan = nodes::plan(
+        let mut plan = nodes::plan(
             &targets,
             &self.nodes,
             self.input.departed,
             &self.input.status.failing_nodes,
             &now,
         );
+        if let Some(c) = candidate.as_deref()
+            && let Some(mut budget) = self.load_budget(c)
+        {
+            plan.actions.retain(|a| {
+                if a.kind != ActionKind::Load || a.revision != c {
+                    return true;
+                }
+                let send = budget > 0;
+                budget = budget.saturating_sub(1);
+                send
+            });
+        }
 
         if let Some(s) = plan.retry_in {
             self.want_again(s);

@@ -4,7 +4,7 @@
 use bpfleet_api::TracerProgramSpec;
 use bpfleet_api::TracerProgramStatus;
 use bpfleet_api::policy::HealthGates;
-use bpfleet_api::program::Phase;
+use bpfleet_api::program::{Phase, VerifyFailurePolicy, VerifyFirst};
 
 use crate::Error;
 use crate::rollout::clock::time;
@@ -52,6 +52,10 @@ fn an_invalid_strategy_is_an_error() {
 fn a_first_canary_places_only_the_canaries() {
     let mut s = spec("a");
     s.strategy = canary(vec![percent(50), pause_for("1m")]);
+    s.strategy.verify_first = Some(VerifyFirst {
+        enabled: Some(false),
+        ..Default::default()
+    });
     let out = run(&s, &Default::default(), &nodes(4), &Requests::default(), 0).expect("run");
     // maxUnavailable 1: one canary this call, the rest get nothing (no stable).
     let nodes_touched: std::collections::BTreeSet<&str> =
@@ -386,4 +390,185 @@ fn counts_after_an_abort_agree_with_its_message() {
         assert!(out.actions.is_empty(), "{:?}", out.actions);
         status = out.status;
     }
+}
+
+/// The spec of `stable_a_then_b` moved to a canary that verifies first.
+fn verifying_canary(policy: VerifyFailurePolicy, max_concurrent: i32) -> TracerProgramSpec {
+    let (mut b, ..) = stable_a_then_b();
+    b.strategy = canary(vec![percent(50), pause_for("1m")]);
+    b.strategy.verify_first = Some(VerifyFirst {
+        enabled: None,
+        on_failure: policy,
+        max_concurrent,
+    });
+    b
+}
+
+fn rejected_on(node: &str, revision: &str, running: &str, kernel: &str) -> NodeReport {
+    NodeReport {
+        failures: vec![NodeFailure {
+            revision: revision.into(),
+            reason: "VerifierRejected".into(),
+            message: "verifier rejected program count: 12: (85) call bpf_ringbuf_output#130\nunknown func bpf_ringbuf_output#130".into(),
+            at: time(103),
+            attempts: 1,
+        }],
+        kernel: Some(kernel.into()),
+        ..holding(node, &[(running, true)])
+    }
+}
+
+/// Verification is on by default for a canary: the candidate is sent to
+/// every node, at most `maxConcurrent` per pass, and nothing is switched
+/// before every node answered.
+#[test]
+fn a_canary_first_loads_the_candidate_everywhere_in_bounded_batches() {
+    let (_, status, ra, rb) = stable_a_then_b();
+    let b = verifying_canary(VerifyFailurePolicy::Block, 1);
+    let none = Requests::default();
+    let on_a = [holding("n0", &[(&ra, true)]), holding("n1", &[(&ra, true)])];
+    let out = run(&b, &status, &on_a, &none, 100).expect("run");
+    assert_eq!(out.actions.len(), 1, "{:?}", out.actions);
+    assert_eq!(out.actions[0].kind, ActionKind::Load);
+    assert_eq!(out.actions[0].revision, rb);
+    let v = out.status.verification.clone().expect("verification");
+    assert_eq!(
+        (v.result.as_str(), v.pending, v.verified),
+        ("Verifying", 2, 0)
+    );
+    // n0 loaded it: n1 is sent it; still no switch.
+    let one = [
+        holding("n0", &[(&ra, true), (&rb, false)]),
+        holding("n1", &[(&ra, true)]),
+    ];
+    let out = run(&b, &out.status, &one, &none, 101).expect("run");
+    assert_eq!(loads_of(&out, "n1"), vec![(rb.as_str(), ActionKind::Load)]);
+    assert!(out.actions.iter().all(|a| a.kind == ActionKind::Load));
+    assert_eq!(out.status.current_step.as_deref(), Some("0/3"));
+    // Both loaded: verified, and the first step switches one node.
+    let both = [
+        holding("n0", &[(&ra, true), (&rb, false)]),
+        holding("n1", &[(&ra, true), (&rb, false)]),
+    ];
+    let out = run(&b, &out.status, &both, &none, 102).expect("run");
+    let v = out.status.verification.clone().expect("verification");
+    assert_eq!((v.result.as_str(), v.verified), ("Passed", 2));
+    assert!(out.events.iter().any(|e| e.reason == "Verified"));
+    let switched: Vec<_> = out
+        .actions
+        .iter()
+        .filter(|a| a.kind == ActionKind::Activate)
+        .collect();
+    assert_eq!(switched.len(), 1, "{:?}", out.actions);
+    // Loaded everywhere: no Load is needed for the switch.
+    assert!(out.actions.iter().all(|a| a.kind != ActionKind::Load));
+}
+
+/// `onFailure: Block`: one node's verifier refuses the candidate; once
+/// every node answered the rollout fails naming the node, its kernel and
+/// the verifier's line, and no node was ever switched.
+#[test]
+fn a_node_that_cannot_load_blocks_the_rollout_before_any_switch() {
+    let (_, status, ra, rb) = stable_a_then_b();
+    let b = verifying_canary(VerifyFailurePolicy::Block, 64);
+    let none = Requests::default();
+    // n1 refused, n0 still loading: the machine waits for n0.
+    let waiting = [
+        holding("n0", &[(&ra, true)]),
+        rejected_on("n1", &rb, &ra, "5.4.0-old"),
+    ];
+    let out = run(&b, &status, &waiting, &none, 102).expect("run");
+    assert_eq!(out.status.phase, Some(Phase::Progressing));
+    assert_eq!(loads_of(&out, "n0"), vec![(rb.as_str(), ActionKind::Load)]);
+    let answered = [
+        holding("n0", &[(&ra, true), (&rb, false)]),
+        rejected_on("n1", &rb, &ra, "5.4.0-old"),
+    ];
+    let out = run(&b, &out.status, &answered, &none, 103).expect("run");
+    assert_eq!(out.status.phase, Some(Phase::Aborted));
+    let message = out.status.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("VerificationFailed")
+            || out.events.iter().any(|e| e.reason == "VerificationFailed"),
+        "{message}"
+    );
+    assert!(message.contains("kernel 5.4.0-old: n1"), "{message}");
+    assert!(
+        message.contains("unknown func bpf_ringbuf_output#130"),
+        "{message}"
+    );
+    assert!(out.actions.iter().all(|a| a.kind != ActionKind::Activate));
+    // The candidate is unloaded where it loaded; n0 stays on a.
+    assert_eq!(
+        loads_of(&out, "n0"),
+        vec![(rb.as_str(), ActionKind::Unload)]
+    );
+    let v = out.status.verification.clone().expect("verification");
+    assert_eq!(v.result, "Failed");
+    assert_eq!(v.failed_nodes[0].node, "n1");
+    assert_eq!(v.failed_nodes[0].kernel_release, "5.4.0-old");
+    assert_eq!(
+        v.failed_nodes[0].first_error,
+        "unknown func bpf_ringbuf_output#130"
+    );
+}
+
+/// `onFailure: Exclude`: the refusing node is left out, keeps running the
+/// stable revision through the whole rollout and after it, and the rest
+/// rolls out; `maxUnavailable` 1 is not used up by the excluded node.
+#[test]
+fn an_excluded_node_keeps_its_revision_while_the_rest_rolls_out() {
+    let (_, status, ra, rb) = stable_a_then_b();
+    let b = verifying_canary(VerifyFailurePolicy::Exclude, 64);
+    let none = Requests::default();
+    let answered = [
+        holding("n0", &[(&ra, true), (&rb, false)]),
+        rejected_on("n1", &rb, &ra, "5.4.0-old"),
+        holding("n2", &[(&ra, true), (&rb, false)]),
+    ];
+    let out = run(&b, &status, &answered, &none, 103).expect("run");
+    assert_eq!(
+        out.status.phase,
+        Some(Phase::Progressing),
+        "{:?}",
+        out.status.message
+    );
+    assert!(
+        out.events
+            .iter()
+            .any(|e| e.reason == "NodesExcluded" && e.message.contains("n1"))
+    );
+    assert_eq!(
+        out.status.verification.as_ref().map(|v| v.result.as_str()),
+        Some("Excluded")
+    );
+    assert!(loads_of(&out, "n1").is_empty(), "{:?}", out.actions);
+    // 50 % of the two eligible nodes: one switches.
+    let activated: Vec<&str> = out
+        .actions
+        .iter()
+        .filter(|a| a.kind == ActionKind::Activate)
+        .map(|a| a.node.as_str())
+        .collect();
+    assert_eq!(activated.len(), 1);
+    assert_ne!(activated[0], "n1");
+    // Everyone eligible on b, the pause promoted: the rollout completes
+    // and n1 still runs (and holds) a.
+    let done = [
+        holding("n0", &[(&ra, false), (&rb, true)]),
+        rejected_on("n1", &rb, &ra, "5.4.0-old"),
+        holding("n2", &[(&ra, false), (&rb, true)]),
+    ];
+    let promote = Requests {
+        pause: false,
+        commands: vec![Command {
+            id: "p1".into(),
+            kind: CommandKind::Promote,
+        }],
+    };
+    let out = run(&b, &out.status, &done, &promote, 104).expect("run");
+    assert_eq!(out.status.stable_revision.as_deref(), Some(rb.as_str()));
+    assert!(loads_of(&out, "n1").is_empty(), "{:?}", out.actions);
+    assert_eq!(out.status.phase, Some(Phase::Degraded));
+    assert_eq!(out.status.nodes.failed, 1);
 }

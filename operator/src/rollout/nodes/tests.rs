@@ -17,6 +17,7 @@ fn node(name: &str, loaded: &[(&str, bool)]) -> NodeReport {
             })
             .collect(),
         failures: vec![],
+        kernel: None,
     }
 }
 
@@ -30,8 +31,12 @@ fn targets<'a>(set: &'a [&'a str]) -> Targets<'a> {
         max_unavailable: 1,
         retained: None,
         freeze: Freeze::None,
+        excluded: &NONE_EXCLUDED,
+        promoted: &NONE_EXCLUDED,
     }
 }
+
+static NONE_EXCLUDED: BTreeSet<String> = BTreeSet::new();
 
 fn kinds(p: &NodePlan, n: &str) -> Vec<(String, ActionKind)> {
     p.actions
