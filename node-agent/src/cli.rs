@@ -435,6 +435,10 @@ pub struct LoadArgs {
     /// Map shared by every revision; repeatable.
     #[arg(long = "persistent-map")]
     persistent_maps: Vec<String>,
+    /// Persistent map this revision gets afresh when the pinned one has
+    /// another layout (the loaded revisions keep the old one); repeatable.
+    #[arg(long = "recreate-incompatible-map")]
+    recreate_maps: Vec<String>,
 }
 
 /// Parses `BPF_PROGRAM:HOOK:TARGET`.
@@ -576,6 +580,7 @@ pub async fn run_client(cmd: Command) -> Result<()> {
                 signature,
                 entries,
                 persistent_maps: load.persistent_maps,
+                recreate_incompatible_maps: load.recreate_maps,
                 budget: None,
             };
             show(connect(&conn).await?.load(req).await)

@@ -82,6 +82,11 @@ pub struct RevisionState {
     /// their own), summed over the closed active periods.
     #[serde(default)]
     pub dispatched: BTreeMap<String, RunFigures>,
+    /// Persistent maps this revision keeps in `maps` (pinned in its own
+    /// directory) because a later revision recreated them with another
+    /// layout: the old map, with the contents this revision counted into.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub displaced_maps: std::collections::BTreeSet<String>,
 }
 
 /// Run count and run time.

@@ -32,6 +32,9 @@ pub struct RevisionSnapshot {
     pub programs: Vec<ProgramEntry>,
     #[serde(default)]
     pub persistent_maps: Vec<String>,
+    /// Persistent maps a revision may recreate when their layout changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recreate_incompatible_maps: Vec<String>,
 }
 
 impl RevisionSnapshot {
@@ -42,6 +45,7 @@ impl RevisionSnapshot {
             signature: spec.signature.clone(),
             programs: spec.programs.clone(),
             persistent_maps: spec.persistent_maps.clone(),
+            recreate_incompatible_maps: spec.recreate_incompatible_maps.clone(),
         }
     }
 }
@@ -278,6 +282,7 @@ pub fn request(
             .unwrap_or_default(),
         entries: entries(&spec.programs)?,
         persistent_maps: spec.persistent_maps.clone(),
+        recreate_incompatible_maps: spec.recreate_incompatible_maps.clone(),
         budget: None,
     })
 }
@@ -474,5 +479,23 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn the_recreate_policy_reaches_the_request_and_older_snapshots_read() {
+        let mut tp = crate::rollout::testing::spec("a");
+        tp.persistent_maps = vec!["counts".into()];
+        tp.recreate_incompatible_maps = vec!["counts".into()];
+        let snap = RevisionSnapshot::from_spec(&tp);
+        let req = request("p", "r1", &snap, Source::Path("/x.o".into())).unwrap();
+        assert_eq!(req.persistent_maps, ["counts"]);
+        assert_eq!(req.recreate_incompatible_maps, ["counts"]);
+        // A snapshot stored before the field existed reads as Refuse.
+        let mut old = serde_json::to_value(&snap).unwrap();
+        old.as_object_mut()
+            .unwrap()
+            .remove("recreateIncompatibleMaps");
+        let back: RevisionSnapshot = serde_json::from_value(old).unwrap();
+        assert!(back.recreate_incompatible_maps.is_empty());
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The id is the first 10 hex digits of SHA-256 over the canonical JSON of
 //! `bytecode`, `sha256`, `programs` (in order: their order is the load order)
-//! and `persistentMaps` (sorted: it is a set). `version`, `strategy`,
+//! `persistentMaps` and `recreateIncompatibleMaps` (each sorted: they are
+//! sets; the latter left out when empty, so older ids hold). `version`, `strategy`,
 //! `nodeSelector`, `paused`, `failurePolicy` and the other rollout settings are
 //! left out on purpose: editing how or where a revision rolls out must not
 //! start a new rollout. The JSON shape comes from the API types' serde
@@ -26,6 +27,9 @@ struct Content<'a> {
     sha256: &'a str,
     programs: &'a [ProgramEntry],
     persistent_maps: Vec<&'a str>,
+    /// Left out when empty, so the ids of specs without it stay as they were.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    recreate_incompatible_maps: Vec<&'a str>,
 }
 
 /// The revision id of a spec (see the module docs for what it covers).
@@ -33,11 +37,19 @@ pub fn revision_id(spec: &TracerProgramSpec) -> Result<String> {
     let mut persistent_maps: Vec<&str> = spec.persistent_maps.iter().map(String::as_str).collect();
     persistent_maps.sort_unstable();
     persistent_maps.dedup();
+    let mut recreate_incompatible_maps: Vec<&str> = spec
+        .recreate_incompatible_maps
+        .iter()
+        .map(String::as_str)
+        .collect();
+    recreate_incompatible_maps.sort_unstable();
+    recreate_incompatible_maps.dedup();
     let content = Content {
         bytecode: &spec.bytecode,
         sha256: &spec.sha256,
         programs: &spec.programs,
         persistent_maps,
+        recreate_incompatible_maps,
     };
     let bytes = serde_json::to_vec(&content)?;
     let digest = Sha256::digest(&bytes);
@@ -93,6 +105,32 @@ mod tests {
         let mut code = base.clone();
         code.bytecode.inline = Some("AAAAAAAA".into());
         assert_ne!(id, revision_id(&code).expect("id"));
+    }
+
+    #[test]
+    fn the_incompatible_map_policy_changes_the_id() {
+        let mut refuse = spec("a");
+        refuse.persistent_maps = vec!["counts".into()];
+        let id = revision_id(&refuse).expect("id");
+        // Spelled out as it was before the field existed: same id.
+        let old = Content {
+            bytecode: &refuse.bytecode,
+            sha256: &refuse.sha256,
+            programs: &refuse.programs,
+            persistent_maps: vec!["counts"],
+            recreate_incompatible_maps: vec![],
+        };
+        let json = serde_json::to_string(&old).expect("json");
+        assert!(!json.contains("recreate"), "{json}");
+        let mut recreate = refuse.clone();
+        recreate.recreate_incompatible_maps = vec!["counts".into()];
+        assert_ne!(id, revision_id(&recreate).expect("id"));
+        let mut twice = refuse.clone();
+        twice.recreate_incompatible_maps = vec!["counts".into(), "counts".into()];
+        assert_eq!(
+            revision_id(&recreate).expect("id"),
+            revision_id(&twice).expect("id")
+        );
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub fn load_request(
         entries,
         persistent_maps: persistent.iter().map(|s| s.to_string()).collect(),
         budget: None,
+        recreate_incompatible_maps: Vec::new(),
     }
 }
 

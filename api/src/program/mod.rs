@@ -54,6 +54,9 @@ pub use strategy::*;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.recreateIncompatibleMaps) || self.recreateIncompatibleMaps.all(m, has(self.persistentMaps) && m in self.persistentMaps)"
+).message("every map in recreateIncompatibleMaps must also be in persistentMaps"))]
 pub struct TracerProgramSpec {
     /// Human version label of the bytecode (e.g. `1.4.2`), shown by `kubectl get`.
     /// Free text; the revision id is computed from the content, not from this.
@@ -91,6 +94,18 @@ pub struct TracerProgramSpec {
     #[schemars(inner(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
     pub persistent_maps: Vec<String>,
+
+    /// Persistent maps (each also named in `persistentMaps`) whose layout a
+    /// new revision may change on purpose (`onIncompatible: Recreate`): a
+    /// revision whose map differs from the pinned one gets a fresh, empty
+    /// map instead of being refused, and the revisions still loaded on the
+    /// node keep the old map with its contents, so a rollback finds it.
+    /// Maps not named here are refused when they differ (`Refuse`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
+    pub recreate_incompatible_maps: Vec<String>,
 
     /// Which nodes run the program. Empty selects every node. Nodes that stop
     /// matching (relabelled or selector changed) have the program unloaded.
@@ -160,5 +175,52 @@ impl TracerProgramSpec {
             .as_ref()
             .and_then(|s| s.match_labels.clone())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod persistent_map_tests {
+    // Test code: a failed parse panics, which is the report.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    const BASE: &str = "version: 1.0.0\nbytecode: {file: {path: /x.o}}\nsha256: 0000000000000000000000000000000000000000000000000000000000000000\nprograms: [{name: p, type: Tracepoint, tracepoint: {category: a, name: b}}]\nstrategy: {immediate: {}}\n";
+
+    fn parse(extra: &str) -> TracerProgramSpec {
+        serde_yaml::from_str(&format!("{BASE}{extra}")).expect("spec parses")
+    }
+
+    #[test]
+    fn plain_persistent_maps_still_mean_refuse() {
+        let s = parse("persistentMaps: [counts]\n");
+        assert_eq!(s.persistent_maps, ["counts"]);
+        assert!(s.recreate_incompatible_maps.is_empty());
+        // Serialized back without the new field: old YAML round-trips.
+        let back = serde_json::to_value(&s).unwrap();
+        assert!(back.get("recreateIncompatibleMaps").is_none(), "{back}");
+    }
+
+    #[test]
+    fn recreate_is_a_sibling_list_of_map_names() {
+        let s = parse("persistentMaps: [counts, seen]\nrecreateIncompatibleMaps: [counts]\n");
+        assert_eq!(s.recreate_incompatible_maps, ["counts"]);
+        let back = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            back["recreateIncompatibleMaps"],
+            serde_json::json!(["counts"])
+        );
+    }
+
+    #[test]
+    fn crd_schema_lists_the_field_as_a_set_checked_against_persistent_maps() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(TracerProgram::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let f = &spec["properties"]["recreateIncompatibleMaps"];
+        assert_eq!(f["type"], "array");
+        assert_eq!(f["items"]["type"], "string");
+        assert_eq!(f["x-kubernetes-list-type"], "set");
+        let rules = spec["x-kubernetes-validations"].to_string();
+        assert!(rules.contains("m in self.persistentMaps"), "{rules}");
     }
 }

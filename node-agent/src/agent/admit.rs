@@ -144,6 +144,7 @@ mod tests {
                 pid: 0,
             }],
             persistent_maps: Vec::new(),
+            recreate_maps: Vec::new(),
             source: ObjectSource::Bytes(OBJ.to_vec()),
             sha256: sha256_hex(OBJ),
             signature: String::new(),

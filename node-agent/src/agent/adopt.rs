@@ -76,12 +76,16 @@ impl Agent {
         let mut problems = Vec::new();
         // (key, pin, is the slot) of dispatchers found pinned.
         let mut dispatch_pins = Vec::new();
+        // Old maps of a recreation a crash stopped before they were placed.
+        let mut waiting = Vec::new();
         // Scan the program directory for pins the state file lacks.
         if let Ok(dir) = std::fs::read_dir(&prog_dir) {
             for ent in dir.flatten() {
                 let fname = ent.file_name().to_string_lossy().into_owned();
                 let path = ent.path();
-                if let Some(m) = fname.strip_prefix("_map_") {
+                if let Some(m) = fname.strip_prefix(kernel::DISPLACED_PREFIX) {
+                    waiting.push((m.to_string(), path));
+                } else if let Some(m) = fname.strip_prefix("_map_") {
                     p.shared_maps.entry(m.to_string()).or_insert(path);
                 } else if let Some(k) = fname.strip_prefix("_link_") {
                     p.shared_links.entry(k.to_string()).or_insert(SharedLink {
@@ -164,6 +168,38 @@ impl Agent {
                     let _ = std::fs::remove_file(pin);
                 }
                 let _ = std::fs::remove_dir(prog_dir.join(&g));
+            }
+        }
+        // Old maps of recreated persistent maps: pinned in the revision
+        // directories (`map_<name>` next to a shared `_map_<name>`); ones
+        // the state file missed (lost, or a crash before its write) are
+        // the revision's again.
+        for (rname, r) in p.revisions.iter_mut() {
+            let Ok(rd) = std::fs::read_dir(prog_dir.join(rname)) else {
+                continue;
+            };
+            for f in rd.flatten() {
+                let n = f.file_name().to_string_lossy().into_owned();
+                let Some(m) = n.strip_prefix("map_") else {
+                    continue;
+                };
+                if !p.shared_maps.contains_key(m) {
+                    continue;
+                }
+                let known = r.maps.values().any(|pin| *pin == f.path());
+                if !known || r.orphaned {
+                    r.maps.insert(m.to_string(), f.path());
+                    r.displaced_maps.insert(m.to_string());
+                }
+            }
+        }
+        for (m, pin) in waiting {
+            match super::displaced::keep_old_map(p, &rt, &prog_dir, &m, &pin) {
+                Ok(kept) => problems.push(format!(
+                    "old map {name}/{m} of an interrupted recreation placed with revisions [{}]",
+                    kept.join(", ")
+                )),
+                Err(e) => problems.push(format!("old map {}: {e}", pin.display())),
             }
         }
         let mut dead_links = Vec::new();

@@ -55,7 +55,13 @@ impl Agent {
             ),
             _ => String::new(),
         };
+        self.recreations.clear();
         let res = self.load_inner(req, fetched);
+        let recreated: String = self
+            .recreations
+            .drain(..)
+            .map(|r| format!(" recreated {r}"))
+            .collect();
         self.audit_result(
             actor,
             "load",
@@ -64,7 +70,7 @@ impl Agent {
             &res,
             |(info, created)| {
                 format!(
-                    "sha256 {} created {created} load_ns {}{image}",
+                    "sha256 {} created {created} load_ns {}{image}{recreated}",
                     info.sha256, info.load_nanos
                 )
             },
@@ -331,13 +337,14 @@ impl Agent {
             rev_dir: &rev_dir,
             entries: &cmd.entries,
             persistent_maps: &cmd.persistent_maps,
+            recreate_maps: &cmd.recreate_maps,
             token: a.token,
             max_new_map_bytes: a.map_room,
             name: &cmd.program,
             dispatchers: &dispatchers,
             denied_helpers: &self.cfg.denied_helpers,
         };
-        let loaded = match kernel::load(&spec) {
+        let mut loaded = match kernel::load(&spec) {
             Ok(l) => l,
             Err(e) => {
                 if a.new_program {
@@ -347,6 +354,7 @@ impl Agent {
             }
         };
         let load_nanos = started.elapsed().as_nanos() as u64;
+        let recreated = std::mem::take(&mut loaded.recreated);
 
         let p = self
             .state
@@ -414,8 +422,52 @@ impl Agent {
                 orphaned: false,
                 map_memory_bytes: loaded.map_memory_bytes,
                 dispatched: BTreeMap::new(),
+                displaced_maps: Default::default(),
             },
         );
+        // Old maps of what this revision recreated: kept by the revisions
+        // that use them.
+        for rec in &recreated {
+            let kept = match super::displaced::keep_old_map(
+                p,
+                rt,
+                &prog_dir,
+                &rec.map,
+                &rec.old_pin,
+            ) {
+                Ok(kept) => kept,
+                Err(e) => {
+                    // The new revision is loaded; the old map stays at
+                    // its waiting pin and the next start places it.
+                    tracing::error!(program = cmd.program, map = rec.map, error = %e, "cannot pin the old map for the revisions using it");
+                    self.problems.push(format!(
+                        "program {}: old map {} left at {}: {e}",
+                        cmd.program,
+                        rec.map,
+                        rec.old_pin.display()
+                    ));
+                    Vec::new()
+                }
+            };
+            let kept = if kept.is_empty() {
+                "no loaded revision, let go".to_string()
+            } else {
+                kept.join(",")
+            };
+            tracing::warn!(
+                program = cmd.program,
+                revision = cmd.revision,
+                map = rec.map,
+                old_map_id = rec.old_id,
+                kept_by = kept,
+                "persistent map recreated (pinned -> this revision): {}",
+                rec.diff
+            );
+            self.recreations.push(format!(
+                "map {} (pinned -> this revision: {}) old map id {} kept by {kept}",
+                rec.map, rec.diff, rec.old_id
+            ));
+        }
         fault::point("load.after_kernel");
         self.save()?;
         fault::point("load.after_state");
@@ -434,5 +486,5 @@ pub(super) fn program_map_bytes(p: &ProgramState) -> u64 {
         .values()
         .map(|pin| kernel::maps::pinned_memory(pin))
         .sum();
-    own + shared
+    own + shared + super::displaced::displaced_bytes(p)
 }

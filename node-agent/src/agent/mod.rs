@@ -20,6 +20,7 @@ pub mod admit;
 mod adopt;
 pub mod budget;
 mod config;
+mod displaced;
 mod load;
 pub mod object_dirs;
 pub mod request;
@@ -146,6 +147,8 @@ pub struct Agent {
     audit: Audit,
     stats_fd: Option<OwnedFd>,
     problems: Vec<String>,
+    /// Persistent maps the last Load recreated (its audit detail).
+    recreations: Vec<String>,
     persister: Persister,
     views: watch::Sender<Views>,
     images: Arc<Images>,
@@ -200,6 +203,7 @@ impl Agent {
             audit,
             stats_fd,
             problems: Vec::new(),
+            recreations: Vec::new(),
             persister: Persister::new(cfg_state_file),
             views: watch::channel(Arc::new(Vec::new())).0,
             images,

@@ -44,6 +44,10 @@ pub struct LoadCmd {
     pub entries: Vec<EntryState>,
     /// Map names (no `/`, no NUL, 1..=64 bytes).
     pub persistent_maps: Vec<String>,
+    /// Persistent maps (each in `persistent_maps`) this revision gets a
+    /// fresh copy of when the pinned one has another layout, instead of
+    /// being refused.
+    pub recreate_maps: Vec<String>,
     pub source: ObjectSource,
     /// Expected digest (checked against the bytes at admission).
     pub sha256: String,
@@ -85,6 +89,16 @@ pub fn load(req: pb::LoadRequest) -> Result<LoadCmd> {
             )));
         }
     }
+    for m in &req.recreate_incompatible_maps {
+        if !req.persistent_maps.contains(m) {
+            return Err(Error::Invalid(format!(
+                "recreate_incompatible_maps names {m:?}, which is not in persistent_maps"
+            )));
+        }
+    }
+    let mut recreate_maps = req.recreate_incompatible_maps.clone();
+    recreate_maps.sort_unstable();
+    recreate_maps.dedup();
     let mut entries = Vec::with_capacity(req.entries.len());
     for (i, e) in req.entries.iter().enumerate() {
         let hook =
@@ -129,6 +143,7 @@ pub fn load(req: pb::LoadRequest) -> Result<LoadCmd> {
         revision: req.revision,
         entries,
         persistent_maps: req.persistent_maps,
+        recreate_maps,
         source,
         sha256: req.sha256,
         signature: req.signature,
@@ -351,6 +366,14 @@ mod tests {
         let mut r = req();
         r.persistent_maps = vec!["a/b".into()];
         assert!(refusal(r).contains("persistent map name"));
+        let mut r = req();
+        r.persistent_maps = vec!["counts".into()];
+        r.recreate_incompatible_maps = vec!["other".into()];
+        assert!(refusal(r).contains("\"other\", which is not in persistent_maps"));
+        let mut r = req();
+        r.persistent_maps = vec!["counts".into()];
+        r.recreate_incompatible_maps = vec!["counts".into(), "counts".into()];
+        assert_eq!(load(r).unwrap().recreate_maps, ["counts"]);
         let mut r = req();
         r.entries[0].hook = 0;
         let m = refusal(r);

@@ -16,10 +16,16 @@ impl Agent {
     /// Unloads a revision or (empty revision) the whole program. Removes
     /// the pins the agent owns for it and nothing else.
     pub fn unload(&mut self, program: &str, revision: &str, actor: &str) -> Result<Vec<String>> {
+        self.recreations.clear();
         let res = self.unload_inner(program, revision);
         self.publish(program);
+        let restored: String = self
+            .recreations
+            .drain(..)
+            .map(|r| format!("; {r}"))
+            .collect();
         self.audit_result(actor, "unload", program, revision, &res, |removed| {
-            format!("{} pins removed", removed.len())
+            format!("{} pins removed{restored}", removed.len())
         });
         res
     }
@@ -74,6 +80,10 @@ impl Agent {
                     }
                 }
                 let _ = std::fs::remove_dir(prog_dir.join(revision));
+                // A persistent map this revision recreated goes back to
+                // the layout the remaining revisions run.
+                let restored = self.restore_displaced(program);
+                self.recreations.extend(restored);
                 fault::point("unload.after_kernel");
                 self.save()?;
                 fault::point("unload.after_state");

@@ -85,6 +85,7 @@ fn req(
             pid: 0,
         }],
         persistent_maps: vec![persistent.into()],
+        recreate_incompatible_maps: Vec::new(),
         budget: None,
     }
 }

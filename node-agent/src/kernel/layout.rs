@@ -29,6 +29,16 @@ pub fn shared_map_pin(prog_dir: &Path, map: &str) -> PathBuf {
     prog_dir.join(format!("_map_{}", pin_component(map)))
 }
 
+/// File name prefix of a persistent map's old pin while a load that
+/// recreates it runs (`_old_map_<map>`), until the agent pins the old map
+/// into the directories of the revisions using it.
+pub const DISPLACED_PREFIX: &str = "_old_map_";
+
+/// Where a persistent map's old pin waits while a revision recreates it.
+pub fn displaced_map_pin(prog_dir: &Path, map: &str) -> PathBuf {
+    prog_dir.join(format!("{DISPLACED_PREFIX}{}", pin_component(map)))
+}
+
 /// Key of a link-update entry: the hook slot the revisions take turns on.
 pub fn shared_link_key(e: &EntryState) -> String {
     format!("{}-{}", hook_name(hook_of(e)), pin_component(&e.target))

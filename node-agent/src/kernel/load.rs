@@ -16,8 +16,8 @@ use libbpf_rs::{MapCore, MapHandle, MapType, ObjectBuilder};
 
 use super::dispatch::{check_dispatchable, create_dispatcher};
 use super::layout::{
-    DispatcherPins, REVISION_SECTION, SHARED_MAPS, dispatcher_pin, entry_keys, hook_of,
-    shared_link_pin, shared_map_pin, slot_pin,
+    DispatcherPins, REVISION_SECTION, SHARED_MAPS, dispatcher_pin, displaced_map_pin, entry_keys,
+    hook_of, shared_link_pin, shared_map_pin, slot_pin,
 };
 use super::obj_get;
 use super::probe::prog_type_of;
@@ -39,6 +39,11 @@ pub struct ObjectLoad<'a> {
     pub entries: &'a [EntryState],
     /// Maps shared across revisions.
     pub persistent_maps: &'a [String],
+    /// Persistent maps recreated when the pinned one has another layout:
+    /// the old pin moves to [`displaced_map_pin`] (the agent then pins it
+    /// where the revisions using it keep it) and the object gets a fresh
+    /// map at the shared pin.
+    pub recreate_maps: &'a [String],
     /// Token of this revision (written into `bpfleet_revision` if the
     /// object has it).
     pub token: u64,
@@ -65,6 +70,21 @@ pub struct Loaded {
     pub dispatchers: BTreeMap<String, DispatcherPins>,
     /// Memory of the maps this revision created (kernel memlock).
     pub map_memory_bytes: u64,
+    /// Persistent maps recreated because the pinned one differed.
+    pub recreated: Vec<Recreated>,
+}
+
+/// A persistent map this load recreated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recreated {
+    /// Map name.
+    pub map: String,
+    /// Where the old map is pinned now ([`displaced_map_pin`]).
+    pub old_pin: PathBuf,
+    /// Kernel id of the old map.
+    pub old_id: u32,
+    /// The differences, pinned -> this revision.
+    pub diff: String,
 }
 
 /// Loads and pins one revision; for entries switched by dispatch, makes
@@ -74,10 +94,17 @@ pub struct Loaded {
 /// failure every pin it created is removed again.
 pub fn load(spec: &ObjectLoad<'_>) -> Result<Loaded> {
     let mut created: Vec<PathBuf> = Vec::new();
-    let res = load_inner(spec, &mut created);
+    let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let res = load_inner(spec, &mut created, &mut moved);
     if res.is_err() {
         for p in created.iter().rev() {
             let _ = std::fs::remove_file(p);
+        }
+        // Old pins of recreated maps go back where they were.
+        for (from, to) in moved.iter().rev() {
+            if let Err(e) = std::fs::rename(to, from) {
+                tracing::error!(from = %to.display(), to = %from.display(), error = %e, "cannot put a persistent map's pin back");
+            }
         }
         let _ = std::fs::remove_dir(spec.rev_dir);
     }
@@ -98,7 +125,11 @@ fn map_estimate(t: MapType, key: u32, value: u32, max: u32) -> u64 {
     }
 }
 
-fn load_inner(spec: &ObjectLoad<'_>, created: &mut Vec<PathBuf>) -> Result<Loaded> {
+fn load_inner(
+    spec: &ObjectLoad<'_>,
+    created: &mut Vec<PathBuf>,
+    moved: &mut Vec<(PathBuf, PathBuf)>,
+) -> Result<Loaded> {
     let mut builder = ObjectBuilder::default();
     builder
         .name(spec.name)
@@ -158,6 +189,48 @@ fn load_inner(spec: &ObjectLoad<'_>, created: &mut Vec<PathBuf>) -> Result<Loade
         }
     }
     let shapes = super::btf::object_shapes(&open);
+    // Recreations decided before anything is moved: a refusal of another
+    // map must leave every pin where it was.
+    let mut recreate: BTreeMap<String, (PathBuf, String)> = BTreeMap::new();
+    for m in open.maps() {
+        let name = m.name().to_string_lossy().into_owned();
+        if !spec.persistent_maps.contains(&name) || SHARED_MAPS.contains(&name.as_str()) {
+            continue;
+        }
+        let pin = shared_map_pin(spec.prog_dir, &name);
+        if !pin.exists() {
+            continue;
+        }
+        let diffs = map_differences(&m, shapes.get(&name), &pin)?;
+        if diffs.is_empty() {
+            continue;
+        }
+        if !spec.recreate_maps.contains(&name) {
+            return Err(incompatible(&name, &pin, &diffs));
+        }
+        let old = displaced_map_pin(spec.prog_dir, &name);
+        if old.exists() {
+            return Err(Error::Precondition(format!(
+                "map {name} is to be recreated but {} is still pinned from an earlier recreation; restart the agent to sort it out",
+                old.display()
+            )));
+        }
+        recreate.insert(name, (old, diffs.join("; ")));
+    }
+    let mut recreated = Vec::new();
+    for (name, (old, diff)) in recreate {
+        let pin = shared_map_pin(spec.prog_dir, &name);
+        let old_id = super::pinned_map_id(&pin)?;
+        std::fs::rename(&pin, &old)
+            .map_err(|e| Error::io(format!("moving {} aside", pin.display()), e))?;
+        moved.push((pin, old.clone()));
+        recreated.push(Recreated {
+            map: name,
+            old_pin: old,
+            old_id,
+            diff,
+        });
+    }
     for mut m in open.maps_mut() {
         let name = m.name().to_string_lossy().into_owned();
         let pin = if SHARED_MAPS.contains(&name.as_str()) || spec.persistent_maps.contains(&name) {
@@ -182,7 +255,10 @@ fn load_inner(spec: &ObjectLoad<'_>, created: &mut Vec<PathBuf>) -> Result<Loade
         }
         match pin {
             Some(pin) if pin.exists() => {
-                check_compatible(&name, &m, shapes.get(&name), &pin)?;
+                let diffs = map_differences(&m, shapes.get(&name), &pin)?;
+                if !diffs.is_empty() {
+                    return Err(incompatible(&name, &pin, &diffs));
+                }
                 m.set_pin_path(&pin)
                     .map_err(|e| Error::kernel(format!("reusing {}", pin.display()), e))?;
                 shared.insert(name, pin);
@@ -224,7 +300,10 @@ fn load_inner(spec: &ObjectLoad<'_>, created: &mut Vec<PathBuf>) -> Result<Loade
     };
     drop(capture);
 
-    let mut out = Loaded::default();
+    let mut out = Loaded {
+        recreated,
+        ..Loaded::default()
+    };
     for mut p in obj.progs_mut() {
         if !p.autoload() {
             continue;
@@ -322,16 +401,15 @@ pub fn program_tags(
     Ok(tags)
 }
 
-/// Refuses to reuse the map pinned at `pin` for this object's map `name`
-/// when they differ in type, sizes or (both having BTF) the shape of key
-/// or value: a field added, removed, moved, resized or retyped, listed
-/// each. Without BTF on either side only type and sizes are compared.
-fn check_compatible(
-    name: &str,
-    m: &libbpf_rs::OpenMapMut<'_>,
+/// What keeps the map pinned at `pin` from being reused for this object's
+/// map: type, sizes or (both having BTF) the shape of key or value: a
+/// field added, removed, moved, resized or retyped, listed each. Without
+/// BTF on either side only type and sizes are compared. Empty: reusable.
+fn map_differences(
+    m: &libbpf_rs::OpenMap<'_>,
     shapes: Option<&super::btf::MapShapes>,
     pin: &Path,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let pinned = MapHandle::from_pinned_path(pin)
         .map_err(|e| Error::kernel(format!("opening pinned map {}", pin.display()), e))?;
     let mut diffs = Vec::new();
@@ -355,13 +433,14 @@ fn check_compatible(
         diffs.extend(crate::map_layout::diff("key", &old.key, &new.key));
         diffs.extend(crate::map_layout::diff("value", &old.value, &new.value));
     }
-    if diffs.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Precondition(format!(
-            "map {name} is incompatible with the pinned one at {} (pinned -> this revision): {}",
-            pin.display(),
-            diffs.join("; ")
-        )))
-    }
+    Ok(diffs)
+}
+
+/// The refusal of a map that differs from its pinned one.
+fn incompatible(name: &str, pin: &Path, diffs: &[String]) -> Error {
+    Error::Precondition(format!(
+        "map {name} is incompatible with the pinned one at {} (pinned -> this revision): {}",
+        pin.display(),
+        diffs.join("; ")
+    ))
 }

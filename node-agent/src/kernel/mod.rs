@@ -41,14 +41,16 @@ pub mod verifier;
 pub use bpffs::{ensure_bpffs, is_bpffs};
 pub use dispatch::Slot;
 pub use layout::{
-    CONFIG_MAP, DispatcherPins, ERRORS_MAP, PORTS_MAP, REVISION_SECTION, SHARED_MAPS,
-    dispatcher_pin, entry_keys, hook_of, shared_link_key, shared_link_pin, shared_map_pin,
-    slot_pin,
+    CONFIG_MAP, DISPLACED_PREFIX, DispatcherPins, ERRORS_MAP, PORTS_MAP, REVISION_SECTION,
+    SHARED_MAPS, dispatcher_pin, displaced_map_pin, entry_keys, hook_of, shared_link_key,
+    shared_link_pin, shared_map_pin, slot_pin,
 };
 pub use link::{create_shared_link, link_ids, link_update};
-pub use load::{Loaded, ObjectLoad, load, program_tags};
+pub use load::{Loaded, ObjectLoad, Recreated, load, program_tags};
 pub use maps::PinnedMap;
-pub use object::{ProgFigures, enable_stats, obj_get, obj_pin, prog_figures};
+pub use object::{
+    ProgFigures, enable_stats, obj_get, obj_pin, pinned_map_id, prog_figures, prog_map_ids,
+};
 
 /// Installs the libbpf log hook (once per process; see [`verifier`]).
 pub fn install_libbpf_log() {

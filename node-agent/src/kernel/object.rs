@@ -89,3 +89,45 @@ pub fn enable_stats() -> Result<OwnedFd> {
     // SAFETY: fresh fd from the kernel.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Ids of the maps a program uses, as the kernel holds them.
+pub fn prog_map_ids(fd: BorrowedFd<'_>) -> Result<Vec<u32>> {
+    let get = |info: &mut libbpf_sys::bpf_prog_info| {
+        let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+        // SAFETY: info and len are valid for writes of their sizes; the
+        // map_ids buffer (when set) holds nr_map_ids u32s.
+        let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), info, &mut len) };
+        if rc < 0 {
+            return Err(Error::kernel(
+                "reading program map ids",
+                libbpf_rs::Error::from(std::io::Error::from_raw_os_error(-rc)),
+            ));
+        }
+        Ok(())
+    };
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    get(&mut info)?;
+    let n = info.nr_map_ids;
+    let mut ids = vec![0u32; n as usize];
+    if n == 0 {
+        return Ok(ids);
+    }
+    let mut info = libbpf_sys::bpf_prog_info {
+        nr_map_ids: n,
+        map_ids: ids.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    get(&mut info)?;
+    ids.truncate(info.nr_map_ids.min(n) as usize);
+    Ok(ids)
+}
+
+/// Id of the map pinned at `pin`.
+pub fn pinned_map_id(pin: &Path) -> Result<u32> {
+    use libbpf_rs::MapCore;
+    let m = libbpf_rs::MapHandle::from_pinned_path(pin)
+        .map_err(|e| Error::kernel(format!("opening {}", pin.display()), e))?;
+    m.info()
+        .map(|i| i.info.id)
+        .map_err(|e| Error::kernel(format!("reading map info of {}", pin.display()), e))
+}

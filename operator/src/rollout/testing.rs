@@ -24,6 +24,7 @@ pub fn spec(content: &str) -> TracerProgramSpec {
             "sys_enter_write",
         )],
         persistent_maps: vec![],
+        recreate_incompatible_maps: vec![],
         node_selector: None,
         strategy: immediate(),
         progress_deadline_seconds: 600,

@@ -45,6 +45,7 @@ pub fn spec(content: &str, strategy: Strategy) -> TracerProgramSpec {
             "sys_enter_write",
         )],
         persistent_maps: vec![],
+        recreate_incompatible_maps: vec![],
         node_selector: None,
         strategy,
         progress_deadline_seconds: 600,
