@@ -138,6 +138,21 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
+        what: "unknown verification failure policy",
+        base: "http-tracer-canary.yaml",
+        mutate: |v| v["spec"]["strategy"]["verifyFirst"]["onFailure"] = json!("Ignore"),
+        expect: &["spec.strategy.verifyFirst.onFailure", "supported values"],
+    },
+    Case {
+        what: "no node may verify at a time",
+        base: "http-tracer-canary.yaml",
+        mutate: |v| v["spec"]["strategy"]["verifyFirst"]["maxConcurrent"] = json!(0),
+        expect: &[
+            "spec.strategy.verifyFirst.maxConcurrent",
+            "greater than or equal to 1",
+        ],
+    },
+    Case {
         what: "decreasing canary weights",
         base: "http-tracer-canary.yaml",
         mutate: |v| v["spec"]["strategy"]["canary"]["steps"][3]["setNodePercent"] = json!(5),

@@ -16,9 +16,11 @@
 //!
 //! It creates the nodes, rolls v1 of every program out at once
 //! (immediate), then v2 of every program at once by canary
-//! `[10 %, pause, 50 %, pause, 100 %]`, and reports: time to complete
-//! against the sum of the configured pauses, reconciles per second,
-//! apiserver requests per rollout step, and the operator's RSS.
+//! `[10 %, pause, 50 %, pause, 100 %]` (verifying everywhere first, the
+//! default), and reports: time to complete against the sum of the
+//! configured pauses, how long verification took, the largest status,
+//! reconciles per second, apiserver requests per rollout step, and the
+//! operator's RSS.
 
 // A benchmark reports by panicking when its setup fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -289,19 +291,51 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// What a wait saw besides completion.
+#[derive(Default)]
+struct Seen {
+    /// Polls made.
+    polls: u64,
+    /// When the last program's verification ended `Passed` (the wait's
+    /// start as zero), if each one's did.
+    verified: Option<Duration>,
+    /// The largest TracerProgram status seen, as JSON bytes.
+    largest_status: usize,
+}
+
 /// Polls until every program is Healthy with `version` as its newest
-/// registry entry; returns the number of polls made.
+/// registry entry.
 async fn wait_all(
     api: &Api<TracerProgram>,
     version: &str,
     programs: usize,
     limit: Duration,
-) -> u64 {
-    let deadline = Instant::now() + limit;
-    let mut polls = 0;
+) -> Seen {
+    let start = Instant::now();
+    let deadline = start + limit;
+    let mut seen = Seen::default();
+    let mut verified: BTreeMap<String, Duration> = BTreeMap::new();
     loop {
-        polls += 1;
+        seen.polls += 1;
         let list = api.list(&ListParams::default()).await.expect("list");
+        for tp in &list.items {
+            let Some(st) = tp.status.as_ref() else {
+                continue;
+            };
+            let bytes = serde_json::to_vec(st).map_or(0, |b| b.len());
+            seen.largest_status = seen.largest_status.max(bytes);
+            let passed = st
+                .verification
+                .as_ref()
+                .is_some_and(|v| v.result == "Passed" && v.pending == 0);
+            let name = tp.metadata.name.clone().unwrap_or_default();
+            if passed && st.history.first().is_some_and(|h| h.version == version) {
+                verified.entry(name).or_insert_with(|| start.elapsed());
+            }
+        }
+        if verified.len() == programs {
+            seen.verified = verified.values().max().copied();
+        }
         let done = list
             .items
             .iter()
@@ -314,7 +348,7 @@ async fn wait_all(
             })
             .count();
         if done == programs {
-            return polls;
+            return seen;
         }
         assert!(
             Instant::now() < deadline,
@@ -431,7 +465,8 @@ async fn main() {
     let requests0 = apiserver_requests(&client).await;
     let t = Instant::now();
     apply_all(&api, &names, "2.0.0", &canary).await;
-    let polls = wait_all(&api, "2.0.0", programs_n, Duration::from_secs(900)).await;
+    let seen = wait_all(&api, "2.0.0", programs_n, Duration::from_secs(900)).await;
+    let polls = seen.polls;
     let took = t.elapsed().as_secs_f64();
     let reconciles = scrape_sum(&metrics, "bpfleet_operator_reconciles_total").await - reconciles0;
     // Less the bench's own calls: one apply per program, one list per poll,
@@ -447,6 +482,17 @@ async fn main() {
     println!(
         "  time to complete     {took:.1}s (configured pauses {pauses}s, overhead {:+.1}s)",
         took - pauses as f64
+    );
+    match seen.verified {
+        Some(v) => println!(
+            "  verify everywhere    {:.1}s until every program's candidate was loaded on all {nodes_n} nodes (polled every 0.5 s)",
+            v.as_secs_f64()
+        ),
+        None => println!("  verify everywhere    not seen passing for every program"),
+    }
+    println!(
+        "  largest status       {:.1} KiB (JSON)",
+        seen.largest_status as f64 / 1024.0
     );
     println!(
         "  reconciles           {reconciles:.0} ({:.1}/s)",

@@ -41,3 +41,5 @@ mod lifecycle;
 mod nodes;
 #[path = "rollout_e2e/policy.rs"]
 mod policy;
+#[path = "rollout_e2e/verify.rs"]
+mod verify;
