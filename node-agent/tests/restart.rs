@@ -95,6 +95,37 @@ fn state_file_lost_pins_are_adopted_as_orphans_and_unloadable() {
     }
 }
 
+/// With the state file lost, every revision is an orphan whose entries are
+/// unknown. Unloading the inactive one must leave the dispatcher that the
+/// active one runs behind: the program keeps counting.
+#[test]
+fn unloading_beside_an_adopted_active_revision_keeps_it_running() {
+    let root = PinRoot::new("orphan-run");
+    let mut a = agent(&root);
+    a.load(syscount("v1", objs::SYSCOUNT_V1), "t").unwrap();
+    a.load(syscount("v2", objs::SYSCOUNT_V2), "t").unwrap();
+    a.activate("syscount", "v1", "t").unwrap();
+    drop(a);
+    std::fs::remove_file(root.state_file()).unwrap();
+    let mut a = agent(&root);
+    a.unload("syscount", "v2", "t").unwrap();
+    assert!(
+        root.pins()
+            .iter()
+            .any(|p| p.to_string_lossy().contains("_link_")),
+        "the dispatcher's link went: {:?}",
+        root.pins()
+    );
+    a.update_config(&only_thread("syscount", gettid()), "t")
+        .unwrap();
+    let counts = root.path.join("syscount/_map_counts");
+    let before = slots(&counts);
+    getppid_n(10);
+    assert_eq!(slots(&counts)[0], before[0] + 10, "v1 stopped counting");
+    a.unload("syscount", "", "t").unwrap();
+    assert!(root.pins().is_empty(), "{:?}", root.pins());
+}
+
 #[test]
 fn unload_leaves_pins_it_does_not_own() {
     let root = PinRoot::new("foreign");

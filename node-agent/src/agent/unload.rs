@@ -56,7 +56,11 @@ impl Agent {
                         remove_revision_pins(&r, &mut removed);
                     }
                     p.history.retain(|h| h != revision);
-                    // Dispatchers no remaining revision runs behind.
+                    // Dispatchers no remaining revision runs behind. A
+                    // revision adopted from its pins alone (state file
+                    // lost) has no entries on record: it may run behind
+                    // any of them, so none goes until a Load names them.
+                    let unknown = p.revisions.values().any(|r| r.entries.is_empty());
                     let used: Vec<String> = p
                         .revisions
                         .values()
@@ -65,7 +69,7 @@ impl Agent {
                     let unused: Vec<String> = p
                         .shared_links
                         .iter()
-                        .filter(|(k, l)| l.slot.is_some() && !used.contains(k))
+                        .filter(|(k, l)| !unknown && l.slot.is_some() && !used.contains(k))
                         .map(|(k, _)| k.clone())
                         .collect();
                     for k in unused {
