@@ -270,6 +270,38 @@ pub struct HealthGates {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1.0, max = 100.0))]
     pub max_run_time_ratio: Option<f64>,
+    /// Node health, judged on each node where the candidate is active, over
+    /// the measurement's sample window; the worst node counts. These are
+    /// node-wide figures (every CPU, every process, every program), not the
+    /// candidate's own: they catch a revision whose side effects (packets
+    /// it makes the kernel handle, work it causes in the agent) load the
+    /// node. Not judged for a blue-green preview, which carries no
+    /// traffic. A node whose agent sends no such figures gives no data.
+    ///
+    /// Share of all CPU time the node spent in softirq (network receive
+    /// and transmit, timers, RCU), percent, from `/proc/stat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.01, max = 100.0))]
+    pub max_node_softirq_percent: Option<f64>,
+    /// Share of all CPU time the node spent in the kernel on behalf of
+    /// processes (`system` in `/proc/stat`), percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.01, max = 100.0))]
+    pub max_node_system_cpu_percent: Option<f64>,
+    /// CPU time of the bpfleet agent process on the node, percent of one
+    /// core (it can exceed 100 with several threads busy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.01, max = 100000.0))]
+    pub max_agent_cpu_percent: Option<f64>,
+    /// Resident memory of the bpfleet agent process at the end of the
+    /// window, MiB.
+    #[serde(
+        default,
+        rename = "maxAgentRssMiB",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1))]
+    pub max_agent_rss_mib: Option<i64>,
     /// Requests (runs, for `maxRunTimeRatio`) needed on each side before
     /// ratios are judged.
     #[serde(default = "default_min_samples")]
@@ -300,6 +332,10 @@ impl Default for HealthGates {
             max_error_rate_ratio: Some(1.1),
             max_p99_latency_ratio: Some(1.2),
             max_run_time_ratio: None,
+            max_node_softirq_percent: None,
+            max_node_system_cpu_percent: None,
+            max_agent_cpu_percent: None,
+            max_agent_rss_mib: None,
             max_events_lost: None,
             min_samples: default_min_samples(),
             consecutive_failure_limit: default_consecutive_failures(),

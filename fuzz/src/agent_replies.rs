@@ -171,6 +171,10 @@ fn build_world() -> World {
         max_p99_latency_ratio: Some(1.5),
         max_run_time_ratio: Some(1.5),
         max_events_lost: Some(0),
+        max_node_softirq_percent: Some(5.0),
+        max_node_system_cpu_percent: Some(50.0),
+        max_agent_cpu_percent: Some(50.0),
+        max_agent_rss_mib: Some(256),
         min_samples: 1,
         consecutive_failure_limit: 2,
         no_data: NoDataPolicy::default(),
@@ -540,6 +544,15 @@ fn check_report(report: &NodeReport, view: &NodeView) -> usize {
             panic!("a sample of {:?} without figures", r.revision);
         };
         check_sample(s, f);
+        // Node figures go with the active revision only, and only from
+        // node figures the agent sent.
+        assert!(
+            s.node.is_none() || (r.active && f.node.is_some()),
+            "node figures on {:?} (active: {}, sent: {:?})",
+            r.revision,
+            r.active,
+            f.node
+        );
         n += 1;
     }
     n
@@ -571,6 +584,20 @@ fn check_sample(s: &HealthSample, f: &observe::Figures) {
     }
     if let Some(cpu) = s.cpu_overhead_percent() {
         assert!(cpu.is_finite() && cpu >= 0.0);
+    }
+    if let Some(n) = &s.node {
+        // Shares of counters that went forward: finite, never negative
+        // (never a NaN, which a gate would read as a pass).
+        for p in [n.softirq_percent, n.system_cpu_percent, n.agent_cpu_percent]
+            .into_iter()
+            .flatten()
+        {
+            assert!(
+                p.is_finite() && p >= 0.0,
+                "node figure {p} from {:?}",
+                f.node
+            );
+        }
     }
 }
 

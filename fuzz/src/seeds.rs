@@ -131,6 +131,16 @@ fn agent_answer(active: &str, inactive: &[&str], tick: u64, errors: u64) -> (Vec
             })
             .collect(),
         stats_enabled: true,
+        // Two CPUs at 100 Hz for ten seconds a tick: 2000 jiffies, 2 %
+        // of them softirq, 10 % system; the agent at 3 % of a core.
+        node: Some(pb::NodeFigures {
+            cpu_total_jiffies: Some(1_000_000 + 2000 * tick),
+            cpu_softirq_jiffies: Some(20_000 + 40 * tick),
+            cpu_system_jiffies: Some(100_000 + 200 * tick),
+            cpus: Some(2),
+            agent_cpu_jiffies: Some(500 + 30 * tick),
+            agent_rss_bytes: Some(40 << 20),
+        }),
     };
     (list.encode_to_vec(), stats.encode_to_vec())
 }
@@ -144,8 +154,9 @@ fn agent_replies() -> Vec<Seed> {
         answer: Some(agent_answer(active, inactive, tick, errors)),
         refused: None,
     };
-    // The canary as it goes when every action is carried out: node-0
-    // loads and switches to the candidate, the analysis measures both.
+    // The canary as it goes when every action is carried out: both nodes
+    // load the candidate (verification), node-0 switches to it, the
+    // analysis measures both.
     let canary = |errors: u64| -> Vec<Round> {
         (1..=6u64)
             .map(|i| Round {
@@ -156,7 +167,11 @@ fn agent_replies() -> Vec<Seed> {
                     } else {
                         answer(cand, &[stable], i, errors * i)
                     },
-                    answer(stable, &[], i, 0),
+                    if i == 1 {
+                        answer(stable, &[], i, 0)
+                    } else {
+                        answer(stable, &[cand], i, 0)
+                    },
                 ],
             })
             .collect()

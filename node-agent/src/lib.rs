@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! names, hooks, trust, state, audit,  pure or file-only
-//! map_layout, peer
+//! map_layout, peer, procfs
 //!        ^
 //! kernel/                             the one kernel boundary: every libbpf-rs,
 //!        ^                            libbpf-sys and libc call of the crate
@@ -41,6 +41,7 @@ pub mod map_layout;
 pub mod metrics;
 pub mod names;
 pub mod peer;
+pub mod procfs;
 pub mod server;
 pub mod state;
 pub mod trust;

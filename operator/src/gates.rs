@@ -39,6 +39,68 @@ pub struct HealthSample {
     pub http_errors: u64,
     /// p99 latency of those requests in milliseconds, when any were seen.
     pub p99_latency_ms: Option<f64>,
+    /// The node's own figures over the interval, on the sample of the
+    /// revision active on the node; None on other revisions and when the
+    /// agent sent none.
+    pub node: Option<NodeSample>,
+}
+
+/// Node-wide figures over a sample's interval (every CPU, process and
+/// program of the node, not the revision's own), each None when the agent
+/// could not read it or the counters went backwards.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeSample {
+    /// Softirq time, percent of all CPU time of the node.
+    pub softirq_percent: Option<f64>,
+    /// System (kernel) time, percent of all CPU time of the node.
+    pub system_cpu_percent: Option<f64>,
+    /// The agent process's CPU time, percent of one core.
+    pub agent_cpu_percent: Option<f64>,
+    /// The agent's resident memory at the end of the interval, bytes.
+    pub agent_rss_bytes: Option<u64>,
+}
+
+/// The highest figure among a group's nodes, and where it was.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Worst {
+    pub node: String,
+    pub value: f64,
+    /// Nodes that reported the figure.
+    pub of: usize,
+}
+
+impl Worst {
+    fn add(slot: &mut Option<Worst>, node: &str, value: Option<f64>) {
+        let Some(value) = value.filter(|v| !v.is_nan()) else {
+            return;
+        };
+        match slot {
+            Some(w) => {
+                w.of += 1;
+                if value > w.value {
+                    w.value = value;
+                    w.node = node.to_string();
+                }
+            }
+            None => {
+                *slot = Some(Worst {
+                    node: node.to_string(),
+                    value,
+                    of: 1,
+                })
+            }
+        }
+    }
+}
+
+/// The worst node of a group on each node-health figure.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeHealth {
+    pub softirq_percent: Option<Worst>,
+    pub system_cpu_percent: Option<Worst>,
+    pub agent_cpu_percent: Option<Worst>,
+    /// Bytes.
+    pub agent_rss_bytes: Option<Worst>,
 }
 
 impl HealthSample {
@@ -76,13 +138,25 @@ pub struct GroupFigures {
     /// Request-weighted mean of the nodes' p99 (percentiles do not add up;
     /// this is the usual approximation and the same on both sides).
     pub p99_ms: Option<f64>,
+    /// Worst node on each node-health figure.
+    pub node_health: NodeHealth,
 }
 
 impl GroupFigures {
     /// Aggregates samples; `load_failures` counts nodes whose load or attach
-    /// of the revision failed (each counts as a program failure).
+    /// of the revision failed (each counts as a program failure). Nodes
+    /// are unnamed: see [`GroupFigures::from_nodes`].
     pub fn from_samples<'a>(
         samples: impl IntoIterator<Item = &'a HealthSample>,
+        load_failures: u64,
+    ) -> Self {
+        Self::from_nodes(samples.into_iter().map(|s| ("", s)), load_failures)
+    }
+
+    /// Aggregates the samples of named nodes: the node-health figures keep
+    /// the name of the worst node.
+    pub fn from_nodes<'a>(
+        samples: impl IntoIterator<Item = (&'a str, &'a HealthSample)>,
         load_failures: u64,
     ) -> Self {
         let mut g = GroupFigures {
@@ -96,8 +170,19 @@ impl GroupFigures {
         // The figures come from agents: saturating sums, so that counters
         // no agent reaches (u64::MAX errors on two nodes) cannot wrap round
         // to a small count that passes a gate.
-        for s in samples {
+        for (node, s) in samples {
             g.nodes += 1;
+            if let Some(n) = &s.node {
+                let h = &mut g.node_health;
+                Worst::add(&mut h.softirq_percent, node, n.softirq_percent);
+                Worst::add(&mut h.system_cpu_percent, node, n.system_cpu_percent);
+                Worst::add(&mut h.agent_cpu_percent, node, n.agent_cpu_percent);
+                Worst::add(
+                    &mut h.agent_rss_bytes,
+                    node,
+                    n.agent_rss_bytes.map(|b| b as f64),
+                );
+            }
             g.program_failures = g.program_failures.saturating_add(s.program_failures);
             if let Some(cpu) = s.cpu_overhead_percent() {
                 g.max_cpu_percent = Some(g.max_cpu_percent.map_or(cpu, |m| m.max(cpu)));
@@ -210,18 +295,38 @@ pub const GATE_ERROR_RATE: &str = "errorRate";
 pub const GATE_P99: &str = "p99Latency";
 pub const GATE_RUN_TIME: &str = "runTimePerRun";
 pub const GATE_EVENTS_LOST: &str = "eventsLost";
+pub const GATE_NODE_SOFTIRQ: &str = "nodeSoftirq";
+pub const GATE_NODE_SYSTEM_CPU: &str = "nodeSystemCpu";
+pub const GATE_AGENT_CPU: &str = "agentCpu";
+pub const GATE_AGENT_RSS: &str = "agentRss";
 /// The `message` of a gate that had no data.
 pub const NO_DATA: &str = "no data";
 
 /// Evaluates the gates. `traffic` is false for a revision that is loaded but
 /// not active (blue-green preview): it serves nothing, so the ratio gates
-/// are not applicable and are left out rather than reported as no data.
+/// and the node-health gates are not applicable and are left out rather
+/// than reported as no data.
 pub fn evaluate(
     gates: &HealthGates,
     candidate: &GroupFigures,
     baseline: &Baseline,
     traffic: bool,
 ) -> Measurement {
+    evaluate_on(gates, candidate, baseline, traffic, traffic)
+}
+
+/// [`evaluate`] with the two conditions apart: `active` when the candidate
+/// runs active on its nodes (the node-health gates apply), `compare` when
+/// there is also a stable side to compare with (the ratio gates apply; not
+/// on a first rollout).
+pub fn evaluate_on(
+    gates: &HealthGates,
+    candidate: &GroupFigures,
+    baseline: &Baseline,
+    active: bool,
+    compare: bool,
+) -> Measurement {
+    let traffic = compare;
     let mut out = Vec::new();
     let min_samples = u64::try_from(gates.min_samples.max(1)).unwrap_or(1);
     let max_failures = u64::try_from(gates.max_program_failures.max(0)).unwrap_or(0);
@@ -312,6 +417,9 @@ pub fn evaluate(
     }
     if traffic && let Some(ratio) = gates.max_run_time_ratio {
         out.push(run_time_gate(ratio, min_samples, candidate, baseline));
+    }
+    if active {
+        node_health_gates(gates, candidate, &mut out);
     }
 
     let outcome = if out
@@ -416,6 +524,78 @@ fn run_time_gate(
             b.map_or_else(|| format!("<= {ratio:.2} x stable"), limit),
         ),
     }
+}
+
+/// The absolute node-health gates, judged on the worst candidate node.
+fn node_health_gates(gates: &HealthGates, candidate: &GroupFigures, out: &mut Vec<GateResult>) {
+    let h = &candidate.node_health;
+    let percent = |v: f64| format!("{v:.2} %");
+    let of_core = |v: f64| format!("{v:.2} % of one core");
+    let mib = |v: f64| format!("{:.1} MiB", v / f64::from(1u32 << 20));
+    let nodes = candidate.nodes;
+    let limits = [
+        (
+            GATE_NODE_SOFTIRQ,
+            gates.max_node_softirq_percent,
+            &h.softirq_percent,
+        ),
+        (
+            GATE_NODE_SYSTEM_CPU,
+            gates.max_node_system_cpu_percent,
+            &h.system_cpu_percent,
+        ),
+    ];
+    for (gate, max, worst) in limits {
+        if let Some(max) = max {
+            out.push(node_gate(gate, max, worst.as_ref(), nodes, percent));
+        }
+    }
+    if let Some(max) = gates.max_agent_cpu_percent {
+        let worst = h.agent_cpu_percent.as_ref();
+        out.push(node_gate(GATE_AGENT_CPU, max, worst, nodes, of_core));
+    }
+    if let Some(max) = gates.max_agent_rss_mib {
+        let (max, worst) = (
+            max as f64 * f64::from(1u32 << 20),
+            h.agent_rss_bytes.as_ref(),
+        );
+        out.push(node_gate(GATE_AGENT_RSS, max, worst, nodes, mib));
+    }
+}
+
+/// One node-health gate: `max` and the worst figure in the same unit,
+/// shown with `show`.
+fn node_gate(
+    gate: &str,
+    max: f64,
+    worst: Option<&Worst>,
+    nodes: usize,
+    show: impl Fn(f64) -> String,
+) -> GateResult {
+    let threshold = format!("<= {}", show(max));
+    match worst {
+        None if nodes == 0 => no_data(gate, "no candidate node reported", threshold),
+        None => no_data(
+            gate,
+            "no node figures from the candidate nodes' agents",
+            threshold,
+        ),
+        Some(w) => GateResult {
+            gate: gate.into(),
+            passed: w.value <= max,
+            measured: format!("{} on {}", show(w.value), node_name(&w.node)),
+            threshold,
+            message: Some(format!(
+                "worst of {} candidate node(s) reporting: {}",
+                w.of,
+                node_name(&w.node)
+            )),
+        },
+    }
+}
+
+fn node_name(node: &str) -> &str {
+    if node.is_empty() { "a node" } else { node }
 }
 
 fn samples_text(candidate: u64, baseline: Option<u64>, min: u64) -> String {

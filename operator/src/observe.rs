@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use bpfleet_proto::v1 as pb;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::gates::HealthSample;
+use crate::gates::{HealthSample, NodeSample};
 use crate::rollout::{LoadedRevision, NodeFailure, NodeReport, SOURCE_UNAVAILABLE};
 
 /// A sample covers at least this much time; a reconcile sooner than this
@@ -31,6 +31,53 @@ pub const MAX_MESSAGE: usize = 900;
 pub struct NodeView {
     /// Sorted by program name.
     pub programs: Vec<ProgramView>,
+}
+
+/// The node's cumulative counters from `Stats` (see `pb::NodeFigures`),
+/// the same for every revision on the node.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NodeCounters {
+    pub cpu_total_jiffies: Option<u64>,
+    pub cpu_softirq_jiffies: Option<u64>,
+    pub cpu_system_jiffies: Option<u64>,
+    pub cpus: Option<u32>,
+    pub agent_cpu_jiffies: Option<u64>,
+    pub agent_rss_bytes: Option<u64>,
+}
+
+impl From<&pb::NodeFigures> for NodeCounters {
+    fn from(n: &pb::NodeFigures) -> Self {
+        NodeCounters {
+            cpu_total_jiffies: n.cpu_total_jiffies,
+            cpu_softirq_jiffies: n.cpu_softirq_jiffies,
+            cpu_system_jiffies: n.cpu_system_jiffies,
+            cpus: n.cpus,
+            agent_cpu_jiffies: n.agent_cpu_jiffies,
+            agent_rss_bytes: n.agent_rss_bytes,
+        }
+    }
+}
+
+impl NodeCounters {
+    /// The node's figures between `base` and `self` (later). A counter
+    /// missing at either end, or lower at the end (the agent restarted,
+    /// the node rebooted), gives no figure; a window in which no CPU time
+    /// passed gives no percentages.
+    pub fn since(&self, base: &NodeCounters) -> NodeSample {
+        let delta = |cur: Option<u64>, base: Option<u64>| cur?.checked_sub(base?);
+        let total = delta(self.cpu_total_jiffies, base.cpu_total_jiffies).filter(|t| *t > 0);
+        let share = |part: Option<u64>| Some(part? as f64 / total? as f64 * 100.0);
+        let cpus = self.cpus.filter(|c| *c > 0 && base.cpus == self.cpus);
+        NodeSample {
+            softirq_percent: share(delta(self.cpu_softirq_jiffies, base.cpu_softirq_jiffies)),
+            system_cpu_percent: share(delta(self.cpu_system_jiffies, base.cpu_system_jiffies)),
+            // Of one core: the node's jiffies over its CPUs are the
+            // window's length in the same unit (USER_HZ) as the agent's.
+            agent_cpu_percent: share(delta(self.agent_cpu_jiffies, base.agent_cpu_jiffies))
+                .and_then(|p| Some(p * f64::from(cpus?))),
+            agent_rss_bytes: self.agent_rss_bytes,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -62,6 +109,9 @@ pub struct Figures {
     pub map_memory_bytes: u64,
     /// Boxed: most programs trace no HTTP, and a fleet holds many of these.
     pub http: Option<Box<pb::HttpFigures>>,
+    /// The node's counters, answered with these figures (node-wide: the
+    /// same on every revision of the node).
+    pub node: Option<NodeCounters>,
 }
 
 impl From<&pb::RevisionStats> for Figures {
@@ -73,6 +123,7 @@ impl From<&pb::RevisionStats> for Figures {
             program_errors: s.program_errors,
             map_memory_bytes: s.map_memory_bytes,
             http: s.http.clone().map(Box::new),
+            node: None,
         }
     }
 }
@@ -81,6 +132,7 @@ impl NodeView {
     /// The view of an agent's `List` and `Stats` answers (of every program,
     /// or of one: the view then holds only that one).
     pub fn from_answers(list: &pb::ListResponse, stats: &pb::StatsResponse) -> Self {
+        let node = stats.node.as_ref().map(NodeCounters::from);
         let figures: HashMap<(&str, &str), &pb::RevisionStats> = stats
             .revisions
             .iter()
@@ -99,7 +151,10 @@ impl NodeView {
                         active: active == Some(r.revision.as_str()),
                         figures: figures
                             .get(&(p.program.as_str(), r.revision.as_str()))
-                            .map(|s| Figures::from(*s)),
+                            .map(|s| Figures {
+                                node,
+                                ..Figures::from(*s)
+                            }),
                     })
                     .collect();
                 revisions.sort_by(|a, b| a.revision.cmp(&b.revision));
@@ -165,6 +220,7 @@ struct Snapshot {
     events_lost: Option<u64>,
     program_errors: u64,
     http: Option<Box<pb::HttpFigures>>,
+    node: Option<NodeCounters>,
 }
 
 /// One revision's window on one node: the counters at its start and the
@@ -204,6 +260,7 @@ impl SampleBook {
             events_lost: figures.events_lost,
             program_errors: figures.program_errors,
             http: figures.http.clone(),
+            node: figures.node,
         };
         // Looked up before inserting: the keys are cloned only for a new
         // program or node, not on every call.
@@ -252,6 +309,10 @@ impl SampleBook {
             wall_time_ns: elapsed,
             cpu_cores,
             map_memory_bytes: figures.map_memory_bytes,
+            node: cur
+                .node
+                .as_ref()
+                .and_then(|c| Some(c.since(base.node.as_ref()?))),
             ..Default::default()
         };
         if let Some(h) = &cur.http {
@@ -470,7 +531,16 @@ pub fn report(
             health: r
                 .figures
                 .as_ref()
-                .and_then(|f| samples.sample(node, program, &r.revision, f, at_ns, cpu_cores)),
+                .and_then(|f| samples.sample(node, program, &r.revision, f, at_ns, cpu_cores))
+                .map(|mut h| {
+                    // Node figures go with the revision the node runs:
+                    // every window keeps the node's counters, so one that
+                    // turns active has them from its start.
+                    if !r.active {
+                        h.node = None;
+                    }
+                    h
+                }),
         })
         .collect();
     NodeReport {

@@ -158,7 +158,7 @@ impl Agent {
         Ok(out)
     }
 
-    /// Kernel statistics per revision.
+    /// Kernel statistics per revision, and the node's figures from `/proc`.
     pub fn stats(&self, program: &str) -> Result<pb::StatsResponse> {
         if !program.is_empty() && !self.state.programs.contains_key(program) {
             return Err(Error::NotFound(format!("program {program}")));
@@ -231,6 +231,9 @@ impl Agent {
         Ok(pb::StatsResponse {
             revisions,
             stats_enabled: self.stats_fd.is_some(),
+            // Node-wide, whatever `program` asked for: read now, so two
+            // answers bracket the operator's sample window.
+            node: crate::procfs::read_node_figures(),
         })
     }
 

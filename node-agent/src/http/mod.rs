@@ -661,6 +661,7 @@ mod tests {
                 }])
                 .collect(),
             stats_enabled: true,
+            ..Default::default()
         };
         hub.fill_stats(&mut s);
         let r1 = s.revisions[0].http.clone().unwrap();

@@ -17,6 +17,7 @@ fn sample(requests: u64, errors: u64, p99: f64) -> HealthSample {
         http_requests: requests,
         http_errors: errors,
         p99_latency_ms: Some(p99),
+        node: None,
     }
 }
 
@@ -29,6 +30,10 @@ fn all_gates() -> HealthGates {
         max_p99_latency_ratio: Some(1.2),
         max_run_time_ratio: Some(1.2),
         max_events_lost: Some(0),
+        max_node_softirq_percent: None,
+        max_node_system_cpu_percent: None,
+        max_agent_cpu_percent: None,
+        max_agent_rss_mib: None,
         min_samples: 100,
         consecutive_failure_limit: 3,
         no_data: NoDataPolicy::Inconclusive,
@@ -337,4 +342,173 @@ fn sums_of_agent_counters_saturate_and_still_fail() {
     let m = evaluate(&all_gates(), &g, &Baseline::default(), true);
     assert!(!gate(&m, GATE_PROGRAM_FAILURES).passed);
     assert_eq!(m.outcome, Outcome::Fail);
+}
+
+/// A healthy sample from a node whose own figures are these.
+fn on_node(softirq: f64, system: f64, agent_cpu: f64, rss_mib: u64) -> HealthSample {
+    HealthSample {
+        node: Some(NodeSample {
+            softirq_percent: Some(softirq),
+            system_cpu_percent: Some(system),
+            agent_cpu_percent: Some(agent_cpu),
+            agent_rss_bytes: Some(rss_mib << 20),
+        }),
+        ..sample(1000, 10, 20.0)
+    }
+}
+
+fn node_gates() -> HealthGates {
+    HealthGates {
+        max_node_softirq_percent: Some(5.0),
+        max_node_system_cpu_percent: Some(20.0),
+        max_agent_cpu_percent: Some(10.0),
+        max_agent_rss_mib: Some(256),
+        ..all_gates()
+    }
+}
+
+fn on_nodes(samples: &[(&'static str, HealthSample)]) -> GroupFigures {
+    GroupFigures::from_nodes(samples.iter().map(|(n, s)| (*n, s)), 0)
+}
+
+#[test]
+fn node_health_within_thresholds_passes_with_its_figures() {
+    let cand = on_nodes(&[
+        ("node-a", on_node(1.0, 8.0, 2.5, 40)),
+        ("node-b", on_node(3.25, 12.0, 4.0, 60)),
+    ]);
+    let stable = GroupFigures::from_samples(&[sample(1000, 10, 20.0)], 0);
+    let m = evaluate(&node_gates(), &cand, &Baseline::from_group(&stable), true);
+    assert_eq!(m.outcome, Outcome::Pass, "{m:?}");
+    let g = gate(&m, GATE_NODE_SOFTIRQ);
+    assert_eq!(
+        (g.measured.as_str(), g.threshold.as_str()),
+        ("3.25 % on node-b", "<= 5.00 %")
+    );
+    assert_eq!(
+        g.message.as_deref(),
+        Some("worst of 2 candidate node(s) reporting: node-b")
+    );
+    let g = gate(&m, GATE_NODE_SYSTEM_CPU);
+    assert_eq!(
+        (g.measured.as_str(), g.threshold.as_str()),
+        ("12.00 % on node-b", "<= 20.00 %")
+    );
+    let g = gate(&m, GATE_AGENT_CPU);
+    assert_eq!(
+        (g.measured.as_str(), g.threshold.as_str()),
+        ("4.00 % of one core on node-b", "<= 10.00 % of one core")
+    );
+    let g = gate(&m, GATE_AGENT_RSS);
+    assert_eq!(
+        (g.measured.as_str(), g.threshold.as_str()),
+        ("60.0 MiB on node-b", "<= 256.0 MiB")
+    );
+}
+
+#[test]
+fn each_node_health_gate_fails_on_the_worst_node_and_names_it() {
+    let stable = Baseline::from_group(&GroupFigures::from_samples(&[sample(1000, 10, 20.0)], 0));
+    let ok = on_node(1.0, 8.0, 2.5, 40);
+    for (name, bad, measured) in [
+        (
+            GATE_NODE_SOFTIRQ,
+            on_node(7.5, 8.0, 2.5, 40),
+            "7.50 % on node-c",
+        ),
+        (
+            GATE_NODE_SYSTEM_CPU,
+            on_node(1.0, 35.0, 2.5, 40),
+            "35.00 % on node-c",
+        ),
+        (
+            GATE_AGENT_CPU,
+            on_node(1.0, 8.0, 150.0, 40),
+            "150.00 % of one core on node-c",
+        ),
+        (
+            GATE_AGENT_RSS,
+            on_node(1.0, 8.0, 2.5, 300),
+            "300.0 MiB on node-c",
+        ),
+    ] {
+        let cand = on_nodes(&[
+            ("node-a", ok.clone()),
+            ("node-c", bad),
+            ("node-b", ok.clone()),
+        ]);
+        let m = evaluate(&node_gates(), &cand, &stable, true);
+        assert_eq!(m.outcome, Outcome::Fail, "{name}: {m:?}");
+        let g = gate(&m, name);
+        assert!(!g.passed);
+        assert_eq!(g.measured, measured);
+        assert_eq!(
+            g.message.as_deref(),
+            Some("worst of 3 candidate node(s) reporting: node-c")
+        );
+        assert!(
+            m.failed_summary().contains(&format!("{name} {measured}")),
+            "{}",
+            m.failed_summary()
+        );
+        // Only that gate failed.
+        assert_eq!(m.gates.iter().filter(|g| !g.passed).count(), 1, "{m:?}");
+    }
+}
+
+#[test]
+fn node_health_without_figures_is_no_data_and_a_preview_leaves_it_out() {
+    let stable = Baseline::from_group(&GroupFigures::from_samples(&[sample(1000, 10, 20.0)], 0));
+    // The agents sent no node figures (older agents, /proc unreadable).
+    let cand = on_nodes(&[("node-a", sample(1000, 10, 20.0))]);
+    let m = evaluate(&node_gates(), &cand, &stable, true);
+    assert_eq!(m.outcome, Outcome::NoData, "{m:?}");
+    for name in [
+        GATE_NODE_SOFTIRQ,
+        GATE_NODE_SYSTEM_CPU,
+        GATE_AGENT_CPU,
+        GATE_AGENT_RSS,
+    ] {
+        let g = gate(&m, name);
+        assert_eq!(g.message.as_deref(), Some(NO_DATA), "{g:?}");
+        assert!(!g.passed);
+    }
+    // One figure missing on one node: judged on those that have it.
+    let mut partial = on_node(9.0, 8.0, 2.5, 40);
+    if let Some(n) = partial.node.as_mut() {
+        n.agent_cpu_percent = None;
+    }
+    let cand = on_nodes(&[("node-a", partial), ("node-b", on_node(1.0, 8.0, 3.0, 40))]);
+    let m = evaluate(&node_gates(), &cand, &stable, true);
+    assert_eq!(
+        gate(&m, GATE_AGENT_CPU).measured,
+        "3.00 % of one core on node-b"
+    );
+    assert_eq!(gate(&m, GATE_NODE_SOFTIRQ).measured, "9.00 % on node-a");
+    // No candidate node at all.
+    let m = evaluate(&node_gates(), &GroupFigures::default(), &stable, true);
+    assert_eq!(
+        gate(&m, GATE_AGENT_RSS).measured,
+        "no candidate node reported"
+    );
+    // An inactive preview carries no traffic: the gates are left out.
+    let cand = on_nodes(&[("node-a", on_node(50.0, 50.0, 500.0, 4000))]);
+    let m = evaluate(&node_gates(), &cand, &stable, false);
+    assert!(
+        m.gates.iter().all(|g| ![
+            GATE_NODE_SOFTIRQ,
+            GATE_NODE_SYSTEM_CPU,
+            GATE_AGENT_CPU,
+            GATE_AGENT_RSS
+        ]
+        .contains(&g.gate.as_str())),
+        "{m:?}"
+    );
+    // A first rollout (nothing to compare with) still judges them.
+    let m = evaluate_on(&node_gates(), &cand, &Baseline::default(), true, false);
+    assert!(!gate(&m, GATE_NODE_SOFTIRQ).passed);
+    assert!(m.gates.iter().all(|g| g.gate != GATE_ERROR_RATE));
+    // Unset gates are off.
+    let m = evaluate(&all_gates(), &cand, &stable, true);
+    assert!(m.gates.iter().all(|g| g.gate != GATE_AGENT_RSS));
 }

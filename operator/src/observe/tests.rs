@@ -10,6 +10,7 @@ fn stats(run_time_ns: u64, errors: u64, http: Option<pb::HttpFigures>) -> Figure
         program_errors: errors,
         map_memory_bytes: 4096,
         http: http.map(Box::new),
+        node: None,
     }
 }
 
@@ -325,4 +326,117 @@ fn report_reads_active_state_and_failures() {
     );
     fails.clear("n1", "p", "r3");
     assert!(fails.of("n1", "p").is_empty());
+}
+
+fn node(total: u64, softirq: u64, system: u64, agent: u64, rss: u64) -> NodeCounters {
+    NodeCounters {
+        cpu_total_jiffies: Some(total),
+        cpu_softirq_jiffies: Some(softirq),
+        cpu_system_jiffies: Some(system),
+        cpus: Some(4),
+        agent_cpu_jiffies: Some(agent),
+        agent_rss_bytes: Some(rss),
+    }
+}
+
+#[test]
+fn node_figures_are_deltas_over_the_window() {
+    let mut b = SampleBook::default();
+    let at = |n: NodeCounters| Figures {
+        node: Some(n),
+        ..stats(1000, 0, None)
+    };
+    assert_eq!(
+        b.p1("n1", &at(node(10_000, 100, 1000, 50, 1 << 20)), 0, 4),
+        None
+    );
+    // 4 CPUs for 2 s at 100 Hz: 800 jiffies, of which 40 softirq (5 %),
+    // 200 system (25 %); the agent ran 30 of the 200 a core had (15 %).
+    let s = b
+        .p1("n1", &at(node(10_800, 140, 1200, 80, 3 << 20)), 2 * S, 4)
+        .unwrap();
+    let n = s.node.expect("node figures");
+    assert_eq!(n.softirq_percent, Some(5.0));
+    assert_eq!(n.system_cpu_percent, Some(25.0));
+    assert_eq!(n.agent_cpu_percent, Some(15.0));
+    assert_eq!(n.agent_rss_bytes, Some(3 << 20), "at the end of the window");
+}
+
+#[test]
+fn node_figures_missing_or_going_back_give_none_not_zero() {
+    let base = node(10_000, 100, 1000, 50, 1 << 20);
+    // The agent restarted: its CPU time started again.
+    let n = node(10_800, 140, 1200, 5, 1 << 20).since(&base);
+    assert_eq!(n.agent_cpu_percent, None);
+    assert_eq!(n.softirq_percent, Some(5.0));
+    // No CPU time passed: no shares.
+    let n = base.since(&base);
+    assert_eq!((n.softirq_percent, n.agent_cpu_percent), (None, None));
+    // A counter missing at either end.
+    let gone = NodeCounters {
+        cpu_softirq_jiffies: None,
+        ..node(10_800, 140, 1200, 80, 1 << 20)
+    };
+    assert_eq!(gone.since(&base).softirq_percent, None);
+    assert_eq!(base.since(&gone).softirq_percent, None);
+    assert_eq!(gone.since(&base).system_cpu_percent, Some(25.0));
+    // The window began before the agent sent node figures.
+    let mut b = SampleBook::default();
+    b.p1("n1", &stats(1000, 0, None), 0, 4);
+    let later = Figures {
+        node: Some(node(10_800, 140, 1200, 80, 1 << 20)),
+        ..stats(2000, 0, None)
+    };
+    assert_eq!(b.p1("n1", &later, 2 * S, 4).unwrap().node, None);
+}
+
+#[test]
+fn node_figures_go_with_the_active_revision_only() {
+    let list = pb::ListResponse {
+        programs: vec![pb::ProgramInfo {
+            program: "p".into(),
+            active_revision: "r2".into(),
+            revisions: ["r1", "r2"]
+                .iter()
+                .map(|r| pb::RevisionInfo {
+                    revision: r.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+    };
+    let stats_at = |n: NodeCounters| pb::StatsResponse {
+        revisions: ["r1", "r2"]
+            .iter()
+            .map(|r| pb::RevisionStats {
+                program: "p".into(),
+                revision: r.to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        stats_enabled: true,
+        node: Some(pb::NodeFigures {
+            cpu_total_jiffies: n.cpu_total_jiffies,
+            cpu_softirq_jiffies: n.cpu_softirq_jiffies,
+            cpu_system_jiffies: n.cpu_system_jiffies,
+            cpus: n.cpus,
+            agent_cpu_jiffies: n.agent_cpu_jiffies,
+            agent_rss_bytes: n.agent_rss_bytes,
+        }),
+    };
+    let (mut samples, failures) = (SampleBook::default(), FailureBook::default());
+    for (at, n) in [
+        (0, node(10_000, 100, 1000, 50, 1 << 20)),
+        (2 * S, node(10_800, 140, 1200, 80, 1 << 20)),
+    ] {
+        let view = NodeView::from_answers(&list, &stats_at(n));
+        let r = report("n1", "p", &view, &mut samples, &failures, at, 4);
+        if at == 0 {
+            continue;
+        }
+        let health = |rev: &str| r.sample(rev).cloned().expect("sample");
+        assert_eq!(health("r2").node.and_then(|n| n.softirq_percent), Some(5.0));
+        assert_eq!(health("r1").node, None, "inactive: no node figures");
+    }
 }

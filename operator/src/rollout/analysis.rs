@@ -12,7 +12,9 @@
 //! An operator that was down for several intervals takes one measurement on
 //! its return, not a burst of identical ones. The ratio gates are left out
 //! when the candidate serves no traffic (blue-green preview) and on a first
-//! rollout, which has no stable revision to compare with.
+//! rollout, which has no stable revision to compare with; the node-health
+//! gates (the worst candidate node's softirq, system CPU, agent CPU and
+//! memory) are left out in a preview only.
 
 use bpfleet_api::policy::{HealthGates, NoDataPolicy};
 use bpfleet_api::program::{AnalysisResult, AnalysisVerdict, RolloutProgress};
@@ -135,11 +137,11 @@ fn measure(a: &Analysis, s: &Subject<'_>, progress: &RolloutProgress) -> Measure
         .iter()
         .filter(|n| n.failure(s.candidate).is_some())
         .count() as u64;
-    let candidate = GroupFigures::from_samples(
+    let candidate = GroupFigures::from_nodes(
         s.nodes
             .iter()
             .filter(on_candidate)
-            .filter_map(|n| n.sample(s.candidate)),
+            .filter_map(|n| Some((n.node.as_str(), n.sample(s.candidate)?))),
         load_failures,
     );
     let baseline = if a.recorded_baseline {
@@ -154,9 +156,10 @@ fn measure(a: &Analysis, s: &Subject<'_>, progress: &RolloutProgress) -> Measure
         Baseline::from_group(&stable_figures(s.stable, s.nodes))
     };
     // With no stable revision at all (first rollout) there is nothing to
-    // compare with: the ratio gates do not apply, the absolute ones still do.
+    // compare with: the ratio gates do not apply, the absolute ones still do
+    // (the node-health ones once the candidate runs: not in a preview).
     let compare = a.traffic && s.stable.is_some();
-    gates::evaluate(s.gates, &candidate, &baseline, compare)
+    gates::evaluate_on(s.gates, &candidate, &baseline, a.traffic, compare)
 }
 
 /// Figures of the nodes running `stable` active.

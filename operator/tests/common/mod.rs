@@ -16,7 +16,7 @@ use bpfleet_api::program::{
     AnalysisStep, BlueGreenStrategy, BytecodeSource, CanaryStep, CanaryStrategy, FailurePolicy,
     FileSource, ImmediateStrategy, PauseStep, ProgramEntry, Strategy,
 };
-use bpfleet_operator::gates::HealthSample;
+use bpfleet_operator::gates::{HealthSample, NodeSample};
 use bpfleet_operator::revision::revision_id;
 use bpfleet_operator::rollout::clock::time;
 use bpfleet_operator::rollout::{
@@ -139,6 +139,7 @@ pub fn traffic(requests: u64, errors: u64, p99_ms: f64) -> HealthSample {
         http_requests: requests,
         http_errors: errors,
         p99_latency_ms: Some(p99_ms),
+        node: None,
     }
 }
 
@@ -171,6 +172,9 @@ pub struct Fleet {
     pub events: Vec<Event>,
     /// Health each revision reports while active (default: healthy traffic).
     pub health: BTreeMap<String, HealthSample>,
+    /// Node figures each node reports with the revision it runs active
+    /// (default: none, as from an agent that sends no node figures).
+    pub node_health: BTreeMap<String, NodeSample>,
     /// Revisions whose load fails, with the reason.
     pub broken: BTreeMap<String, String>,
     /// Serialize the status to JSON and back between calls (a restart).
@@ -191,6 +195,7 @@ impl Fleet {
             now: T0,
             events: Vec::new(),
             health: BTreeMap::new(),
+            node_health: BTreeMap::new(),
             broken: BTreeMap::new(),
             restart_every_call: false,
             next_request: 0,
@@ -263,6 +268,11 @@ impl Fleet {
                         active,
                         health: Some(HealthSample {
                             p99_latency_ms: health.p99_latency_ms.filter(|_| active),
+                            node: if active {
+                                self.node_health.get(name).cloned().or(health.node.clone())
+                            } else {
+                                None
+                            },
                             ..health
                         }),
                     }
