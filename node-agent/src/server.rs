@@ -212,6 +212,33 @@ impl AgentService {
         })
         .await
         .map_err(|e| Status::internal(format!("agent task failed: {e}")))?;
+        self.record(op, res)
+    }
+
+    /// [`Self::run`] for an operation of a few microseconds that never
+    /// waits on the kernel for long (a switch: one map write or
+    /// `bpf_link_update`, the state file written by its own thread). When
+    /// the agent is free it runs right here on the gRPC task, saving the
+    /// two thread hand-offs of a blocking task (most of a switch's latency
+    /// over gRPC); when a Load or another call holds the agent, it waits
+    /// on a blocking thread like any call.
+    async fn run_quick<T, F>(&self, op: &'static str, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Agent) -> Result<T> + Send + 'static,
+    {
+        // The guard goes with this statement, before any await.
+        let f = match self.agent.try_lock() {
+            Ok(mut a) => return self.record(op, f(&mut a)),
+            Err(std::sync::TryLockError::Poisoned(_)) => {
+                return self.record(op, Err(crate::agent::poisoned()));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => f,
+        };
+        self.run(op, f).await
+    }
+
+    fn record<T>(&self, op: &'static str, res: Result<T>) -> Result<T, Status> {
         match res {
             Ok(v) => {
                 self.metrics.record(op, "ok");
@@ -289,7 +316,7 @@ impl pb::agent_server::Agent for AgentService {
         let who = actor(&req);
         let r = req.into_inner();
         let s = self
-            .run("activate", move |a| {
+            .run_quick("activate", move |a| {
                 a.activate(&r.program, &r.revision, &who)
             })
             .await?;
@@ -307,7 +334,7 @@ impl pb::agent_server::Agent for AgentService {
         let who = actor(&req);
         let r = req.into_inner();
         let s = self
-            .run("rollback", move |a| {
+            .run_quick("rollback", move |a| {
                 a.rollback(&r.program, &r.to_revision, &who)
             })
             .await?;

@@ -204,6 +204,7 @@ impl Agent for SimAgent {
         Ok(Response::new(pb::StatsResponse {
             revisions,
             stats_enabled: true,
+            ..Default::default()
         }))
     }
 

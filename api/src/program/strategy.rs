@@ -51,9 +51,10 @@ pub struct VerifyFirst {
     /// What a node that cannot load the revision does to the rollout.
     #[serde(default)]
     pub on_failure: VerifyFailurePolicy,
-    /// Nodes sent the revision at once while verifying (per program).
+    /// Nodes loading the revision at once while verifying, per program (at
+    /// most 64, the operator's fan-out per reconcile).
     #[serde(default = "defaults::verify_concurrency")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 1, max = 64))]
     pub max_concurrent: i32,
 }
 

@@ -43,8 +43,9 @@ pub(super) struct FirstLoad<'a> {
 }
 
 /// Carries out the machine's actions: per node in order (stopping at the
-/// first failure on that node), nodes in parallel. True when every action
-/// succeeded.
+/// first failure on that node), nodes in parallel, at most `parallel` (the
+/// machine's limit, e.g. verification's `maxConcurrent`) and at most
+/// [`FANOUT`] at once. True when every action succeeded.
 pub(super) async fn carry_out(
     ctx: &Context,
     program: &str,
@@ -52,6 +53,7 @@ pub(super) async fn carry_out(
     actions: &[NodeAction],
     targets: &[Target],
     first_load: Option<&FirstLoad<'_>>,
+    parallel: Option<usize>,
 ) -> bool {
     let (spec, spec_revision) = (loads.spec, loads.spec_revision);
     loads
@@ -106,7 +108,7 @@ pub(super) async fn carry_out(
         })
         .collect();
     futures::stream::iter(per_node)
-        .buffer_unordered(FANOUT)
+        .buffer_unordered(parallel.map_or(FANOUT, |p| p.clamp(1, FANOUT)))
         .collect::<Vec<bool>>()
         .await
         .into_iter()

@@ -275,6 +275,7 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
                 &out.actions,
                 &targets,
                 Some(&first_load),
+                out.parallel,
             )
             .await;
             sent.extend(out.actions.iter().cloned());
@@ -402,7 +403,7 @@ async fn cleanup(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
     publish(tp, ctx, &out.events).await;
     // Teardown only unloads: no Load request is ever built here.
     let mut loads = LoadRequests::new(&tp.spec, "");
-    carry_out(ctx, &name, &mut loads, &out.actions, &targets, None).await;
+    carry_out(ctx, &name, &mut loads, &out.actions, &targets, None, None).await;
     Err(Error::Finalizer(format!(
         "waiting to unload {name}: {} node action(s) sent, unreachable: [{}]",
         out.actions.len(),

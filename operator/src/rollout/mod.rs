@@ -209,6 +209,9 @@ pub struct Output {
     /// changes (end of a pause, next measurement, deadline, unload of the
     /// retained revision).
     pub requeue_after: Option<i64>,
+    /// At most this many nodes acted on at once (verification's
+    /// `maxConcurrent`); None: the reconciler's own fan-out.
+    pub parallel: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -138,7 +138,11 @@ pub fn plan(
         if active.is_some() && active == t.candidate {
             loaded.extend(t.stable);
         }
-        if t.preload_all {
+        // With no stable revision to switch back to, a node that must stop
+        // running the candidate (the candidate set moved off it) can only
+        // unload it; the next pass loads it again, inactive.
+        let must_stop = t.stable.is_none() && active.is_none() && node.active() == t.candidate;
+        if t.preload_all && !must_stop {
             loaded.extend(t.candidate);
         }
         loaded.extend(t.retained);

@@ -67,6 +67,7 @@ pub fn teardown(input: &Input<'_>) -> Output {
         requeue_after: (!actions.is_empty() || unreachable > 0).then_some(5),
         actions,
         events,
+        parallel: None,
     }
 }
 

@@ -11,7 +11,7 @@ use crate::rollout::conditions::{self, Facts};
 use crate::rollout::history;
 use crate::rollout::nodes::{self, Freeze, Targets};
 use crate::rollout::plan::Kind;
-use crate::rollout::{ActionKind, Output, SOURCE_UNAVAILABLE};
+use crate::rollout::{Output, SOURCE_UNAVAILABLE};
 
 impl Machine<'_> {
     pub(super) fn finish(mut self) -> Output {
@@ -62,25 +62,13 @@ impl Machine<'_> {
             retained: retained.as_deref(),
             freeze,
         };
-        let mut plan = nodes::plan(
+        let plan = nodes::plan(
             &targets,
             &self.nodes,
             self.input.departed,
             &self.input.status.failing_nodes,
             &now,
         );
-        if let Some(c) = candidate.as_deref()
-            && let Some(mut budget) = self.load_budget(c)
-        {
-            plan.actions.retain(|a| {
-                if a.kind != ActionKind::Load || a.revision != c {
-                    return true;
-                }
-                let send = budget > 0;
-                budget = budget.saturating_sub(1);
-                send
-            });
-        }
 
         if let Some(s) = plan.retry_in {
             self.want_again(s);
@@ -136,12 +124,15 @@ impl Machine<'_> {
             },
         );
         st.message = Some(message);
+        let parallel = candidate.as_deref().and_then(|c| self.load_budget(c));
+        let st = &mut self.status;
         st.rollout = Some(self.progress);
         Output {
             status: self.status,
             actions: plan.actions,
             events: self.events,
             requeue_after: self.next_in,
+            parallel,
         }
     }
 

@@ -419,7 +419,7 @@ fn rejected_on(node: &str, revision: &str, running: &str, kernel: &str) -> NodeR
 }
 
 /// Verification is on by default for a canary: the candidate is sent to
-/// every node, at most `maxConcurrent` per pass, and nothing is switched
+/// every node, at most `maxConcurrent` at once, and nothing is switched
 /// before every node answered.
 #[test]
 fn a_canary_first_loads_the_candidate_everywhere_in_bounded_batches() {
@@ -428,15 +428,19 @@ fn a_canary_first_loads_the_candidate_everywhere_in_bounded_batches() {
     let none = Requests::default();
     let on_a = [holding("n0", &[(&ra, true)]), holding("n1", &[(&ra, true)])];
     let out = run(&b, &status, &on_a, &none, 100).expect("run");
-    assert_eq!(out.actions.len(), 1, "{:?}", out.actions);
-    assert_eq!(out.actions[0].kind, ActionKind::Load);
-    assert_eq!(out.actions[0].revision, rb);
+    assert_eq!(out.actions.len(), 2, "{:?}", out.actions);
+    assert!(
+        out.actions
+            .iter()
+            .all(|a| a.kind == ActionKind::Load && a.revision == rb)
+    );
+    assert_eq!(out.parallel, Some(1), "one node loading at a time");
     let v = out.status.verification.clone().expect("verification");
     assert_eq!(
         (v.result.as_str(), v.pending, v.verified),
         ("Verifying", 2, 0)
     );
-    // n0 loaded it: n1 is sent it; still no switch.
+    // n0 loaded it (n1's Load still under way): still no switch.
     let one = [
         holding("n0", &[(&ra, true), (&rb, false)]),
         holding("n1", &[(&ra, true)]),

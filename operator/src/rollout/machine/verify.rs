@@ -1,7 +1,7 @@
 //! Verify everywhere before switching anywhere (`strategy.verifyFirst`):
 //! the candidate is loaded, inactive, on every selected node (the kernel's
 //! verifier runs there, nothing is switched) before the first step runs.
-//! Loads go out at most `maxConcurrent` per pass. Once every node answered,
+//! At most `maxConcurrent` nodes load at once. Once every node answered,
 //! a node that refused the revision blocks the rollout (`Block`: it fails,
 //! `failurePolicy` applies) or is left out of it (`Exclude`: it keeps what
 //! it runs and the rest proceeds). The outcome is kept in
@@ -140,8 +140,7 @@ impl Machine<'_> {
             .join(", ")
     }
 
-    /// Loads of `c` this pass may send while verifying: the first
-    /// `maxConcurrent` in node order.
+    /// Nodes acted on at once while verifying `c`: `maxConcurrent`.
     pub(super) fn load_budget(&self, c: &str) -> Option<usize> {
         let v = self.verify.as_ref()?;
         self.verifying(c)
