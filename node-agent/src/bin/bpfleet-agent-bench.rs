@@ -309,8 +309,14 @@ fn main() -> anyhow::Result<()> {
     // Through gRPC over the Unix socket.
     a.load(syscount("syscount", "v2", objs::SYSCOUNT_V2), "bench")?;
     let sock = guard.scratch.join("agent.sock");
+    // The server on a runtime like the agent binary's (multi-thread, one
+    // worker per core); the client on a runtime of its own on this thread,
+    // as the operator is another process: no task of one waits in the
+    // other's queues.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let listen = bpfleet_agent::server::Listen {
@@ -321,7 +327,7 @@ fn main() -> anyhow::Result<()> {
     let server = rt.spawn(bpfleet_agent::server::serve(a, listen, async move {
         let _ = stop_rx.await;
     }));
-    let (act, rb) = rt.block_on(async {
+    let (act, rb) = client_rt.block_on(async {
         let mut tries = 0;
         while !sock.exists() && tries < 500 {
             tokio::time::sleep(Duration::from_millis(10)).await;
