@@ -271,6 +271,35 @@ async fn scrape_sum(url: &str, metric: &str) -> f64 {
         .sum()
 }
 
+/// The operator's agent calls so far, by `call` label.
+async fn agent_calls(url: &str) -> BTreeMap<String, f64> {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sf", url])
+        .output()
+        .await
+        .expect("curl");
+    let mut by = BTreeMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(rest) = l.strip_prefix("bpfleet_operator_agent_calls_total{") else {
+            continue;
+        };
+        let Some(call) = rest
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("call=\""))
+            .and_then(|v| v.split('"').next())
+        else {
+            continue;
+        };
+        let n: f64 = l
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *by.entry(call.to_string()).or_insert(0.0) += n;
+    }
+    by
+}
+
 async fn apiserver_requests(client: &kube::Client) -> f64 {
     let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
     let text = client.request_text(req).await.expect("apiserver metrics");
@@ -464,12 +493,14 @@ async fn main() {
     ]}});
     let reconciles0 = scrape_sum(&metrics, "bpfleet_operator_reconciles_total").await;
     let requests0 = apiserver_requests(&client).await;
+    let calls0 = agent_calls(&metrics).await;
     let t = Instant::now();
     apply_all(&api, &names, "2.0.0", &canary).await;
     let seen = wait_all(&api, "2.0.0", programs_n, Duration::from_secs(900)).await;
     let polls = seen.polls;
     let took = t.elapsed().as_secs_f64();
     let reconciles = scrape_sum(&metrics, "bpfleet_operator_reconciles_total").await - reconciles0;
+    let calls = agent_calls(&metrics).await;
     // Less the bench's own calls: one apply per program, one list per poll,
     // and the metrics read itself.
     let own = programs_n as f64 + polls as f64 + 1.0;
@@ -502,6 +533,17 @@ async fn main() {
     println!(
         "  apiserver requests   {requests:.0} by the operator ({:.1} per rollout step, {steps:.0} steps)",
         requests / steps
+    );
+    let pairs = (programs_n * nodes_n) as f64;
+    let per_call: Vec<String> = calls
+        .iter()
+        .map(|(c, n)| (c, n - calls0.get(c).copied().unwrap_or(0.0)))
+        .filter(|(_, n)| *n > 0.0)
+        .map(|(c, n)| format!("{c} {:.2}", n / pairs))
+        .collect();
+    println!(
+        "  agent calls          per program and node: {}",
+        per_call.join(", ")
     );
     println!(
         "  operator RSS         {:.1} MiB now, {:.1} MiB peak",

@@ -236,70 +236,75 @@ pub fn pod_endpoints<'a>(
     out
 }
 
-/// The cache's call to an agent: its `List` and `Stats` of every program,
-/// both at once, within `timeout`.
+/// The cache's call to an agent: its `List` and `Stats` of every program
+/// (or of the one named), both at once, within `timeout`.
 pub fn agent_fetch(pool: Arc<Pool>, metrics: Arc<Metrics>, timeout: Duration) -> Fetch {
-    Arc::new(move |node: String, endpoint: String| {
-        let (pool, metrics) = (pool.clone(), metrics.clone());
-        Box::pin(async move {
-            let client = match pool.client(&endpoint) {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(%node, error = %e, "no client for agent");
-                    return None;
-                }
-            };
-            let (mut lc, mut sc) = (client.clone(), client);
-            // NotFound from an agent means it holds nothing.
-            let list = async move {
-                match lc
-                    .list(pb::ListRequest {
-                        program: String::new(),
-                    })
-                    .await
-                {
-                    Ok(r) => Ok(r.into_inner()),
-                    Err(s) if s.code() == tonic::Code::NotFound => Ok(pb::ListResponse::default()),
-                    Err(s) => Err(s),
-                }
-            };
-            let stats = async move {
-                match sc
-                    .stats(pb::StatsRequest {
-                        program: String::new(),
-                    })
-                    .await
-                {
-                    Ok(r) => Ok(r.into_inner()),
-                    Err(s) if s.code() == tonic::Code::NotFound => Ok(pb::StatsResponse::default()),
-                    Err(s) => Err(s),
-                }
-            };
-            match tokio::time::timeout(timeout, futures::future::try_join(list, stats)).await {
-                Ok(Ok((list, stats))) => {
-                    metrics.call("observe", "ok");
-                    Some(NodeView::from_answers(&list, &stats))
-                }
-                Ok(Err(status)) => {
-                    metrics.call("observe", "unreachable");
-                    warn!(%node, %endpoint, code = ?status.code(), message = %status.message(), "agent did not answer List/Stats");
-                    if matches!(
-                        status.code(),
-                        tonic::Code::Unavailable | tonic::Code::Unknown
-                    ) {
-                        pool.forget(&endpoint);
+    Arc::new(
+        move |node: String, endpoint: String, scope: Option<String>| {
+            let (pool, metrics) = (pool.clone(), metrics.clone());
+            Box::pin(async move {
+                let client = match pool.client(&endpoint) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(%node, error = %e, "no client for agent");
+                        return None;
                     }
-                    None
+                };
+                let (mut lc, mut sc) = (client.clone(), client);
+                // One program's look is counted apart: it says how often an
+                // action kept the node's answer of every program from serving.
+                let call = if scope.is_some() {
+                    "observe_program"
+                } else {
+                    "observe"
+                };
+                let program = scope.unwrap_or_default();
+                let program2 = program.clone();
+                // NotFound from an agent means it holds nothing.
+                let list = async move {
+                    match lc.list(pb::ListRequest { program }).await {
+                        Ok(r) => Ok(r.into_inner()),
+                        Err(s) if s.code() == tonic::Code::NotFound => {
+                            Ok(pb::ListResponse::default())
+                        }
+                        Err(s) => Err(s),
+                    }
+                };
+                let stats = async move {
+                    match sc.stats(pb::StatsRequest { program: program2 }).await {
+                        Ok(r) => Ok(r.into_inner()),
+                        Err(s) if s.code() == tonic::Code::NotFound => {
+                            Ok(pb::StatsResponse::default())
+                        }
+                        Err(s) => Err(s),
+                    }
+                };
+                match tokio::time::timeout(timeout, futures::future::try_join(list, stats)).await {
+                    Ok(Ok((list, stats))) => {
+                        metrics.call(call, "ok");
+                        Some(NodeView::from_answers(&list, &stats))
+                    }
+                    Ok(Err(status)) => {
+                        metrics.call(call, "unreachable");
+                        warn!(%node, %endpoint, code = ?status.code(), message = %status.message(), "agent did not answer List/Stats");
+                        if matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::Unknown
+                        ) {
+                            pool.forget(&endpoint);
+                        }
+                        None
+                    }
+                    Err(_) => {
+                        metrics.call(call, "unreachable");
+                        warn!(%node, %endpoint, "agent timed out on List/Stats");
+                        pool.forget(&endpoint);
+                        None
+                    }
                 }
-                Err(_) => {
-                    metrics.call("observe", "unreachable");
-                    warn!(%node, %endpoint, "agent timed out on List/Stats");
-                    pool.forget(&endpoint);
-                    None
-                }
-            }
-        })
-    })
+            })
+        },
+    )
 }
 
 #[cfg(test)]

@@ -30,6 +30,11 @@ struct Fleet {
     most_running: AtomicUsize,
     /// When set, every call waits for a permit of it first.
     gate: Mutex<Option<Arc<Semaphore>>>,
+    /// When set, every call waits until the test releases it by its
+    /// arrival index ([`Fleet::release`]), so answers come in any order.
+    held: Mutex<Option<Vec<Arc<Semaphore>>>>,
+    /// Calls about one program alone.
+    scoped_calls: AtomicUsize,
 }
 
 impl Fleet {
@@ -68,25 +73,55 @@ impl Fleet {
 
     fn fetch(self: &Arc<Self>) -> Fetch {
         let fleet = self.clone();
-        Arc::new(move |node: String, _endpoint: String| {
-            let fleet = fleet.clone();
-            async move {
-                fleet.calls.fetch_add(1, Ordering::SeqCst);
-                let now = fleet.running.fetch_add(1, Ordering::SeqCst) + 1;
-                fleet.most_running.fetch_max(now, Ordering::SeqCst);
-                let gate = fleet.gate.lock().expect("lock").clone();
-                if let Some(g) = gate {
-                    // One permit lets one call through.
-                    g.acquire().await.expect("gate").forget();
+        Arc::new(
+            move |node: String, _endpoint: String, scope: Option<String>| {
+                let fleet = fleet.clone();
+                async move {
+                    fleet.calls.fetch_add(1, Ordering::SeqCst);
+                    if scope.is_some() {
+                        fleet.scoped_calls.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let now = fleet.running.fetch_add(1, Ordering::SeqCst) + 1;
+                    fleet.most_running.fetch_max(now, Ordering::SeqCst);
+                    let gate = fleet.gate.lock().expect("lock").clone();
+                    if let Some(g) = gate {
+                        // One permit lets one call through.
+                        g.acquire().await.expect("gate").forget();
+                    }
+                    let held = fleet.held.lock().expect("lock").as_mut().map(|h| {
+                        let s = Arc::new(Semaphore::new(0));
+                        h.push(s.clone());
+                        s
+                    });
+                    if let Some(h) = held {
+                        h.acquire().await.expect("held").forget();
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    // The answer is what the agent holds when it answers.
+                    let mut v = fleet.view(&node);
+                    if let (Some(v), Some(p)) = (v.as_mut(), scope) {
+                        v.programs.retain(|x| x.program == p);
+                    }
+                    fleet.running.fetch_sub(1, Ordering::SeqCst);
+                    v
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                // The answer is what the agent holds when it answers.
-                let v = fleet.view(&node);
-                fleet.running.fetch_sub(1, Ordering::SeqCst);
-                v
-            }
-            .boxed()
-        })
+                .boxed()
+            },
+        )
+    }
+
+    /// Lets the `i`th held call (in arrival order) answer.
+    fn release(&self, i: usize) {
+        let h = self.held.lock().expect("lock");
+        h.as_ref().expect("holding")[i].add_permits(1);
+    }
+
+    fn held(&self) -> usize {
+        self.held.lock().expect("lock").as_ref().map_or(0, Vec::len)
+    }
+
+    fn scoped(&self) -> usize {
+        self.scoped_calls.load(Ordering::SeqCst)
     }
 
     fn calls(&self) -> usize {
@@ -191,12 +226,98 @@ async fn an_action_makes_that_program_ask_again_and_only_that_program() {
 
     let seen = cache.observe("a", &refs(&nodes)).await;
     assert_eq!(fleet.calls(), 4, "only n1 is asked again");
+    assert_eq!(fleet.scoped(), 1, "and only about \"a\"");
     assert_eq!(active_of(&seen[1], "a").as_deref(), Some("r1"));
-    // "b" did not act: its view of n1 may stay as it was (and the fresh
-    // answer "a" got is newer, so it is what "b" sees too).
+    let one = seen[1].view.as_ref().expect("answered");
+    assert!(one.program("b").is_empty() && one.programs.len() == 1);
+    // Asked again, "a" is served that answer.
+    cache.observe("a", &refs(&nodes)).await;
+    assert_eq!(fleet.calls(), 4);
+    // "b" did not act: its view of n1 stays the answer of every program.
     let seen = cache.observe("b", &refs(&nodes)).await;
     assert_eq!(fleet.calls(), 4);
-    assert_eq!(active_of(&seen[1], "a").as_deref(), Some("r1"));
+    assert_eq!(active_of(&seen[1], "a"), None);
+}
+
+/// After an action its program asks about itself alone even when the
+/// node's answer of every program has expired; another program's look
+/// then asks about every program.
+#[tokio::test]
+async fn an_action_after_the_answers_expired_still_asks_about_its_program_alone() {
+    let fleet = Fleet::with_nodes(1);
+    let cache = NodeCache::new(Duration::from_millis(50), 8, fleet.fetch());
+    let nodes = names(1);
+    cache.observe("a", &refs(&nodes)).await;
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    fleet.set("n0", "a", &["r1"], Some("r1"));
+    cache.acted("n0", "a");
+    let seen = cache.observe("a", &refs(&nodes)).await;
+    assert_eq!((fleet.calls(), fleet.scoped()), (2, 1));
+    assert_eq!(active_of(&seen[0], "a").as_deref(), Some("r1"));
+    let seen = cache.observe("b", &refs(&nodes)).await;
+    assert_eq!((fleet.calls(), fleet.scoped()), (3, 1));
+    assert_eq!(active_of(&seen[0], "a").as_deref(), Some("r1"));
+    // That answer is newer than the action: "a" may use it too.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    cache.observe("b", &refs(&nodes)).await;
+    let seen = cache.observe("a", &refs(&nodes)).await;
+    assert_eq!((fleet.calls(), fleet.scoped()), (4, 1));
+    assert_eq!(active_of(&seen[0], "a").as_deref(), Some("r1"));
+}
+
+/// An answer of every program asked before an action can arrive after the
+/// answer about the acted program alone; it never serves that program,
+/// not even once the newer answer has expired and it has not.
+#[tokio::test]
+async fn a_late_answer_of_every_program_never_serves_the_program_acted_on() {
+    let fleet = Fleet::with_nodes(1);
+    *fleet.held.lock().expect("lock") = Some(Vec::new());
+    let max_age = Duration::from_millis(400);
+    let cache = NodeCache::new(max_age, 8, fleet.fetch());
+    let nodes = names(1);
+    let look = |program: &'static str| {
+        let (cache, nodes) = (cache.clone(), nodes.clone());
+        tokio::spawn(async move { cache.observe(program, &refs(&nodes)).await })
+    };
+    let settle = || tokio::time::sleep(Duration::from_millis(20));
+
+    // Call 0 (every program) answers, and expires; "c" looks, and starts
+    // call 1 (every program).
+    let first = look("a");
+    settle().await;
+    fleet.release(0);
+    first.await.expect("first");
+    tokio::time::sleep(max_age).await;
+    let c = look("c");
+    settle().await;
+    // "a" acts (r1 active) and looks: call 1 started before the action,
+    // so "a" asks about itself alone (call 2).
+    fleet.set("n0", "a", &["r1"], Some("r1"));
+    cache.acted("n0", "a");
+    let a = look("a");
+    settle().await;
+    assert_eq!((fleet.held(), fleet.scoped()), (3, 1));
+    fleet.release(2);
+    let a = a.await.expect("a");
+    assert_eq!(active_of(&a[0], "a").as_deref(), Some("r1"));
+    // Call 1 answers last, with what the agent held before the action (a
+    // slow answer), and becomes the node's newest answer of every program.
+    tokio::time::sleep(max_age / 2).await;
+    fleet.set("n0", "a", &[], None);
+    fleet.release(1);
+    c.await.expect("c");
+    fleet.set("n0", "a", &["r1"], Some("r1"));
+    // Within max_age "a" is served its own answer.
+    let again = cache.observe("a", &refs(&nodes)).await;
+    assert_eq!(active_of(&again[0], "a").as_deref(), Some("r1"));
+    // Once that has expired (call 1 has not), "a" asks again.
+    tokio::time::sleep(max_age / 2 + Duration::from_millis(40)).await;
+    let later = look("a");
+    settle().await;
+    assert_eq!(fleet.held(), 4, "asked again, not served call 1");
+    fleet.release(3);
+    let later = later.await.expect("later");
+    assert_eq!(active_of(&later[0], "a").as_deref(), Some("r1"));
 }
 
 #[tokio::test]
