@@ -46,6 +46,7 @@ pub mod rollout;
 pub mod run;
 pub mod runtime_config;
 pub mod selector;
+pub mod slim;
 pub mod status;
 
 pub use error::{Error, Result};

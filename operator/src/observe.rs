@@ -9,6 +9,7 @@
 //! a monotonic clock (the time the agent answered).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bpfleet_proto::v1 as pb;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -109,9 +110,10 @@ pub struct Figures {
     pub map_memory_bytes: u64,
     /// Boxed: most programs trace no HTTP, and a fleet holds many of these.
     pub http: Option<Box<pb::HttpFigures>>,
-    /// The node's counters, answered with these figures (node-wide: the
-    /// same on every revision of the node).
-    pub node: Option<NodeCounters>,
+    /// The node's counters, answered with these figures (node-wide: one
+    /// allocation shared by every revision of the node's answer and the
+    /// sample windows based on it, not a copy per revision).
+    pub node: Option<Arc<NodeCounters>>,
 }
 
 impl From<&pb::RevisionStats> for Figures {
@@ -132,7 +134,7 @@ impl NodeView {
     /// The view of an agent's `List` and `Stats` answers (of every program,
     /// or of one: the view then holds only that one).
     pub fn from_answers(list: &pb::ListResponse, stats: &pb::StatsResponse) -> Self {
-        let node = stats.node.as_ref().map(NodeCounters::from);
+        let node = stats.node.as_ref().map(|n| Arc::new(NodeCounters::from(n)));
         let figures: HashMap<(&str, &str), &pb::RevisionStats> = stats
             .revisions
             .iter()
@@ -152,7 +154,7 @@ impl NodeView {
                         figures: figures
                             .get(&(p.program.as_str(), r.revision.as_str()))
                             .map(|s| Figures {
-                                node,
+                                node: node.clone(),
                                 ..Figures::from(*s)
                             }),
                     })
@@ -220,7 +222,7 @@ struct Snapshot {
     events_lost: Option<u64>,
     program_errors: u64,
     http: Option<Box<pb::HttpFigures>>,
-    node: Option<NodeCounters>,
+    node: Option<Arc<NodeCounters>>,
 }
 
 /// One revision's window on one node: the counters at its start and the
@@ -260,7 +262,7 @@ impl SampleBook {
             events_lost: figures.events_lost,
             program_errors: figures.program_errors,
             http: figures.http.clone(),
-            node: figures.node,
+            node: figures.node.clone(),
         };
         // Looked up before inserting: the keys are cloned only for a new
         // program or node, not on every call.

@@ -27,7 +27,7 @@ use crate::controller::{Context, error_policy, reconcile};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::{self, Metrics};
 use crate::policy::{self, PolicyContext};
-use crate::{Error, Result};
+use crate::{Error, Result, slim};
 
 /// bpfleet operator: rolls TracerPrograms out to node agents (immediate,
 /// canary, blue-green), gates them on health, rolls back, and keeps the
@@ -176,9 +176,11 @@ fn policy_property(p: &TracerPolicy) -> u64 {
     hash((p.metadata.generation, p.labels()))
 }
 
+/// A reflector store of `api`'s objects as `slim` leaves them.
 fn reflect<K>(
     api: Api<K>,
     cfg: watcher::Config,
+    slim: fn(&mut K),
 ) -> (
     Store<K>,
     impl Stream<Item = std::result::Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
@@ -188,7 +190,7 @@ where
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff());
+    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff().modify(slim));
     (reader, stream)
 }
 
@@ -273,15 +275,20 @@ async fn operate(
         .agent_namespace
         .clone()
         .unwrap_or_else(|| args.namespace.clone());
-    let (nodes, node_events) =
-        reflect(Api::<Node>::all(client.clone()), watcher::Config::default());
+    let (nodes, node_events) = reflect(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        slim::node,
+    );
     let (pods, pod_events) = reflect(
         Api::<Pod>::namespaced(client.clone(), &agent_namespace),
         watcher::Config::default().labels(&args.agent_selector),
+        slim::pod,
     );
     let (policies, policy_events) = reflect(
         Api::<TracerPolicy>::all(client.clone()),
         watcher::Config::default(),
+        |p: &mut TracerPolicy| p.managed_fields_mut().clear(),
     );
     let trigger = futures::stream::select_all([
         changes(node_events, node_property).boxed(),

@@ -62,6 +62,17 @@ use targets::{Target, all_targets, split, targets};
 
 pub use snapshots::{PROGRAM_LABEL, REVISION_LABEL};
 
+/// What a reconcile reads of a Node (name, endpoint, cores, kernel), for
+/// tests elsewhere that change Nodes.
+#[cfg(test)]
+pub(crate) fn target_summary(
+    node: &k8s_openapi::api::core::v1::Node,
+    pods: &std::collections::HashMap<String, String>,
+) -> (String, Option<String>, u32, Option<String>) {
+    let t = targets::target(node, pods, true);
+    (t.name, t.endpoint, t.cores, t.kernel)
+}
+
 /// Finalizer that keeps a TracerProgram until every node unloaded it.
 pub const FINALIZER: &str = "bpfleet.dev/unload";
 

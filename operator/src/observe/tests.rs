@@ -343,7 +343,7 @@ fn node(total: u64, softirq: u64, system: u64, agent: u64, rss: u64) -> NodeCoun
 fn node_figures_are_deltas_over_the_window() {
     let mut b = SampleBook::default();
     let at = |n: NodeCounters| Figures {
-        node: Some(n),
+        node: Some(n.into()),
         ..stats(1000, 0, None)
     };
     assert_eq!(
@@ -384,7 +384,7 @@ fn node_figures_missing_or_going_back_give_none_not_zero() {
     let mut b = SampleBook::default();
     b.p1("n1", &stats(1000, 0, None), 0, 4);
     let later = Figures {
-        node: Some(node(10_800, 140, 1200, 80, 1 << 20)),
+        node: Some(node(10_800, 140, 1200, 80, 1 << 20).into()),
         ..stats(2000, 0, None)
     };
     assert_eq!(b.p1("n1", &later, 2 * S, 4).unwrap().node, None);
