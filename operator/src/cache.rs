@@ -288,11 +288,14 @@ impl NodeCache {
             // New node, or its agent moved: nothing known of the new one.
             st.slots.insert(node.to_string(), Slot::new(endpoint, now));
         }
-        // After an action for `program`, only that program is asked about
-        // again: the call then costs one program's answer, not every
-        // program's, and when every program acts on every node (a rollout
-        // of all at once) an answer of every program would serve none but
-        // the one that asked.
+        // The first look after an action for `program` asks about that
+        // program alone: the call then costs one program's answer, not
+        // every program's, and when every program acts on every node (a
+        // rollout of all at once) an answer of every program would serve
+        // none but the one that asked. Once that answer has expired too,
+        // the next call asks about every program again (its answer serves
+        // them all and clears the action), so a node settles back to one
+        // call for all of its programs.
         let mut alone = false;
         if let Some(slot) = st.slots.get_mut(node) {
             slot.used = now;
@@ -314,7 +317,10 @@ impl NodeCache {
             {
                 return Lookup::Wait(p.clone());
             }
-            alone = after > 0;
+            alone = after > 0
+                && scoped
+                    .and_then(|s| s.calls.last.as_ref())
+                    .is_none_or(|l| l.seq < after);
         }
         let seq = st.next();
         let scope = alone.then(|| program.to_string());

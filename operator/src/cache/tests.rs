@@ -265,6 +265,34 @@ async fn an_action_after_the_answers_expired_still_asks_about_its_program_alone(
     assert_eq!(active_of(&seen[0], "a").as_deref(), Some("r1"));
 }
 
+/// Once the look after an action has been answered and has expired, the
+/// node settles back to one call for every program: programs that all
+/// acted once do not each keep asking about themselves.
+#[tokio::test]
+async fn after_the_first_look_a_node_settles_back_to_one_call_for_all() {
+    let fleet = Fleet::with_nodes(1);
+    let max_age = Duration::from_millis(50);
+    let cache = NodeCache::new(max_age, 8, fleet.fetch());
+    let nodes = names(1);
+    cache.observe("a", &refs(&nodes)).await;
+    for p in ["a", "b", "c"] {
+        fleet.set("n0", p, &["r1"], Some("r1"));
+        cache.acted("n0", p);
+        cache.observe(p, &refs(&nodes)).await;
+    }
+    assert_eq!((fleet.calls(), fleet.scoped()), (4, 3));
+    tokio::time::sleep(max_age + Duration::from_millis(20)).await;
+    for p in ["a", "b", "c"] {
+        let seen = cache.observe(p, &refs(&nodes)).await;
+        assert_eq!(active_of(&seen[0], p).as_deref(), Some("r1"));
+    }
+    assert_eq!(
+        (fleet.calls(), fleet.scoped()),
+        (5, 3),
+        "one call about every program served all three"
+    );
+}
+
 /// An answer of every program asked before an action can arrive after the
 /// answer about the acted program alone; it never serves that program,
 /// not even once the newer answer has expired and it has not.
@@ -315,6 +343,7 @@ async fn a_late_answer_of_every_program_never_serves_the_program_acted_on() {
     let later = look("a");
     settle().await;
     assert_eq!(fleet.held(), 4, "asked again, not served call 1");
+    assert_eq!(fleet.scoped(), 1, "about every program: the action was seen");
     fleet.release(3);
     let later = later.await.expect("later");
     assert_eq!(active_of(&later[0], "a").as_deref(), Some("r1"));
