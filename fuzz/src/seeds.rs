@@ -140,6 +140,7 @@ fn agent_answer(active: &str, inactive: &[&str], tick: u64, errors: u64) -> (Vec
             cpus: Some(2),
             agent_cpu_jiffies: Some(500 + 30 * tick),
             agent_rss_bytes: Some(40 << 20),
+            btf_present: Some(true),
         }),
     };
     (list.encode_to_vec(), stats.encode_to_vec())

@@ -2,13 +2,21 @@
 //! time by state (`/proc/stat`), the agent's own CPU time
 //! (`/proc/self/stat`) and resident memory (`/proc/self/status`). All
 //! cumulative (or, for memory, current), so the operator takes differences
-//! between two answers.
+//! between two answers. Alongside them, whether the kernel has BTF
+//! (`/sys/kernel/btf/vmlinux`), checked once per agent process.
 //!
 //! The parsers are pure functions of the files' text; [`read_node_figures`]
 //! reads the real files. A file that is missing or does not parse gives no
 //! figures (`None`), never a zero that would look like a measurement.
 
+use std::path::Path;
+use std::sync::OnceLock;
+
 use bpfleet_proto::v1 as pb;
+
+/// The kernel's own BTF, present on kernels built with
+/// `CONFIG_DEBUG_INFO_BTF`.
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// The `cpu ` line of `/proc/stat`: jiffies since boot over every CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,11 +88,14 @@ pub fn parse_vm_rss(text: &str) -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-/// The figures of three texts (None: the file could not be read).
+/// The figures of three texts (None: the file could not be read) and of
+/// whether the kernel has BTF (None: unknown). None when nothing at all is
+/// known; a node whose only figure is its BTF still reports that.
 pub fn node_figures(
     proc_stat: Option<&str>,
     self_stat: Option<&str>,
     self_status: Option<&str>,
+    btf_present: Option<bool>,
 ) -> Option<pb::NodeFigures> {
     let cpu = proc_stat.and_then(parse_proc_stat);
     let f = pb::NodeFigures {
@@ -94,6 +105,7 @@ pub fn node_figures(
         cpus: cpu.map(|c| c.cpus),
         agent_cpu_jiffies: self_stat.and_then(parse_self_stat),
         agent_rss_bytes: self_status.and_then(parse_vm_rss),
+        btf_present,
     };
     (f != pb::NodeFigures::default()).then_some(f)
 }
@@ -105,7 +117,17 @@ pub fn read_node_figures() -> Option<pb::NodeFigures> {
         read("/proc/stat").as_deref(),
         read("/proc/self/stat").as_deref(),
         read("/proc/self/status").as_deref(),
+        btf_present(),
     )
+}
+
+/// Whether the kernel exposes its own BTF, checked the first time it is
+/// asked and kept for the life of the process (a kernel does not gain or
+/// lose it while it runs). None when the check itself failed (e.g.
+/// `/sys/kernel/btf` not readable): unknown, not absent.
+pub fn btf_present() -> Option<bool> {
+    static BTF: OnceLock<Option<bool>> = OnceLock::new();
+    *BTF.get_or_init(|| Path::new(VMLINUX_BTF).try_exists().ok())
 }
 
 #[cfg(test)]
@@ -194,12 +216,46 @@ softirq 100 1 2 3 4 5 6 7 8 9 10
     #[test]
     fn figures_are_absent_per_file_and_all_absent_is_none() {
         let status = "VmRSS:\t 4 kB\n";
-        let f = node_figures(Some(STAT), None, Some(status)).expect("some figures");
+        let f = node_figures(Some(STAT), None, Some(status), Some(true)).expect("some figures");
         assert_eq!(f.cpus, Some(2));
         assert_eq!(f.cpu_softirq_jiffies, Some(66293));
         assert_eq!(f.agent_cpu_jiffies, None, "no /proc/self/stat: no figure");
         assert_eq!(f.agent_rss_bytes, Some(4096));
-        assert_eq!(node_figures(None, None, None), None);
-        assert_eq!(node_figures(Some("garbage"), Some("x"), Some("y")), None);
+        assert_eq!(f.btf_present, Some(true));
+        let f = node_figures(Some(STAT), None, None, None).expect("some figures");
+        assert_eq!(f.btf_present, None, "unknown BTF is not absent BTF");
+        assert_eq!(node_figures(None, None, None, None), None);
+        assert_eq!(
+            node_figures(Some("garbage"), Some("x"), Some("y"), None),
+            None
+        );
+    }
+
+    #[test]
+    fn btf_alone_is_still_reported() {
+        // Nothing of /proc readable, yet the node says whether it has BTF,
+        // either way: absent BTF is a figure too.
+        for btf in [true, false] {
+            let f = node_figures(None, None, None, Some(btf)).expect("btf figure");
+            assert_eq!(
+                f,
+                pb::NodeFigures {
+                    btf_present: Some(btf),
+                    ..Default::default()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn btf_check_is_cached_and_matches_the_file() {
+        let first = btf_present();
+        assert_eq!(first, Path::new(VMLINUX_BTF).try_exists().ok());
+        assert_eq!(btf_present(), first, "the same answer every time");
+        assert_eq!(
+            read_node_figures().and_then(|f| f.btf_present),
+            first,
+            "the figures carry the cached answer"
+        );
     }
 }

@@ -32,6 +32,9 @@ pub const MAX_MESSAGE: usize = 900;
 pub struct NodeView {
     /// Sorted by program name.
     pub programs: Vec<ProgramView>,
+    /// The node's counters of this answer (also on each revision's
+    /// figures); here as well for a node that holds no program.
+    pub node: Option<Arc<NodeCounters>>,
 }
 
 /// The node's cumulative counters from `Stats` (see `pb::NodeFigures`),
@@ -44,6 +47,10 @@ pub struct NodeCounters {
     pub cpus: Option<u32>,
     pub agent_cpu_jiffies: Option<u64>,
     pub agent_rss_bytes: Option<u64>,
+    /// Whether the node's kernel has BTF (`/sys/kernel/btf/vmlinux`); None
+    /// when the agent did not say. Not a counter: it does not change while
+    /// the node runs, so [`NodeCounters::since`] ignores it.
+    pub btf: Option<bool>,
 }
 
 impl From<&pb::NodeFigures> for NodeCounters {
@@ -55,6 +62,7 @@ impl From<&pb::NodeFigures> for NodeCounters {
             cpus: n.cpus,
             agent_cpu_jiffies: n.agent_cpu_jiffies,
             agent_rss_bytes: n.agent_rss_bytes,
+            btf: n.btf_present,
         }
     }
 }
@@ -174,7 +182,7 @@ impl NodeView {
         programs.sort_by(|a, b| a.program.cmp(&b.program));
         // An agent lists a program once; should one repeat it, the first wins.
         programs.dedup_by(|a, b| a.program == b.program);
-        NodeView { programs }
+        NodeView { programs, node }
     }
 
     /// The configuration stamp of `program` on the node, when it holds it.
@@ -551,6 +559,19 @@ pub fn report(
         revisions,
         failures: failures.of(node, program),
         kernel: None,
+        // The answer's node counters say whether the kernel has BTF, also
+        // on a node that holds nothing (it refused `program`); an answer
+        // about `program` alone carries them on its revisions only.
+        btf: view
+            .node
+            .as_ref()
+            .or_else(|| {
+                view.programs
+                    .iter()
+                    .flat_map(|p| &p.revisions)
+                    .find_map(|r| r.figures.as_ref()?.node.as_ref())
+            })
+            .and_then(|n| n.btf),
     }
 }
 

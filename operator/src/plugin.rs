@@ -272,14 +272,15 @@ pub fn render_status(tp: &TracerProgram) -> String {
         );
         let _ = writeln!(
             o,
-            "  {:<32} {:>6} {:>9} {:>7}  first error",
-            "KERNEL", "NODES", "VERIFIED", "FAILED"
+            "  {:<32} {:<7} {:>6} {:>9} {:>7}  first error",
+            "KERNEL", "BTF", "NODES", "VERIFIED", "FAILED"
         );
         for k in &v.kernels {
             let _ = writeln!(
                 o,
-                "  {:<32} {:>6} {:>9} {:>7}  {}",
+                "  {:<32} {:<7} {:>6} {:>9} {:>7}  {}",
                 k.kernel_release,
+                k.btf.as_deref().unwrap_or("-"),
                 k.nodes,
                 k.verified,
                 k.failed,
@@ -410,6 +411,7 @@ mod tests {
                         verified: 2,
                         failed: 0,
                         first_error: None,
+                        btf: Some("Present".into()),
                     },
                     KernelVerification {
                         kernel_release: "5.4.0-old".into(),
@@ -417,6 +419,7 @@ mod tests {
                         verified: 0,
                         failed: 1,
                         first_error: Some("unknown func bpf_ringbuf_output#130".into()),
+                        btf: None,
                     },
                 ],
                 failed_nodes: vec![NodeVerification {
@@ -438,7 +441,9 @@ mod tests {
             "Last analysis of bbbbbbbbbb: Failed",
             "FAIL programFailures",
             "Verification of bbbbbbbbbb: Failed — 2 of 3 nodes loaded it, 1 refused, 0 pending",
-            "5.4.0-old                             1         0       1  unknown func bpf_ringbuf_output#130",
+            "KERNEL                           BTF      NODES  VERIFIED  FAILED  first error",
+            "6.8.0-45-generic                 Present      2         2       0  -",
+            "5.4.0-old                        -            1         0       1  unknown func bpf_ringbuf_output#130",
             "refused on node-b",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");

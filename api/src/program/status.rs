@@ -129,6 +129,12 @@ pub struct KernelVerification {
     /// The first failed node's first error line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// Whether the release's kernels have BTF (`/sys/kernel/btf/vmlinux`),
+    /// as the nodes' agents report it: `Present` when every node of the
+    /// release that reported it has BTF, `Absent` when none has, `Mixed`
+    /// otherwise; unset when no node of the release reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub btf: Option<String>,
 }
 
 /// One node that could not load the revision.

@@ -327,14 +327,30 @@ fn main() -> anyhow::Result<()> {
     let server = rt.spawn(bpfleet_agent::server::serve(a, listen, async move {
         let _ = stop_rx.await;
     }));
-    let (act, rb) = client_rt.block_on(async {
+    let (act, rb, floor) = client_rt.block_on(async {
         let mut tries = 0;
         while !sock.exists() && tries < 500 {
             tokio::time::sleep(Duration::from_millis(10)).await;
             tries += 1;
         }
         let mut c = bpfleet_agent::cli::connect_unix(sock.clone()).await?;
-        let (mut act, mut rb) = (Vec::new(), Vec::new());
+        let (mut act, mut rb, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        // The floor: the same call for a program the agent does not hold
+        // (a lock and a map lookup, then NotFound): what the round trip
+        // costs without a switch.
+        for _ in 0..args.switches {
+            let t = Instant::now();
+            let r = c
+                .activate(pb::ActivateRequest {
+                    program: "no-such-program".into(),
+                    revision: "v1".into(),
+                })
+                .await;
+            floor.push(t.elapsed());
+            if !matches!(&r, Err(s) if s.code() == tonic::Code::NotFound) {
+                anyhow::bail!("activate of an unknown program answered {r:?}, not NotFound");
+            }
+        }
         for _ in 0..args.switches {
             let t = Instant::now();
             c.activate(pb::ActivateRequest {
@@ -358,8 +374,12 @@ fn main() -> anyhow::Result<()> {
             })
             .await?;
         }
-        anyhow::Ok((act, rb))
+        anyhow::Ok((act, rb, floor))
     })?;
+    row(
+        "activate of an unknown program, gRPC over unix socket (round trip, no switch)",
+        &summarize(floor),
+    );
     row(
         "activate, dispatcher, gRPC over unix socket",
         &summarize(act),

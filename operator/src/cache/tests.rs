@@ -68,7 +68,10 @@ impl Fleet {
             })
             .collect();
         programs.sort_by(|a, b| a.program.cmp(&b.program));
-        Some(NodeView { programs })
+        Some(NodeView {
+            programs,
+            node: None,
+        })
     }
 
     fn fetch(self: &Arc<Self>) -> Fetch {
@@ -242,7 +245,8 @@ async fn an_action_makes_that_program_ask_again_and_only_that_program() {
 /// After an action its program asks about itself alone even when the
 /// node's answer of every program has expired; another program's look
 /// then asks about every program.
-#[tokio::test]
+// The clock is paused: sleeps end in order, whatever the machine's load.
+#[tokio::test(start_paused = true)]
 async fn an_action_after_the_answers_expired_still_asks_about_its_program_alone() {
     let fleet = Fleet::with_nodes(1);
     let cache = NodeCache::new(Duration::from_millis(50), 8, fleet.fetch());
@@ -268,7 +272,8 @@ async fn an_action_after_the_answers_expired_still_asks_about_its_program_alone(
 /// Once the look after an action has been answered and has expired, the
 /// node settles back to one call for every program: programs that all
 /// acted once do not each keep asking about themselves.
-#[tokio::test]
+// The clock is paused: sleeps end in order, whatever the machine's load.
+#[tokio::test(start_paused = true)]
 async fn after_the_first_look_a_node_settles_back_to_one_call_for_all() {
     let fleet = Fleet::with_nodes(1);
     let max_age = Duration::from_millis(50);
@@ -296,7 +301,8 @@ async fn after_the_first_look_a_node_settles_back_to_one_call_for_all() {
 /// An answer of every program asked before an action can arrive after the
 /// answer about the acted program alone; it never serves that program,
 /// not even once the newer answer has expired and it has not.
-#[tokio::test]
+// The clock is paused: sleeps end in order, whatever the machine's load.
+#[tokio::test(start_paused = true)]
 async fn a_late_answer_of_every_program_never_serves_the_program_acted_on() {
     let fleet = Fleet::with_nodes(1);
     *fleet.held.lock().expect("lock") = Some(Vec::new());
@@ -343,13 +349,18 @@ async fn a_late_answer_of_every_program_never_serves_the_program_acted_on() {
     let later = look("a");
     settle().await;
     assert_eq!(fleet.held(), 4, "asked again, not served call 1");
-    assert_eq!(fleet.scoped(), 1, "about every program: the action was seen");
+    assert_eq!(
+        fleet.scoped(),
+        1,
+        "about every program: the action was seen"
+    );
     fleet.release(3);
     let later = later.await.expect("later");
     assert_eq!(active_of(&later[0], "a").as_deref(), Some("r1"));
 }
 
-#[tokio::test]
+// The clock is paused: sleeps end in order, whatever the machine's load.
+#[tokio::test(start_paused = true)]
 async fn a_call_that_started_before_the_action_is_not_its_answer() {
     let fleet = Fleet::with_nodes(1);
     let gate = Arc::new(Semaphore::new(0));
@@ -392,7 +403,8 @@ async fn a_call_that_started_before_the_action_is_not_its_answer() {
     assert_eq!(active_of(&again[0], "a").as_deref(), Some("r1"));
 }
 
-#[tokio::test]
+// The clock is paused: sleeps end in order, whatever the machine's load.
+#[tokio::test(start_paused = true)]
 async fn answers_expire_and_a_moved_agent_is_asked_anew() {
     let fleet = Fleet::with_nodes(2);
     let cache = NodeCache::new(Duration::from_millis(50), 8, fleet.fetch());

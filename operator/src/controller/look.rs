@@ -55,7 +55,10 @@ pub(super) fn reports_of(
         .iter()
         .zip(seen)
         .map(|(t, s)| {
-            let mut r = match s.as_ref().and_then(|s| Some((s.at, s.view.as_ref()?))) {
+            let mut r = match s
+                .as_ref()
+                .and_then(|s| Some((s.at.into_std(), s.view.as_ref()?)))
+            {
                 Some((at, view)) => observe::report(
                     &t.name,
                     program,

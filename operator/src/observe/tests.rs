@@ -336,6 +336,7 @@ fn node(total: u64, softirq: u64, system: u64, agent: u64, rss: u64) -> NodeCoun
         cpus: Some(4),
         agent_cpu_jiffies: Some(agent),
         agent_rss_bytes: Some(rss),
+        btf: None,
     }
 }
 
@@ -423,6 +424,7 @@ fn node_figures_go_with_the_active_revision_only() {
             cpus: n.cpus,
             agent_cpu_jiffies: n.agent_cpu_jiffies,
             agent_rss_bytes: n.agent_rss_bytes,
+            btf_present: n.btf,
         }),
     };
     let (mut samples, failures) = (SampleBook::default(), FailureBook::default());
@@ -439,4 +441,89 @@ fn node_figures_go_with_the_active_revision_only() {
         assert_eq!(health("r2").node.and_then(|n| n.softirq_percent), Some(5.0));
         assert_eq!(health("r1").node, None, "inactive: no node figures");
     }
+}
+
+#[test]
+fn node_counters_carry_whether_the_kernel_has_btf() {
+    for btf in [Some(true), Some(false), None] {
+        let figures = pb::NodeFigures {
+            cpu_total_jiffies: Some(10_000),
+            btf_present: btf,
+            ..Default::default()
+        };
+        let n = NodeCounters::from(&figures);
+        assert_eq!(n.btf, btf);
+        assert_eq!(n.cpu_total_jiffies, Some(10_000));
+    }
+    // Not a counter: a window's figures do not depend on it.
+    let base = node(10_000, 100, 1000, 50, 1 << 20);
+    let end = node(10_800, 140, 1200, 80, 1 << 20);
+    let with_btf = NodeCounters {
+        btf: Some(true),
+        ..end
+    };
+    assert_eq!(with_btf.since(&base), end.since(&base));
+}
+
+#[test]
+fn a_report_says_whether_the_kernel_has_btf_from_any_programs_figures() {
+    // The node holds "other" but nothing of "p" (it refused it): its answer
+    // still says whether the kernel has BTF.
+    let list = pb::ListResponse {
+        programs: vec![pb::ProgramInfo {
+            program: "other".into(),
+            active_revision: "o1".into(),
+            revisions: vec![pb::RevisionInfo {
+                revision: "o1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let stats_with = |btf: Option<bool>| pb::StatsResponse {
+        revisions: vec![pb::RevisionStats {
+            program: "other".into(),
+            revision: "o1".into(),
+            ..Default::default()
+        }],
+        stats_enabled: true,
+        node: Some(pb::NodeFigures {
+            cpus: Some(2),
+            btf_present: btf,
+            ..Default::default()
+        }),
+    };
+    let (mut samples, failures) = (SampleBook::default(), FailureBook::default());
+    let mut btf_of = |stats: &pb::StatsResponse| {
+        let view = NodeView::from_answers(&list, stats);
+        report("n1", "p", &view, &mut samples, &failures, 0, 2).btf
+    };
+    assert_eq!(btf_of(&stats_with(Some(true))), Some(true));
+    assert_eq!(btf_of(&stats_with(Some(false))), Some(false));
+    // The agent did not say, sent no node figures, or holds nothing.
+    assert_eq!(btf_of(&stats_with(None)), None);
+    let no_node = pb::StatsResponse {
+        node: None,
+        ..stats_with(Some(true))
+    };
+    assert_eq!(btf_of(&no_node), None);
+    let view = NodeView::default();
+    assert_eq!(
+        report("n1", "p", &view, &mut samples, &failures, 0, 2).btf,
+        None
+    );
+    assert_eq!(unreachable("n1").btf, None);
+    // A node holding no program at all (the first rollout, refused) says
+    // it through the answer's own node figures.
+    let empty = NodeView::from_answers(
+        &pb::ListResponse::default(),
+        &pb::StatsResponse {
+            revisions: vec![],
+            ..stats_with(Some(false))
+        },
+    );
+    assert_eq!(
+        report("n1", "p", &empty, &mut samples, &failures, 0, 2).btf,
+        Some(false)
+    );
 }

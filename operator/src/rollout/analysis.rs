@@ -207,6 +207,7 @@ mod tests {
             }],
             failures: vec![],
             kernel: None,
+            btf: None,
         }
     }
 

@@ -77,6 +77,10 @@ pub struct NodeReport {
     /// The node's kernel release (`status.nodeInfo.kernelVersion`), for
     /// the verification summary.
     pub kernel: Option<String>,
+    /// Whether the node's kernel has BTF, as its agent last said (`Stats`
+    /// node figures); None when it did not say. For the verification
+    /// summary.
+    pub btf: Option<bool>,
 }
 
 impl NodeReport {

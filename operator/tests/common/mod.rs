@@ -280,6 +280,7 @@ impl Fleet {
                 .collect(),
             failures: node.failures.clone(),
             kernel: node.kernel.clone(),
+            btf: None,
         }
     }
 

@@ -126,12 +126,27 @@ async fn a_kernel_that_refuses_the_candidate_blocks_or_is_excluded() {
         "{}",
         refused.first_error
     );
-    let kernels: Vec<(&str, i32, i32)> = v
+    // This machine's kernel has BTF, and each real agent says so, the
+    // refusing node too.
+    let kernels: Vec<(&str, i32, i32, Option<&str>)> = v
         .kernels
         .iter()
-        .map(|k| (k.kernel_release.as_str(), k.verified, k.failed))
+        .map(|k| {
+            (
+                k.kernel_release.as_str(),
+                k.verified,
+                k.failed,
+                k.btf.as_deref(),
+            )
+        })
         .collect();
-    assert_eq!(kernels, [("6.8.0-e2e", 2, 0), (OLD_KERNEL, 0, 1)]);
+    assert_eq!(
+        kernels,
+        [
+            ("6.8.0-e2e", 2, 0, Some("Present")),
+            (OLD_KERNEL, 0, 1, Some("Present"))
+        ]
+    );
     // Rolled back: v2 unloaded where it loaded, v1 counting everywhere.
     settle(&pool, &agents, "v2 unloaded", |p| {
         p.iter()

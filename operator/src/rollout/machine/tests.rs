@@ -484,9 +484,13 @@ fn a_node_that_cannot_load_blocks_the_rollout_before_any_switch() {
     let out = run(&b, &status, &waiting, &none, 102).expect("run");
     assert_eq!(out.status.phase, Some(Phase::Progressing));
     assert_eq!(loads_of(&out, "n0"), vec![(rb.as_str(), ActionKind::Load)]);
+    // n1's agent says its kernel has no BTF; n0's did not say.
     let answered = [
         holding("n0", &[(&ra, true), (&rb, false)]),
-        rejected_on("n1", &rb, &ra, "5.4.0-old"),
+        NodeReport {
+            btf: Some(false),
+            ..rejected_on("n1", &rb, &ra, "5.4.0-old")
+        },
     ];
     let out = run(&b, &out.status, &answered, &none, 103).expect("run");
     assert_eq!(out.status.phase, Some(Phase::Aborted));
@@ -515,6 +519,12 @@ fn a_node_that_cannot_load_blocks_the_rollout_before_any_switch() {
         v.failed_nodes[0].first_error,
         "unknown func bpf_ringbuf_output#130"
     );
+    let btf: Vec<(&str, Option<&str>)> = v
+        .kernels
+        .iter()
+        .map(|k| (k.kernel_release.as_str(), k.btf.as_deref()))
+        .collect();
+    assert_eq!(btf, [("5.4.0-old", Some("Absent")), ("unknown", None)]);
 }
 
 /// `onFailure: Exclude`: the refusing node is left out, keeps running the

@@ -35,6 +35,13 @@ const MAX_LINE: usize = 240;
 
 const UNKNOWN_KERNEL: &str = "unknown";
 
+/// `btf` of a kernel release: every node of it that reported has BTF.
+pub const BTF_PRESENT: &str = "Present";
+/// None of its nodes that reported has BTF.
+pub const BTF_ABSENT: &str = "Absent";
+/// Some have, some have not.
+pub const BTF_MIXED: &str = "Mixed";
+
 impl Machine<'_> {
     /// Verification is on and not yet done for `c`.
     pub(super) fn verifying(&self, c: &str) -> bool {
@@ -183,7 +190,9 @@ fn refusals_text(c: &str, nodes: &[NodeReport]) -> String {
 
 /// The summary of the verification of `c` on `nodes`.
 pub fn summary(c: &str, result: &str, nodes: &[NodeReport]) -> Verification {
-    let mut kernels: BTreeMap<&str, KernelVerification> = BTreeMap::new();
+    // Per release, with the nodes that said their kernel has BTF and those
+    // that said it has none.
+    let mut kernels: BTreeMap<&str, (KernelVerification, u32, u32)> = BTreeMap::new();
     let mut out = Verification {
         revision: c.to_string(),
         result: result.to_string(),
@@ -192,13 +201,22 @@ pub fn summary(c: &str, result: &str, nodes: &[NodeReport]) -> Verification {
     };
     for n in nodes {
         let release = n.kernel.as_deref().unwrap_or(UNKNOWN_KERNEL);
-        let k = kernels
-            .entry(release)
-            .or_insert_with(|| KernelVerification {
-                kernel_release: release.to_string(),
-                ..Default::default()
-            });
+        let (k, with_btf, without_btf) = kernels.entry(release).or_insert_with(|| {
+            (
+                KernelVerification {
+                    kernel_release: release.to_string(),
+                    ..Default::default()
+                },
+                0,
+                0,
+            )
+        });
         k.nodes += 1;
+        match n.btf {
+            Some(true) => *with_btf += 1,
+            Some(false) => *without_btf += 1,
+            None => {}
+        }
         if let Some(f) = n.failure(c) {
             k.failed += 1;
             out.failed += 1;
@@ -221,7 +239,13 @@ pub fn summary(c: &str, result: &str, nodes: &[NodeReport]) -> Verification {
             out.pending += 1;
         }
     }
-    let mut kernels: Vec<KernelVerification> = kernels.into_values().collect();
+    let mut kernels: Vec<KernelVerification> = kernels
+        .into_values()
+        .map(|(k, with_btf, without_btf)| KernelVerification {
+            btf: btf_of(with_btf, without_btf).map(str::to_string),
+            ..k
+        })
+        .collect();
     kernels.sort_by(|a, b| {
         b.nodes
             .cmp(&a.nodes)
@@ -230,6 +254,17 @@ pub fn summary(c: &str, result: &str, nodes: &[NodeReport]) -> Verification {
     kernels.truncate(MAX_KERNELS);
     out.kernels = kernels;
     out
+}
+
+/// The `btf` of a release whose nodes said `with` times that their kernel
+/// has BTF and `without` times that it has none.
+fn btf_of(with: u32, without: u32) -> Option<&'static str> {
+    match (with, without) {
+        (0, 0) => None,
+        (_, 0) => Some(BTF_PRESENT),
+        (0, _) => Some(BTF_ABSENT),
+        _ => Some(BTF_MIXED),
+    }
 }
 
 fn count(n: usize) -> i32 {
@@ -343,22 +378,78 @@ mod tests {
         assert_eq!(v.failed_nodes[0].kernel_release, "5.4.0");
     }
 
+    fn with_btf(btf: Option<bool>, n: NodeReport) -> NodeReport {
+        NodeReport { btf, ..n }
+    }
+
+    #[test]
+    fn summary_says_per_kernel_whether_its_nodes_have_btf() {
+        let nodes = [
+            // Every node of 6.1.0 has BTF.
+            with_btf(Some(true), node("a", "6.1.0", true, None)),
+            with_btf(Some(true), node("b", "6.1.0", false, Some(REJECTED))),
+            // 5.4.0: one with, one without, one that did not say.
+            with_btf(Some(true), node("c", "5.4.0", true, None)),
+            with_btf(Some(false), node("d", "5.4.0", false, Some(REJECTED))),
+            with_btf(None, node("e", "5.4.0", true, None)),
+            // 4.19.0: none of those that said has BTF.
+            with_btf(Some(false), node("f", "4.19.0", false, Some(REJECTED))),
+            with_btf(None, node("g", "4.19.0", false, Some(REJECTED))),
+            // 6.8.0: no node said.
+            with_btf(None, node("h", "6.8.0", true, None)),
+        ];
+        let v = summary("c", VERIFYING, &nodes);
+        let btf = |release: &str| {
+            v.kernels
+                .iter()
+                .find(|k| k.kernel_release == release)
+                .map(|k| k.btf.as_deref())
+        };
+        assert_eq!(btf("6.1.0"), Some(Some(BTF_PRESENT)));
+        assert_eq!(btf("5.4.0"), Some(Some(BTF_MIXED)));
+        assert_eq!(btf("4.19.0"), Some(Some(BTF_ABSENT)));
+        assert_eq!(btf("6.8.0"), Some(None), "no node said: unset");
+        // Unset is left out of the status, set is camelCase `btf`.
+        let json = serde_json::to_value(&v.kernels).expect("json");
+        let of = |release: &str| {
+            json.as_array()
+                .and_then(|ks| ks.iter().find(|k| k["kernelRelease"] == release))
+                .cloned()
+                .expect("release listed")
+        };
+        assert_eq!(of("6.1.0")["btf"], "Present");
+        assert!(of("6.8.0").get("btf").is_none(), "{json}");
+        // The counts are those of before.
+        assert_eq!((v.nodes, v.verified, v.failed, v.pending), (8, 4, 4, 0));
+    }
+
     #[test]
     fn summary_stays_bounded_at_five_thousand_nodes() {
         let nodes: Vec<NodeReport> = (0..5000)
             .map(|i| {
                 let kernel = format!("6.{}.0", i % 50);
-                node(
-                    &format!("n{i:04}"),
-                    &kernel,
-                    i % 3 != 0,
-                    (i % 3 == 0).then_some(REJECTED),
+                // Every release mixed, its longest value.
+                with_btf(
+                    Some(i % 7 != 0),
+                    node(
+                        &format!("n{i:04}"),
+                        &kernel,
+                        i % 3 != 0,
+                        (i % 3 == 0).then_some(REJECTED),
+                    ),
                 )
             })
             .collect();
         let v = summary("c", FAILED, &nodes);
         assert_eq!(v.failed, 1667);
         assert_eq!(v.kernels.len(), MAX_KERNELS);
+        assert!(
+            v.kernels
+                .iter()
+                .all(|k| k.btf.as_deref() == Some(BTF_MIXED)),
+            "{:?}",
+            v.kernels
+        );
         assert_eq!(v.failed_nodes.len(), MAX_FAILED_NODES);
         let bytes = serde_json::to_vec(&v).expect("json").len();
         assert!(bytes < 16 * 1024, "{bytes} bytes");

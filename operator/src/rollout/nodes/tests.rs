@@ -18,6 +18,7 @@ fn node(name: &str, loaded: &[(&str, bool)]) -> NodeReport {
             .collect(),
         failures: vec![],
         kernel: None,
+        btf: None,
     }
 }
 
