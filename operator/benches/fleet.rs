@@ -26,6 +26,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -405,6 +406,31 @@ async fn apply_all(
     }
 }
 
+/// The operator's process (group), stopped on drop: SIGTERM first so a
+/// profiler wrapping it writes its data, SIGKILL after 30 s.
+struct Operator(std::process::Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let group = -(self.0.id() as i32);
+        // SAFETY: kill(2) with a negative pid signals that process group;
+        // it touches no memory of this process.
+        unsafe { libc::kill(group, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            // SAFETY: as above; signal 0 only asks whether any member lives.
+            if unsafe { libc::kill(group, 0) } != 0 {
+                break;
+            }
+            let _ = self.0.try_wait();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(group, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let nodes_n = env_or("FLEET_NODES", 1000) as usize;
@@ -463,7 +489,10 @@ async fn main() {
         }
         None => std::process::Command::new(env!("CARGO_BIN_EXE_bpfleet-operator")),
     };
-    let mut operator = operator
+    // Its own process group: stopping it stops a wrapper's child too, and
+    // the guard stops it when the bench panics half way.
+    let operator = operator
+        .process_group(0)
         .env("KUBECONFIG", &cp.kubeconfig)
         .env("RUST_LOG", "warn")
         .args(["--namespace", "default", "--metrics-listen"])
@@ -472,6 +501,7 @@ async fn main() {
         .stderr(log)
         .spawn()
         .expect("operator");
+    let operator = Operator(operator);
     let metrics = format!("http://127.0.0.1:{port}/metrics");
 
     let api: Api<TracerProgram> = Api::all(client.clone());
@@ -506,7 +536,7 @@ async fn main() {
     let own = programs_n as f64 + polls as f64 + 1.0;
     let requests = apiserver_requests(&client).await - requests0 - own;
     let steps = (programs_n * 5) as f64;
-    let (rss, hwm) = rss_kib(operator.id());
+    let (rss, hwm) = rss_kib(operator.0.id());
     let pauses = 2 * pause;
     println!(
         "v2 canary (10% / pause {pause}s / 50% / pause {pause}s / 100%, maxUnavailable {max_unavailable}), {programs_n} programs x {nodes_n} nodes:"
@@ -550,8 +580,7 @@ async fn main() {
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
-    let _ = operator.kill();
-    let _ = operator.wait();
+    drop(operator);
     let warnings = std::fs::read_to_string(&log_path).unwrap_or_default();
     let n = warnings
         .lines()

@@ -113,8 +113,18 @@ struct Slot {
     /// Programs acted on since `all.last` was asked, or asked about alone
     /// since; gone at the next answer of every program.
     scoped: Vec<Scoped>,
+    /// Looks served by the latest call about every program (its answer,
+    /// or waiting for it), the one that started it included.
+    shared: u32,
     used: Instant,
 }
+
+/// A call about every program is made again for a program whose action
+/// was seen only when the node's latest such call served at least this
+/// many looks: otherwise other programs do not come by within `max_age`
+/// (a fleet busy rolling all of its programs out), and the program asks
+/// about itself alone.
+const SHARED: u32 = 3;
 
 impl Slot {
     fn new(endpoint: &str, now: Instant) -> Self {
@@ -122,6 +132,7 @@ impl Slot {
             endpoint: endpoint.to_string(),
             all: Calls::default(),
             scoped: Vec::new(),
+            shared: 0,
             used: now,
         }
     }
@@ -293,46 +304,53 @@ impl NodeCache {
         // program alone: the call then costs one program's answer, not
         // every program's, and when every program acts on every node (a
         // rollout of all at once) an answer of every program would serve
-        // none but the one that asked. Once that answer has expired too,
-        // the next call asks about every program again (its answer serves
-        // them all and clears the action), so a node settles back to one
-        // call for all of its programs.
+        // none but the one that asked. Later looks of that program ask
+        // about every program again (the answer serves them all and clears
+        // the action, so a quiet node settles back to one call for all of
+        // its programs) when such calls are being shared ([`SHARED`]).
         let mut alone = false;
         if let Some(slot) = st.slots.get_mut(node) {
             slot.used = now;
             let scoped = slot.scoped(program);
             let after = scoped.map_or(0, |s| s.acted);
-            // The newer of the two usable answers.
+            let all = slot.all.usable(after, now, max_age);
             let one = scoped.and_then(|s| s.calls.usable(after, now, max_age));
-            let ready = match (slot.all.usable(after, now, max_age), one) {
-                (Some(a), Some(o)) => Some(if a.seq > o.seq { a } else { o }),
-                (a, o) => a.or(o),
+            // The newer of the two usable answers.
+            let (ready, of_all) = match (all, one) {
+                (Some(a), Some(o)) if a.seq > o.seq => (Some(a), true),
+                (_, Some(o)) => (Some(o), false),
+                (a, None) => (a, a.is_some()),
             };
             if let Some(s) = ready {
-                return Lookup::Ready(s.clone());
+                let s = s.clone();
+                if of_all {
+                    slot.shared += 1;
+                }
+                return Lookup::Ready(s);
             }
-            if let Some(p) = slot
-                .all
-                .awaitable(after)
-                .or_else(|| scoped.and_then(|s| s.calls.awaitable(after)))
-            {
+            if let Some(p) = slot.all.awaitable(after) {
+                let p = p.clone();
+                slot.shared += 1;
+                return Lookup::Wait(p);
+            }
+            if let Some(p) = scoped.and_then(|s| s.calls.awaitable(after)) {
                 return Lookup::Wait(p.clone());
             }
-            alone = after > 0
-                && scoped
-                    .and_then(|s| s.calls.last.as_ref())
-                    .is_none_or(|l| l.seq < after);
+            let seen = scoped
+                .and_then(|s| s.calls.last.as_ref())
+                .is_some_and(|l| l.seq > after);
+            alone = after > 0 && (!seen || slot.shared < SHARED);
         }
         let seq = st.next();
         let scope = alone.then(|| program.to_string());
         let pending = self.call(seq, node, endpoint, scope);
         if let Some(slot) = st.slots.get_mut(node) {
-            let calls = if alone {
-                &mut slot.scoped_mut(program).calls
+            if alone {
+                slot.scoped_mut(program).calls.pending = Some((seq, pending.clone()));
             } else {
-                &mut slot.all
-            };
-            calls.pending = Some((seq, pending.clone()));
+                slot.all.pending = Some((seq, pending.clone()));
+                slot.shared = 1;
+            }
         }
         Lookup::Wait(pending)
     }
