@@ -560,15 +560,14 @@ pub fn report(
         failures: failures.of(node, program),
         kernel: None,
         // The answer's node counters say whether the kernel has BTF, also
-        // on a node that holds nothing (it refused `program`); an answer
-        // about `program` alone carries them on its revisions only.
+        // on a node that holds nothing (it refused `program`); they are
+        // on the revisions' figures as well.
         btf: view
             .node
             .as_ref()
             .or_else(|| {
-                view.programs
+                view.program(program)
                     .iter()
-                    .flat_map(|p| &p.revisions)
                     .find_map(|r| r.figures.as_ref()?.node.as_ref())
             })
             .and_then(|n| n.btf),

@@ -466,7 +466,7 @@ fn node_counters_carry_whether_the_kernel_has_btf() {
 }
 
 #[test]
-fn a_report_says_whether_the_kernel_has_btf_from_any_programs_figures() {
+fn a_report_says_whether_the_kernel_has_btf_also_where_the_program_is_not_held() {
     // The node holds "other" but nothing of "p" (it refused it): its answer
     // still says whether the kernel has BTF.
     let list = pb::ListResponse {
