@@ -116,14 +116,16 @@ struct Slot {
     /// Looks served by the latest call about every program (its answer,
     /// or waiting for it), the one that started it included.
     shared: u32,
+    /// The same count of the call before it (final).
+    shared_before: u32,
     used: Instant,
 }
 
-/// A call about every program is made again for a program whose action
-/// was seen only when the node's latest such call served at least this
-/// many looks: otherwise other programs do not come by within `max_age`
-/// (a fleet busy rolling all of its programs out), and the program asks
-/// about itself alone.
+/// After an action, a program's look asks about every program only when
+/// one of the node's last two such calls served at least this many looks:
+/// otherwise other programs do not come by within `max_age` (a large fleet
+/// busy rolling all of its programs out), and the program asks about
+/// itself alone.
 const SHARED: u32 = 3;
 
 impl Slot {
@@ -133,6 +135,7 @@ impl Slot {
             all: Calls::default(),
             scoped: Vec::new(),
             shared: 0,
+            shared_before: 0,
             used: now,
         }
     }
@@ -300,14 +303,14 @@ impl NodeCache {
             // New node, or its agent moved: nothing known of the new one.
             st.slots.insert(node.to_string(), Slot::new(endpoint, now));
         }
-        // The first look after an action for `program` asks about that
-        // program alone: the call then costs one program's answer, not
-        // every program's, and when every program acts on every node (a
-        // rollout of all at once) an answer of every program would serve
-        // none but the one that asked. Later looks of that program ask
-        // about every program again (the answer serves them all and clears
-        // the action, so a quiet node settles back to one call for all of
-        // its programs) when such calls are being shared ([`SHARED`]).
+        // After an action for `program`, a look asks about that program
+        // alone unless the node's calls about every program are being
+        // shared ([`SHARED`]): the call then costs one program's answer,
+        // not every program's, where an answer of every program would
+        // serve none but the one that asked (a large fleet rolling all of
+        // its programs out). Where they are shared, one answer serves the
+        // programs that acted before it started and clears their actions,
+        // so a node settles back to one call for all of its programs.
         let mut alone = false;
         if let Some(slot) = st.slots.get_mut(node) {
             slot.used = now;
@@ -336,10 +339,7 @@ impl NodeCache {
             if let Some(p) = scoped.and_then(|s| s.calls.awaitable(after)) {
                 return Lookup::Wait(p.clone());
             }
-            let seen = scoped
-                .and_then(|s| s.calls.last.as_ref())
-                .is_some_and(|l| l.seq > after);
-            alone = after > 0 && (!seen || slot.shared < SHARED);
+            alone = after > 0 && slot.shared.max(slot.shared_before) < SHARED;
         }
         let seq = st.next();
         let scope = alone.then(|| program.to_string());
@@ -349,6 +349,7 @@ impl NodeCache {
                 slot.scoped_mut(program).calls.pending = Some((seq, pending.clone()));
             } else {
                 slot.all.pending = Some((seq, pending.clone()));
+                slot.shared_before = slot.shared;
                 slot.shared = 1;
             }
         }
