@@ -388,6 +388,9 @@ fn main() -> anyhow::Result<()> {
         "rollback, dispatcher, gRPC over unix socket",
         &summarize(rb),
     );
+    // The client's connection lives on its runtime: drop that first, or
+    // the server's graceful stop waits for the connection forever.
+    drop(client_rt);
     let _ = stop_tx.send(());
     rt.block_on(server)??;
 
