@@ -8,11 +8,12 @@
 //! a program (the call returned, whatever it answered), nothing seen of
 //! that node before counts any more *for that program*; its next
 //! observation is an answer to a call that started after the action ended.
-//! Other programs keep their cached view (the agent keeps programs apart),
-//! and the program acted on asks the agent about itself alone: at 50
-//! programs a node, the answer after each action is one program's, not 50
-//! (at 5000 nodes x 50 programs, decoding whole answers after every action
-//! was most of the operator's CPU).
+//! Other programs keep their cached view (the agent keeps programs apart).
+//! The program acted on asks the agent about itself alone unless the
+//! node's calls about every program are being shared by other programs'
+//! looks: at 5000 nodes x 50 programs, decoding answers of all 50 programs
+//! after every action was a tenth of the operator's CPU, for one program's
+//! use.
 //! Calls are ordered by a sequence number taken under the cache's lock when
 //! a call starts and when an action is recorded, so "started after" holds
 //! without trusting clocks.
