@@ -120,7 +120,11 @@ pub enum ExchangeEvents {
 }
 
 /// Route naming for the HTTP tracer: configured patterns first, then a
-/// bounded form of unmatched paths, so metric series stay few.
+/// bounded form of unmatched paths, so metric series stay few. Sent by the
+/// operator like `redaction` (an agent's own `--http-rules` file wins; its
+/// `--http-route` patterns come before these). A pattern that cannot be
+/// parsed, or that an earlier one shadows (`/api/*` before
+/// `/api/users/{id}`), puts the policy in `InvalidSpec`.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteNaming {
@@ -178,7 +182,12 @@ pub struct Filters {
 }
 
 /// What is removed before anything leaves the node. The defaults cover the
-/// usual credentials; lists here add to them.
+/// usual credentials; lists here add to them. The operator sends these to
+/// every node holding a targeted program, where the agent's HTTP tracer
+/// applies them from its next batch of events; an agent started with its
+/// own `--http-rules` file keeps that file's rules instead (the node-local
+/// override wins; the program's List says so). A pattern that does not
+/// compile puts the policy in `InvalidSpec` and nothing of it is written.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Redaction {

@@ -86,6 +86,12 @@ fn agent_answer(active: &str, inactive: &[&str], tick: u64, errors: u64) -> (Vec
                 persistent_maps: vec![],
                 config,
                 namespaces: vec!["shop".into()],
+                tracer_rules: Some(pb::TracerRules {
+                    redact_query_params: vec!["sid".into()],
+                    route_patterns: vec!["/items/{item}".into()],
+                    ..Default::default()
+                }),
+                tracer_rules_overridden: false,
             },
             pb::ProgramInfo {
                 program: "other".into(),
@@ -294,6 +300,7 @@ fn agent_requests() -> Vec<Seed> {
         namespaces: Some(pb::NamespaceFilter {
             names: vec!["shop".into(), "payments".into(), "shop".into()],
         }),
+        tracer_rules: None,
     };
     vec![
         seed(

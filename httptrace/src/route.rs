@@ -106,6 +106,18 @@ impl Routes {
         })
     }
 
+    /// The first pattern that can never name a route because an earlier
+    /// one matches every path it matches: (its index, the earlier one's).
+    /// `/api/*` before `/api/users/{id}`, or the same pattern twice.
+    pub fn first_unreachable(&self) -> Option<(usize, usize)> {
+        self.patterns.iter().enumerate().find_map(|(j, later)| {
+            self.patterns[..j]
+                .iter()
+                .position(|earlier| covers(&earlier.segments, &later.segments))
+                .map(|i| (j, i))
+        })
+    }
+
     /// The route of a request target (query and fragment ignored).
     pub fn route(&mut self, target: &str) -> String {
         let path = target.split(['?', '#']).next().unwrap_or("/");
@@ -160,6 +172,22 @@ fn matches(pattern: &[Seg], segs: &[&str]) -> bool {
         i += 1;
     }
     i == segs.len()
+}
+
+/// Whether every path `b` matches is matched by `a` too.
+fn covers(a: &[Seg], b: &[Seg]) -> bool {
+    for (k, sa) in a.iter().enumerate() {
+        match (sa, b.get(k)) {
+            (Seg::Rest, _) => return true,
+            // `b` ends (its paths are shorter than `a` needs) or matches
+            // any depth from here, which `a` does not.
+            (_, None | Some(Seg::Rest)) => return false,
+            (Seg::Param, Some(_)) => {}
+            (Seg::Literal(x), Some(Seg::Literal(y))) if x == y => {}
+            (Seg::Literal(_), Some(_)) => return false,
+        }
+    }
+    a.len() == b.len()
 }
 
 const MAX_SEGMENTS: usize = 3;
@@ -248,5 +276,28 @@ mod tests {
             "routes[1]: '*' may only be the last segment"
         );
         assert!(Routes::new(&["nope"], Unmatched::Heuristic, 1).is_err());
+    }
+
+    #[test]
+    fn a_pattern_an_earlier_one_covers_is_unreachable() {
+        let first = |p: &[&str]| {
+            Routes::new(p, Unmatched::Heuristic, 10)
+                .unwrap()
+                .first_unreachable()
+        };
+        assert_eq!(first(&["/api/users/{id}", "/api/*", "/static/*"]), None);
+        assert_eq!(first(&["/api/*", "/api/users/{id}"]), Some((1, 0)));
+        assert_eq!(first(&["/a/{x}", "/b", "/a/{y}"]), Some((2, 0)));
+        assert_eq!(first(&["/a/{x}", "/a/b"]), Some((1, 0)));
+        // A literal does not cover a parameter, nor a shorter pattern a
+        // longer one, nor a fixed depth a rest.
+        assert_eq!(first(&["/a/b", "/a/{x}"]), None);
+        assert_eq!(first(&["/a", "/a/b"]), None);
+        assert_eq!(first(&["/a/{x}", "/a/*"]), None);
+        assert_eq!(first(&["/*", "/anything/at/all"]), Some((1, 0)));
+        // The check agrees with matching: whatever the later pattern's own
+        // text matches, the earlier one matched first.
+        let mut r = Routes::new(&["/api/*", "/api/users/{id}"], Unmatched::Wildcard, 10).unwrap();
+        assert_eq!(r.route("/api/users/7"), "/api/*");
     }
 }

@@ -320,6 +320,7 @@ impl ServeArgs {
         cfg.max_map_bytes_per_program = self.max_map_bytes_per_program;
         cfg.max_map_bytes_total = self.max_map_bytes_total;
         cfg.allow_unsigned = self.allow_unsigned;
+        cfg.tracer_rules_file = self.http_rules.is_some();
         crate::agent::object_dirs::check_dirs(&self.object_dirs)?;
         if self.object_dirs.is_empty() {
             tracing::warn!(
@@ -661,6 +662,7 @@ pub async fn run_client(cmd: Command) -> Result<()> {
                                 .map(str::to_string)
                                 .collect(),
                         }),
+                        tracer_rules: None,
                     })
                     .await,
             )

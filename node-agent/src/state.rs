@@ -52,6 +52,10 @@ pub struct ProgramState {
     /// (empty: all), set by UpdateConfig.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
+    /// The HTTP tracer's redaction and route rules from the program's
+    /// TracerPolicy, set by UpdateConfig (None: the agent's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracer_rules: Option<crate::http::rules::PolicyRules>,
 }
 
 /// One loaded revision.

@@ -565,6 +565,7 @@ fn config_write(w: u64) -> pb::UpdateConfigRequest {
                 .collect(),
             replace: false,
             namespaces: None,
+            tracer_rules: None,
         }
     } else {
         pb::UpdateConfigRequest {
@@ -579,6 +580,7 @@ fn config_write(w: u64) -> pb::UpdateConfigRequest {
                 .collect(),
             replace: true,
             namespaces: None,
+            tracer_rules: None,
         }
     }
 }

@@ -351,6 +351,7 @@ fn policy() -> pb::UpdateConfigRequest {
         namespaces: Some(pb::NamespaceFilter {
             names: vec!["shop".into()],
         }),
+        tracer_rules: None,
     }
 }
 

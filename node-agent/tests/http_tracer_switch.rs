@@ -55,6 +55,7 @@ fn write_map(agent: &mut Agent, map: &str, key: Vec<u8>, value: Vec<u8>) {
                 entries: vec![pb::ConfigEntry { key, value }],
                 replace: false,
                 namespaces: None,
+                tracer_rules: None,
             },
             "test",
         )

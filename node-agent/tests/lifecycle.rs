@@ -212,6 +212,7 @@ fn policy_maps_are_shared_replaced_and_listed() {
             entries: vec![slot(8, 250_000), slot(15, 77)],
             replace: false,
             namespaces: None,
+            tracer_rules: None,
         },
         "t",
     )
@@ -228,6 +229,7 @@ fn policy_maps_are_shared_replaced_and_listed() {
                 entries: vec![],
                 replace: true,
                 namespaces: None,
+                tracer_rules: None,
             },
             "t",
         )
@@ -244,6 +246,7 @@ fn policy_maps_are_shared_replaced_and_listed() {
                 entries: vec![],
                 replace: false,
                 namespaces: None,
+                tracer_rules: None,
             },
             "t",
         )

@@ -68,6 +68,7 @@ fn state_file_lost_pins_are_adopted_as_orphans_and_unloadable() {
             namespaces: Some(bpfleet_proto::v1::NamespaceFilter {
                 names: vec!["shop".into()],
             }),
+            tracer_rules: None,
         },
         "t",
     )

@@ -32,6 +32,8 @@ use crate::observe::{MAX_MESSAGE, truncate};
 use crate::runtime_config::{NodeConfig, PIDS_MAP, PORTS_MAP};
 use crate::{Error, Result, selector, status};
 
+pub mod check;
+
 /// Whether a policy targets the program `name` with `labels`.
 pub fn targets_program(p: &TracerPolicy, name: &str, labels: &BTreeMap<String, String>) -> bool {
     let t = &p.spec.targets;
@@ -114,6 +116,26 @@ pub async fn sync(
     holding: &[Holding<'_>],
 ) -> Synced {
     let want = desired(policy);
+    if let Some(p) = policy {
+        let problems = check::problems(&p.spec);
+        if !problems.is_empty() {
+            // Nothing of it reaches a node: they keep what they hold.
+            let configured = holding.iter().filter(|h| h.stamp == want.stamp).count();
+            return Synced {
+                applied: Some(AppliedPolicy {
+                    name: p.name_any(),
+                    generation: p.metadata.generation.unwrap_or(0),
+                    nodes: i32::try_from(holding.len()).unwrap_or(i32::MAX),
+                    configured_nodes: i32::try_from(configured).unwrap_or(i32::MAX),
+                    message: Some(truncate(
+                        &format!("not applied, invalid: {}", problems.join("; ")),
+                        MAX_MESSAGE,
+                    )),
+                }),
+                written: 0,
+            };
+        }
+    }
     let mut messages: BTreeMap<&str, String> = BTreeMap::new();
     let mut todo = Vec::new();
     {
@@ -254,6 +276,7 @@ pub fn status_of(
 ) -> TracerPolicyStatus {
     let me = policy.name_any();
     let generation = policy.metadata.generation.unwrap_or(0);
+    let invalid = check::problems(&policy.spec);
     let mut targeted: Vec<&Arc<TracerProgram>> = programs
         .iter()
         .filter(|tp| tp.metadata.deletion_timestamp.is_none())
@@ -290,7 +313,16 @@ pub fn status_of(
     }
     let applies = targeted.len() - overridden.len();
 
-    let (ready, reason, message) = if !refused.is_empty() {
+    let (ready, reason, message) = if !invalid.is_empty() {
+        (
+            false,
+            "InvalidSpec",
+            format!(
+                "not written to any node (they keep what they hold): {}",
+                invalid.join("; ")
+            ),
+        )
+    } else if !refused.is_empty() {
         (
             false,
             "ConfigRefused",

@@ -1,6 +1,8 @@
 //! What a TracerPolicy's `spec.config` becomes on a node: writes into the
 //! program's `bpfleet_config` slots 8-15 and its `bpfleet_pids` and
-//! `bpfleet_ports` maps, the contract of `bpf/include/bpfleet_gate.h`.
+//! `bpfleet_ports` maps, the contract of `bpf/include/bpfleet_gate.h`; and
+//! what the agent itself holds for the program (the namespace filter, the
+//! HTTP tracer's redaction and route rules).
 //!
 //! Pure: the agent requests are plain data. The last write is the stamp
 //! (slot 15), a digest of everything written before it; agents report the
@@ -10,7 +12,7 @@
 //! to the nodes of a program whose policy went away (back to stamp 0, the
 //! program's defaults).
 
-use bpfleet_api::policy::{ExchangeEvents, RuntimeConfig, TracedEnds};
+use bpfleet_api::policy::{ExchangeEvents, RuntimeConfig, TracedEnds, UnmatchedRoutes};
 use bpfleet_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
@@ -45,6 +47,10 @@ pub struct NodeConfig {
     /// Kubernetes namespaces whose exchanges the agent keeps (empty: all);
     /// sent with the slots, held by the agent (userspace, not a map).
     pub namespaces: Vec<String>,
+    /// The HTTP tracer's redaction and route rules (`spec.config.redaction`
+    /// and `spec.config.routes`); sent with the slots, held by the agent.
+    /// Empty: the agent's own.
+    pub tracer_rules: pb::TracerRules,
     /// Digest of the above; 0 only for the defaults.
     pub stamp: u64,
 }
@@ -65,6 +71,7 @@ impl NodeConfig {
             pids: Vec::new(),
             ports: Vec::new(),
             namespaces: Vec::new(),
+            tracer_rules: pb::TracerRules::default(),
             stamp: 0,
         }
     }
@@ -130,11 +137,29 @@ impl NodeConfig {
         let mut namespaces = cfg.filters.namespaces.clone();
         namespaces.sort();
         namespaces.dedup();
+        let tracer_rules = pb::TracerRules {
+            redact_headers: cfg.redaction.headers.clone(),
+            redact_query_params: cfg.redaction.query_params.clone(),
+            redact_command_line_patterns: cfg.redaction.command_line_patterns.clone(),
+            disable_default_redaction: cfg.redaction.disable_defaults,
+            route_patterns: cfg.routes.patterns.clone(),
+            unmatched_routes: match cfg.routes.unmatched {
+                // The default: the agent's own `--http-unmatched`.
+                UnmatchedRoutes::Heuristic => String::new(),
+                UnmatchedRoutes::Wildcard => "Wildcard".into(),
+            },
+            max_routes: cfg
+                .routes
+                .max_routes
+                .and_then(|m| u32::try_from(m).ok())
+                .unwrap_or(0),
+        };
         let mut out = Self {
             slots,
             pids,
             ports,
             namespaces,
+            tracer_rules,
             stamp: 0,
         };
         out.stamp = out.digest();
@@ -162,6 +187,27 @@ impl NodeConfig {
             h.update(n.as_bytes());
             h.update([0]);
         }
+        // Lists and strings with their lengths, so that no two rule sets
+        // hash alike by moving text between fields.
+        let r = &self.tracer_rules;
+        h.update(b"tracer_rules");
+        for (name, list) in [
+            ("headers", &r.redact_headers),
+            ("query", &r.redact_query_params),
+            ("cmdline", &r.redact_command_line_patterns),
+            ("routes", &r.route_patterns),
+        ] {
+            h.update(name.as_bytes());
+            h.update((list.len() as u64).to_le_bytes());
+            for v in list {
+                h.update((v.len() as u64).to_le_bytes());
+                h.update(v.as_bytes());
+            }
+        }
+        h.update([u8::from(r.disable_default_redaction)]);
+        h.update((r.unmatched_routes.len() as u64).to_le_bytes());
+        h.update(r.unmatched_routes.as_bytes());
+        h.update(r.max_routes.to_le_bytes());
         let d = h.finalize();
         let mut first = [0u8; 8];
         first.copy_from_slice(&d[..8]);
@@ -187,6 +233,7 @@ impl NodeConfig {
                     .collect(),
                 replace: true,
                 namespaces: None,
+                tracer_rules: None,
             });
         }
         if !self.ports.is_empty() {
@@ -203,28 +250,32 @@ impl NodeConfig {
                     .collect(),
                 replace: true,
                 namespaces: None,
+                tracer_rules: None,
             });
         }
         let slot = |k: u32, v: u64| pb::ConfigEntry {
             key: k.to_ne_bytes().to_vec(),
             value: v.to_ne_bytes().to_vec(),
         };
-        let config = |entries, namespaces| pb::UpdateConfigRequest {
+        let config = |entries, namespaces, tracer_rules| pb::UpdateConfigRequest {
             program: program.to_string(),
             map: String::new(),
             entries,
             replace: false,
             namespaces,
+            tracer_rules,
         };
-        // The namespace filter travels with the slots (an empty list lifts
-        // it), so it is in force before the stamp says so.
+        // The namespace filter and the tracer rules travel with the slots
+        // (an empty list lifts the filter, empty rules put the agent's own
+        // back), so they are in force before the stamp says so.
         out.push(config(
             self.slots.iter().map(|&(k, v)| slot(k, v)).collect(),
             Some(pb::NamespaceFilter {
                 names: self.namespaces.clone(),
             }),
+            Some(self.tracer_rules.clone()),
         ));
-        out.push(config(vec![slot(SLOT_STAMP, self.stamp)], None));
+        out.push(config(vec![slot(SLOT_STAMP, self.stamp)], None, None));
         out
     }
 }
@@ -350,13 +401,14 @@ mod tests {
         let c = NodeConfig::of(&cfg(serde_json::json!({"filters": {"ports": [80]}})));
         assert_eq!(a.stamp, b.stamp, "order and repeats do not matter");
         assert_ne!(a.stamp, c.stamp);
-        // Redaction and routes are the agent's (--http-rules), not the
-        // kernel's: they do not change what is written.
+        // Redaction and routes are the agent's, not the kernel's, but they
+        // are written too (with the slots), so they change the stamp.
         let d = NodeConfig::of(&cfg(serde_json::json!({
             "filters": {"ports": [80, 8080]},
             "redaction": {"headers": ["X-Api-Key"]}
         })));
-        assert_eq!(a.stamp, d.stamp);
+        assert_ne!(a.stamp, d.stamp);
+        assert_eq!(a.slots, d.slots);
     }
 
     #[test]
@@ -386,5 +438,56 @@ mod tests {
         config[15] = 99;
         assert_eq!(reported_stamp(&config), 99);
         assert_eq!(reported_stamp(&[]), 0);
+    }
+
+    /// The policy's redaction and routes travel with the slots, before the
+    /// stamp, and every change of them changes the stamp.
+    #[test]
+    fn redaction_and_routes_go_with_the_slots_and_change_the_stamp() {
+        let base = cfg(serde_json::json!({
+            "redaction": {"headers": ["X-Session"], "queryParams": ["sid"],
+                          "commandLinePatterns": ["(--key )\\S+"], "disableDefaults": true},
+            "routes": {"patterns": ["/items/{item}"], "unmatched": "Wildcard", "maxRoutes": 50}
+        }));
+        let c = NodeConfig::of(&base);
+        let reqs = c.requests("p");
+        let slots = &reqs[reqs.len() - 2];
+        let rules = slots.tracer_rules.as_ref().expect("rules with the slots");
+        assert_eq!(rules.redact_headers, ["X-Session"]);
+        assert_eq!(rules.redact_query_params, ["sid"]);
+        assert_eq!(rules.redact_command_line_patterns, ["(--key )\\S+"]);
+        assert!(rules.disable_default_redaction);
+        assert_eq!(rules.route_patterns, ["/items/{item}"]);
+        assert_eq!(
+            (rules.unmatched_routes.as_str(), rules.max_routes),
+            ("Wildcard", 50)
+        );
+        assert!(reqs.last().expect("stamp").tracer_rules.is_none());
+        // No policy: empty rules, the agent's own come back.
+        let d = NodeConfig::defaults().requests("p");
+        assert_eq!(d[0].tracer_rules, Some(pb::TracerRules::default()));
+
+        let mut stamps = vec![c.stamp, NodeConfig::of(&RuntimeConfig::default()).stamp];
+        let changes: [fn(&mut RuntimeConfig); 7] = [
+            |c| c.redaction.headers.push("X-Other".into()),
+            |c| c.redaction.query_params.clear(),
+            |c| c.redaction.command_line_patterns[0].push('x'),
+            |c| c.redaction.disable_defaults = false,
+            |c| c.routes.patterns.push("/more".into()),
+            |c| c.routes.unmatched = bpfleet_api::policy::UnmatchedRoutes::Heuristic,
+            |c| c.routes.max_routes = Some(51),
+        ];
+        for change in changes {
+            let mut v = base.clone();
+            change(&mut v);
+            stamps.push(NodeConfig::of(&v).stamp);
+        }
+        // Text moved from one list to the next is another rule set.
+        let mut moved = base.clone();
+        moved.redaction.query_params = vec!["X-Session".into(), "sid".into()];
+        moved.redaction.headers.clear();
+        stamps.push(NodeConfig::of(&moved).stamp);
+        let distinct: std::collections::BTreeSet<u64> = stamps.iter().copied().collect();
+        assert_eq!(distinct.len(), stamps.len(), "{stamps:?}");
     }
 }

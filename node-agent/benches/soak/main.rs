@@ -110,6 +110,7 @@ fn config_req(map: &str, key: Vec<u8>, value: Vec<u8>) -> pb::UpdateConfigReques
         entries: vec![pb::ConfigEntry { key, value }],
         replace: false,
         namespaces: None,
+        tracer_rules: None,
     }
 }
 

@@ -33,18 +33,27 @@ impl Agent {
             &req.program,
             "",
             &res,
-            |w| match &req.namespaces {
-                None => format!(
+            |w| {
+                let mut line = format!(
                     "map {map}: {} entries into {} maps",
                     req.entries.len(),
                     w.len()
-                ),
-                Some(n) => format!(
-                    "map {map}: {} entries into {} maps; namespace filter [{}]",
-                    req.entries.len(),
-                    w.len(),
-                    n.names.join(",")
-                ),
+                );
+                if let Some(n) = &req.namespaces {
+                    line.push_str(&format!("; namespace filter [{}]", n.names.join(",")));
+                }
+                if let Some(r) = &req.tracer_rules {
+                    // Counts only: a pattern may hold text nobody should
+                    // find in an audit log.
+                    line.push_str(&format!(
+                        "; tracer rules: {} headers, {} query parameters, {} command-line patterns redacted, {} route patterns",
+                        r.redact_headers.len(),
+                        r.redact_query_params.len(),
+                        r.redact_command_line_patterns.len(),
+                        r.route_patterns.len()
+                    ));
+                }
+                line
             },
         );
         res
@@ -60,11 +69,27 @@ impl Agent {
             self.write_map(cmd)?
         };
         fault::point("config.after_kernel");
-        if let Some(ns) = &cmd.namespaces
-            && let Some(p) = self.state.programs.get_mut(&cmd.program)
-            && p.namespaces != *ns
-        {
-            p.namespaces = ns.clone();
+        let mut changed = false;
+        if let Some(p) = self.state.programs.get_mut(&cmd.program) {
+            if let Some(ns) = &cmd.namespaces
+                && p.namespaces != *ns
+            {
+                p.namespaces = ns.clone();
+                changed = true;
+            }
+            // An empty set of rules puts the agent's own back.
+            let rules = cmd
+                .tracer_rules
+                .as_ref()
+                .map(|r| Some(r.clone()).filter(|r| *r != Default::default()));
+            if let Some(rules) = rules
+                && p.tracer_rules != rules
+            {
+                p.tracer_rules = rules;
+                changed = true;
+            }
+        }
+        if changed {
             self.save()?;
         }
         fault::point("config.after_state");
@@ -170,6 +195,7 @@ mod tests {
             entries,
             replace,
             namespaces: None,
+            tracer_rules: None,
         }
     }
 

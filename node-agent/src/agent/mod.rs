@@ -87,6 +87,10 @@ pub struct Config {
     /// Ids of the BPF helpers this node refuses (`--deny-helper`): a Load
     /// whose programs call one fails as on a kernel lacking the helper.
     pub denied_helpers: BTreeSet<u32>,
+    /// Whether `--http-rules` is given: that file's tracer rules are in
+    /// force on this node instead of those UpdateConfig sets per program
+    /// (List reports them as overridden).
+    pub tracer_rules_file: bool,
 }
 
 impl Config {
@@ -108,6 +112,7 @@ impl Config {
             images: ImageConfig::default(),
             object_dirs: Vec::new(),
             denied_helpers: BTreeSet::new(),
+            tracer_rules_file: false,
         }
     }
 }

@@ -180,12 +180,18 @@ pub struct ConfigCmd {
     pub replace: bool,
     /// The new namespace filter (sorted, without repeats), when given.
     pub namespaces: Option<Vec<String>>,
+    /// The program's new HTTP tracer rules, when given (size-checked; the
+    /// patterns are compiled before anything is written).
+    pub tracer_rules: Option<crate::http::rules::PolicyRules>,
 }
 
 impl ConfigCmd {
-    /// Whether only the namespace filter changes (no map is written).
+    /// Whether only what the agent keeps (the namespace filter, the
+    /// tracer rules) changes: no map is written.
     pub fn only_namespaces(&self) -> bool {
-        self.namespaces.is_some() && self.entries.is_empty() && !self.replace
+        (self.namespaces.is_some() || self.tracer_rules.is_some())
+            && self.entries.is_empty()
+            && !self.replace
     }
 }
 
@@ -197,12 +203,24 @@ pub fn update_config(req: &pb::UpdateConfigRequest) -> Result<ConfigCmd> {
         .as_ref()
         .map(|n| namespace_list(&n.names))
         .transpose()?;
-    let only_namespaces = namespaces.is_some() && req.entries.is_empty() && !req.replace;
-    if !only_namespaces
+    let tracer_rules = req
+        .tracer_rules
+        .as_ref()
+        .map(crate::http::rules::PolicyRules::from_pb)
+        .transpose()?;
+    if let Some(r) = &tracer_rules {
+        // Compiled here, against the built-in base, so a rule that cannot
+        // work is refused before anything is written.
+        crate::http::rules::lay_over(Default::default(), r)
+            .map_err(|e| Error::Invalid(format!("tracer_rules: {e}")))?;
+    }
+    let only_kept =
+        (namespaces.is_some() || tracer_rules.is_some()) && req.entries.is_empty() && !req.replace;
+    if !only_kept
         && (req.entries.len() > MAX_CONFIG_ENTRIES || (req.entries.is_empty() && !req.replace))
     {
         return Err(Error::Invalid(format!(
-            "entries: 1..={MAX_CONFIG_ENTRIES} expected (0 only with replace or namespaces)"
+            "entries: 1..={MAX_CONFIG_ENTRIES} expected (0 only with replace, namespaces or tracer_rules)"
         )));
     }
     Ok(ConfigCmd {
@@ -215,6 +233,7 @@ pub fn update_config(req: &pb::UpdateConfigRequest) -> Result<ConfigCmd> {
             .collect(),
         replace: req.replace,
         namespaces,
+        tracer_rules,
     })
 }
 
@@ -244,6 +263,7 @@ pub fn slots_write(program: &str, slots: &[(u32, u64)]) -> pb::UpdateConfigReque
             .collect(),
         replace: false,
         namespaces: None,
+        tracer_rules: None,
     }
 }
 
@@ -262,6 +282,7 @@ pub fn ports_write(program: &str, ports: &[u16], replace: bool) -> pb::UpdateCon
             .collect(),
         replace,
         namespaces: None,
+        tracer_rules: None,
     }
 }
 
@@ -471,5 +492,32 @@ mod tests {
         assert_eq!(c.entries[1], (8080u16.to_ne_bytes().to_vec(), vec![1]));
         // Nothing to write is refused, as any empty UpdateConfig is.
         assert!(update_config(&slots_write("tracer", &[])).is_err());
+    }
+
+    #[test]
+    fn tracer_rules_alone_are_a_config_write_and_are_compiled_first() {
+        let mut r = pb::UpdateConfigRequest {
+            program: "p".into(),
+            tracer_rules: Some(pb::TracerRules {
+                route_patterns: vec!["/items/{item}".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let c = update_config(&r).unwrap();
+        assert!(c.only_namespaces(), "no map is written");
+        assert_eq!(
+            c.tracer_rules.unwrap().routes.patterns,
+            ["/items/{item}".to_string()]
+        );
+        r.tracer_rules = Some(pb::TracerRules {
+            redact_command_line_patterns: vec!["(".into()],
+            ..Default::default()
+        });
+        let e = update_config(&r).unwrap_err().to_string();
+        assert!(
+            e.contains("tracer_rules") && e.contains("commandLinePatterns[0]"),
+            "{e}"
+        );
     }
 }

@@ -30,6 +30,8 @@ pub struct ProgramView {
     pub active: Option<String>,
     /// The namespace filter (empty: none).
     pub namespaces: Vec<String>,
+    /// The tracer rules UpdateConfig set (None: the agent's own).
+    pub tracer_rules: Option<crate::http::rules::PolicyRules>,
 }
 
 impl Agent {
@@ -150,6 +152,8 @@ impl Agent {
                     .transpose()?
                     .unwrap_or_default(),
                 namespaces: p.namespaces.clone(),
+                tracer_rules: p.tracer_rules.as_ref().map(|r| r.to_pb()),
+                tracer_rules_overridden: p.tracer_rules.is_some() && self.cfg.tracer_rules_file,
             });
         }
         if !program.is_empty() && out.is_empty() {
@@ -262,6 +266,7 @@ impl Agent {
                 .collect(),
             active: p.active.clone(),
             namespaces: p.namespaces.clone(),
+            tracer_rules: p.tracer_rules.clone(),
         })
     }
 

@@ -40,7 +40,8 @@ pub struct AgentHealth {
 pub struct TracerHealth {
     pub enabled: bool,
     /// Redaction and route rules: 0 as started, +1 per reload of the
-    /// TracerPolicy file (`--http-rules`).
+    /// TracerPolicy file (`--http-rules`) and per change of a program's
+    /// rules from its TracerPolicy (UpdateConfig).
     pub rules_generation: u64,
     /// Why the policy file's last change was refused (the rules before it
     /// stay in force).
@@ -68,6 +69,10 @@ pub struct TracerProgramHealth {
     /// Exchanges outside the program's namespace filter, dropped.
     pub namespace_exchanges_dropped: u64,
     pub seconds_since_last_exchange: Option<f64>,
+    /// Whose redaction and route rules apply: `policy` (the program's
+    /// TracerPolicy, from the operator) or `node` (the command line and
+    /// the `--http-rules` file, which wins when given).
+    pub rules: &'static str,
 }
 
 /// Health of the agent (`agent`) and of the tracer runtime.
@@ -97,6 +102,11 @@ pub fn health(agent: pb::HealthResponse, hub: Option<&Hub>) -> Health {
                 own_exchanges_dropped: r.own_dropped,
                 namespace_exchanges_dropped: r.namespace_dropped,
                 seconds_since_last_exchange: r.last_exchange.map(|t| t.elapsed().as_secs_f64()),
+                rules: if info.rules.is_some() {
+                    "policy"
+                } else {
+                    "node"
+                },
             });
         }
     }

@@ -143,6 +143,12 @@ pub(crate) struct ProgramInfo {
     config_pin: Option<PathBuf>,
     /// The program's namespace filter (empty: every exchange is kept).
     namespaces: Arc<[String]>,
+    /// The rules its TracerPolicy gave (UpdateConfig), as received.
+    policy_rules: Option<rules::PolicyRules>,
+    /// Those rules laid over the command line's, compiled once; None: the
+    /// node's own rules apply (no policy rules, or `--http-rules` given,
+    /// which wins).
+    rules: Option<Arc<Rules>>,
 }
 
 /// What a reader reports about itself.
@@ -187,6 +193,13 @@ pub(crate) struct State {
     /// The agent's published program views ([`Hub::follow`]); `programs`
     /// is brought up to date from it whenever the state is read.
     views: Option<watch::Receiver<Views>>,
+    /// The command line's rules, under a program's policy rules.
+    base_rules: Rules,
+    /// `--http-rules` given: it wins over every program's policy rules.
+    rules_file: bool,
+    /// The rules generation readers compare ([`CurrentRules`]'s), moved
+    /// on when a program's rules change.
+    generation: Arc<AtomicU64>,
 }
 
 impl State {
@@ -202,10 +215,12 @@ impl State {
         self.set_programs(&views);
     }
 
-    /// Which programs are tracers, with their pins and tokens; forgets
-    /// programs that are gone (their figures with them).
+    /// Which programs are tracers, with their pins, tokens and rules;
+    /// forgets programs that are gone (their figures with them). True when
+    /// a program's rules changed.
     fn set_programs(&mut self, views: &[ProgramView]) {
         let mut programs = BTreeMap::new();
+        let mut rules_changed = false;
         for v in views {
             let (Some(events), Some(lost)) =
                 (v.shared_maps.get(EVENTS_MAP), v.shared_maps.get(LOST_MAP))
@@ -229,8 +244,16 @@ impl State {
                     paths_pin: v.shared_maps.get(PATHS_MAP).cloned(),
                     config_pin: v.shared_maps.get(crate::kernel::CONFIG_MAP).cloned(),
                     namespaces: v.namespaces.clone().into(),
+                    policy_rules: v.tracer_rules.clone(),
+                    rules: self.program_rules(&v.program, v.tracer_rules.as_ref()),
                 },
             );
+        }
+        for (p, i) in &programs {
+            let before = self.programs.get(p).and_then(|b| b.rules.as_ref());
+            if before.map(Arc::as_ptr) != i.rules.as_ref().map(Arc::as_ptr) {
+                rules_changed = true;
+            }
         }
         self.figures.retain(|(p, tok), _| {
             programs
@@ -239,13 +262,41 @@ impl State {
         });
         self.readers.retain(|p, _| programs.contains_key(p));
         self.programs = programs;
+        if rules_changed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The compiled rules of a program whose policy gave `policy`: the
+    /// ones compiled before when the policy's rules did not change.
+    fn program_rules(
+        &self,
+        program: &str,
+        policy: Option<&rules::PolicyRules>,
+    ) -> Option<Arc<Rules>> {
+        let policy = policy.filter(|_| !self.rules_file)?;
+        if let Some(before) = self.programs.get(program)
+            && before.policy_rules.as_ref() == Some(policy)
+            && before.rules.is_some()
+        {
+            return before.rules.clone();
+        }
+        match rules::lay_over(self.base_rules.clone(), policy) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                // UpdateConfig compiled them against the built-in base; a
+                // command-line route may still clash. The node's rules stay.
+                tracing::warn!(program, error = %e, "the TracerPolicy's tracer rules do not compile here; the node's own apply");
+                None
+            }
+        }
     }
 }
 
 /// The rules readers apply now; the generation changes with every reload.
 #[derive(Debug)]
 struct CurrentRules {
-    generation: AtomicU64,
+    generation: Arc<AtomicU64>,
     rules: Mutex<Arc<Rules>>,
     /// Why the last reload of the file was refused (the rules before it
     /// stay in force).
@@ -283,10 +334,11 @@ impl Hub {
             side: Side::Server,
         };
         let current = CurrentRules {
-            generation: AtomicU64::new(0),
+            generation: Arc::new(AtomicU64::new(0)),
             rules: Mutex::new(Arc::new(cfg.tracer_rules.clone())),
             error: Mutex::new(None),
         };
+        let generation = current.generation.clone();
         Ok(Self {
             current,
             state: Mutex::new(State {
@@ -297,6 +349,9 @@ impl Hub {
                 alerts: Alerts::default(),
                 firing: BTreeMap::new(),
                 views: None,
+                base_rules: cfg.tracer_rules.clone(),
+                rules_file: cfg.rules_file.is_some(),
+                generation,
             }),
             families: export::Families::default(),
             otlp,
@@ -337,6 +392,21 @@ impl Hub {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         (self.current.generation.load(Ordering::Acquire), rules)
+    }
+
+    /// The rules in force for `program` and their generation: its
+    /// TracerPolicy's (laid over the command line's) when the operator gave
+    /// some and no `--http-rules` file overrides them, else the node's.
+    pub fn rules_for(&self, program: &str) -> (u64, Arc<Rules>) {
+        // The generation is read before the rules: a change in between is
+        // seen again at the reader's next batch.
+        let (generation, node) = self.rules();
+        let own = self
+            .lock()
+            .programs
+            .get(program)
+            .and_then(|p| p.rules.clone());
+        (generation, own.unwrap_or(node))
     }
 
     /// Generation of the rules in force (readers compare it per batch).
@@ -606,7 +676,68 @@ mod tests {
             revisions: [("r1".to_string(), 1), ("r2".to_string(), 2)].into(),
             active: Some(active.into()),
             namespaces: Vec::new(),
+            tracer_rules: None,
         }
+    }
+
+    /// A program's TracerPolicy rules apply to it alone, laid over the
+    /// command line's; a change moves the generation readers watch; an
+    /// `--http-rules` file wins over them.
+    #[test]
+    fn a_programs_policy_rules_apply_to_it_unless_the_node_file_wins() {
+        let cli = bpfleet_httptrace::rules::RouteRules {
+            patterns: vec!["/cli/{id}".into()],
+            ..Default::default()
+        };
+        let cfg = |file: bool| HttpConfig {
+            tracer_rules: Rules {
+                routes: cli.clone(),
+                ..Default::default()
+            },
+            rules_file: file.then(|| (PathBuf::from("/p.yaml"), Rules::default())),
+            ..Default::default()
+        };
+        let policy = rules::PolicyRules {
+            redaction: rules::Redaction {
+                query_params: vec!["sid".into()],
+                ..Default::default()
+            },
+            routes: rules::Routes {
+                patterns: vec!["/items/{item}".into()],
+                ..Default::default()
+            },
+        };
+        let mut with = view("t", "r1");
+        with.tracer_rules = Some(policy.clone());
+        let other = ProgramView {
+            program: "u".into(),
+            ..view("u", "r1")
+        };
+
+        let hub = Hub::new(cfg(false)).unwrap();
+        hub.set_programs(&[view("t", "r1"), other.clone()]);
+        let g0 = hub.rules_generation();
+        assert_eq!(hub.rules_for("t").1.routes.patterns, ["/cli/{id}"]);
+        hub.set_programs(&[with.clone(), other.clone()]);
+        let (g1, t) = hub.rules_for("t");
+        assert!(g1 > g0, "a changed program's rules move the generation");
+        assert_eq!(t.routes.patterns, ["/cli/{id}", "/items/{item}"]);
+        assert_eq!(t.redaction.query_params, ["sid"]);
+        assert_eq!(hub.rules_for("u").1.routes.patterns, ["/cli/{id}"]);
+        // The same rules again: compiled once, the generation stays.
+        hub.set_programs(&[with.clone(), other.clone()]);
+        assert_eq!(hub.rules_generation(), g1);
+        assert!(Arc::ptr_eq(&hub.rules_for("t").1, &t));
+        // Gone again: the node's rules, a new generation.
+        hub.set_programs(&[view("t", "r1"), other.clone()]);
+        assert!(hub.rules_generation() > g1);
+        assert_eq!(hub.rules_for("t").1.routes.patterns, ["/cli/{id}"]);
+
+        // With a node file, the file's rules stay in force.
+        let hub = Hub::new(cfg(true)).unwrap();
+        hub.set_programs(&[with, other]);
+        assert_eq!(hub.rules_generation(), 0);
+        assert_eq!(hub.rules_for("t").1.routes.patterns, ["/cli/{id}"]);
     }
 
     fn rec(token: u64, status: Option<u16>) -> Record {

@@ -334,7 +334,7 @@ fn read(hub: &Hub, pins: &TracerPins, stop: &AtomicBool) {
         // reader starts at Load, before Activate sends traffic to it.
         counts.prime(a);
     }
-    let (mut generation, rules) = hub.rules();
+    let (mut generation, rules) = hub.rules_for(program);
     let mut routes = match rules.routes() {
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),
@@ -374,7 +374,7 @@ fn read(hub: &Hub, pins: &TracerPins, stop: &AtomicBool) {
             if hub.rules_generation() != generation {
                 // Reloaded rules (checked by the watcher): exchanges
                 // completed from here on follow them.
-                let (g, rules) = hub.rules();
+                let (g, rules) = hub.rules_for(program);
                 if let (Ok(r), Ok(red)) = (rules.routes(), rules.redactor()) {
                     routes = r;
                     let red = Arc::new(red);

@@ -212,8 +212,12 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
     // Nodes that do not hold the program yet get the policy's writes right
     // after their Load, before the Activate that follows.
     let want = policy::desired(policy.as_deref());
+    // A policy that cannot work is written nowhere (see policy::check).
+    let invalid = policy
+        .as_deref()
+        .is_some_and(|p| !policy::check::problems(&p.spec).is_empty());
     let first_load = FirstLoad {
-        requests: if want.stamp == 0 {
+        requests: if want.stamp == 0 || invalid {
             Vec::new()
         } else {
             want.requests(&name)

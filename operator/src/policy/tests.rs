@@ -221,3 +221,63 @@ fn transition_times_move_only_on_a_change_of_state() {
     let moved = status_of(&p, &pending, &[], &time(300));
     assert_eq!(cond(&moved, READY).last_transition_time, time(300));
 }
+
+#[test]
+fn a_policy_that_cannot_work_says_which_field_and_is_written_nowhere() {
+    let p = policy(
+        "pol",
+        2,
+        json!({"targets": {"programNames": ["t1"]},
+               "config": {"routes": {"patterns": ["/api/*", "/api/users/{id}"]}}}),
+    );
+    // Whatever the program reports, the policy's own problem comes first.
+    let programs = [program("t1", &[], applied("pol", 2, 3, 3, None))];
+    let s = status_of(&p, &programs, std::slice::from_ref(&p), &now());
+    let ready = cond(&s, READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        ready.message.contains("spec.config.routes.patterns[1]"),
+        "{}",
+        ready.message
+    );
+    // Nothing goes to an agent: sync answers before the pool is used.
+    let pool = crate::agents::Pool::new(None, Duration::from_secs(1));
+    let fetch: crate::cache::Fetch = Arc::new(|_, _, _| Box::pin(async { None }));
+    let cache = NodeCache::new(Duration::from_secs(1), 1, fetch);
+    let metrics = Metrics::new();
+    let refusals = Mutex::new(Refusals::default());
+    let holding = [Holding {
+        node: "n1",
+        endpoint: Some("unix:///nonexistent/agent.sock"),
+        stamp: 7,
+        revisions: "r1".into(),
+    }];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let synced = rt.block_on(sync(
+        &pool,
+        &cache,
+        &metrics,
+        &refusals,
+        "t1",
+        Some(&p),
+        &holding,
+    ));
+    assert_eq!(synced.written, 0);
+    let applied = synced.applied.expect("applied");
+    assert_eq!((applied.nodes, applied.configured_nodes), (1, 0));
+    let m = applied.message.unwrap_or_default();
+    assert!(
+        m.contains("not applied, invalid: spec.config.routes.patterns[1]"),
+        "{m}"
+    );
+    assert!(
+        !metrics.render().contains("update_config"),
+        "no agent was called"
+    );
+}

@@ -75,7 +75,8 @@ async fn a_program_lives_through_every_kind_of_rollout() {
     //     a policy change is written again.
     let ids_before = prog_ids(&pool, &agents).await;
     let config = json!({"samplingRate": 0.5, "payloadBytes": 512, "ends": "Both",
-        "exchangeEvents": "All", "filters": {"pids": [4242, 77], "ports": [8080], "excludePorts": [22], "namespaces": ["shop"]}});
+        "exchangeEvents": "All", "filters": {"pids": [4242, 77], "ports": [8080], "excludePorts": [22], "namespaces": ["shop"]},
+        "redaction": {"queryParams": ["sid"]}, "routes": {"patterns": ["/items/{item}"]}});
     set_policy_config(&policies, config).await;
     let pol = policy_settled(&policies, "policy in force", |c| c.reason == "Applied").await;
     assert!(pol.message.contains("3/3 nodes"), "{}", pol.message);
@@ -120,6 +121,19 @@ async fn a_program_lives_through_every_kind_of_rollout() {
         namespace_filters(&pool, &agents).await,
         vec![vec!["shop".to_string()]; 3]
     );
+    // The HTTP tracer's rules too, held by every agent for the program (the
+    // real tracer applying them is node-agent/tests/http_policy_rules.rs).
+    assert_eq!(
+        tracer_rules(&pool, &agents).await,
+        vec![
+            (
+                vec!["/items/{item}".to_string()],
+                vec!["sid".to_string()],
+                false
+            );
+            3
+        ]
+    );
     let stamp = config_stamp(&agents[0]);
     set_policy_config(&policies, json!({"filters": {"ports": [9090]}})).await;
     policy_settled(&policies, "changed policy in force", |c| {
@@ -140,6 +154,11 @@ async fn a_program_lives_through_every_kind_of_rollout() {
         namespace_filters(&pool, &agents).await,
         vec![Vec::<String>::new(); 3],
         "the new policy has no namespace filter: lifted"
+    );
+    assert_eq!(
+        tracer_rules(&pool, &agents).await,
+        vec![(Vec::new(), Vec::new(), false); 3],
+        "the new policy has no tracer rules: the agents' own are back"
     );
     counting(&agents, 0, &[1, 2]).await;
 

@@ -299,6 +299,27 @@ pub(crate) async fn namespace_filters(pool: &Pool, agents: &[Agent]) -> Vec<Vec<
         .collect()
 }
 
+/// The HTTP tracer rules each agent holds for the program (route patterns
+/// and redacted query parameters), and whether its own file overrides them.
+pub(crate) async fn tracer_rules(
+    pool: &Pool,
+    agents: &[Agent],
+) -> Vec<(Vec<String>, Vec<String>, bool)> {
+    listed(pool, agents)
+        .await
+        .into_iter()
+        .map(|p| {
+            let p = p.unwrap_or_default();
+            let r = p.tracer_rules.unwrap_or_default();
+            (
+                r.route_patterns,
+                r.redact_query_params,
+                p.tracer_rules_overridden,
+            )
+        })
+        .collect()
+}
+
 /// The kernel program ids of every revision on each agent.
 pub(crate) async fn prog_ids(pool: &Pool, agents: &[Agent]) -> Vec<Vec<u32>> {
     listed(pool, agents)
