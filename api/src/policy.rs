@@ -218,18 +218,25 @@ pub struct Redaction {
     pub disable_defaults: bool,
 }
 
-/// Per-node limits; breaching one reduces sampling first, then raises Degraded.
+/// Per-node limits of the programs the policy applies to, together.
+/// `maxPrograms` and `maxMapMemory` travel with every Load of such a
+/// program: the agent counts the policy's programs on its node and refuses
+/// the Load that would pass one (`BudgetExceeded`, naming the policy and
+/// the budget; nothing of it stays loaded), on top of its own flags.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceBudgets {
-    /// Map memory of all targeted programs on a node, e.g. `64Mi`.
+    /// Map memory of all targeted programs on a node, e.g. `64Mi`, as the
+    /// kernel accounts it; a new revision's maps are estimated before it is
+    /// loaded. Not a quantity: the policy is `InvalidSpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_map_memory: Option<Quantity>,
     /// BPF run time as a share of one node's CPU time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.01, max = 100.0))]
     pub max_cpu_overhead_percent: Option<f64>,
-    /// Programs loaded per node.
+    /// Targeted programs loaded per node (revisions of one program count
+    /// once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1024))]
     pub max_programs: Option<i32>,

@@ -254,6 +254,7 @@ fn budgets_refuse_before_load() {
     let mut tiny = syscount("v1", objs::SYSCOUNT_V1);
     tiny.budget = Some(bpfleet_proto::v1::Budget {
         max_map_memory_bytes: 64,
+        ..Default::default()
     });
     let e = a.load(tiny, "t").unwrap_err();
     assert!(matches!(e, Error::Budget(_)), "{e}");
@@ -271,4 +272,63 @@ fn budgets_refuse_before_load() {
     );
     a.unload("syscount", "", "t").unwrap();
     assert!(root.pins().is_empty());
+}
+
+/// A TracerPolicy's budgets (the Load's `budget.group`): the programs
+/// loaded with the same group share `maxPrograms` and `maxMapMemory` on
+/// the node; the refusal names the policy and the budget, loads nothing,
+/// and a program of no group is not counted.
+#[test]
+fn a_policys_budgets_are_shared_by_its_programs() {
+    let root = PinRoot::new("groupbudget");
+    let mut cfg = Config::new(&root.path, root.state_file());
+    cfg.allow_unsigned = true;
+    let mut a = Agent::new(cfg).unwrap();
+    let grouped = |program: &str, max_programs: u32, max_map: u64| {
+        let mut r = syscount("v1", objs::SYSCOUNT_V1);
+        r.program = program.into();
+        r.budget = Some(bpfleet_proto::v1::Budget {
+            group: "pol".into(),
+            group_max_programs: max_programs,
+            group_max_map_memory_bytes: max_map,
+            ..Default::default()
+        });
+        r
+    };
+    a.load(grouped("first", 1, 0), "t").unwrap();
+    // Not of the group: not counted.
+    let mut loose = syscount("v1", objs::SYSCOUNT_V1);
+    loose.program = "loose".into();
+    a.load(loose, "t").unwrap();
+    let pins = root.pins();
+    let e = a.load(grouped("second", 1, 0), "t").unwrap_err();
+    assert!(matches!(e, Error::Budget(_)), "{e}");
+    let m = e.to_string();
+    assert!(
+        m.contains("TracerPolicy pol's budget maxPrograms is 1") && m.contains("(first)"),
+        "{m}"
+    );
+    assert_eq!(root.pins(), pins, "nothing of the refused load stays");
+    // Map memory: the object's new maps need about 1 KB by the agent's
+    // estimate, while `first` holds tens of KB as the kernel accounts
+    // them. 20000 bytes would fit the new program alone; with `first`
+    // counted against the same budget, nothing is left.
+    let e = a.load(grouped("second", 2, 20_000), "t").unwrap_err();
+    let m = e.to_string();
+    assert!(
+        matches!(e, Error::Budget(_))
+            && m.contains("TracerPolicy pol's budget maxMapMemory (20000 bytes"),
+        "{m}"
+    );
+    assert_eq!(root.pins(), pins);
+    // The same budget for a program of another group: it fits.
+    let mut other = grouped("other", 2, 20_000);
+    other.budget.as_mut().unwrap().group = "another".into();
+    a.load(other, "t").unwrap();
+    // Room for both: loaded.
+    a.load(grouped("second", 2, 1 << 30), "t").unwrap();
+    for p in ["first", "second", "loose", "other"] {
+        a.unload(p, "", "t").unwrap();
+    }
+    assert!(root.pins().is_empty(), "{:?}", root.pins());
 }

@@ -179,6 +179,7 @@ fn a_failed_load_puts_the_old_map_back() {
     let mut r = reshaped("v2");
     r.budget = Some(bpfleet_proto::v1::Budget {
         max_map_memory_bytes: 1,
+        ..Default::default()
     });
     assert!(a.load(r, "t").is_err());
     assert_eq!(root.pins(), pins);

@@ -99,6 +99,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The budgets `policy` sets (`spec.budgets.maxPrograms` and
+/// `maxMapMemory`), as every Load of a program it applies to carries them:
+/// the agent counts the programs loaded with the same group (the policy's
+/// name) on its node and refuses the next one past a budget
+/// (`BudgetExceeded`). None when it sets neither.
+pub fn budget(policy: Option<&TracerPolicy>) -> Option<bpfleet_proto::v1::Budget> {
+    let p = policy?;
+    let b = p.spec.budgets.as_ref()?;
+    let max_programs = b
+        .max_programs
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0);
+    // An unreadable quantity is the policy's InvalidSpec, never sent.
+    let max_map = b
+        .max_map_memory
+        .as_ref()
+        .and_then(|q| crate::gates::parse_quantity(&q.0).ok())
+        .unwrap_or(0);
+    (max_programs > 0 || max_map > 0).then(|| bpfleet_proto::v1::Budget {
+        max_map_memory_bytes: 0,
+        group: p.name_any(),
+        group_max_programs: max_programs,
+        group_max_map_memory_bytes: max_map,
+    })
+}
+
 /// The configuration `policy` asks for (the defaults when None).
 pub fn desired(policy: Option<&TracerPolicy>) -> NodeConfig {
     policy.map_or_else(NodeConfig::defaults, |p| NodeConfig::of(&p.spec.config))

@@ -60,6 +60,8 @@ pub struct Admitted {
     pub token: u64,
     /// Map memory the revision may create.
     pub map_room: u64,
+    /// The budget that sets `map_room`, for the refusal.
+    pub room_by: String,
     /// Whether the program is new on this node.
     pub new_program: bool,
 }
@@ -107,14 +109,56 @@ pub fn admit(cmd: &LoadCmd, bytes: &[u8], held: &Held<'_>, node: &Node<'_>) -> R
         held.state.programs.len(),
         existing.map(|p| p.revisions.len()),
     )?;
+    // The TracerPolicy's budgets: its other programs on this node.
+    let members: Vec<(&String, &ProgramState)> = match &cmd.group {
+        Some(g) => held
+            .state
+            .programs
+            .iter()
+            .filter(|(n, p)| **n != cmd.program && p.budget_group.as_deref() == Some(&g.name))
+            .collect(),
+        None => Vec::new(),
+    };
+    if let Some(g) = &cmd.group
+        && let Some(max) = g.max_programs
+        && members.len() >= max
+    {
+        let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(crate::error::Error::Budget(format!(
+            "TracerPolicy {}'s budget maxPrograms is {max}: {} of its programs are loaded on this node ({})",
+            g.name,
+            members.len(),
+            names.join(", ")
+        )));
+    }
     let used_prog = existing.map_or(0, |p| (held.map_bytes)(p));
     let used_total: u64 = held.state.programs.values().map(held.map_bytes).sum();
+    let mut map_room = node
+        .budgets
+        .map_room(cmd.max_map_bytes, used_prog, used_total);
+    let mut room_by = "the program's and the agent's map memory budgets".to_string();
+    if let Some(g) = &cmd.group
+        && let Some(max) = g.max_map_bytes
+    {
+        let used: u64 = used_prog
+            + members
+                .iter()
+                .map(|(_, p)| (held.map_bytes)(p))
+                .sum::<u64>();
+        let room = max.saturating_sub(used);
+        if room < map_room {
+            map_room = room;
+            room_by = format!(
+                "TracerPolicy {}'s budget maxMapMemory ({max} bytes for its programs on this node, {used} in use)",
+                g.name
+            );
+        }
+    }
     Ok(Admission::Load(Admitted {
         sha256: sha,
         token: existing.map_or(1, |p| p.next_token.max(1)),
-        map_room: node
-            .budgets
-            .map_room(cmd.max_map_bytes, used_prog, used_total),
+        map_room,
+        room_by,
         new_program: existing.is_none(),
     }))
 }
@@ -150,6 +194,7 @@ mod tests {
             signature: String::new(),
             verified_by: None,
             max_map_bytes: None,
+            group: None,
         }
     }
 
@@ -235,6 +280,7 @@ mod tests {
                 sha256: sha256_hex(OBJ),
                 token: 1,
                 map_room: 1000,
+                room_by: "the program's and the agent's map memory budgets".into(),
                 new_program: true
             })
         );
@@ -360,5 +406,57 @@ mod tests {
             matches!(e, Error::Budget(ref m) if m.contains("2 revisions")),
             "{e}"
         );
+    }
+
+    /// A TracerPolicy's budgets count the programs of its group on the
+    /// node: the next program of it is refused naming the budget, a new
+    /// revision of a member is not, and its map memory room is what the
+    /// group leaves.
+    #[test]
+    fn a_policys_budgets_count_its_programs_on_the_node() {
+        let mut f = Fixture::new();
+        f.budgets.max_programs = 10;
+        let mut s = state(&[("a", &[("r1", b"x")]), ("b", &[("r1", b"y")])]);
+        s.programs.get_mut("a").unwrap().budget_group = Some("pol".into());
+        let grouped = |program: &str, revision: &str, max_programs, max_map_bytes| {
+            let mut c = cmd(program, revision, HookKind::Tracepoint);
+            c.group = Some(crate::agent::request::GroupBudget {
+                name: "pol".into(),
+                max_programs,
+                max_map_bytes,
+            });
+            c
+        };
+        // `a` holds the one place; `b` is not of the group.
+        let e = f.admit(&grouped("c", "r1", Some(1), None), &s).unwrap_err();
+        assert!(matches!(e, Error::Budget(_)), "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains("TracerPolicy pol's budget maxPrograms is 1") && m.contains("(a)"),
+            "{m}"
+        );
+        // A new revision of the member is no new program of the group.
+        assert!(f.admit(&grouped("a", "r2", Some(1), None), &s).is_ok());
+        // Map memory: 250 for the group, `a` uses 100.
+        let Admission::Load(a) = f
+            .admit(&grouped("c", "r1", Some(2), Some(250)), &s)
+            .unwrap()
+        else {
+            panic!("not admitted")
+        };
+        assert_eq!(a.map_room, 150);
+        assert!(
+            a.room_by.contains("maxMapMemory (250 bytes"),
+            "{}",
+            a.room_by
+        );
+        // A looser group budget leaves the agent's in charge.
+        let Admission::Load(a) = f
+            .admit(&grouped("c", "r1", None, Some(1 << 20)), &s)
+            .unwrap()
+        else {
+            panic!("not admitted")
+        };
+        assert_eq!(a.map_room, 1000);
     }
 }

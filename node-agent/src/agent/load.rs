@@ -340,6 +340,7 @@ impl Agent {
             recreate_maps: &cmd.recreate_maps,
             token: a.token,
             max_new_map_bytes: a.map_room,
+            room_by: &a.room_by,
             name: &cmd.program,
             dispatchers: &dispatchers,
             denied_helpers: &self.cfg.denied_helpers,
@@ -365,6 +366,7 @@ impl Agent {
                 ..Default::default()
             });
         p.next_token = a.token + 1;
+        p.budget_group = cmd.group.as_ref().map(|g| g.name.clone());
         for m in &cmd.persistent_maps {
             if !p.persistent_maps.contains(m) {
                 p.persistent_maps.push(m.clone());

@@ -58,6 +58,18 @@ pub struct LoadCmd {
     pub verified_by: Option<String>,
     /// The request's own map memory budget, when it sets one.
     pub max_map_bytes: Option<u64>,
+    /// The TracerPolicy budgets the program shares with the other programs
+    /// of the same group on this node, when the request names a group.
+    pub group: Option<GroupBudget>,
+}
+
+/// A TracerPolicy's `spec.budgets` as a Load carries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupBudget {
+    /// The policy's name.
+    pub name: String,
+    pub max_programs: Option<usize>,
+    pub max_map_bytes: Option<u64>,
 }
 
 /// Decodes a Load request; the object's bytes are checked for size by
@@ -150,8 +162,22 @@ pub fn load(req: pb::LoadRequest) -> Result<LoadCmd> {
         verified_by: None,
         max_map_bytes: req
             .budget
+            .as_ref()
             .map(|b| b.max_map_memory_bytes)
             .filter(|&b| b > 0),
+        group: match req.budget {
+            Some(b) if !b.group.is_empty() => {
+                check_name("budget.group", &b.group)?;
+                Some(GroupBudget {
+                    name: b.group,
+                    max_programs: usize::try_from(b.group_max_programs)
+                        .ok()
+                        .filter(|&n| n > 0),
+                    max_map_bytes: Some(b.group_max_map_memory_bytes).filter(|&n| n > 0),
+                })
+            }
+            _ => None,
+        },
     })
 }
 
@@ -362,6 +388,7 @@ mod tests {
         let mut r = req();
         r.budget = Some(pb::Budget {
             max_map_memory_bytes: 0,
+            ..Default::default()
         });
         let c = load(r).unwrap();
         assert_eq!(c.program, "p");

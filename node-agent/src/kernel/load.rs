@@ -49,6 +49,8 @@ pub struct ObjectLoad<'a> {
     pub token: u64,
     /// Refuse before load when the maps this revision creates would exceed this.
     pub max_new_map_bytes: u64,
+    /// The budget that sets `max_new_map_bytes`, for the refusal.
+    pub room_by: &'a str,
     /// Object name (for the kernel's program names).
     pub name: &'a str,
     /// Key -> program pin of the dispatchers the program already has.
@@ -280,8 +282,8 @@ fn load_inner(
     }
     if new_bytes > spec.max_new_map_bytes {
         return Err(Error::Budget(format!(
-            "the object's maps need about {new_bytes} bytes, the budget leaves {}",
-            spec.max_new_map_bytes
+            "the object's maps need about {new_bytes} bytes, {} leave {}",
+            spec.room_by, spec.max_new_map_bytes
         )));
     }
 

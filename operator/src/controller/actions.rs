@@ -56,9 +56,16 @@ pub(super) async fn carry_out(
     parallel: Option<usize>,
 ) -> bool {
     let (spec, spec_revision) = (loads.spec, loads.spec_revision);
+    let budget = loads.budget.clone();
+    let budget = &budget;
     loads
         .prepare(actions, |revision| async move {
-            load_request(ctx, program, spec, spec_revision, &revision).await
+            load_request(ctx, program, spec, spec_revision, &revision)
+                .await
+                .map(|mut r| {
+                    r.budget = budget.clone();
+                    r
+                })
         })
         .await;
     let loads = &*loads;
@@ -240,6 +247,8 @@ pub(super) struct LoadRequests<'a> {
     /// The revision `spec` describes ("" when none is loaded, at teardown).
     spec_revision: &'a str,
     built: HashMap<String, Built>,
+    /// The applying TracerPolicy's budgets, sent with every Load.
+    budget: Option<pb::Budget>,
 }
 
 impl<'a> LoadRequests<'a> {
@@ -248,7 +257,14 @@ impl<'a> LoadRequests<'a> {
             spec,
             spec_revision,
             built: HashMap::new(),
+            budget: None,
         }
+    }
+
+    /// Sends `budget` (the applying TracerPolicy's) with every Load.
+    pub(super) fn with_budget(mut self, budget: Option<pb::Budget>) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// Builds, with `build`, the request of every revision `actions` load

@@ -252,7 +252,11 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
     let mut sent: HashSet<NodeAction> = HashSet::new();
     // Built on the first pass that loads a revision, shared by its nodes
     // and by the later passes.
-    let mut loads = LoadRequests::new(&tp.spec, &revision);
+    let mut loads = LoadRequests::new(&tp.spec, &revision).with_budget(if invalid {
+        None
+    } else {
+        policy::budget(policy.as_deref())
+    });
     let mut passes = 0;
     loop {
         passes += 1;

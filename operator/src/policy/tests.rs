@@ -281,3 +281,34 @@ fn a_policy_that_cannot_work_says_which_field_and_is_written_nowhere() {
         "no agent was called"
     );
 }
+
+#[test]
+fn a_policys_budgets_travel_with_every_load_named_by_the_policy() {
+    let p = policy(
+        "pol",
+        1,
+        json!({"targets": {"programNames": ["t1"]},
+               "budgets": {"maxPrograms": 3, "maxMapMemory": "1Mi"}}),
+    );
+    let b = budget(Some(&p)).expect("budget");
+    assert_eq!(
+        (
+            b.group.as_str(),
+            b.group_max_programs,
+            b.group_max_map_memory_bytes
+        ),
+        ("pol", 3, 1 << 20)
+    );
+    assert_eq!(
+        b.max_map_memory_bytes, 0,
+        "the program's own stays the agent's"
+    );
+    // None set: no budget at all (the agent's own flags apply).
+    let p = policy(
+        "pol",
+        1,
+        json!({"targets": {"programNames": ["t1"]}, "budgets": {"maxCpuOverheadPercent": 2}}),
+    );
+    assert_eq!(budget(Some(&p)), None);
+    assert_eq!(budget(None), None);
+}

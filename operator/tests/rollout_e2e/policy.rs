@@ -88,3 +88,118 @@ async fn a_policy_the_program_cannot_honour_is_reported_not_retried() {
     assert!(agent.pins().is_empty(), "pins left: {:?}", agent.pins());
     operator.kill();
 }
+
+/// A policy's `maxPrograms` through the operator and a real agent: two
+/// programs it targets on one node with room for one. The second's Load
+/// is refused by the agent naming the budget; the program reports the
+/// node failing with `BudgetExceeded`; nothing of it is loaded. Deleting
+/// the first makes room and the second rolls out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policys_program_budget_refuses_the_next_program() {
+    const SECOND: &str = "syscount-second";
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    cp.install_crds().expect("CRDs install");
+    let client = cp.client().await.expect("client");
+    let objects = Objects::write();
+    let agent = Agent::start("node-budget");
+    agent.register(&client).await;
+    create_policy(
+        &client,
+        json!({"targets": {"programNames": [PROGRAM, SECOND]}, "budgets": {"maxPrograms": 1}}),
+    )
+    .await;
+    let api: Api<TracerProgram> = Api::all(client.clone());
+    let operator = Operator::start(client.clone());
+
+    let first = objects.spec("v1", "1.0.0", json!({"immediate": {}}));
+    apply(&api, &first).await;
+    wait_for(&api, "first healthy", 60, |tp| {
+        phase(tp) == Some(Phase::Healthy)
+    })
+    .await;
+
+    let mut second = objects.spec("v1", "1.0.0", json!({"immediate": {}}));
+    second["metadata"]["name"] = json!(SECOND);
+    api.patch(
+        SECOND,
+        &kube::api::PatchParams::apply("test").force(),
+        &kube::api::Patch::Apply(&second),
+    )
+    .await
+    .expect("apply second");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failing = loop {
+        let tp = api.get(SECOND).await.expect("get");
+        let f = tp
+            .status
+            .as_ref()
+            .map(|s| s.failing_nodes.clone())
+            .unwrap_or_default();
+        if !f.is_empty() {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "no failing node: {}", dump(&tp));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(failing[0].node, "node-budget");
+    assert_eq!(failing[0].reason, "BudgetExceeded", "{failing:?}");
+    assert!(
+        failing[0]
+            .message
+            .contains("TracerPolicy syscount-health's budget maxPrograms is 1"),
+        "{failing:?}"
+    );
+    assert!(
+        !agent
+            .pins()
+            .iter()
+            .any(|p| p.to_string_lossy().contains(SECOND)),
+        "the refused program left pins: {:?}",
+        agent.pins()
+    );
+
+    // The refused revision is aborted (a failed load is no reason to try
+    // again by itself). With room again, a retry rolls it out.
+    api.delete(PROGRAM, &DeleteParams::default())
+        .await
+        .expect("delete first");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.get_opt(PROGRAM).await.expect("get").is_some() {
+        assert!(Instant::now() < deadline, "first not deleted");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let retry = json!({"metadata": {"annotations": {"bpfleet.dev/retry": "budget-room"}}});
+    api.patch(
+        SECOND,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&retry),
+    )
+    .await
+    .expect("retry");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let tp = api.get(SECOND).await.expect("get");
+        if phase(&tp) == Some(Phase::Healthy) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "second not healthy: {}\naudit {:?}",
+            dump(&tp),
+            agent.audited_actions()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    api.delete(SECOND, &DeleteParams::default())
+        .await
+        .expect("delete second");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.get_opt(SECOND).await.expect("get").is_some()
+        || api.get_opt(PROGRAM).await.expect("get").is_some()
+    {
+        assert!(Instant::now() < deadline, "programs not deleted");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(agent.pins().is_empty(), "pins left: {:?}", agent.pins());
+    operator.kill();
+}
