@@ -42,6 +42,7 @@ mod argocd_health;
 mod certificates;
 mod crds;
 mod dockerfiles;
+mod environments;
 mod gitops;
 mod image_libraries;
 mod lint;
