@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the real control plane the tests and the demo run: etcd,
 # kube-apiserver and kubectl, from the Go module proxy, at the versions pinned
-# in go.mod/go.sum; then helm, for the chart tests (helm/build.sh), and
-# cosign, for the image-signature tests (cosign/build.sh), each its own
-# module and stamp. Output: $BPFLEET_CONTROLPLANE_BIN or
-# .cache/controlplane/bin (git-ignored). A stamp of the inputs makes a second
-# run a no-op.
+# in go.mod/go.sum; then helm, for the chart tests (helm/build.sh),
+# cosign, for the image-signature tests (cosign/build.sh), and promtool and
+# amtool, for the chart's alerting tests (prometheus/build.sh,
+# alertmanager/build.sh), each its own module and stamp. Output:
+# $BPFLEET_CONTROLPLANE_BIN or .cache/controlplane/bin (git-ignored). A
+# stamp of the inputs makes a second run a no-op.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,7 +22,9 @@ want=$(inputs_digest "$here/go.mod" "$here/go.sum" "$here/etcd/main.go" "${BASH_
 if up_to_date "$stamp" "$want" "${bins[@]}"; then
   echo "control plane up to date in $out"
   bash "$here/helm/build.sh"
-  exec bash "$here/cosign/build.sh"
+  bash "$here/cosign/build.sh"
+  bash "$here/prometheus/build.sh"
+  exec bash "$here/alertmanager/build.sh"
 fi
 
 version=$(awk '$1 == "k8s.io/kubernetes" {print $2; exit}' "$here/go.mod")
@@ -43,3 +46,5 @@ echo "$want" > "$stamp"
 echo "control plane built in $(( $(date +%s) - start ))s"
 bash "$here/helm/build.sh"
 bash "$here/cosign/build.sh"
+bash "$here/prometheus/build.sh"
+bash "$here/alertmanager/build.sh"

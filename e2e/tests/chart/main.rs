@@ -7,8 +7,10 @@
 //! table, the real Prometheus registries); the Helm-generated mTLS material
 //! is verified with openssl; the Dockerfiles build workspace binaries from
 //! digest-pinned bases; the Argo CD health check runs in a real Lua
-//! interpreter; the agent and operator binaries run with the chart's
-//! arguments.
+//! interpreter; promtool and amtool, built from the module proxy too, check
+//! and unit-test the alerts and their routing; the per-environment values
+//! files and the multi-cluster GitOps examples render and apply; the agent
+//! and operator binaries run with the chart's arguments.
 //!
 //! One test binary (it links the agent and operator crates once), one
 //! module per topic. Shared helpers live in [`support`] (helm, rendering,
@@ -16,8 +18,9 @@
 //! and [`processes`] (the real binaries, started and probed); a topic module
 //! holds its tests and the helpers only it uses.
 //!
-//! Stand-ins: ServiceMonitor, PrometheusRule (monitoring.coreos.com) and
-//! cert-manager's Issuer and Certificate are not part of Kubernetes. The
+//! Stand-ins: ServiceMonitor, PrometheusRule, AlertmanagerConfig
+//! (monitoring.coreos.com), cert-manager's Issuer and Certificate and
+//! Flux's HelmRelease are not part of Kubernetes. The
 //! apiserver test installs minimal stand-in CRDs for them
 //! (`stand-in-crds.yaml` beside this file, see its header); they are not the
 //! upstream CRDs, whose full validation is not exercised here.
@@ -33,11 +36,13 @@ mod code;
 mod processes;
 mod support;
 
+mod alerting;
 mod apiserver;
 mod argocd_health;
 mod certificates;
 mod crds;
 mod dockerfiles;
+mod environments;
 mod gitops;
 mod image_libraries;
 mod lint;

@@ -1,7 +1,7 @@
-//! Shared helpers of the chart tests: helm from the control plane's bin
-//! directory (private config and cache), rendering the chart, reading the
-//! rendered documents (kinds, named objects, containers, flags, ports) and
-//! files of the repository. Knows nothing of the agent's or operator's code
+//! Shared helpers of the chart tests: helm and the other tools from the
+//! control plane's bin directory (helm with private config and cache),
+//! rendering the chart, reading the rendered documents (kinds, named
+//! objects, containers, flags, ports) and files of the repository. Knows nothing of the agent's or operator's code
 //! ([`crate::code`]) and starts no long-running process
 //! ([`crate::processes`]).
 
@@ -50,6 +50,27 @@ pub fn helm(args: &[&str]) -> Output {
         .env("HELM_DATA_HOME", home.join("data"))
         .output()
         .expect("running helm")
+}
+
+/// A tool the control plane's build puts beside helm (promtool, amtool):
+/// its path, or a panic that says how to build it.
+pub fn tool(name: &str) -> PathBuf {
+    let bin = binary_dir().join(name);
+    assert!(
+        bin.is_file(),
+        "{} not found; build it with `bash e2e/controlplane/build.sh` (or `scripts/setup.sh`)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `tool` with `args` in `dir`.
+pub fn run_tool(name: &str, args: &[&str], dir: &Path) -> Output {
+    Command::new(tool(name))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"))
 }
 
 pub fn text(out: &Output) -> String {

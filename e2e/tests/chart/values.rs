@@ -50,6 +50,34 @@ fn bad_values_fail_with_the_field_named() {
             &["/agent/registries/caBundle"],
         ),
         (&["--set", "agent.registries.ca=x"], &["'ca' not allowed"]),
+        (
+            &[
+                "--set",
+                "monitoring.prometheusRule.runbookBaseUrl=docs/runbooks",
+            ],
+            &["/monitoring/prometheusRule/runbookBaseUrl"],
+        ),
+        (
+            &["--set", "monitoring.alertmanagerConfig.enabled=true"],
+            &["monitoring.alertmanagerConfig.receivers.pager"],
+        ),
+        (
+            &[
+                "--set",
+                "monitoring.alertmanagerConfig.receivers.chat.telegramConfigs[0].chatID=1",
+            ],
+            &[
+                "/monitoring/alertmanagerConfig/receivers/chat",
+                "telegramConfigs",
+            ],
+        ),
+        (
+            &[
+                "--set",
+                "monitoring.alertmanagerConfig.pagerRepeatInterval=soon",
+            ],
+            &["/monitoring/alertmanagerConfig/pagerRepeatInterval"],
+        ),
     ];
     for (args, wanted) in cases {
         let err = render_fails(args);

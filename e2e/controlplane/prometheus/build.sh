@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds promtool (github.com/prometheus/prometheus/cmd/promtool, at the
+# version pinned in go.mod and go.sum here) from the Go module proxy into the
+# control plane's bin directory, for the chart's alerting tests
+# (e2e/tests/chart/alerting.rs: `promtool check rules` and `promtool test
+# rules` on the rendered PrometheusRule). Its own module, so Prometheus's
+# dependencies never change the versions the control plane, helm or cosign
+# build with. A stamp of the inputs makes a second run a no-op.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../../.." && pwd)
+out=${BPFLEET_CONTROLPLANE_BIN:-$root/.cache/controlplane/bin}
+
+. "$here/../go-build.sh"
+go_env prometheus/build.sh
+
+stamp="$out/.promtool-inputs.sha256"
+want=$(inputs_digest "$here/go.mod" "$here/go.sum" "${BASH_SOURCE[0]}")
+if up_to_date "$stamp" "$want" promtool; then
+  echo "promtool up to date in $out"
+  exit 0
+fi
+
+version=$(awk '$1 == "github.com/prometheus/prometheus" {print $2; exit}' "$here/go.mod")
+mkdir -p "$out"
+start=$(date +%s)
+cd "$here"
+echo "building promtool $version into $out"
+# Stamp the version `promtool --version` reports (the module version; a
+# module build otherwise reports none).
+ldflags="-s -w -X github.com/prometheus/common/version.Version=$version -X github.com/prometheus/common/version.Branch=module"
+go build -trimpath -ldflags "$ldflags" -o "$out/promtool" github.com/prometheus/prometheus/cmd/promtool
+echo "$want" > "$stamp"
+echo "promtool built in $(( $(date +%s) - start ))s"
