@@ -81,6 +81,16 @@ pub struct Args {
     /// TracerPrograms reconciled at once.
     #[arg(long, default_value_t = 8)]
     pub concurrency: u16,
+    /// A program loaded on a node that no TracerProgram wants (deleted
+    /// while the node's agent was away, a finalizer removed by force, a
+    /// node that came back) is reported on the Node (event OrphanFound)
+    /// and unloaded after this many seconds (OrphanUnloaded); 0 never
+    /// unloads nor looks for them.
+    #[arg(long, default_value_t = 600)]
+    pub orphan_grace_seconds: u64,
+    /// How often every agent is asked what it holds, for orphans.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub orphan_sweep_seconds: u64,
     /// Run only while holding the leader Lease (for several replicas).
     #[arg(long)]
     pub leader_elect: bool,
@@ -398,44 +408,66 @@ async fn operate(
             info!("caches synced");
         }
     };
+    let orphan_sweep = {
+        let (ctx, store) = (ctx.clone(), controller.store());
+        let grace = Duration::from_secs(args.orphan_grace_seconds);
+        let every = Duration::from_secs(args.orphan_sweep_seconds);
+        async move {
+            if !grace.is_zero() {
+                crate::controller::orphans::sweep(ctx, store, grace, every).await;
+            }
+        }
+    };
     let run = async {
         // The controller drives the trigger stream (and so the reflectors);
         // reconciles that start before the caches are ready see the stores
         // block in `targets` until they are.
-        tokio::join!(
-            ready,
-            controller
-                .run(
-                    |tp, ctx| async move {
-                        ctx.nodes.wait_until_ready().await.ok();
-                        ctx.pods.wait_until_ready().await.ok();
-                        ctx.policies.wait_until_ready().await.ok();
-                        reconcile(tp, ctx).await
-                    },
-                    error_policy,
-                    ctx,
-                )
-                .for_each(|res| async move {
-                    if let Err(e) = res {
-                        tracing::debug!(error = %e, "controller");
-                    }
-                }),
-            policy_controller
-                .run(
-                    |p, ctx| async move {
-                        ctx.programs.wait_until_ready().await.ok();
-                        ctx.policies.wait_until_ready().await.ok();
-                        policy::reconcile(p, ctx).await
-                    },
-                    policy::error_policy,
-                    policy_ctx,
-                )
-                .for_each(|res| async move {
-                    if let Err(e) = res {
-                        tracing::debug!(error = %e, "policy controller");
-                    }
-                })
-        );
+        // A sweep that is off ends at once: the controllers alone decide
+        // when a term ends.
+        let sweep = async {
+            orphan_sweep.await;
+            std::future::pending::<()>().await;
+        };
+        let controllers = async {
+            tokio::join!(
+                ready,
+                controller
+                    .run(
+                        |tp, ctx| async move {
+                            ctx.nodes.wait_until_ready().await.ok();
+                            ctx.pods.wait_until_ready().await.ok();
+                            ctx.policies.wait_until_ready().await.ok();
+                            reconcile(tp, ctx).await
+                        },
+                        error_policy,
+                        ctx,
+                    )
+                    .for_each(|res| async move {
+                        if let Err(e) = res {
+                            tracing::debug!(error = %e, "controller");
+                        }
+                    }),
+                policy_controller
+                    .run(
+                        |p, ctx| async move {
+                            ctx.programs.wait_until_ready().await.ok();
+                            ctx.policies.wait_until_ready().await.ok();
+                            policy::reconcile(p, ctx).await
+                        },
+                        policy::error_policy,
+                        policy_ctx,
+                    )
+                    .for_each(|res| async move {
+                        if let Err(e) = res {
+                            tracing::debug!(error = %e, "policy controller");
+                        }
+                    })
+            )
+        };
+        tokio::select! {
+            _ = controllers => {}
+            () = sweep => {}
+        }
     };
     run.await;
     Ok(())

@@ -39,6 +39,8 @@ mod images;
 mod lifecycle;
 #[path = "rollout_e2e/nodes.rs"]
 mod nodes;
+#[path = "rollout_e2e/orphans.rs"]
+mod orphans;
 #[path = "rollout_e2e/policy.rs"]
 mod policy;
 #[path = "rollout_e2e/verify.rs"]

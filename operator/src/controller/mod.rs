@@ -23,6 +23,7 @@
 mod actions;
 mod configure;
 mod look;
+pub mod orphans;
 mod report;
 mod snapshots;
 mod targets;
