@@ -418,7 +418,7 @@ impl pb::agent_server::Agent for AgentService {
 
 /// The BPF log reader, when `--no-bpf-log` is not given.
 fn start_bpf_log(
-    agent: &Mutex<Agent>,
+    agent: &Arc<Mutex<Agent>>,
     metrics: &Metrics,
 ) -> Result<Option<crate::bpflog::runtime::LogReader>> {
     use crate::bpflog::runtime::{LogReader, ReaderConfig, node_name};
@@ -431,6 +431,7 @@ fn start_bpf_log(
         pin: a.log_ring_pin(),
         node: node_name(&a.config().node_name),
         views: a.subscribe_views(),
+        agent: agent.clone(),
         counters: metrics.bpf_log(),
     };
     LogReader::start(cfg)

@@ -310,3 +310,45 @@ fn no_bpf_log_prints_nothing() {
         assert!(!prog_exists(id), "program {id} still loaded");
     }
 }
+
+#[test]
+fn after_a_restart_records_are_named_and_the_ring_is_known_again() {
+    let root = PinRoot::new("bpflog-restart");
+    let ring = root.path.join("_bpfleet_log");
+    let mut agent = Agent::start(&root, &[]);
+    let token = agent.load_on_this_thread("syscount", "c1", objs::SYSCOUNT_CHATTY);
+    let ids = agent.prog_ids();
+    agent.proc.kill9();
+
+    // With its state file, then (lost) from the pins alone: the program
+    // still logs through the same ring, the new agent reads it, names
+    // the records (the origin is computed from the names again) and
+    // lists the ring with the program.
+    for lose_state in [false, true] {
+        if lose_state {
+            std::fs::remove_file(root.state_file()).unwrap();
+        }
+        agent = Agent::start(&root, &[]);
+        assert!(ring.exists());
+        let pin = ring.display().to_string();
+        assert!(
+            agent.shared_pins("syscount").contains(&pin),
+            "lost state {lose_state}: {:?}",
+            agent.shared_pins("syscount")
+        );
+        std::thread::sleep(Duration::from_millis(1200));
+        getppid_n(1);
+        let lines = agent.wait_lines("syscount", 1);
+        assert_eq!(lines.len(), 1, "lost state {lose_state}: {lines:?}");
+        assert_eq!(lines[0]["revision"], "c1");
+        assert_eq!(lines[0]["token"], token);
+        if !lose_state {
+            agent.proc.kill9();
+        }
+    }
+    agent.unload("syscount");
+    assert!(root.pins().is_empty(), "pins left: {:?}", root.pins());
+    for id in ids {
+        assert!(!prog_exists(id), "program {id} still loaded");
+    }
+}

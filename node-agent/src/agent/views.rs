@@ -239,6 +239,17 @@ impl Agent {
         })
     }
 
+    /// Every (program, revision) the agent holds, orphans included (the
+    /// program views leave them out: their tokens are unknown, but their
+    /// log origin is computed from the names).
+    pub fn log_names(&self) -> Vec<(String, String)> {
+        self.state
+            .programs
+            .iter()
+            .flat_map(|(p, ps)| ps.revisions.keys().map(|r| (p.clone(), r.clone())))
+            .collect()
+    }
+
     /// Log records each revision's programs dropped in the kernel
     /// (`bpfleet_log_drops`, summed over the CPUs): (program, revision,
     /// rate limited, ring full), for revisions whose object logs.

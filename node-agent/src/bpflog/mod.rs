@@ -148,6 +148,16 @@ impl Names {
         Self(m)
     }
 
+    /// From (program, revision) pairs.
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        Self(
+            pairs
+                .into_iter()
+                .map(|(p, r)| (crate::names::log_origin(&p, &r), (p, r)))
+                .collect(),
+        )
+    }
+
     /// Adds the names of `other`.
     pub fn extend(&mut self, other: Names) {
         self.0.extend(other.0);

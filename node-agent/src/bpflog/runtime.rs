@@ -4,7 +4,10 @@
 //! did not decode. Lines of one turn are written with one locked write of
 //! whole lines, so they never interleave with anything else the process
 //! writes on stdout (nothing else does in `serve`: the agent's own logs go
-//! to stderr). It follows the agent's program views to name records and
+//! to stderr). It follows the agent's program views to name records (and,
+//! for an origin they do not name, asks the agent for its orphaned
+//! revisions too, at most once a second and only when the agent is free)
+//! and
 //! notices when the ring's pin goes (the last program using it was
 //! unloaded) or is made again (another map id), reading the new one.
 //!
@@ -14,15 +17,15 @@
 use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::{LogCounters, Names, Record, json_line, wall_now_ns, wall_ns};
-use crate::agent::Views;
+use crate::agent::{Agent, Views};
 use crate::kernel::{self, logring::LogRing};
 
 /// Longest wait for records.
@@ -30,6 +33,9 @@ const POLL: Duration = Duration::from_millis(100);
 /// How often the pin is checked while the ring is read, and looked for
 /// while there is none.
 const CHECK: Duration = Duration::from_millis(250);
+/// Least time between two questions to the agent about an origin the
+/// views do not name.
+const ASK: Duration = Duration::from_secs(1);
 
 /// The running reader; stopped (and joined) when dropped.
 #[derive(Debug)]
@@ -47,6 +53,9 @@ pub struct ReaderConfig {
     pub node: String,
     /// The agent's published program views.
     pub views: watch::Receiver<Views>,
+    /// The agent, asked (never waited for) about origins the views do not
+    /// name: revisions adopted as orphans.
+    pub agent: Arc<Mutex<Agent>>,
     /// Where the counters go.
     pub counters: Arc<LogCounters>,
 }
@@ -88,6 +97,8 @@ pub fn node_name(configured: &str) -> String {
 struct Turn {
     names: Names,
     views: watch::Receiver<Views>,
+    agent: Arc<Mutex<Agent>>,
+    asked: Option<Instant>,
     lines: Vec<u8>,
 }
 
@@ -101,6 +112,9 @@ impl Turn {
         }
         match Record::decode(raw) {
             Ok(rec) => {
+                if self.names.get(rec.origin).is_none() {
+                    self.ask_agent();
+                }
                 let wall = wall_ns(rec.ts_ns, kernel::sys::mono_ns(), wall_now_ns());
                 self.lines
                     .extend_from_slice(json_line(&rec, &self.names, node, wall).as_bytes());
@@ -112,6 +126,20 @@ impl Turn {
                 tracing::debug!(error = %e, "BPF log record dropped");
             }
         }
+    }
+
+    /// Names of every revision the agent holds, orphans included, when the
+    /// agent is free and was not asked in the last [`ASK`].
+    fn ask_agent(&mut self) {
+        if self.asked.is_some_and(|at| at.elapsed() < ASK) {
+            return;
+        }
+        self.asked = Some(Instant::now());
+        let pairs = match self.agent.try_lock() {
+            Ok(a) => a.log_names(),
+            Err(_) => return,
+        };
+        self.names.extend(Names::from_pairs(pairs));
     }
 
     /// Writes the lines of this turn, whole, in one locked write.
@@ -132,12 +160,15 @@ fn read(cfg: ReaderConfig, stop: &AtomicBool, out: &mut impl Write) {
         pin,
         node,
         mut views,
+        agent,
         counters,
     } = cfg;
     let names = Names::from_views(&views.borrow_and_update().clone());
     let turn = RefCell::new(Turn {
         names,
         views,
+        agent,
+        asked: None,
         lines: Vec::new(),
     });
     let mut last_error = String::new();
