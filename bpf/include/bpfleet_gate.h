@@ -22,6 +22,9 @@
  *   BPFLEET_ERROR()   counts a program-reported error (Stats program_errors)
  *   BPFLEET_LOST()    counts an event the program had to drop, a full ring
  *                     buffer say (Stats events_lost, the maxEventsLost gate)
+ *
+ * Logging (JSON lines on the agent's stdout) is in bpfleet_log.h, which
+ * includes this header.
  */
 #ifndef __BPFLEET_GATE_H
 #define __BPFLEET_GATE_H

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
-/* cgcount revision 2: counts into slot 1. */
+/* cgcount revision 2: counts into slot 1, and logs (see cgcount.h). */
+#define CGCOUNT_LOG
 #include "cgcount.h"
 
 SEC("cgroup_skb/egress")

@@ -31,6 +31,11 @@
  * persistent (shared by all revisions), every syscall is handled by exactly
  * one revision across a switch, and every exchange is counted once, under
  * the revision whose program saw its response.
+ *
+ * Its warnings go to the node's log (bpfleet_log.h), only on the paths
+ * where something is lost: message 1, an event the ring buffer refused
+ * [event kind, tgid]; message 2, an exchange http_aggs had no room for
+ * [tgid]. Both are also counted in http_lost and BPFLEET_LOST.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -38,9 +43,13 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_tracing.h>
 #include "bpfleet_gate.h"
+#include "bpfleet_log.h"
 #include "http_tracer.h"
 
 #define EINPROGRESS 115
+/* Message ids of the tracer's log records (bpfleet_log.h). */
+#define HTTP_LOG_RING_FULL 1
+#define HTTP_LOG_AGGS_FULL 2
 /* Wake the reader when this many bytes wait in the ring (batched wake-ups). */
 #define WAKEUP_BYTES (64 * 1024)
 /* Request head bytes looked at for a second request (pipelining). */
@@ -241,6 +250,7 @@ static __always_inline int submit(struct http_event *e, __u32 cap)
 		flags = BPF_RB_FORCE_WAKEUP;
 	if (bpf_ringbuf_output(&http_events, e, size, flags)) {
 		count_lost();
+		BPFLEET_LOG_WARN(HTTP_LOG_RING_FULL, e->hdr.kind, e->hdr.tgid);
 		err = -1;
 	}
 	wipe(e, cap);
@@ -455,6 +465,7 @@ static __always_inline void count_exchange(struct conn_key *k, struct conn *c, s
 		v = bpf_map_lookup_elem(&http_aggs, &key);
 		if (!v) {
 			count_lost();
+			BPFLEET_LOG_WARN(HTTP_LOG_AGGS_FULL, k->tgid);
 			return;
 		}
 	}

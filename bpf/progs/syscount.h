@@ -2,10 +2,19 @@
 /* Shared body of the syscount example: counts getppid(2) calls of the
  * thread whose id is bpfleet_config[0] (every thread when 0) into slot
  * SYSCOUNT_SLOT of the persistent map `counts`; slot 3 is a running total
- * that every revision bumps. */
+ * that every revision bumps.
+ *
+ * With SYSCOUNT_LOG defined (revision 2) it logs its one failure through
+ * bpfleet_log.h: message 1 (error), `counts` has no slot [slot]. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "bpfleet_gate.h"
+#ifdef SYSCOUNT_LOG
+#include "bpfleet_log.h"
+#define SYSCOUNT_NO_SLOT(slot) BPFLEET_LOG_ERROR(1, slot)
+#else
+#define SYSCOUNT_NO_SLOT(slot)
+#endif
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -26,6 +35,7 @@ static __always_inline int syscount_hit(__u32 slot)
 	v = bpf_map_lookup_elem(&counts, &slot);
 	if (!v) {
 		BPFLEET_ERROR();
+		SYSCOUNT_NO_SLOT(slot);
 		return 0;
 	}
 	__sync_fetch_and_add(v, 1);

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
-/* tccount revision 2: counts into slot 1. */
+/* tccount revision 2: counts into slot 1, and logs (see tccount.h). */
+#define TCCOUNT_LOG
 #include "tccount.h"
 
 SEC("tcx/ingress")

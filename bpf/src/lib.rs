@@ -1,5 +1,6 @@
 //! bpfleet's BPF side: `include/bpfleet_gate.h`, the header a managed
 //! program may include (revision token, runtime config map, error counter),
+//! `include/bpfleet_log.h` (structured log records to the node's log ring),
 //! the node agent's dispatcher (one per hook without bpf_link_update; it
 //! tail-calls the active revision), and the example programs the agent's
 //! tests and benchmarks load. The objects are compiled from `progs/*.bpf.c`
@@ -50,6 +51,13 @@ object!(
     /// reports every event as dropped (`BPFLEET_LOST`): the lossy revision
     /// a `maxEventsLost` gate must roll back.
     SYSCOUNT_LOSSY, "syscount_lossy.bpf.o"
+);
+object!(
+    /// A syscount revision that counts (slot 2) and logs (`bpfleet_log.h`)
+    /// every getppid of the thread `bpfleet_config[0]`: message 7, warn,
+    /// fields [thread id, count]; at most 5 records a second per CPU. The
+    /// object of the BPF log tests.
+    SYSCOUNT_CHATTY, "syscount_chatty.bpf.o"
 );
 object!(
     /// Syscount built against an older `bpfleet_gate.h`: its own
@@ -122,13 +130,14 @@ object!(
 
 /// Every example object by the file name the build gives it, for tools that
 /// write them to disk (the demo, `bpfleet-objects`).
-pub const OBJECTS: [(&str, &[u8]); 19] = [
+pub const OBJECTS: [(&str, &[u8]); 20] = [
     ("syscount_v1.bpf.o", SYSCOUNT_V1),
     ("syscount_v2.bpf.o", SYSCOUNT_V2),
     ("syscount_bad.bpf.o", SYSCOUNT_BAD),
     ("syscount_faulty.bpf.o", SYSCOUNT_FAULTY),
     ("syscount_costly.bpf.o", SYSCOUNT_COSTLY),
     ("syscount_lossy.bpf.o", SYSCOUNT_LOSSY),
+    ("syscount_chatty.bpf.o", SYSCOUNT_CHATTY),
     ("syscount_legacy.bpf.o", SYSCOUNT_LEGACY),
     ("syscount_raw.bpf.o", SYSCOUNT_RAW),
     ("syscount_reshaped.bpf.o", SYSCOUNT_RESHAPED),
@@ -161,6 +170,7 @@ mod tests {
             SYSCOUNT_FAULTY,
             SYSCOUNT_COSTLY,
             SYSCOUNT_LOSSY,
+            SYSCOUNT_CHATTY,
             SYSCOUNT_LEGACY,
             SYSCOUNT_RAW,
             XDPCOUNT_V1,

@@ -261,6 +261,22 @@ pub struct ServeArgs {
     /// (HttpHighErrorRate=error_rate>0.05/5m/20, HttpHighLatencyP99=p99>1/5m/20).
     #[arg(long = "http-alert")]
     pub http_alerts: Vec<String>,
+    /// Do not print BPF log records. When on (the default), the records
+    /// programs write with `bpfleet_log.h` (BPFLEET_LOG_WARN(id, ...)) into
+    /// the node's log ring become one JSON object per line on stdout
+    /// (ts, level, source="bpf", node, program, revision, msg_id, fields,
+    /// token), for the cluster's log pipeline; the agent's own logs stay on
+    /// stderr. Off, the ring is still made (objects load alike) and fills
+    /// up unread: its records count as dropped (ring_full).
+    #[arg(long, env = "BPFLEET_NO_BPF_LOG")]
+    pub no_bpf_log: bool,
+    /// Size in bytes of the node's BPF log ring, one for every program
+    /// (a power of two, 4096 to 67108864). Read when the ring is made, at
+    /// the first Load of a program that logs; a ring already pinned keeps
+    /// its size. At 72 bytes a record plus 8 of header, 262144 holds
+    /// about 3,200 records.
+    #[arg(long, env = "BPFLEET_BPF_LOG_RING_BYTES", default_value_t = 256 << 10)]
+    pub bpf_log_ring_bytes: u32,
     /// Export every traced exchange as an OTLP span to this gRPC endpoint
     /// (`http://otel-collector:4317`, Jaeger's OTLP port); off when unset.
     #[arg(long, env = "BPFLEET_OTLP_ENDPOINT")]
@@ -321,6 +337,8 @@ impl ServeArgs {
         cfg.max_map_bytes_total = self.max_map_bytes_total;
         cfg.allow_unsigned = self.allow_unsigned;
         cfg.tracer_rules_file = self.http_rules.is_some();
+        cfg.bpf_log = !self.no_bpf_log;
+        cfg.bpf_log_ring_bytes = check_log_ring_bytes(self.bpf_log_ring_bytes)?;
         crate::agent::object_dirs::check_dirs(&self.object_dirs)?;
         if self.object_dirs.is_empty() {
             tracing::warn!(
@@ -385,6 +403,19 @@ impl ServeArgs {
             },
         ))
     }
+}
+
+/// Checks `--bpf-log-ring-bytes`: a ring buffer's size is a power of two
+/// and a multiple of the page size; more than 64 MiB for log lines is a
+/// mistake.
+fn check_log_ring_bytes(n: u32) -> Result<u32> {
+    if !n.is_power_of_two() || !(4096..=64 << 20).contains(&n) {
+        return Err(Error::Invalid(format!(
+            "--bpf-log-ring-bytes {n}: must be a power of two from 4096 to 67108864 \
+             (a ring buffer's size is a power of two and a multiple of the page size)"
+        )));
+    }
+    Ok(n)
 }
 
 /// How a client subcommand reaches the agent.
@@ -722,6 +753,33 @@ mod tests {
             msg.contains("--deny-helper") && msg.contains("bpf_ringbuf_outptu"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn the_bpf_log_is_on_by_default_and_its_ring_size_is_checked() {
+        let serve = |args: &[&str]| {
+            let mut argv = vec!["bpfleet-agent", "serve"];
+            argv.extend_from_slice(args);
+            let Command::Serve(s) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not serve")
+            };
+            s.split().map(|(cfg, _)| cfg)
+        };
+        let cfg = serve(&[]).unwrap();
+        assert!(cfg.bpf_log);
+        assert_eq!(cfg.bpf_log_ring_bytes, 256 << 10);
+        let cfg = serve(&["--no-bpf-log", "--bpf-log-ring-bytes", "65536"]).unwrap();
+        assert!(!cfg.bpf_log);
+        assert_eq!(cfg.bpf_log_ring_bytes, 65536);
+        for bad in ["65535", "2048", "134217728"] {
+            let msg = serve(&["--bpf-log-ring-bytes", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("--bpf-log-ring-bytes") && msg.contains(bad),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

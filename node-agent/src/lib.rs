@@ -16,6 +16,8 @@
 //!        ^                            adopt/config -> state; views; publishes
 //!        |                            program views on a watch channel
 //! http/  (tracer userspace)           follows the views; readers via bpfleet_tracer
+//! bpflog/ (BPF log records)           follows the views; the node's log ring to
+//!                                     JSON lines on stdout
 //!        ^
 //! server, metrics                     tonic gRPC (Unix socket, mTLS TCP),
 //!        ^                            Prometheus and the HTTP API
@@ -30,6 +32,7 @@
 
 pub mod agent;
 pub mod audit;
+pub mod bpflog;
 pub mod cli;
 pub mod error;
 pub mod fault;

@@ -2,8 +2,13 @@
 //! (`bpfleet_program_runs_total`, `bpfleet_program_run_seconds_total`,
 //! `bpfleet_program_errors_total`, `bpfleet_map_memory_bytes`, labelled by
 //! program and revision) and the agent's own operation counters
-//! (`bpfleet_agent_operations_total` by op and result), plus the HTTP
-//! tracer's families when the tracer runtime is on ([`crate::http::export`]).
+//! (`bpfleet_agent_operations_total` by op and result), the BPF log's
+//! (`bpfleet_bpf_log_records_total` by program, revision and level, counted
+//! by the reader; `bpfleet_bpf_log_dropped_total` by program, revision and
+//! reason: `rate_limited` and `ring_full` read from each revision's
+//! `bpfleet_log_drops` at scrape time, `malformed` counted by the reader),
+//! plus the HTTP tracer's families when the tracer runtime is on
+//! ([`crate::http::export`]).
 //!
 //! The same listener serves the agent's HTTP API: `/api/health` and
 //! `/api/analytics` ([`crate::http::api`]); any other path is 404.
@@ -20,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::agent::Agent;
+use crate::bpflog::{LogCounters, UNKNOWN};
 use crate::http::{Hub, api, mono_ns};
 
 type Labels = Vec<(String, String)>;
@@ -31,6 +37,58 @@ pub struct Metrics {
     ops: Family<Labels, Counter>,
     agent: Arc<Mutex<Agent>>,
     hub: Option<Arc<Hub>>,
+    bpf_log: Arc<LogCounters>,
+}
+
+/// `bpfleet_bpf_log_dropped_total`: the kernel's drops of every revision
+/// that logs, read at scrape time, and the records the reader could not
+/// decode.
+#[derive(Debug)]
+struct LogDropCollector {
+    agent: Arc<Mutex<Agent>>,
+    log: Arc<LogCounters>,
+}
+
+impl Collector for LogDropCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let drops = match self.agent.lock() {
+            Ok(a) => a.log_drops(),
+            Err(_) => Vec::new(),
+        };
+        let mut m = encoder.encode_descriptor(
+            "bpfleet_bpf_log_dropped",
+            "BPF log records dropped: by the in-kernel rate limit (rate_limited), for a full ring (ring_full), or not decodable by the agent (malformed)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        let labels = |p: &str, r: &str, why: &str| -> Labels {
+            vec![
+                ("program".into(), p.into()),
+                ("revision".into(), r.into()),
+                ("reason".into(), why.into()),
+            ]
+        };
+        for (p, r, limited, full) in &drops {
+            ConstCounter::new(*limited).encode(m.encode_family(&labels(
+                p,
+                r,
+                "rate_limited",
+            ))?)?;
+            ConstCounter::new(*full).encode(m.encode_family(&labels(p, r, "ring_full"))?)?;
+        }
+        let bad = self
+            .log
+            .malformed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if bad > 0 {
+            ConstCounter::new(bad).encode(m.encode_family(&labels(
+                UNKNOWN,
+                UNKNOWN,
+                "malformed",
+            ))?)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -132,6 +190,16 @@ impl Metrics {
         registry.register_collector(Box::new(KernelCollector {
             agent: agent.clone(),
         }));
+        let bpf_log = Arc::new(LogCounters::default());
+        registry.register(
+            "bpfleet_bpf_log_records",
+            "BPF log records printed on stdout, by program, revision and level",
+            bpf_log.records.clone(),
+        );
+        registry.register_collector(Box::new(LogDropCollector {
+            agent: agent.clone(),
+            log: bpf_log.clone(),
+        }));
         if let Some(h) = &hub {
             h.families().register(&mut registry, h.clone());
         }
@@ -140,7 +208,13 @@ impl Metrics {
             ops,
             agent,
             hub,
+            bpf_log,
         })
+    }
+
+    /// The BPF log's counters, for its reader.
+    pub fn bpf_log(&self) -> Arc<LogCounters> {
+        self.bpf_log.clone()
     }
 
     /// Counts one operation.

@@ -1,4 +1,5 @@
-//! Validation of the names that become paths under the pin root.
+//! Validation of the names that become paths under the pin root, and the
+//! number that names a program's revision in BPF log records.
 
 use crate::error::{Error, Result};
 
@@ -33,6 +34,21 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The node-wide number a revision's log records carry
+/// (`bpfleet_log_origin` in `bpfleet_log.h`): FNV-1a (64 bits) of the
+/// program name, a NUL and the revision name, never 0 (0 is an object
+/// loaded by someone else). Revision tokens are numbered per program, so
+/// they cannot tell programs apart in the node's one ring; this can, and
+/// needs no state: the agent computes it again from the names after a
+/// restart.
+pub fn log_origin(program: &str, revision: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in program.bytes().chain([0]).chain(revision.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.max(1)
 }
 
 /// Turns a hook target (e.g. `syscalls/sys_enter_write`, `/usr/bin/x:main`)

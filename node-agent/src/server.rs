@@ -416,6 +416,29 @@ impl pb::agent_server::Agent for AgentService {
     }
 }
 
+/// The BPF log reader, when `--no-bpf-log` is not given.
+fn start_bpf_log(
+    agent: &Arc<Mutex<Agent>>,
+    metrics: &Metrics,
+) -> Result<Option<crate::bpflog::runtime::LogReader>> {
+    use crate::bpflog::runtime::{LogReader, ReaderConfig, node_name};
+    let a = agent.lock().map_err(|_| crate::agent::poisoned())?;
+    if !a.config().bpf_log {
+        tracing::info!("BPF log reader off (--no-bpf-log)");
+        return Ok(None);
+    }
+    let cfg = ReaderConfig {
+        pin: a.log_ring_pin(),
+        node: node_name(&a.config().node_name),
+        views: a.subscribe_views(),
+        agent: agent.clone(),
+        counters: metrics.bpf_log(),
+    };
+    LogReader::start(cfg)
+        .map(Some)
+        .map_err(|e| Error::io("starting the BPF log reader", e))
+}
+
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(format!("reading {what} {}", path.display()), e))
 }
@@ -448,6 +471,8 @@ pub async fn serve_with(
         None
     };
     let metrics = Metrics::with_http(agent.clone(), hub.clone());
+    // Stopped (thread joined) when this function returns.
+    let _bpf_log = start_bpf_log(&agent, &metrics)?;
     let svc = match &hub {
         Some(h) => AgentService::with_http(agent.clone(), metrics.clone(), h.clone()),
         None => AgentService::new(agent.clone(), metrics.clone()),

@@ -76,6 +76,48 @@ impl AgentProcess {
         env: &[(&str, &str)],
         log: Option<&Path>,
     ) -> Self {
+        let out = log.map(|log| {
+            let f = std::fs::File::create(log)
+                .unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+            let f2 = f
+                .try_clone()
+                .unwrap_or_else(|e| panic!("dup {}: {e}", log.display()));
+            (f, f2)
+        });
+        Self::start_with(bin, files, netns, extra, env, out)
+    }
+
+    /// [`AgentProcess::start`], the agent's stdout written to `stdout` and
+    /// its stderr to `stderr` (the BPF log's JSON lines apart from the
+    /// agent's own logs).
+    pub fn start_split(
+        bin: &Path,
+        files: &AgentFiles,
+        extra: &[&str],
+        stdout: &Path,
+        stderr: &Path,
+    ) -> Self {
+        let create = |p: &Path| {
+            std::fs::File::create(p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()))
+        };
+        Self::start_with(
+            bin,
+            files,
+            None,
+            extra,
+            &[],
+            Some((create(stdout), create(stderr))),
+        )
+    }
+
+    fn start_with(
+        bin: &Path,
+        files: &AgentFiles,
+        netns: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        out: Option<(std::fs::File, std::fs::File)>,
+    ) -> Self {
         let mut args: Vec<String> = Vec::new();
         let mut cmd = if let Some(ns) = netns {
             args.push(format!("--net={ns}"));
@@ -91,13 +133,8 @@ impl AgentProcess {
         cmd.args(&args)
             .envs(env.iter().copied())
             .stdin(Stdio::null());
-        if let Some(log) = log {
-            let f = std::fs::File::create(log)
-                .unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-            let f2 = f
-                .try_clone()
-                .unwrap_or_else(|e| panic!("dup {}: {e}", log.display()));
-            cmd.stdout(f).stderr(f2);
+        if let Some((stdout, stderr)) = out {
+            cmd.stdout(stdout).stderr(stderr);
         }
         let child = cmd
             .spawn()

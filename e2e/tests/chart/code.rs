@@ -166,11 +166,12 @@ impl AgentCore {
     }
 
     /// The agent's metrics and HTTP endpoint without the tracer runtime:
-    /// the agent core's own families, one operation counted (a family
-    /// without a series is not exposed at all).
+    /// the agent core's own families, one operation and one BPF log
+    /// record counted (a family without a series is not exposed at all).
     pub fn endpoint(&self) -> Arc<Metrics> {
         let m = Metrics::new(self.agent.clone());
         m.record("load", "ok");
+        one_bpf_log_record(&m);
         m
     }
 
@@ -191,8 +192,21 @@ impl AgentCore {
         hub.families().transition("HttpHighErrorRate", "firing");
         let m = Metrics::with_http(self.agent.clone(), Some(Arc::new(hub)));
         m.record("load", "ok");
+        one_bpf_log_record(&m);
         m
     }
+}
+
+/// One BPF log record counted as printed (`bpfleet_bpf_log_records_total`).
+fn one_bpf_log_record(m: &Metrics) {
+    m.bpf_log()
+        .records
+        .get_or_create(&vec![
+            ("program".to_string(), "p".to_string()),
+            ("revision".to_string(), "r".to_string()),
+            ("level".to_string(), "warn".to_string()),
+        ])
+        .inc();
 }
 
 /// One complete exchange with both body sizes known.

@@ -69,6 +69,7 @@ impl Agent {
 
     fn adopt_program(&mut self, name: &str) {
         let prog_dir = self.prog_dir(name);
+        let log_ring = self.log_ring_pin();
         let mut rt = Runtime::default();
         let Some(p) = self.state.programs.get_mut(name) else {
             return;
@@ -118,6 +119,17 @@ impl Agent {
                     p.revisions.insert(fname, r);
                 }
             }
+        }
+        // A revision pinned with the log's maps (bpfleet_log.h) uses the
+        // node's log ring: known again when the state file missed it.
+        let logs = p
+            .revisions
+            .values()
+            .any(|r| r.maps.contains_key(kernel::LOG_DROPS_MAP));
+        if logs && log_ring.exists() {
+            p.shared_maps
+                .entry(kernel::LOG_MAP.to_string())
+                .or_insert(log_ring);
         }
         p.shared_maps.retain(|m, pin| {
             let ok = pin.exists();
@@ -310,8 +322,10 @@ impl Agent {
             .max(p.revisions.values().map(|r| r.token).max().unwrap_or(0) + 1);
         // A program with nothing left (an Unload stopped before its state
         // write) is forgotten, with its empty directory.
-        let nothing_left =
-            p.revisions.is_empty() && p.shared_links.is_empty() && p.shared_maps.is_empty();
+        // (The node's log ring is not the program's.)
+        let nothing_left = p.revisions.is_empty()
+            && p.shared_links.is_empty()
+            && p.shared_maps.keys().all(|m| m == kernel::LOG_MAP);
         for pr in &problems {
             tracing::warn!("{pr}");
         }

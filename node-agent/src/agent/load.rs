@@ -331,6 +331,7 @@ impl Agent {
             })
             .unwrap_or_default();
         let started = Instant::now();
+        let log_ring = self.log_ring_pin();
         let spec = kernel::ObjectLoad {
             bytes,
             prog_dir: &prog_dir,
@@ -339,6 +340,9 @@ impl Agent {
             persistent_maps: &cmd.persistent_maps,
             recreate_maps: &cmd.recreate_maps,
             token: a.token,
+            log_origin: crate::names::log_origin(&cmd.program, &cmd.revision),
+            log_ring: &log_ring,
+            log_ring_bytes: self.cfg.bpf_log_ring_bytes,
             max_new_map_bytes: a.map_room,
             room_by: &a.room_by,
             name: &cmd.program,
@@ -384,6 +388,11 @@ impl Agent {
             if pin.exists() {
                 p.shared_maps.insert(m, pin);
             }
+        }
+        // The node's log ring, listed with each program that uses it.
+        if loaded.log_ring {
+            p.shared_maps
+                .insert(kernel::LOG_MAP.to_string(), log_ring.clone());
         }
         let rt = self.rt.entry(cmd.program.clone()).or_default();
         let keys = kernel::entry_keys(&cmd.entries);
@@ -480,12 +489,15 @@ impl Agent {
 }
 
 /// Map memory one program uses: what its revisions created plus its
-/// shared maps as the kernel accounts them now.
+/// shared maps as the kernel accounts them now (not the node's log ring,
+/// which is the agent's).
 pub(super) fn program_map_bytes(p: &ProgramState) -> u64 {
     let own: u64 = p.revisions.values().map(|r| r.map_memory_bytes).sum();
     let shared: u64 = p
         .shared_maps
-        .values()
+        .iter()
+        .filter(|(m, _)| *m != kernel::LOG_MAP)
+        .map(|(_, pin)| pin)
         .map(|pin| kernel::maps::pinned_memory(pin))
         .sum();
     own + shared + super::displaced::displaced_bytes(p)

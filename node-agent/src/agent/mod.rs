@@ -91,6 +91,12 @@ pub struct Config {
     /// force on this node instead of those UpdateConfig sets per program
     /// (List reports them as overridden).
     pub tracer_rules_file: bool,
+    /// Print the records of the node's BPF log ring as JSON lines on
+    /// stdout (`--no-bpf-log` turns it off; the ring is kept either way,
+    /// so objects load alike).
+    pub bpf_log: bool,
+    /// Size of the node's BPF log ring when the agent makes it.
+    pub bpf_log_ring_bytes: u32,
 }
 
 impl Config {
@@ -113,6 +119,8 @@ impl Config {
             object_dirs: Vec::new(),
             denied_helpers: BTreeSet::new(),
             tracer_rules_file: false,
+            bpf_log: true,
+            bpf_log_ring_bytes: 256 << 10,
         }
     }
 }
@@ -225,6 +233,7 @@ impl Agent {
             ));
         }
         agent.adopt();
+        agent.let_go_of_log_ring();
         agent.save()?;
         agent.publish_all();
         Ok(agent)
@@ -245,6 +254,33 @@ impl Agent {
 
     fn prog_dir(&self, program: &str) -> PathBuf {
         self.cfg.pin_root.join(program)
+    }
+
+    /// Pin of the node's BPF log ring.
+    pub fn log_ring_pin(&self) -> PathBuf {
+        kernel::log_ring_pin(&self.cfg.pin_root)
+    }
+
+    /// Removes the node's log ring pin when no program the agent holds
+    /// uses it (after the last such program is unloaded, or at start when
+    /// it was left behind): what runs nothing goes, as with every pin.
+    fn let_go_of_log_ring(&mut self) {
+        let used = self
+            .state
+            .programs
+            .values()
+            .any(|p| p.shared_maps.contains_key(kernel::LOG_MAP));
+        if used {
+            return;
+        }
+        let pin = self.log_ring_pin();
+        match std::fs::remove_file(&pin) {
+            Ok(()) => tracing::info!(pin = %pin.display(), "log ring let go: no program uses it"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(pin = %pin.display(), error = %e, "cannot remove the log ring pin")
+            }
+        }
     }
 
     /// A receiver of the program views: holds the views as of the last

@@ -106,9 +106,18 @@ impl Agent {
                 remove_revision_pins(r, &mut removed);
                 let _ = std::fs::remove_dir(prog_dir.join(rname));
             }
-            for pin in p.shared_maps.values() {
-                remove_pin(pin, &mut removed);
+            // The node's log ring goes with the last program using it.
+            for (m, pin) in &p.shared_maps {
+                if m != kernel::LOG_MAP {
+                    remove_pin(pin, &mut removed);
+                }
             }
+        }
+        let ring = self.log_ring_pin();
+        let had_ring = ring.exists();
+        self.let_go_of_log_ring();
+        if had_ring && !ring.exists() {
+            removed.push(ring.display().to_string());
         }
         if let Err(e) = std::fs::remove_dir(&prog_dir)
             && e.kind() != std::io::ErrorKind::NotFound

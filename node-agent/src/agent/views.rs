@@ -173,10 +173,12 @@ impl Agent {
                 continue;
             }
             let rt = self.rt.get(name);
+            // The node's log ring is the agent's, not the program's.
             let shared_bytes: u64 = p
                 .shared_maps
-                .values()
-                .map(|pin| kernel::maps::pinned_memory(pin))
+                .iter()
+                .filter(|(m, _)| *m != kernel::LOG_MAP)
+                .map(|(_, pin)| kernel::maps::pinned_memory(pin))
                 .sum();
             for (rname, r) in &p.revisions {
                 let mut rs = pb::RevisionStats {
@@ -239,6 +241,40 @@ impl Agent {
             // answers bracket the operator's sample window.
             node: crate::procfs::read_node_figures(),
         })
+    }
+
+    /// Every (program, revision) the agent holds, orphans included (the
+    /// program views leave them out: their tokens are unknown, but their
+    /// log origin is computed from the names).
+    pub fn log_names(&self) -> Vec<(String, String)> {
+        self.state
+            .programs
+            .iter()
+            .flat_map(|(p, ps)| ps.revisions.keys().map(|r| (p.clone(), r.clone())))
+            .collect()
+    }
+
+    /// Log records each revision's programs dropped in the kernel
+    /// (`bpfleet_log_drops`, summed over the CPUs): (program, revision,
+    /// rate limited, ring full), for revisions whose object logs.
+    pub fn log_drops(&self) -> Vec<(String, String, u64, u64)> {
+        let mut out = Vec::new();
+        for (name, p) in &self.state.programs {
+            for (rname, r) in &p.revisions {
+                let Some(pin) = r.maps.get(kernel::LOG_DROPS_MAP) else {
+                    continue;
+                };
+                if let Ok(h) = PinnedMap::open(pin) {
+                    out.push((
+                        name.clone(),
+                        rname.clone(),
+                        h.percpu_sum_at(0).unwrap_or(0),
+                        h.percpu_sum_at(1).unwrap_or(0),
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// Every program's shared map pins, revisions with their gate tokens,

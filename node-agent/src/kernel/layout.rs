@@ -23,6 +23,21 @@ pub const SHARED_MAPS: [&str; 3] = [CONFIG_MAP, "bpfleet_pids", PORTS_MAP];
 pub const ERRORS_MAP: &str = "bpfleet_errors";
 /// Section holding the revision token the agent writes before load.
 pub const REVISION_SECTION: &str = ".rodata.bpfleet";
+/// The node's log ring buffer (`bpfleet_log.h`): one per node, pinned at
+/// [`log_ring_pin`] and handed to every object that declares it.
+pub const LOG_MAP: &str = "bpfleet_log";
+/// Per-revision, per-CPU count of log records dropped (slot 0: rate
+/// limited, slot 1: ring full).
+pub const LOG_DROPS_MAP: &str = "bpfleet_log_drops";
+/// Section holding `bpfleet_log_origin`, written before load like the
+/// revision token.
+pub const LOG_SECTION: &str = ".rodata.bpflog";
+
+/// Pin of the node's log ring: beside the program directories, under a
+/// name no program can take (program names never start with `_`).
+pub fn log_ring_pin(pin_root: &Path) -> PathBuf {
+    pin_root.join("_bpfleet_log")
+}
 /// bpffs magic number.
 /// Pin of a persistent (shared) map.
 pub fn shared_map_pin(prog_dir: &Path, map: &str) -> PathBuf {

@@ -4,6 +4,12 @@
 //! captured, pinning programs and maps, and making sure each dispatched
 //! hook has a dispatcher the revision can run behind. On failure every pin
 //! it created is removed again. What to load is decided by the agent.
+//!
+//! An object declaring `bpfleet_log` (`bpfleet_log.h`) gets the node's log
+//! ring: the one pinned at [`ObjectLoad::log_ring`], or a new one of
+//! [`ObjectLoad::log_ring_bytes`] pinned there. Whatever size the object
+//! declares, it takes the node ring's; the ring counts in no program's
+//! map budget (its size is the agent's choice, not the program's).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsFd;
@@ -16,8 +22,8 @@ use libbpf_rs::{MapCore, MapHandle, MapType, ObjectBuilder};
 
 use super::dispatch::{check_dispatchable, create_dispatcher};
 use super::layout::{
-    DispatcherPins, REVISION_SECTION, SHARED_MAPS, dispatcher_pin, displaced_map_pin, entry_keys,
-    hook_of, shared_link_pin, shared_map_pin, slot_pin,
+    DispatcherPins, LOG_MAP, LOG_SECTION, REVISION_SECTION, SHARED_MAPS, dispatcher_pin,
+    displaced_map_pin, entry_keys, hook_of, shared_link_pin, shared_map_pin, slot_pin,
 };
 use super::obj_get;
 use super::probe::prog_type_of;
@@ -47,6 +53,14 @@ pub struct ObjectLoad<'a> {
     /// Token of this revision (written into `bpfleet_revision` if the
     /// object has it).
     pub token: u64,
+    /// Written into `bpfleet_log_origin` if the object has it: the
+    /// node-wide name of this program and revision in its log records.
+    pub log_origin: u64,
+    /// Pin of the node's log ring ([`super::layout::log_ring_pin`]).
+    pub log_ring: &'a Path,
+    /// Size of the node's log ring when this load creates it (a power of
+    /// two, a multiple of the page size).
+    pub log_ring_bytes: u32,
     /// Refuse before load when the maps this revision creates would exceed this.
     pub max_new_map_bytes: u64,
     /// The budget that sets `max_new_map_bytes`, for the refusal.
@@ -74,6 +88,8 @@ pub struct Loaded {
     pub map_memory_bytes: u64,
     /// Persistent maps recreated because the pinned one differed.
     pub recreated: Vec<Recreated>,
+    /// The object uses the node's log ring (created by this load or not).
+    pub log_ring: bool,
 }
 
 /// A persistent map this load recreated.
@@ -184,6 +200,12 @@ fn load_inner(
         .map(|m| m.name().to_string_lossy().into_owned())
         .collect();
     for pm in spec.persistent_maps {
+        if pm == LOG_MAP {
+            return Err(Error::Invalid(format!(
+                "persistent_maps: {LOG_MAP} is the node's log ring (bpfleet_log.h), shared by \
+                 every program; it cannot be one program's persistent map"
+            )));
+        }
         if !object_maps.contains(pm) {
             return Err(Error::Invalid(format!(
                 "persistent map {pm} is not in the object"
@@ -233,8 +255,23 @@ fn load_inner(
             diff,
         });
     }
+    let mut log_ring = false;
     for mut m in open.maps_mut() {
         let name = m.name().to_string_lossy().into_owned();
+        if name == LOG_MAP {
+            use_log_ring(&mut m, spec, created)?;
+            shared.insert(name, spec.log_ring.to_path_buf());
+            log_ring = true;
+            continue;
+        }
+        if name.ends_with(LOG_SECTION) {
+            let Some(v) = m.initial_value_mut().filter(|v| v.len() >= 8) else {
+                return Err(Error::Invalid(format!(
+                    "section {LOG_SECTION} must hold the u64 bpfleet_log_origin (bpfleet_log.h)"
+                )));
+            };
+            v[..8].copy_from_slice(&spec.log_origin.to_ne_bytes());
+        }
         let pin = if SHARED_MAPS.contains(&name.as_str()) || spec.persistent_maps.contains(&name) {
             Some(shared_map_pin(spec.prog_dir, &name))
         } else {
@@ -304,6 +341,7 @@ fn load_inner(
 
     let mut out = Loaded {
         recreated,
+        log_ring,
         ..Loaded::default()
     };
     for mut p in obj.progs_mut() {
@@ -322,7 +360,7 @@ fn load_inner(
         let name = m.name().to_string_lossy().into_owned();
         let memlock = m.query_fdinfo().ok().and_then(|i| i.memlock).unwrap_or(0);
         if let Some(pin) = shared.get(&name) {
-            if created.contains(pin) {
+            if created.contains(pin) && name != LOG_MAP {
                 out.map_memory_bytes += memlock;
             }
             continue;
@@ -401,6 +439,44 @@ pub fn program_tags(
         tags.insert(p.name().to_string_lossy().into_owned(), f.tag);
     }
     Ok(tags)
+}
+
+/// Points the object's `bpfleet_log` at the node's log ring: the pinned
+/// one (its size taken over), or a new one of the agent's size that libbpf
+/// creates and pins during load (recorded in `created`, so a failed load
+/// removes it again).
+fn use_log_ring(
+    m: &mut libbpf_rs::OpenMapMut<'_>,
+    spec: &ObjectLoad<'_>,
+    created: &mut Vec<PathBuf>,
+) -> Result<()> {
+    if m.map_type() != MapType::RingBuf {
+        return Err(Error::Invalid(format!(
+            "map {LOG_MAP} is the node's log ring (bpfleet_log.h) and must be a ring buffer; \
+             the object declares a {:?}",
+            m.map_type()
+        )));
+    }
+    let pin = spec.log_ring;
+    let size = if pin.exists() {
+        let pinned = MapHandle::from_pinned_path(pin)
+            .map_err(|e| Error::kernel(format!("opening the log ring {}", pin.display()), e))?;
+        if pinned.map_type() != MapType::RingBuf {
+            return Err(Error::Precondition(format!(
+                "{} is not a ring buffer ({:?}); remove it so the agent makes the node's log ring again",
+                pin.display(),
+                pinned.map_type()
+            )));
+        }
+        pinned.max_entries()
+    } else {
+        created.push(pin.to_path_buf());
+        spec.log_ring_bytes
+    };
+    m.set_max_entries(size)
+        .map_err(|e| Error::kernel("sizing bpfleet_log", e))?;
+    m.set_pin_path(pin)
+        .map_err(|e| Error::kernel(format!("pinning the log ring at {}", pin.display()), e))
 }
 
 /// What keeps the map pinned at `pin` from being reused for this object's

@@ -14,6 +14,7 @@
 //! - [`link`]: switchable links and `bpf_link_update`;
 //! - [`object`]: pin/get of any BPF object, program figures, BPF stats;
 //! - [`maps`]: pinned map handles ([`PinnedMap`]): reads, writes, memory;
+//! - [`logring`]: the node's BPF log ring, read from its pin;
 //! - [`bpffs`]: mounting and recognising the BPF filesystem;
 //! - [`probe`] and [`caps`]: what this kernel supports and which
 //!   capabilities the process holds or drops;
@@ -32,6 +33,7 @@ pub mod helpers;
 pub mod layout;
 pub mod link;
 pub mod load;
+pub mod logring;
 pub mod maps;
 pub mod object;
 pub mod probe;
@@ -41,9 +43,9 @@ pub mod verifier;
 pub use bpffs::{ensure_bpffs, is_bpffs};
 pub use dispatch::Slot;
 pub use layout::{
-    CONFIG_MAP, DISPLACED_PREFIX, DispatcherPins, ERRORS_MAP, PORTS_MAP, REVISION_SECTION,
-    SHARED_MAPS, dispatcher_pin, displaced_map_pin, entry_keys, hook_of, shared_link_key,
-    shared_link_pin, shared_map_pin, slot_pin,
+    CONFIG_MAP, DISPLACED_PREFIX, DispatcherPins, ERRORS_MAP, LOG_DROPS_MAP, LOG_MAP, LOG_SECTION,
+    PORTS_MAP, REVISION_SECTION, SHARED_MAPS, dispatcher_pin, displaced_map_pin, entry_keys,
+    hook_of, log_ring_pin, shared_link_key, shared_link_pin, shared_map_pin, slot_pin,
 };
 pub use link::{create_shared_link, link_ids, link_update};
 pub use load::{Loaded, ObjectLoad, Recreated, load, program_tags};
