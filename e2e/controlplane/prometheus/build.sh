@@ -30,6 +30,10 @@ echo "building promtool $version into $out"
 # Stamp the version `promtool --version` reports (the module version; a
 # module build otherwise reports none).
 ldflags="-s -w -X github.com/prometheus/common/version.Version=$version -X github.com/prometheus/common/version.Branch=module"
-go build -trimpath -ldflags "$ldflags" -o "$out/promtool" github.com/prometheus/prometheus/cmd/promtool
+# remove_all_sd: Prometheus's build tag that leaves out every service
+# discovery plugin (cloud SDKs, Kubernetes client); the tests only check and
+# unit-test rules. A cold build took 262 s with it against 1012 s without
+# (2 cores, other builds running).
+go build -tags remove_all_sd -trimpath -ldflags "$ldflags" -o "$out/promtool" github.com/prometheus/prometheus/cmd/promtool
 echo "$want" > "$stamp"
 echo "promtool built in $(( $(date +%s) - start ))s"
