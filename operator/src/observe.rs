@@ -553,12 +553,18 @@ pub fn report(
                 }),
         })
         .collect();
+    let figures: Vec<u64> = view
+        .program(program)
+        .iter()
+        .filter_map(|r| r.figures.as_ref().map(|f| f.map_memory_bytes))
+        .collect();
     NodeReport {
         node: node.to_string(),
         reachable: true,
         revisions,
         failures: failures.of(node, program),
         kernel: None,
+        map_memory_bytes: (!figures.is_empty()).then(|| figures.iter().sum()),
         // The answer's node counters say whether the kernel has BTF, also
         // on a node that holds nothing (it refused `program`); they are
         // on the revisions' figures as well.

@@ -71,6 +71,25 @@ pub struct TracerProgramStatus {
     /// nodes holding the program the agents report it in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<AppliedPolicy>,
+    /// Kernel-accounted map memory of the program on its nodes, from the
+    /// agents' last figures (every loaded revision's own maps, and the
+    /// maps its revisions share once); absent until an agent reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_memory: Option<MapMemory>,
+}
+
+/// The program's map memory across its nodes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MapMemory {
+    /// Summed over the nodes that reported.
+    pub total_bytes: i64,
+    /// The most one node holds.
+    pub max_node_bytes: i64,
+    /// That node.
+    pub max_node: String,
+    /// Nodes whose figures are counted.
+    pub nodes: i32,
 }
 
 /// A TracerPolicy's runtime configuration on the nodes of one program.

@@ -280,6 +280,7 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
             Err(e) => return stalled(tp, ctx, &written, generation, &e).await,
         };
         out.status.policy.clone_from(&applied);
+        out.status.map_memory = map_memory(&reports);
         // Status first: what was decided is on record before it is done.
         if out.status != written {
             status::apply::<TracerProgram>(&ctx.client, &name, &out.status).await?;
@@ -429,6 +430,28 @@ async fn cleanup(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
         out.actions.len(),
         unreachable.join(", ")
     )))
+}
+
+/// The program's map memory over the nodes whose agents reported figures
+/// (every loaded revision's; the agent counts the shared maps with the
+/// active one). None when none did.
+pub(crate) fn map_memory(
+    reports: &[rollout::NodeReport],
+) -> Option<bpfleet_api::program::MapMemory> {
+    let mut out = bpfleet_api::program::MapMemory::default();
+    for r in reports {
+        let Some(bytes) = r.map_memory_bytes else {
+            continue;
+        };
+        let node = i64::try_from(bytes).unwrap_or(i64::MAX);
+        out.total_bytes = out.total_bytes.saturating_add(node);
+        out.nodes += 1;
+        if node > out.max_node_bytes || out.max_node.is_empty() {
+            out.max_node_bytes = node;
+            out.max_node.clone_from(&r.node);
+        }
+    }
+    (out.nodes > 0).then_some(out)
 }
 
 #[cfg(test)]

@@ -45,3 +45,24 @@ fn node_cores_from_capacity() {
     assert_eq!(cores(&node(Some("junk"))), 1);
     assert_eq!(cores(&node(None)), 1);
 }
+
+#[test]
+fn map_memory_sums_the_nodes_that_reported_and_names_the_largest() {
+    use crate::rollout::NodeReport;
+    let node = |name: &str, bytes: Option<u64>| NodeReport {
+        map_memory_bytes: bytes,
+        ..NodeReport::new(name)
+    };
+    assert_eq!(super::map_memory(&[node("a", None)]), None);
+    let m = super::map_memory(&[node("a", Some(120)), node("b", Some(300)), node("c", None)])
+        .expect("figures");
+    assert_eq!(
+        (
+            m.total_bytes,
+            m.max_node_bytes,
+            m.max_node.as_str(),
+            m.nodes
+        ),
+        (420, 300, "b", 2)
+    );
+}

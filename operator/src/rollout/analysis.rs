@@ -208,6 +208,7 @@ mod tests {
             failures: vec![],
             kernel: None,
             btf: None,
+            map_memory_bytes: None,
         }
     }
 

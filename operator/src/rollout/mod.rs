@@ -81,6 +81,9 @@ pub struct NodeReport {
     /// node figures); None when it did not say. For the verification
     /// summary.
     pub btf: Option<bool>,
+    /// Map memory the node's agent reports for the program (every revision
+    /// it holds); None when it reported no figures. For status.
+    pub map_memory_bytes: Option<u64>,
 }
 
 impl NodeReport {

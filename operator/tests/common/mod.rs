@@ -281,6 +281,7 @@ impl Fleet {
             failures: node.failures.clone(),
             kernel: node.kernel.clone(),
             btf: None,
+            map_memory_bytes: None,
         }
     }
 

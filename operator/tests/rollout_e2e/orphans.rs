@@ -35,6 +35,17 @@ async fn a_program_no_tracerprogram_wants_is_unloaded_after_the_grace_period() {
     );
     apply(&api, &objects.spec("v1", "1.0.0", json!({"immediate": {}}))).await;
     wait_for(&api, "healthy", 60, |tp| phase(tp) == Some(Phase::Healthy)).await;
+    // The program's map memory, as the agent's kernel figures say.
+    let tp = wait_for(&api, "map memory in status", 30, |tp| {
+        tp.status.as_ref().is_some_and(|s| s.map_memory.is_some())
+    })
+    .await;
+    let m = tp.status.and_then(|s| s.map_memory).expect("mapMemory");
+    assert_eq!((m.nodes, m.max_node.as_str()), (1, "node-orphans"));
+    assert!(
+        m.total_bytes > 0 && m.total_bytes == m.max_node_bytes,
+        "{m:?}"
+    );
 
     let pool = Pool::new(None, Duration::from_secs(10));
     let mut c = pool.client(&agent.endpoint()).expect("client");

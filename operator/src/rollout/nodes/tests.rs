@@ -19,6 +19,7 @@ fn node(name: &str, loaded: &[(&str, bool)]) -> NodeReport {
         failures: vec![],
         kernel: None,
         btf: None,
+        map_memory_bytes: None,
     }
 }
 
