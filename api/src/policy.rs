@@ -44,7 +44,10 @@ pub struct TracerPolicySpec {
     /// What canary and blue-green analysis checks.
     #[serde(default)]
     pub health: HealthGates,
-    /// Alerts evaluated on the nodes and reported as metrics and events.
+    /// Alerts to evaluate on the nodes. Not acted on yet: accepted and
+    /// checked (names unique), and the policy's Ready message says they
+    /// are not evaluated; the agents' own `--http-alert` rules and the
+    /// chart's PrometheusRule are what alert today.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
@@ -231,7 +234,9 @@ pub struct ResourceBudgets {
     /// loaded. Not a quantity: the policy is `InvalidSpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_map_memory: Option<Quantity>,
-    /// BPF run time as a share of one node's CPU time.
+    /// BPF run time as a share of one node's CPU time. Not acted on yet
+    /// (nor `reduceSamplingOnBreach`): the policy's Ready message says so;
+    /// `health.maxCpuOverheadPercent` is the rollout gate that is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.01, max = 100.0))]
     pub max_cpu_overhead_percent: Option<f64>,

@@ -403,6 +403,23 @@ pub fn status_of(
             last_transition_time: since,
         }
     };
+    // Fields accepted but not acted on yet: said, never silently ignored.
+    let mut message = message;
+    let mut idle = Vec::new();
+    if !policy.spec.alerts.is_empty() {
+        idle.push("spec.alerts");
+    }
+    if let Some(b) = &policy.spec.budgets
+        && b.max_cpu_overhead_percent.is_some()
+    {
+        idle.push("spec.budgets.maxCpuOverheadPercent");
+    }
+    if !idle.is_empty() && reason != "InvalidSpec" {
+        message.push_str(&format!(
+            "; not acted on yet by this operator version: {}",
+            idle.join(", ")
+        ));
+    }
     let reconciling = reason == "Applying";
     let names: Vec<String> = targeted.iter().map(|tp| tp.name_any()).collect();
     TracerPolicyStatus {

@@ -312,3 +312,28 @@ fn a_policys_budgets_travel_with_every_load_named_by_the_policy() {
     assert_eq!(budget(Some(&p)), None);
     assert_eq!(budget(None), None);
 }
+
+#[test]
+fn fields_not_acted_on_yet_are_named_in_the_ready_message() {
+    let p = policy(
+        "pol",
+        1,
+        json!({"targets": {"programNames": ["t1"]},
+               "budgets": {"maxCpuOverheadPercent": 2},
+               "alerts": [{"name": "A", "signal": "ErrorRate", "threshold": 0.1}]}),
+    );
+    let programs = [program("t1", &[], applied("pol", 1, 1, 1, None))];
+    let s = status_of(&p, &programs, std::slice::from_ref(&p), &now());
+    let ready = cond(&s, READY);
+    assert_eq!(ready.status, "True");
+    assert!(
+        ready.message.ends_with(
+            "not acted on yet by this operator version: spec.alerts, spec.budgets.maxCpuOverheadPercent"
+        ),
+        "{}",
+        ready.message
+    );
+    let quiet = by_name("pol", &["t1"]);
+    let s = status_of(&quiet, &programs, std::slice::from_ref(&quiet), &now());
+    assert!(!cond(&s, READY).message.contains("not acted on"));
+}
