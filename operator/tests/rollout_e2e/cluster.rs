@@ -135,9 +135,20 @@ pub(crate) async fn wait_for(
     secs: u64,
     cond: impl Fn(&TracerProgram) -> bool,
 ) -> TracerProgram {
+    wait_for_named(api, PROGRAM, what, secs, cond).await
+}
+
+/// [`wait_for`] for the TracerProgram `name`.
+pub(crate) async fn wait_for_named(
+    api: &Api<TracerProgram>,
+    name: &str,
+    what: &str,
+    secs: u64,
+    cond: impl Fn(&TracerProgram) -> bool,
+) -> TracerProgram {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let tp = api.get(PROGRAM).await.expect("get");
+        let tp = api.get(name).await.expect("get");
         if cond(&tp) {
             return tp;
         }
@@ -251,6 +262,19 @@ pub(crate) async fn policy_settled(
             "{what}: policy status {:?}",
             p.status
         );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Deletes the TracerProgram `name` and waits (30 s at most) until its
+/// finalizer let it go: the operator unloaded it from every node.
+pub(crate) async fn delete_and_wait(api: &Api<TracerProgram>, name: &str) {
+    api.delete(name, &kube::api::DeleteParams::default())
+        .await
+        .expect("delete");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.get_opt(name).await.expect("get").is_some() {
+        assert!(Instant::now() < deadline, "{name} not deleted");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

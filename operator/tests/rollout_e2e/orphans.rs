@@ -9,7 +9,7 @@ use bpfleet_e2e::ControlPlane;
 use bpfleet_operator::agents::Pool;
 use bpfleet_proto::v1 as pb;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, ListParams};
 use serde_json::json;
 
 use super::cluster::*;
@@ -129,14 +129,7 @@ async fn a_program_no_tracerprogram_wants_is_unloaded_after_the_grace_period() {
         .count();
     assert_eq!(unloads, 1, "only the stray was unloaded");
 
-    api.delete(PROGRAM, &DeleteParams::default())
-        .await
-        .expect("delete");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while api.get_opt(PROGRAM).await.expect("get").is_some() {
-        assert!(Instant::now() < deadline, "program not deleted");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    delete_and_wait(&api, PROGRAM).await;
     assert!(agent.pins().is_empty(), "pins left: {:?}", agent.pins());
     operator.kill();
 }

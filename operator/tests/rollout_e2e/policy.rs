@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bpfleet_api::TracerProgram;
 use bpfleet_api::program::Phase;
 use bpfleet_e2e::ControlPlane;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use serde_json::json;
 
 use super::cluster::*;
@@ -77,14 +77,7 @@ async fn a_policy_the_program_cannot_honour_is_reported_not_retried() {
     let applied = tp.status.and_then(|s| s.policy).expect("status.policy");
     assert_eq!((applied.configured_nodes, applied.message), (1, None));
 
-    api.delete(PROGRAM, &DeleteParams::default())
-        .await
-        .expect("delete");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while api.get_opt(PROGRAM).await.expect("get").is_some() {
-        assert!(Instant::now() < deadline, "program not deleted");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    delete_and_wait(&api, PROGRAM).await;
     assert!(agent.pins().is_empty(), "pins left: {:?}", agent.pins());
     operator.kill();
 }
@@ -160,14 +153,7 @@ async fn a_policys_program_budget_refuses_the_next_program() {
 
     // The refused revision is aborted (a failed load is no reason to try
     // again by itself). With room again, a retry rolls it out.
-    api.delete(PROGRAM, &DeleteParams::default())
-        .await
-        .expect("delete first");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while api.get_opt(PROGRAM).await.expect("get").is_some() {
-        assert!(Instant::now() < deadline, "first not deleted");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    delete_and_wait(&api, PROGRAM).await;
     let retry = json!({"metadata": {"annotations": {"bpfleet.dev/retry": "budget-room"}}});
     api.patch(
         SECOND,
@@ -176,30 +162,11 @@ async fn a_policys_program_budget_refuses_the_next_program() {
     )
     .await
     .expect("retry");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let tp = api.get(SECOND).await.expect("get");
-        if phase(&tp) == Some(Phase::Healthy) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "second not healthy: {}\naudit {:?}",
-            dump(&tp),
-            agent.audited_actions()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    api.delete(SECOND, &DeleteParams::default())
-        .await
-        .expect("delete second");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while api.get_opt(SECOND).await.expect("get").is_some()
-        || api.get_opt(PROGRAM).await.expect("get").is_some()
-    {
-        assert!(Instant::now() < deadline, "programs not deleted");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for_named(&api, SECOND, "second healthy", 90, |tp| {
+        phase(tp) == Some(Phase::Healthy)
+    })
+    .await;
+    delete_and_wait(&api, SECOND).await;
     assert!(agent.pins().is_empty(), "pins left: {:?}", agent.pins());
     operator.kill();
 }
