@@ -53,6 +53,18 @@ impl Error {
         matches!(self, Error::Kube(_) | Error::Agent(_) | Error::Finalizer(_))
     }
 
+    /// Every [`Error::kind`], so that the error counters start at 0 for
+    /// each (a dashboard's "errors by kind" shows 0, not "no data").
+    pub const KINDS: [&'static str; 7] = [
+        "invalid_spec",
+        "serialize",
+        "unsupported",
+        "agent",
+        "config",
+        "kube",
+        "finalizer",
+    ];
+
     /// A short label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -118,6 +118,19 @@ impl Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        // Series that exist before their first event, at 0: a rate over
+        // them is 0 rather than no data (dashboards, and alerts that
+        // compare against 0).
+        for kind in crate::error::Error::KINDS {
+            drop(errors.get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            }));
+        }
+        for result in ["ok", "error"] {
+            drop(reconciles.get_or_create(&ResultLabel {
+                result: result.to_string(),
+            }));
+        }
         Arc::new(Metrics {
             registry,
             reconciles,
@@ -132,6 +145,10 @@ impl Metrics {
     }
 
     pub fn set_phase(&self, program: &str, phase: Option<Phase>) {
+        // The program's abort counter exists from its first phase, at 0.
+        drop(self.aborts.get_or_create(&ProgramLabel {
+            program: program.to_string(),
+        }));
         for p in PHASES {
             let v = i64::from(Some(p) == phase);
             self.phase
@@ -144,6 +161,9 @@ impl Metrics {
     }
 
     pub fn forget_program(&self, program: &str) {
+        self.aborts.remove(&ProgramLabel {
+            program: program.to_string(),
+        });
         for p in PHASES {
             self.phase.remove(&PhaseLabels {
                 program: program.to_string(),
@@ -209,6 +229,29 @@ pub async fn serve(listener: tokio::net::TcpListener, m: Arc<Metrics>) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_a_dashboard_rates_exist_at_zero_before_their_first_event() {
+        let m = Metrics::new();
+        let text = m.render();
+        for kind in crate::error::Error::KINDS {
+            assert!(
+                text.contains(&format!(
+                    "bpfleet_operator_reconcile_errors_total{{kind=\"{kind}\"}} 0"
+                )),
+                "{kind}: {text}"
+            );
+        }
+        assert!(text.contains(r#"bpfleet_operator_reconciles_total{result="error"} 0"#));
+        assert!(!text.contains("bpfleet_rollout_aborts_total{"), "{text}");
+        m.set_phase("tracer", Some(Phase::Healthy));
+        assert!(
+            m.render()
+                .contains(r#"bpfleet_rollout_aborts_total{program="tracer"} 0"#)
+        );
+        m.forget_program("tracer");
+        assert!(!m.render().contains(r#"program="tracer""#));
+    }
 
     #[test]
     fn phase_gauge_is_one_hot_and_names_are_stable() {
