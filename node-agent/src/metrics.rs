@@ -40,21 +40,40 @@ pub struct Metrics {
     bpf_log: Arc<LogCounters>,
 }
 
-/// `bpfleet_bpf_log_dropped_total`: the kernel's drops of every revision
-/// that logs, read at scrape time, and the records the reader could not
-/// decode.
+/// The BPF log's series: `bpfleet_bpf_log_records_total` (records printed,
+/// counted by the reader), with every level of every revision that logs
+/// present from its load at 0, so that a rate over it is 0 and not "no
+/// data" before the first record; and `bpfleet_bpf_log_dropped_total`: the
+/// kernel's drops of every revision that logs, read at scrape time, and the
+/// records the reader could not decode.
 #[derive(Debug)]
-struct LogDropCollector {
+struct LogCollector {
     agent: Arc<Mutex<Agent>>,
     log: Arc<LogCounters>,
 }
 
-impl Collector for LogDropCollector {
+impl Collector for LogCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
         let drops = match self.agent.lock() {
             Ok(a) => a.log_drops(),
             Err(_) => Vec::new(),
         };
+        for (p, r, _, _) in &drops {
+            for level in crate::bpflog::LEVELS {
+                drop(self.log.records.get_or_create(&vec![
+                    ("program".into(), p.clone()),
+                    ("revision".into(), r.clone()),
+                    ("level".into(), level.into()),
+                ]));
+            }
+        }
+        self.log.records.encode(encoder.encode_descriptor(
+            "bpfleet_bpf_log_records",
+            "BPF log records printed on stdout, by program, revision and level",
+            None,
+            self.log.records.metric_type(),
+        )?)?;
         let mut m = encoder.encode_descriptor(
             "bpfleet_bpf_log_dropped",
             "BPF log records dropped: by the in-kernel rate limit (rate_limited), for a full ring (ring_full), or not decodable by the agent (malformed)",
@@ -191,12 +210,7 @@ impl Metrics {
             agent: agent.clone(),
         }));
         let bpf_log = Arc::new(LogCounters::default());
-        registry.register(
-            "bpfleet_bpf_log_records",
-            "BPF log records printed on stdout, by program, revision and level",
-            bpf_log.records.clone(),
-        );
-        registry.register_collector(Box::new(LogDropCollector {
+        registry.register_collector(Box::new(LogCollector {
             agent: agent.clone(),
             log: bpf_log.clone(),
         }));

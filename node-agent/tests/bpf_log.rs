@@ -198,6 +198,16 @@ fn records_become_json_lines_and_a_flood_meets_the_rate_limit() {
     let ids = agent.prog_ids();
     assert!(ids.iter().all(|id| bpftool_has_prog(*id)));
 
+    // Before any record, every level of a revision that logs is a series
+    // at 0 (a dashboard's rate is 0, not "no data").
+    let (_, body) = get(agent.metrics, "/metrics");
+    for level in ["error", "warn", "info", "debug"] {
+        let series = format!(
+            "bpfleet_bpf_log_records_total{{program=\"syscount\",revision=\"c1\",level=\"{level}\"}} 0"
+        );
+        assert!(body.contains(&series), "{series} missing:\n{body}");
+    }
+
     // One call, one line.
     getppid_n(1);
     let lines = agent.wait_lines("syscount", 1);

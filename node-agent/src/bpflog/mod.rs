@@ -120,14 +120,14 @@ impl Record {
     /// The level's name in the JSON line and the metric's label.
     pub fn level_name(&self) -> String {
         match self.level {
-            1 => "error".into(),
-            2 => "warn".into(),
-            3 => "info".into(),
-            4 => "debug".into(),
+            1..=4 => LEVELS[usize::from(self.level) - 1].into(),
             n => n.to_string(),
         }
     }
 }
+
+/// The levels of `bpfleet_log.h`, 1 to 4.
+pub const LEVELS: [&str; 4] = ["error", "warn", "info", "debug"];
 
 /// Origin -> (program, revision) of every revision the agent holds.
 #[derive(Debug, Default, Clone)]
