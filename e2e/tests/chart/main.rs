@@ -51,6 +51,7 @@ mod ops_script;
 mod rbac;
 mod registries;
 mod running;
+mod scrape;
 mod security;
 mod values;
 mod wiring;

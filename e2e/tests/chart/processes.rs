@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bpfleet_e2e::workspace_root;
+use bpfleet_e2e::{ControlPlane, workspace_root};
 use bpfleet_testsupport::free_port;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::support::{AGENT, OPERATOR, container, named, port_of, strs, text};
+use crate::support::{AGENT, NS, OPERATOR, container, named, port_of, strs, text, write};
 
 /// Builds the operator and agent binaries (one cargo invocation, so shared
 /// dependencies are built once) and returns their paths by binary name, as
@@ -270,4 +270,115 @@ pub fn start_agent(
         "{probe} never answered 200:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+}
+
+/// The control plane side of a chart install on `cp`, with the operator
+/// binary `exe` started as the chart's Deployment would run it: the
+/// chart's namespace, ServiceAccounts and RBAC applied for real, a Node
+/// `chart-node` whose agent answers mTLS on 127.0.0.1:`agent_grpc`, and the
+/// operator acting as its ServiceAccount (kubeconfig impersonation) with
+/// the chart's arguments, its files under `dir/operator` and its metrics
+/// moved to a loopback port. Returns once its readiness probe answers 200:
+/// the process, its log file, and (through [`OperatorRun::metrics`]) its
+/// metrics port.
+pub async fn start_operator(
+    cp: &ControlPlane,
+    d: &[Value],
+    exe: &Path,
+    dir: &Path,
+    agent_grpc: u16,
+) -> (OperatorRun, PathBuf) {
+    cp.install_crds().expect("CRDs");
+    cp.kubectl_ok(&["create", "namespace", NS]).unwrap();
+    let rbac: Vec<Value> = d
+        .iter()
+        .filter(|o| {
+            matches!(
+                o["kind"].as_str(),
+                Some(
+                    "ServiceAccount"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Role"
+                        | "RoleBinding"
+                )
+            )
+        })
+        .cloned()
+        .collect();
+    let f = write(
+        dir,
+        "rbac.json",
+        &json!({"apiVersion": "v1", "kind": "List", "items": rbac}).to_string(),
+    );
+    cp.kubectl_ok(&["apply", "--server-side", "-f", &f])
+        .expect("RBAC applies");
+    let node = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "chart-node", "labels": {"kubernetes.io/os": "linux"},
+                     "annotations": {"bpfleet.dev/agent-endpoint": format!("https://127.0.0.1:{agent_grpc}")}},
+    });
+    let f = write(dir, "node.json", &node.to_string());
+    cp.kubectl_ok(&["apply", "--server-side", "-f", &f])
+        .unwrap();
+
+    let sa = format!("system:serviceaccount:{NS}:{OPERATOR}");
+    let kc = std::fs::read_to_string(&cp.kubeconfig).unwrap();
+    let kc = kc.replacen(
+        "    client-key-data:",
+        &format!("    as: {sa}\n    client-key-data:"),
+        1,
+    );
+    let kubeconfig = write(dir, "operator.kubeconfig", &kc);
+    let op_root = dir.join("operator");
+    materialize_mounts(d, d, "Deployment", OPERATOR, &op_root);
+    let op = container(d, OPERATOR, "Deployment");
+    let metrics = free_port();
+    let root = op_root.to_string_lossy().into_owned();
+    let args: Vec<String> = strs(&op["args"])
+        .into_iter()
+        .map(|a| {
+            a.replace("$(POD_NAMESPACE)", NS)
+                .replace("$(POD_NAME)", "bpfleet-operator-0")
+                .replace("=/etc/bpfleet/", &format!("={root}/etc/"))
+                .replace(
+                    &format!("0.0.0.0:{}", port_of(op, "metrics")),
+                    &format!("127.0.0.1:{metrics}"),
+                )
+        })
+        .collect();
+    let log = dir.join("operator.log");
+    let child = Command::new(exe)
+        .args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", NS)
+        .env("POD_NAME", "bpfleet-operator-0")
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut operator = OperatorRun {
+        process: Running(child, None),
+        metrics,
+    };
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let ready = op["readinessProbe"]["httpGet"]["path"].as_str().unwrap();
+    for _ in 0..150 {
+        if let Ok(Some(s)) = operator.process.0.try_wait() {
+            panic!("the operator exited ({s}) with {args:?}:\n{}", log_text());
+        }
+        if matches!(http_get(metrics, ready), Some((200, _))) {
+            return (operator, log);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("{ready} never answered 200:\n{}", log_text());
+}
+
+/// The operator started by [`start_operator`], killed on drop.
+pub struct OperatorRun {
+    pub process: Running,
+    /// Its metrics (and probe) port on 127.0.0.1.
+    pub metrics: u16,
 }

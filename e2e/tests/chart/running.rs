@@ -4,19 +4,12 @@
 //! the operator, as its ServiceAccount with the chart's RBAC on a real
 //! apiserver, drives that agent. Both need root and bpffs (the agent).
 
-use std::process::Command;
-
 use bpfleet_e2e::{ControlPlane, workspace_root};
-use bpfleet_testsupport::free_port;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::code::agent_metrics;
-use crate::processes::{
-    Running, build_binaries, http_get, materialize_mounts, start_agent, tls_client,
-};
-use crate::support::{
-    AGENT, NS, OPERATOR, all_on, container, docs, flag, named, port_of, render, strs, write,
-};
+use crate::processes::{build_binaries, http_get, start_agent, start_operator, tls_client};
+use crate::support::{AGENT, NS, OPERATOR, all_on, container, docs, flag, named, render, strs};
 
 /// The agent binary, started exactly with the arguments the chart renders
 /// (everything on), paths moved to a temporary directory and addresses to
@@ -134,93 +127,8 @@ async fn operator_drives_the_agent_with_the_charts_arguments_and_rbac() {
         start_agent(&d, &d, &bins[AGENT], &dir.path().join("agent"));
 
     let cp = ControlPlane::start().await.expect("control plane starts");
-    cp.install_crds().expect("CRDs");
-    cp.kubectl_ok(&["create", "namespace", NS]).unwrap();
-    let rbac: Vec<Value> = d
-        .iter()
-        .filter(|o| {
-            matches!(
-                o["kind"].as_str(),
-                Some(
-                    "ServiceAccount"
-                        | "ClusterRole"
-                        | "ClusterRoleBinding"
-                        | "Role"
-                        | "RoleBinding"
-                )
-            )
-        })
-        .cloned()
-        .collect();
-    let f = write(
-        dir.path(),
-        "rbac.json",
-        &json!({"apiVersion": "v1", "kind": "List", "items": rbac}).to_string(),
-    );
-    cp.kubectl_ok(&["apply", "--server-side", "-f", &f])
-        .expect("RBAC applies");
-    // A node whose agent is the one started above.
-    let node = json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": "chart-node", "labels": {"kubernetes.io/os": "linux"},
-                     "annotations": {"bpfleet.dev/agent-endpoint": format!("https://127.0.0.1:{grpc}")}},
-    });
-    let f = write(dir.path(), "node.json", &node.to_string());
-    cp.kubectl_ok(&["apply", "--server-side", "-f", &f])
-        .unwrap();
-
-    // The operator, as its ServiceAccount.
-    let sa = format!("system:serviceaccount:{NS}:{OPERATOR}");
-    let kc = std::fs::read_to_string(&cp.kubeconfig).unwrap();
-    let kc = kc.replacen(
-        "    client-key-data:",
-        &format!("    as: {sa}\n    client-key-data:"),
-        1,
-    );
-    let kubeconfig = write(dir.path(), "operator.kubeconfig", &kc);
-    let op_root = dir.path().join("operator");
-    materialize_mounts(&d, &d, "Deployment", OPERATOR, &op_root);
-    let op = container(&d, OPERATOR, "Deployment");
-    let metrics = free_port();
-    let root = op_root.to_string_lossy().into_owned();
-    let args: Vec<String> = strs(&op["args"])
-        .into_iter()
-        .map(|a| {
-            a.replace("$(POD_NAMESPACE)", NS)
-                .replace("$(POD_NAME)", "bpfleet-operator-0")
-                .replace("=/etc/bpfleet/", &format!("={root}/etc/"))
-                .replace(
-                    &format!("0.0.0.0:{}", port_of(op, "metrics")),
-                    &format!("127.0.0.1:{metrics}"),
-                )
-        })
-        .collect();
-    let log = dir.path().join("operator.log");
-    let child = Command::new(&bins[OPERATOR])
-        .args(&args)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("POD_NAMESPACE", NS)
-        .env("POD_NAME", "bpfleet-operator-0")
-        .env("RUST_LOG", "info")
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut operator = Running(child, None);
+    let (operator, log) = start_operator(&cp, &d, &bins[OPERATOR], dir.path(), grpc).await;
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    let ready = op["readinessProbe"]["httpGet"]["path"].as_str().unwrap();
-    let mut up = false;
-    for _ in 0..150 {
-        if let Ok(Some(s)) = operator.0.try_wait() {
-            panic!("the operator exited ({s}) with {args:?}:\n{}", log_text());
-        }
-        if matches!(http_get(metrics, ready), Some((200, _))) {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    assert!(up, "{ready} never answered 200:\n{}", log_text());
 
     // A program whose object is not on this "node": the agent refuses the
     // load, so the failure the status reports comes from the agent itself

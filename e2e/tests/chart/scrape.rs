@@ -1,0 +1,472 @@
+//! A real Prometheus (the server built from the module proxy beside
+//! promtool) scrapes the operator and the agent started with the chart's
+//! arguments, as the chart's ServiceMonitors would have it scrape them
+//! (job = the metrics Service's name, `node` from the pod's node), with the
+//! chart's PrometheusRule loaded as its rule file. The operator rolls the
+//! HTTP tracer out to the agent, traffic is driven through it, and then
+//! every Grafana panel's query and every alert's inputs are asked of
+//! Prometheus: each must return data, not only name a metric that exists.
+//! Needs root and bpffs (the agent loads the tracer).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bpfleet_e2e::ControlPlane;
+use bpfleet_testsupport::free_port;
+use bpfleet_testsupport::netns::Netns;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::processes::{Running, build_binaries, http_get, start_agent, start_operator};
+use crate::support::{AGENT, NS, OPERATOR, docs, kind, render, tool, write};
+
+/// How often the test's Prometheus scrapes and evaluates (the chart's
+/// ServiceMonitor says 30 s; a test cannot wait for that).
+const INTERVAL: &str = "1s";
+
+/// A Grafana query as Prometheus takes it: the dashboards' one variable,
+/// `$node`, set to "All" (Grafana's `.*` for a regex matcher).
+fn grafana_to_promql(expr: &str) -> String {
+    assert!(
+        !expr.replace("$node", "").contains('$'),
+        "a dashboard uses a variable this test does not set: {expr}"
+    );
+    expr.replace("$node", ".*")
+}
+
+/// The vector selectors of a PromQL expression, each `metric{matchers}`
+/// (or a bare metric name followed by a range or `)`), without ranges:
+/// what an expression reads, each of which must return series for the
+/// expression to mean anything.
+fn selectors(expr: &str) -> Vec<String> {
+    const NOT_METRICS: &[&str] = &[
+        "sum",
+        "by",
+        "rate",
+        "increase",
+        "max",
+        "min",
+        "count",
+        "histogram_quantile",
+        "absent",
+        "unless",
+        "on",
+        "and",
+        "or",
+        "le",
+        "without",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let b = expr.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i] as char;
+        if c == '"' {
+            // Skip a string (label values).
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += 1 + usize::from(b[i] == b'\\');
+            }
+            i += 1;
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':') {
+                i += 1;
+            }
+            let name = &expr[start..i];
+            let rest = expr[i..].trim_start();
+            if NOT_METRICS.contains(&name) || rest.starts_with('(') {
+                continue;
+            }
+            // Label names inside `by (...)` or `{...}` are skipped with
+            // their groups below; a name followed by a comparison inside
+            // braces never reaches here.
+            if rest.starts_with('{') {
+                let open = expr.len() - rest.len();
+                let close = expr[open..]
+                    .find('}')
+                    .map(|e| open + e + 1)
+                    .unwrap_or(b.len());
+                out.push(format!("{name}{}", &expr[open..close]));
+                i = close;
+            } else {
+                out.push(name.to_string());
+            }
+            continue;
+        }
+        if c == '(' {
+            // `by (a, b)` / `on (a)`: label lists, not selectors.
+            let before = expr[..i].trim_end();
+            if ["by", "on", "without", "ignoring"]
+                .iter()
+                .any(|k| before.ends_with(k))
+            {
+                i += expr[i..].find(')').map_or(b.len() - i, |e| e + 1);
+                continue;
+            }
+        }
+        if c == '[' {
+            i += expr[i..].find(']').map_or(b.len() - i, |e| e + 1);
+            continue;
+        }
+        if c.is_ascii_digit() {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
+                i += 1;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    out
+}
+
+#[test]
+fn selectors_are_what_an_expression_reads() {
+    assert_eq!(
+        selectors(
+            r#"sum by (node, program) (rate(bpfleet_program_run_seconds_total{job="a"}[5m])) * 100 > 2"#
+        ),
+        vec![r#"bpfleet_program_run_seconds_total{job="a"}"#]
+    );
+    assert_eq!(
+        selectors(
+            r#"(up{job="a"} == 1 unless on (node) max by (node) (bpfleet_tracer_reader_up{job="a"}) == 1)"#
+        ),
+        vec![r#"up{job="a"}"#, r#"bpfleet_tracer_reader_up{job="a"}"#]
+    );
+    assert_eq!(
+        selectors(r#"histogram_quantile(0.99, sum by (le) (rate(x_bucket{a=~"5.."}[5m])))"#),
+        vec![r#"x_bucket{a=~"5.."}"#]
+    );
+    assert_eq!(selectors("absent(up == 1)"), vec!["up"]);
+}
+
+/// Prometheus's instant query `q`: the result vector, or the error it gave.
+fn query(port: u16, q: &str) -> Result<Vec<Value>, String> {
+    let url = format!("http://127.0.0.1:{port}/api/v1/query");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", &url, "--data-urlencode"])
+        .arg(format!("query={q}"))
+        .output()
+        .map_err(|e| format!("curl: {e}"))?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+    if v["status"] != "success" {
+        return Err(format!("{}: {}", v["errorType"], v["error"]));
+    }
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// The chart's PrometheusRule groups as a Prometheus rule file.
+fn rule_file(d: &[Value], dir: &Path) -> (String, Vec<(String, String)>) {
+    let rules = kind(d, "PrometheusRule");
+    assert_eq!(rules.len(), 1, "one PrometheusRule rendered");
+    let groups = &rules[0]["spec"]["groups"];
+    let mut alerts = Vec::new();
+    for g in groups.as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            if let Some(a) = r["alert"].as_str() {
+                alerts.push((a.to_string(), r["expr"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    let text = serde_yaml::to_string(&json!({ "groups": groups })).unwrap();
+    (write(dir, "rules.yaml", &text), alerts)
+}
+
+/// The scrape jobs the chart's ServiceMonitors make: one per metrics
+/// Service, job named after it, `node` (the relabelling of the pod's node
+/// name), `namespace` and `pod` as the Prometheus Operator adds them.
+fn scrape_config(d: &[Value], targets: &[(&str, u16, &str)], rules: &str) -> String {
+    let services: BTreeSet<String> = kind(d, "Service")
+        .iter()
+        .filter_map(|s| s["metadata"]["name"].as_str())
+        .filter(|n| n.ends_with("-metrics"))
+        .map(str::to_string)
+        .collect();
+    let monitors = kind(d, "ServiceMonitor");
+    assert_eq!(monitors.len(), 2, "the operator's and the agent's");
+    let mut jobs = Vec::new();
+    for (component, port, pod) in targets {
+        let job = services
+            .iter()
+            .find(|s| s.contains(component))
+            .unwrap_or_else(|| panic!("no metrics Service for {component}: {services:?}"));
+        jobs.push(json!({
+            "job_name": job,
+            "scrape_interval": INTERVAL,
+            "metrics_path": "/metrics",
+            "static_configs": [{
+                "targets": [format!("127.0.0.1:{port}")],
+                "labels": {"node": "chart-node", "namespace": NS, "pod": pod},
+            }],
+        }));
+    }
+    serde_yaml::to_string(&json!({
+        "global": {"scrape_interval": INTERVAL, "evaluation_interval": INTERVAL},
+        "rule_files": [rules],
+        "scrape_configs": jobs,
+    }))
+    .unwrap()
+}
+
+fn kubectl_json(cp: &ControlPlane, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&cp.kubectl_ok(&a).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn prometheus_finds_data_for_every_panel_and_alert() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "runs the real agent: run as root"
+    );
+    let bins = build_binaries();
+    // The default install (Helm-generated certificates) with its
+    // monitoring parts on; the tracer object is not signed here (the
+    // signature path has tests of its own).
+    let d = docs(&render(&[
+        "--set",
+        "agent.signatures.allowUnsigned=true",
+        "--set",
+        "monitoring.serviceMonitor.enabled=true",
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+        "--set",
+        "monitoring.dashboards.enabled=true",
+    ]));
+    let dir = tempfile::tempdir().unwrap();
+    let agent_root = dir.path().join("agent");
+    let (_agent, grpc, agent_metrics, pin_root, _) = start_agent(&d, &d, &bins[AGENT], &agent_root);
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    let (operator, operator_log) = start_operator(&cp, &d, &bins[OPERATOR], dir.path(), grpc).await;
+    let operator_text = || std::fs::read_to_string(&operator_log).unwrap_or_default();
+
+    // The HTTP tracer on the node's disk, in the chart's object directory
+    // (moved under the agent's root like every path), rolled out by the
+    // operator.
+    let objects = agent_root.join("state/objects");
+    std::fs::create_dir_all(&objects).unwrap();
+    let object = objects.join("http_tracer.bpf.o");
+    std::fs::write(&object, bpfleet_bpf::HTTP_TRACER).unwrap();
+    let programs: Vec<Value> = bpfleet_tracer::PROGRAMS
+        .iter()
+        .map(|(prog, tp)| {
+            let (category, name) = tp.split_once('/').unwrap_or(("syscalls", tp));
+            json!({"name": prog, "type": "Tracepoint",
+                   "tracepoint": {"category": category, "name": name}})
+        })
+        .collect();
+    let tp = json!({
+        "apiVersion": "bpfleet.dev/v1alpha1", "kind": "TracerProgram",
+        "metadata": {"name": "http-tracer"},
+        "spec": {
+            "version": "1.0.0",
+            "bytecode": {"file": {"path": object}},
+            "sha256": hex::encode(Sha256::digest(bpfleet_bpf::HTTP_TRACER)),
+            "programs": programs,
+            "persistentMaps": bpfleet_tracer::PERSISTENT_MAPS,
+            "strategy": {"immediate": {}},
+        },
+    });
+    let f = write(dir.path(), "tracer.json", &tp.to_string());
+    cp.kubectl_ok(&["apply", "--server-side", "-f", &f])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = kubectl_json(&cp, &["get", "tracerprogram", "http-tracer"]);
+        if v["status"]["phase"] == "Healthy" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tracer never became Healthy: {}\n{}",
+            v["status"],
+            operator_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Prometheus, as the ServiceMonitors and the PrometheusRule say.
+    let prom_dir = dir.path().join("prometheus");
+    std::fs::create_dir_all(&prom_dir).unwrap();
+    let (rules, alerts) = rule_file(&d, &prom_dir);
+    let config = write(
+        &prom_dir,
+        "prometheus.yml",
+        &scrape_config(
+            &d,
+            &[
+                ("operator", operator.metrics, "bpfleet-operator-0"),
+                ("agent", agent_metrics, "bpfleet-agent-0"),
+            ],
+            &rules,
+        ),
+    );
+    let web = free_port();
+    let prom_log = prom_dir.join("prometheus.log");
+    let child = Command::new(tool("prometheus"))
+        .arg(format!("--config.file={config}"))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            prom_dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdout(std::fs::File::create(&prom_log).unwrap())
+        .stderr(std::fs::File::create(&prom_log).unwrap())
+        .spawn()
+        .expect("prometheus starts");
+    let mut prometheus = Running(child, None);
+    let prom_text = || std::fs::read_to_string(&prom_log).unwrap_or_default();
+
+    // Traffic through the tracer, in a network namespace of the test's
+    // own: 200s, 404s and 501s (python's answer to a method it does not
+    // serve) from a real server.
+    let ns = Netns::new("scrape");
+    let port = free_port();
+    let server = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path()))
+        .args([
+            "python3",
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Running(server, None);
+    let base = format!("http://127.0.0.1:{port}");
+    let drive = |rounds: usize| {
+        for _ in 0..rounds {
+            for (method, path) in [("GET", "/"), ("GET", "/missing"), ("DELETE", "/")] {
+                let _ = Command::new("nsenter")
+                    .arg(format!("--net={}", ns.path()))
+                    .args(["curl", "-s", "-o", "/dev/null", "--retry", "5"])
+                    .args(["--retry-connrefused", "--retry-delay", "0", "-X", method])
+                    .arg(format!("{base}{path}"))
+                    .status();
+            }
+        }
+    };
+
+    // Every target up, then traffic over several scrapes, so that rates
+    // over the panels' windows have two samples or more.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(s)) = prometheus.0.try_wait() {
+            panic!("prometheus exited ({s}):\n{}", prom_text());
+        }
+        let up = query(web, "up == 1").map(|r| r.len()).unwrap_or(0);
+        if up == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw both targets up:\n{}",
+            prom_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for _ in 0..6 {
+        drive(5);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut missing = Vec::new();
+    // Every dashboard panel's query returns data.
+    let mut panels = 0;
+    for cm in kind(&d, "ConfigMap") {
+        let Some(data) = cm["data"].as_object() else {
+            continue;
+        };
+        for (file, text) in data {
+            if !file.ends_with(".json") {
+                continue;
+            }
+            let dash: Value = serde_json::from_str(text.as_str().unwrap()).unwrap();
+            for p in dash["panels"].as_array().into_iter().flatten() {
+                for t in p["targets"].as_array().into_iter().flatten() {
+                    let Some(expr) = t["expr"].as_str() else {
+                        continue;
+                    };
+                    panels += 1;
+                    match query(web, &grafana_to_promql(expr)) {
+                        Ok(r) if !r.is_empty() => {}
+                        Ok(_) => missing.push(format!("{file} {:?}: no data: {expr}", p["title"])),
+                        Err(e) => missing.push(format!("{file} {:?}: {e}: {expr}", p["title"])),
+                    }
+                }
+            }
+        }
+    }
+    assert!(panels >= 20, "only {panels} panel queries found");
+
+    // Every alert's inputs return data, and Prometheus evaluates every
+    // rule without an error.
+    for (alert, expr) in &alerts {
+        for s in selectors(expr) {
+            match query(web, &s) {
+                Ok(r) if !r.is_empty() => {}
+                Ok(_) => missing.push(format!("alert {alert}: no data for {s}")),
+                Err(e) => missing.push(format!("alert {alert}: {e}: {s}")),
+            }
+        }
+    }
+    let out = Command::new("curl")
+        .args(["-sS", &format!("http://127.0.0.1:{web}/api/v1/rules")])
+        .output()
+        .unwrap();
+    let rules: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut evaluated = 0;
+    for g in rules["data"]["groups"].as_array().into_iter().flatten() {
+        for r in g["rules"].as_array().into_iter().flatten() {
+            evaluated += 1;
+            if r["health"] != "ok" {
+                missing.push(format!(
+                    "rule {}: health {} {}",
+                    r["name"], r["health"], r["lastError"]
+                ));
+            }
+        }
+    }
+    assert_eq!(evaluated, alerts.len(), "every alert loaded: {rules}");
+    assert!(
+        missing.is_empty(),
+        "{} of {panels} panel queries and {} alerts' inputs without data:\n{}\n\nagent metrics:\n{}",
+        missing.len(),
+        alerts.len(),
+        missing.join("\n"),
+        http_get(agent_metrics, "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default()
+    );
+
+    // Nothing left loaded: the TracerProgram goes, the agent unloads.
+    cp.kubectl_ok(&[
+        "delete",
+        "tracerprogram",
+        "http-tracer",
+        "--wait=true",
+        "--timeout=60s",
+    ])
+    .unwrap();
+    drop(prometheus);
+    drop(operator);
+    let _ = std::fs::remove_dir_all(&pin_root);
+}
