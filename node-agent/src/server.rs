@@ -445,7 +445,8 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
 }
 
 /// Samples every program's run figures once a [`SAMPLE_PERIOD`], for the
-/// CPU shares of [`crate::agent::usage`].
+/// CPU shares of [`crate::agent::usage`], and enforces the CPU budgets
+/// once a `--budget-period-seconds` ([`Agent::tick`]).
 async fn sample_usage(agent: Arc<Mutex<Agent>>) {
     let mut tick = tokio::time::interval(SAMPLE_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -453,7 +454,7 @@ async fn sample_usage(agent: Arc<Mutex<Agent>>) {
         tick.tick().await;
         let agent = agent.clone();
         let done = tokio::task::spawn_blocking(move || match agent.lock() {
-            Ok(mut a) => a.sample_usage(),
+            Ok(mut a) => a.tick(),
             Err(_) => tracing::error!("usage sampler: agent state lock poisoned"),
         })
         .await;

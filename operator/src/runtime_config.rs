@@ -234,6 +234,7 @@ impl NodeConfig {
                 replace: true,
                 namespaces: None,
                 tracer_rules: None,
+                cpu_budget: None,
             });
         }
         if !self.ports.is_empty() {
@@ -251,6 +252,7 @@ impl NodeConfig {
                 replace: true,
                 namespaces: None,
                 tracer_rules: None,
+                cpu_budget: None,
             });
         }
         let slot = |k: u32, v: u64| pb::ConfigEntry {
@@ -264,6 +266,7 @@ impl NodeConfig {
             replace: false,
             namespaces,
             tracer_rules,
+            cpu_budget: None,
         };
         // The namespace filter and the tracer rules travel with the slots
         // (an empty list lifts the filter, empty rules put the agent's own

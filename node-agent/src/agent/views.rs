@@ -154,6 +154,7 @@ impl Agent {
                 namespaces: p.namespaces.clone(),
                 tracer_rules: p.tracer_rules.as_ref().map(|r| r.to_pb()),
                 tracer_rules_overridden: p.tracer_rules.is_some() && self.cfg.tracer_rules_file,
+                cpu_budget: self.cpu_budget_status(p),
             });
         }
         if !program.is_empty() && out.is_empty() {
