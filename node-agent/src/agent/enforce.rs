@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 use crate::kernel::{self, CONFIG_MAP};
 use crate::state::{CpuBudgetState, ProgramState};
 
+/// UpdateConfig entries, (key, value).
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Who the audit lines of the agent's own changes name.
 const ACTOR: &str = "agent";
 
@@ -74,7 +77,7 @@ impl Agent {
         program: &str,
         map: &str,
         entries: &[(Vec<u8>, Vec<u8>)],
-    ) -> (Vec<(Vec<u8>, Vec<u8>)>, Option<(u64, u64)>) {
+    ) -> (Entries, Option<(u64, u64)>) {
         let mut out = entries.to_vec();
         let Some(p) = self.state.programs.get(program) else {
             return (out, None);
