@@ -234,9 +234,16 @@ pub struct ResourceBudgets {
     /// loaded. Not a quantity: the policy is `InvalidSpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_map_memory: Option<Quantity>,
-    /// BPF run time as a share of one node's CPU time. Not acted on yet
-    /// (nor `reduceSamplingOnBreach`): the policy's Ready message says so;
-    /// `health.maxCpuOverheadPercent` is the rollout gate that is.
+    /// Most BPF run time of each targeted program on a node, in percent
+    /// of that node's whole CPU time (run time over wall time times online
+    /// CPUs, measured by the node's agent over each enforcement period, 5 s
+    /// by default). Over it, the agent halves the program's sampling
+    /// (`config.samplingRate`) each period, down to a floor, when
+    /// `reduceSamplingOnBreach` is true, and doubles it back up to the
+    /// policy's value once the share falls under a quarter of it. A program
+    /// that does not declare sampling is never cut and is reported.
+    /// Reported as the `BudgetEnforced` condition on the TracerProgram and
+    /// this policy. `health.maxCpuOverheadPercent` is the rollout gate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.01, max = 100.0))]
     pub max_cpu_overhead_percent: Option<f64>,
@@ -245,7 +252,8 @@ pub struct ResourceBudgets {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1024))]
     pub max_programs: Option<i32>,
-    /// Lower the sampling rate automatically while over budget.
+    /// Lower the sampling rate automatically while over
+    /// `maxCpuOverheadPercent` (false: the breach is only reported).
     #[serde(default = "yes")]
     pub reduce_sampling_on_breach: bool,
 }

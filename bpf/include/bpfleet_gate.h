@@ -22,6 +22,11 @@
  *   BPFLEET_ERROR()   counts a program-reported error (Stats program_errors)
  *   BPFLEET_LOST()    counts an event the program had to drop, a full ring
  *                     buffer say (Stats events_lost, the maxEventsLost gate)
+ *   bpfleet_sampled() whether to keep this event under the policy's
+ *                     sampling (slot BPFLEET_CFG_SAMPLE_PPM)
+ *   BPFLEET_DECLARE_SAMPLING(all|none)
+ *                     tells the agent that the program honours that slot,
+ *                     so a CPU budget (maxCpuOverheadPercent) may lower it
  *
  * Logging (JSON lines on the agent's stdout) is in bpfleet_log.h, which
  * includes this header.
@@ -109,6 +114,36 @@ static __always_inline __u64 bpfleet_config_get(__u32 idx)
 	__u64 *v = bpf_map_lookup_elem(&bpfleet_config, &idx);
 
 	return v ? *v : 0;
+}
+
+/*
+ * Sampling and CPU budgets. A program that keeps only the share of its
+ * events that slot BPFLEET_CFG_SAMPLE_PPM says declares it once, at file
+ * scope:
+ *
+ *   BPFLEET_DECLARE_SAMPLING(all);   0 in the slot keeps every event
+ *   BPFLEET_DECLARE_SAMPLING(none);  0 keeps none of what the slot selects
+ *
+ * The agent finds the declaration (a global variable named
+ * bpfleet_sampling_zero_all or bpfleet_sampling_zero_none, in the
+ * object's BTF) at load. When the program's TracerPolicy sets
+ * budgets.maxCpuOverheadPercent with reduceSamplingOnBreach, the agent
+ * lowers the share in the slot while the program is over budget and
+ * raises it back to the policy's value when the load falls. A program
+ * without the declaration is never written; the agent reports it as over
+ * budget and unable to sample.
+ */
+#define BPFLEET_DECLARE_SAMPLING(zero)                                         \
+	const volatile __u32 bpfleet_sampling_zero_##zero = 1
+
+/* Whether this event is kept: 0 in the slot or a share of a million or
+ * more keeps every event, any other value that share per million, drawn
+ * at random for each event. For programs declared with (all). */
+static __always_inline int bpfleet_sampled(void)
+{
+	__u64 ppm = bpfleet_config_get(BPFLEET_CFG_SAMPLE_PPM);
+
+	return !ppm || ppm >= 1000000 || bpf_get_prandom_u32() % 1000000 < ppm;
 }
 
 #define __BPFLEET_COUNT(slot)                                                  \

@@ -46,6 +46,10 @@
 #include "bpfleet_log.h"
 #include "http_tracer.h"
 
+/* Slot 8 picks the connections traced as events: in metrics mode 0 picks
+ * none, so a CPU budget has nothing to cut until the policy samples. */
+BPFLEET_DECLARE_SAMPLING(none);
+
 #define EINPROGRESS 115
 /* Message ids of the tracer's log records (bpfleet_log.h). */
 #define HTTP_LOG_RING_FULL 1

@@ -47,6 +47,14 @@ object!(
     SYSCOUNT_COSTLY, "syscount_costly.bpf.o"
 );
 object!(
+    /// A syscount revision that keeps the share of events slot 8 of
+    /// `bpfleet_config` says (`bpfleet_sampled()`, declared with
+    /// `BPFLEET_DECLARE_SAMPLING(all)`) and runs the costly revision's loop
+    /// on each event kept before counting it (slot 2): its run time follows
+    /// its sampling, the program a CPU budget cuts and restores.
+    SYSCOUNT_BURNER, "syscount_burner.bpf.o"
+);
+object!(
     /// A syscount revision that counts (slot 2) and reports no error but
     /// reports every event as dropped (`BPFLEET_LOST`): the lossy revision
     /// a `maxEventsLost` gate must roll back.

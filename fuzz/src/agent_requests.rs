@@ -16,9 +16,10 @@
 //! What must hold whatever the bytes: no panic; a checked Load's names
 //! pass the name check again, its entries are as many as the request's,
 //! each with a known hook, and a path source is absolute; a checked
-//! UpdateConfig's namespace filter is sorted without repeats and its map
-//! named; an admitted Load carries the object's own digest and a token the
-//! program has not handed out.
+//! UpdateConfig's namespace filter is sorted without repeats, its map
+//! named and its CPU budget a percentage above 0; an admitted Load
+//! carries the object's own digest and a token the program has not
+//! handed out.
 
 use std::collections::BTreeMap;
 
@@ -160,6 +161,13 @@ pub fn reach(data: &[u8]) -> Reached {
             assert_eq!(cmd.entries.len(), req.entries.len());
             if let Some(ns) = &cmd.namespaces {
                 assert!(ns.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+            }
+            if let Some(Some(b)) = &cmd.cpu_budget {
+                assert!(
+                    b.max_cpu_percent > 0.0 && b.max_cpu_percent <= 100.0,
+                    "a checked budget is a percentage: {}",
+                    b.max_cpu_percent
+                );
             }
             Reached::Checked
         }

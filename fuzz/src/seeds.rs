@@ -92,6 +92,17 @@ fn agent_answer(active: &str, inactive: &[&str], tick: u64, errors: u64) -> (Vec
                     ..Default::default()
                 }),
                 tracer_rules_overridden: false,
+                cpu_budget: Some(pb::CpuBudgetStatus {
+                    max_cpu_percent: 0.5,
+                    reduce_sampling: true,
+                    policy: "shop-http".into(),
+                    measured_cpu_percent: Some(0.42),
+                    requested_sampling_ppm: 0,
+                    sampling_ppm: 125_000,
+                    state: pb::CpuBudgetState::Reduced as i32,
+                    changed_at_unix_ms: 1_700_000_000_000,
+                    samples: true,
+                }),
             },
             pb::ProgramInfo {
                 program: "other".into(),
@@ -301,6 +312,11 @@ fn agent_requests() -> Vec<Seed> {
             names: vec!["shop".into(), "payments".into(), "shop".into()],
         }),
         tracer_rules: None,
+        cpu_budget: Some(pb::CpuBudget {
+            max_cpu_percent: 0.5,
+            reduce_sampling: true,
+            policy: "shop-http".into(),
+        }),
     };
     vec![
         seed(

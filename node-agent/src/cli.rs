@@ -277,6 +277,18 @@ pub struct ServeArgs {
     /// about 3,200 records.
     #[arg(long, env = "BPFLEET_BPF_LOG_RING_BYTES", default_value_t = 256 << 10)]
     pub bpf_log_ring_bytes: u32,
+    /// How often, in seconds, CPU budgets (a TracerPolicy's
+    /// maxCpuOverheadPercent) are enforced, and the window each step
+    /// measures a program's CPU share over: BPF run time over wall time
+    /// times online CPUs. Over budget, a program that declares sampling
+    /// keeps half the share of events it kept; under a quarter of the
+    /// budget, twice as many, up to what its policy asks (1 to 3600).
+    #[arg(long, env = "BPFLEET_BUDGET_PERIOD_SECONDS", default_value_t = 5)]
+    pub budget_period_seconds: u64,
+    /// The lowest sampling, per million events, a CPU budget cuts a
+    /// program to (1 to 1000000; a policy asking for less keeps its own).
+    #[arg(long, env = "BPFLEET_SAMPLING_FLOOR_PPM", default_value_t = 1000)]
+    pub sampling_floor_ppm: u64,
     /// Export every traced exchange as an OTLP span to this gRPC endpoint
     /// (`http://otel-collector:4317`, Jaeger's OTLP port); off when unset.
     #[arg(long, env = "BPFLEET_OTLP_ENDPOINT")]
@@ -339,6 +351,20 @@ impl ServeArgs {
         cfg.tracer_rules_file = self.http_rules.is_some();
         cfg.bpf_log = !self.no_bpf_log;
         cfg.bpf_log_ring_bytes = check_log_ring_bytes(self.bpf_log_ring_bytes)?;
+        if !(1..=3600).contains(&self.budget_period_seconds) {
+            return Err(Error::Invalid(format!(
+                "--budget-period-seconds {}: must be 1 to 3600",
+                self.budget_period_seconds
+            )));
+        }
+        cfg.budget_period = std::time::Duration::from_secs(self.budget_period_seconds);
+        if !(1..=1_000_000).contains(&self.sampling_floor_ppm) {
+            return Err(Error::Invalid(format!(
+                "--sampling-floor-ppm {}: must be 1 to 1000000",
+                self.sampling_floor_ppm
+            )));
+        }
+        cfg.sampling_floor_ppm = self.sampling_floor_ppm;
         crate::agent::object_dirs::check_dirs(&self.object_dirs)?;
         if self.object_dirs.is_empty() {
             tracing::warn!(
@@ -694,6 +720,7 @@ pub async fn run_client(cmd: Command) -> Result<()> {
                                 .collect(),
                         }),
                         tracer_rules: None,
+                        cpu_budget: None,
                     })
                     .await,
             )

@@ -7,6 +7,9 @@
 //! by the reader; `bpfleet_bpf_log_dropped_total` by program, revision and
 //! reason: `rate_limited` and `ring_full` read from each revision's
 //! `bpfleet_log_drops` at scrape time, `malformed` counted by the reader),
+//! the CPU budgets' (`bpfleet_agent_program_cpu_percent`,
+//! `bpfleet_agent_sampling_ppm` by program,
+//! `bpfleet_agent_budget_enforcements_total` by program and action),
 //! plus the HTTP tracer's families when the tracer runtime is on
 //! ([`crate::http::export`]).
 //!
@@ -110,6 +113,66 @@ impl Collector for LogCollector {
     }
 }
 
+/// CPU budgets: `bpfleet_agent_program_cpu_percent` (every program's CPU
+/// share over the last enforcement period), `bpfleet_agent_sampling_ppm`
+/// (the sampling in force of programs with a budget that sample) and
+/// `bpfleet_agent_budget_enforcements_total` (sampling changes by action),
+/// read from the agent at scrape time.
+#[derive(Debug)]
+struct BudgetCollector {
+    agent: Arc<Mutex<Agent>>,
+}
+
+impl Collector for BudgetCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (figures, counts) = match self.agent.lock() {
+            Ok(a) => (a.budget_figures(), a.enforcement_counts()),
+            Err(_) => (Vec::new(), Vec::new()),
+        };
+        let program = |p: &str| -> Labels { vec![("program".into(), p.into())] };
+        {
+            let mut m = encoder.encode_descriptor(
+                "bpfleet_agent_program_cpu_percent",
+                "BPF run time of the program over the last CPU budget period, percent of the node's CPU time (run time / (wall time x online CPUs))",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for f in &figures {
+                if let Some(pct) = f.cpu_percent {
+                    ConstGauge::new(pct).encode(m.encode_family(&program(&f.program))?)?;
+                }
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "bpfleet_agent_sampling_ppm",
+                "Share of its events a program with a CPU budget keeps now, per million (slot 8 of bpfleet_config, 0 read as the program declares)",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for f in &figures {
+                if let Some(ppm) = f.sampling_ppm {
+                    ConstGauge::new(ppm as i64).encode(m.encode_family(&program(&f.program))?)?;
+                }
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "bpfleet_agent_budget_enforcements",
+            "Changes of a program's sampling by its CPU budget: reduce (over budget) or restore (load fell)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (p, action, n) in &counts {
+            let l: Labels = vec![
+                ("program".into(), p.clone()),
+                ("action".into(), (*action).into()),
+            ];
+            ConstCounter::new(*n).encode(m.encode_family(&l)?)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 struct KernelCollector {
     agent: Arc<Mutex<Agent>>,
@@ -207,6 +270,9 @@ impl Metrics {
             ops.clone(),
         );
         registry.register_collector(Box::new(KernelCollector {
+            agent: agent.clone(),
+        }));
+        registry.register_collector(Box::new(BudgetCollector {
             agent: agent.clone(),
         }));
         let bpf_log = Arc::new(LogCounters::default());

@@ -60,6 +60,35 @@ pub struct ProgramState {
     /// latest Load's `budget.group`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_group: Option<String>,
+    /// The CPU budget UpdateConfig set and where the program stands
+    /// against it (None: no budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_budget: Option<CpuBudgetState>,
+}
+
+/// A program's CPU budget (`maxCpuOverheadPercent` of its TracerPolicy)
+/// and the sampling the agent holds for it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CpuBudgetState {
+    /// Budget, percent of the node's CPU time.
+    pub max_cpu_percent: f64,
+    /// Whether the agent may lower the program's sampling.
+    pub reduce_sampling: bool,
+    /// The TracerPolicy the budget comes from.
+    pub policy: String,
+    /// Slot 8 of `bpfleet_config` as UpdateConfig last wrote it.
+    pub requested_ppm: u64,
+    /// Slot 8 as the agent holds it (the requested value unless cut).
+    pub in_force_ppm: u64,
+    /// Where the program stood at the last step.
+    #[serde(default)]
+    pub state: BudgetState,
+    /// CPU share over the last period at the last step, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_percent: Option<f64>,
+    /// When the sampling in force or the state last changed, ms since the epoch.
+    #[serde(default)]
+    pub changed_at_unix_ms: u64,
 }
 
 /// One loaded revision.
@@ -95,6 +124,10 @@ pub struct RevisionState {
     /// layout: the old map, with the contents this revision counted into.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub displaced_maps: std::collections::BTreeSet<String>,
+    /// What the object declares of its sampling (`BPFLEET_DECLARE_SAMPLING`);
+    /// None: it does not honour slot 8, and a CPU budget never writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<ZeroMeans>,
 }
 
 /// Run count and run time.
@@ -139,6 +172,63 @@ pub struct SharedLink {
     /// active revision has run since is the difference to now.
     #[serde(default)]
     pub base: RunFigures,
+}
+
+/// What 0 in slot 8 means to a program that declares sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ZeroMeans {
+    /// 0 keeps every event (`BPFLEET_DECLARE_SAMPLING(all)`).
+    All,
+    /// 0 keeps none of what slot 8 selects (`BPFLEET_DECLARE_SAMPLING(none)`:
+    /// the HTTP tracer in its metrics mode, where slot 8 picks the
+    /// connections also reported as events).
+    None,
+}
+
+impl ZeroMeans {
+    /// The share per million a slot value stands for.
+    pub fn effective(self, raw: u64) -> u64 {
+        const ALL_PPM: u64 = 1_000_000;
+        match (raw, self) {
+            (0, Self::All) => ALL_PPM,
+            (0, Self::None) => 0,
+            (v, _) => v.min(ALL_PPM),
+        }
+    }
+}
+
+/// Where a program stands against its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetState {
+    /// No measurement over a whole period yet.
+    #[default]
+    Measuring,
+    /// Within budget at the requested sampling.
+    Within,
+    /// Running with less sampling than requested.
+    Reduced,
+    /// Over budget at the lowest sampling the agent goes to.
+    AtFloor,
+    /// Over budget, and the program does not declare sampling.
+    CannotSample,
+    /// Over budget; the budget does not allow reducing sampling.
+    NotReducing,
+}
+
+impl BudgetState {
+    /// The state's name in List, metrics, audit lines and conditions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Measuring => "measuring",
+            Self::Within => "within",
+            Self::Reduced => "reduced",
+            Self::AtFloor => "at_floor",
+            Self::CannotSample => "cannot_sample",
+            Self::NotReducing => "not_reducing",
+        }
+    }
 }
 
 /// What [`StateFile::open`] found.

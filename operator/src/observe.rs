@@ -94,6 +94,9 @@ pub struct ProgramView {
     pub program: String,
     /// The policy-configuration stamp the agent reports (0: defaults).
     pub config_stamp: u64,
+    /// Where the program stands against its CPU budget on the node (None:
+    /// no budget, or an agent that predates budgets).
+    pub cpu_budget: Option<pb::CpuBudgetStatus>,
     /// Sorted by revision.
     pub revisions: Vec<RevisionView>,
 }
@@ -175,6 +178,7 @@ impl NodeView {
                 ProgramView {
                     program: p.program.clone(),
                     config_stamp: crate::runtime_config::reported_stamp(&p.config),
+                    cpu_budget: p.cpu_budget.clone(),
                     revisions,
                 }
             })
@@ -191,6 +195,15 @@ impl NodeView {
             .binary_search_by(|p| p.program.as_str().cmp(program))
             .ok()
             .map(|i| self.programs[i].config_stamp)
+    }
+
+    /// The CPU budget status of `program` on the node, when it holds it
+    /// with a budget.
+    pub fn cpu_budget(&self, program: &str) -> Option<&pb::CpuBudgetStatus> {
+        self.programs
+            .binary_search_by(|p| p.program.as_str().cmp(program))
+            .ok()
+            .and_then(|i| self.programs[i].cpu_budget.as_ref())
     }
 
     /// What the node holds of `program` (nothing when it holds none).

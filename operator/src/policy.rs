@@ -33,6 +33,7 @@ use crate::runtime_config::{NodeConfig, PIDS_MAP, PORTS_MAP};
 use crate::{Error, Result, selector, status};
 
 pub mod check;
+pub mod cpu;
 
 /// Whether a policy targets the program `name` with `labels`.
 pub fn targets_program(p: &TracerPolicy, name: &str, labels: &BTreeMap<String, String>) -> bool {
@@ -125,9 +126,17 @@ pub fn budget(policy: Option<&TracerPolicy>) -> Option<bpfleet_proto::v1::Budget
     })
 }
 
-/// The configuration `policy` asks for (the defaults when None).
+/// The configuration `policy` asks for (the defaults when None): its
+/// `spec.config` and its CPU budget.
 pub fn desired(policy: Option<&TracerPolicy>) -> NodeConfig {
-    policy.map_or_else(NodeConfig::defaults, |p| NodeConfig::of(&p.spec.config))
+    policy.map_or_else(NodeConfig::defaults, |p| {
+        let b = p.spec.budgets.as_ref();
+        NodeConfig::of(&p.spec.config).with_cpu_budget(
+            b.and_then(|b| b.max_cpu_overhead_percent),
+            b.is_some_and(|b| b.reduce_sampling_on_breach),
+            &p.name_any(),
+        )
+    })
 }
 
 /// Puts the configuration of `policy` (the defaults when None) in force on
@@ -409,11 +418,6 @@ pub fn status_of(
     if !policy.spec.alerts.is_empty() {
         idle.push("spec.alerts");
     }
-    if let Some(b) = &policy.spec.budgets
-        && b.max_cpu_overhead_percent.is_some()
-    {
-        idle.push("spec.budgets.maxCpuOverheadPercent");
-    }
     if !idle.is_empty() && reason != "InvalidSpec" {
         message.push_str(&format!(
             "; not acted on yet by this operator version: {}",
@@ -421,12 +425,38 @@ pub fn status_of(
         ));
     }
     let reconciling = reason == "Applying";
+    // The CPU budget, summed up over the programs the policy applies to.
+    let budgets: Vec<(String, Option<&Condition>)> = targeted
+        .iter()
+        .filter(|tp| !overridden.contains_key(&tp.name_any()))
+        .map(|tp| {
+            let c = tp.status.as_ref().and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == cpu::BUDGET_ENFORCED)
+            });
+            (tp.name_any(), c)
+        })
+        .collect();
+    let budgets: Vec<(&str, Option<&Condition>)> =
+        budgets.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    let budget = cpu::policy_condition(
+        policy
+            .spec
+            .budgets
+            .as_ref()
+            .is_some_and(|b| b.max_cpu_overhead_percent.is_some_and(|m| m > 0.0)),
+        &budgets,
+        previous,
+        generation,
+        now,
+    );
     let names: Vec<String> = targeted.iter().map(|tp| tp.name_any()).collect();
     TracerPolicyStatus {
         observed_generation: Some(generation),
         target_summary: Some(format!("{}", names.len())),
         targeted_programs: names,
-        conditions: vec![
+        conditions: [
             condition(READY, ready, reason, message.clone()),
             condition(
                 RECONCILING,
@@ -434,7 +464,10 @@ pub fn status_of(
                 if reconciling { "Applying" } else { "Settled" },
                 if reconciling { message } else { String::new() },
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(budget)
+        .collect(),
     }
 }
 

@@ -2,7 +2,8 @@
 //! program's `bpfleet_config` slots 8-15 and its `bpfleet_pids` and
 //! `bpfleet_ports` maps, the contract of `bpf/include/bpfleet_gate.h`; and
 //! what the agent itself holds for the program (the namespace filter, the
-//! HTTP tracer's redaction and route rules).
+//! HTTP tracer's redaction and route rules, the CPU budget of
+//! `spec.budgets`).
 //!
 //! Pure: the agent requests are plain data. The last write is the stamp
 //! (slot 15), a digest of everything written before it; agents report the
@@ -36,7 +37,7 @@ pub const ENDS_SERVER: u64 = 1;
 pub const ENDS_CLIENT: u64 = 2;
 
 /// The writes that put one configuration in force on a node.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NodeConfig {
     /// Slots 8-13, in slot order.
     pub slots: [(u32, u64); 6],
@@ -51,6 +52,10 @@ pub struct NodeConfig {
     /// and `spec.config.routes`); sent with the slots, held by the agent.
     /// Empty: the agent's own.
     pub tracer_rules: pb::TracerRules,
+    /// The policy's CPU budget (`spec.budgets.maxCpuOverheadPercent`,
+    /// `reduceSamplingOnBreach`); sent with the slots, held and enforced
+    /// by the agent. `max_cpu_percent` 0: none.
+    pub cpu_budget: pb::CpuBudget,
     /// Digest of the above; 0 only for the defaults.
     pub stamp: u64,
 }
@@ -72,8 +77,33 @@ impl NodeConfig {
             ports: Vec::new(),
             namespaces: Vec::new(),
             tracer_rules: pb::TracerRules::default(),
+            cpu_budget: pb::CpuBudget::default(),
             stamp: 0,
         }
+    }
+
+    /// This configuration with a CPU budget: `max_cpu_percent` (0 or
+    /// unset: none) for the policy `policy`. The stamp follows.
+    pub fn with_cpu_budget(
+        mut self,
+        max_cpu_percent: Option<f64>,
+        reduce: bool,
+        policy: &str,
+    ) -> Self {
+        let max = max_cpu_percent
+            .filter(|m| m.is_finite() && *m > 0.0)
+            .map_or(0.0, |m| m.min(100.0));
+        self.cpu_budget = if max > 0.0 {
+            pb::CpuBudget {
+                max_cpu_percent: max,
+                reduce_sampling: reduce,
+                policy: policy.to_string(),
+            }
+        } else {
+            pb::CpuBudget::default()
+        };
+        self.stamp = self.digest();
+        self
     }
 
     /// The configuration of a policy's `spec.config`. The schema bounds
@@ -160,6 +190,7 @@ impl NodeConfig {
             ports,
             namespaces,
             tracer_rules,
+            cpu_budget: pb::CpuBudget::default(),
             stamp: 0,
         };
         out.stamp = out.digest();
@@ -208,6 +239,15 @@ impl NodeConfig {
         h.update((r.unmatched_routes.len() as u64).to_le_bytes());
         h.update(r.unmatched_routes.as_bytes());
         h.update(r.max_routes.to_le_bytes());
+        // Only when set, so that stamps without a budget stay as they were.
+        let b = &self.cpu_budget;
+        if b.max_cpu_percent > 0.0 {
+            h.update(b"cpu_budget");
+            h.update(b.max_cpu_percent.to_le_bytes());
+            h.update([u8::from(b.reduce_sampling)]);
+            h.update((b.policy.len() as u64).to_le_bytes());
+            h.update(b.policy.as_bytes());
+        }
         let d = h.finalize();
         let mut first = [0u8; 8];
         first.copy_from_slice(&d[..8]);
@@ -234,6 +274,7 @@ impl NodeConfig {
                 replace: true,
                 namespaces: None,
                 tracer_rules: None,
+                cpu_budget: None,
             });
         }
         if !self.ports.is_empty() {
@@ -251,31 +292,36 @@ impl NodeConfig {
                 replace: true,
                 namespaces: None,
                 tracer_rules: None,
+                cpu_budget: None,
             });
         }
         let slot = |k: u32, v: u64| pb::ConfigEntry {
             key: k.to_ne_bytes().to_vec(),
             value: v.to_ne_bytes().to_vec(),
         };
-        let config = |entries, namespaces, tracer_rules| pb::UpdateConfigRequest {
+        let config = |entries, namespaces, tracer_rules, cpu_budget| pb::UpdateConfigRequest {
             program: program.to_string(),
             map: String::new(),
             entries,
             replace: false,
             namespaces,
             tracer_rules,
+            cpu_budget,
         };
-        // The namespace filter and the tracer rules travel with the slots
-        // (an empty list lifts the filter, empty rules put the agent's own
-        // back), so they are in force before the stamp says so.
+        // The namespace filter, the tracer rules and the CPU budget travel
+        // with the slots (an empty list lifts the filter, empty rules put
+        // the agent's own back, a budget of 0 removes it), so they are in
+        // force before the stamp says so. The agent takes slot 8 as the
+        // requested sampling and the budget after it.
         out.push(config(
             self.slots.iter().map(|&(k, v)| slot(k, v)).collect(),
             Some(pb::NamespaceFilter {
                 names: self.namespaces.clone(),
             }),
             Some(self.tracer_rules.clone()),
+            Some(self.cpu_budget.clone()),
         ));
-        out.push(config(vec![slot(SLOT_STAMP, self.stamp)], None, None));
+        out.push(config(vec![slot(SLOT_STAMP, self.stamp)], None, None, None));
         out
     }
 }

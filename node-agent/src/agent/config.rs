@@ -1,8 +1,9 @@
 //! UpdateConfig: runtime configuration written into a program's pinned
 //! maps without a reload (every instance of the map, every entry checked
 //! against every instance before the first is written), and the namespace
-//! filter kept in the state file. A changed filter is published with the
-//! program views before UpdateConfig returns.
+//! filter and CPU budget kept in the state file (slot 8 while a budget
+//! holds a cut: [`super::enforce`]). A changed filter is published with
+//! the program views before UpdateConfig returns.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -39,6 +40,12 @@ impl Agent {
                     req.entries.len(),
                     w.len()
                 );
+                if let Some(b) = &req.cpu_budget {
+                    line.push_str(&format!(
+                        "; CPU budget {} % (reduce sampling: {}, policy {})",
+                        b.max_cpu_percent, b.reduce_sampling, b.policy
+                    ));
+                }
                 if let Some(n) = &req.namespaces {
                     line.push_str(&format!("; namespace filter [{}]", n.names.join(",")));
                 }
@@ -63,11 +70,20 @@ impl Agent {
         if !self.state.programs.contains_key(&cmd.program) {
             return Err(Error::NotFound(format!("program {}", cmd.program)));
         }
+        // While the program has a CPU budget, slot 8 is the requested
+        // sampling: what is written may be the cut in force.
+        let (entries, sampling) = self.budget_entries(&cmd.program, &cmd.map, &cmd.entries);
         let written = if cmd.only_namespaces() {
             Vec::new()
         } else {
-            self.write_map(cmd)?
+            self.write_map(&ConfigCmd {
+                entries,
+                ..cmd.clone()
+            })?
         };
+        if let Some((requested, in_force)) = sampling {
+            self.budget_written(&cmd.program, requested, in_force);
+        }
         fault::point("config.after_kernel");
         let mut changed = false;
         if let Some(p) = self.state.programs.get_mut(&cmd.program) {
@@ -89,7 +105,10 @@ impl Agent {
                 changed = true;
             }
         }
-        if changed {
+        if let Some(spec) = &cmd.cpu_budget {
+            changed |= self.set_cpu_budget(&cmd.program, spec.as_ref())?;
+        }
+        if changed || sampling.is_some() {
             self.save()?;
         }
         fault::point("config.after_state");
@@ -196,6 +215,7 @@ mod tests {
             replace,
             namespaces: None,
             tracer_rules: None,
+            cpu_budget: None,
         }
     }
 

@@ -434,6 +434,7 @@ impl Agent {
                 map_memory_bytes: loaded.map_memory_bytes,
                 dispatched: BTreeMap::new(),
                 displaced_maps: Default::default(),
+                sampling: loaded.sampling,
             },
         );
         // Old maps of what this revision recreated: kept by the revisions

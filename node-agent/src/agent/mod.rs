@@ -7,7 +7,10 @@
 //! One concern a file: [`request`] (protobuf requests to checked domain
 //! types, pure), [`admit`] and [`budget`] (admission of a load, pure),
 //! `load`, `switch` (activate, rollback), `unload`, `adopt` (re-adoption
-//! at start), `config` (UpdateConfig) and [`views`] (the only place that
+//! at start), `config` (UpdateConfig), [`usage`] (each program's CPU
+//! share over time windows, pure), [`cpu_budget`] (the CPU budget's
+//! step, pure) and `enforce` (CPU budgets kept per program, slot 8
+//! written) and [`views`] (the only place that
 //! builds List, Stats, Health, NodeInfo and [`ProgramView`]s). This file
 //! holds the [`Agent`] itself, its [`Config`], the state save, the audit
 //! wrappers and the program-view channel: every operation that changes
@@ -20,12 +23,15 @@ pub mod admit;
 mod adopt;
 pub mod budget;
 mod config;
+pub mod cpu_budget;
 mod displaced;
+mod enforce;
 mod load;
 pub mod object_dirs;
 pub mod request;
 mod switch;
 mod unload;
+pub mod usage;
 pub mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,6 +51,7 @@ use crate::state::{Persister, StateFile};
 use crate::trust::Verifiers;
 
 pub use budget::Budgets;
+pub use enforce::BudgetFigures;
 pub use request::{MAX_ENTRIES, MAX_PERSISTENT_MAPS, MAX_TARGET};
 pub use switch::{MAX_HISTORY, Switched};
 pub use views::ProgramView;
@@ -97,6 +104,12 @@ pub struct Config {
     pub bpf_log: bool,
     /// Size of the node's BPF log ring when the agent makes it.
     pub bpf_log_ring_bytes: u32,
+    /// How often CPU budgets are enforced, and the window each step
+    /// measures over (`--budget-period-seconds`).
+    pub budget_period: std::time::Duration,
+    /// The lowest sampling a CPU budget cuts a program to, per million
+    /// (`--sampling-floor-ppm`).
+    pub sampling_floor_ppm: u64,
 }
 
 impl Config {
@@ -121,6 +134,8 @@ impl Config {
             tracer_rules_file: false,
             bpf_log: true,
             bpf_log_ring_bytes: 256 << 10,
+            budget_period: std::time::Duration::from_secs(5),
+            sampling_floor_ppm: 1000,
         }
     }
 }
@@ -165,6 +180,12 @@ pub struct Agent {
     persister: Persister,
     views: watch::Sender<Views>,
     images: Arc<Images>,
+    /// Each program's run figures over time ([`usage`]).
+    usage: usage::Usage,
+    /// When the CPU budgets were last enforced (monotonic ns).
+    last_enforced_ns: u64,
+    /// Sampling changes of CPU budgets since start, by program and action.
+    enforcements: BTreeMap<(String, &'static str), u64>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -220,6 +241,9 @@ impl Agent {
             persister: Persister::new(cfg_state_file),
             views: watch::channel(Arc::new(Vec::new())).0,
             images,
+            usage: usage::Usage::default(),
+            last_enforced_ns: 0,
+            enforcements: BTreeMap::new(),
         };
         if let Some(c) = opened.corrupt {
             agent.problems.push(format!(
@@ -350,6 +374,20 @@ impl Agent {
                 .audit
                 .write(actor, action, program, revision, e.kind(), &e.to_string()),
         }
+    }
+
+    /// Samples every program's run figures into the usage rings (the
+    /// agent's sampler calls it once a [`usage::SAMPLE_PERIOD`]).
+    pub fn sample_usage(&mut self) {
+        let totals = self.program_totals();
+        let cpus = crate::procfs::online_cpus().unwrap_or(0);
+        self.usage.record(kernel::sys::mono_ns(), cpus, totals);
+    }
+
+    /// Each program's CPU share, runs, errors and events lost over time
+    /// windows, as sampled so far.
+    pub fn usage(&self) -> &usage::Usage {
+        &self.usage
     }
 
     /// The image side (pulls happen outside the agent's lock).

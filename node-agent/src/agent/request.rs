@@ -209,13 +209,15 @@ pub struct ConfigCmd {
     /// The program's new HTTP tracer rules, when given (size-checked; the
     /// patterns are compiled before anything is written).
     pub tracer_rules: Option<crate::http::rules::PolicyRules>,
+    /// The program's new CPU budget, when given (`Some(None)`: none).
+    pub cpu_budget: Option<Option<super::cpu_budget::BudgetSpec>>,
 }
 
 impl ConfigCmd {
     /// Whether only what the agent keeps (the namespace filter, the
-    /// tracer rules) changes: no map is written.
+    /// tracer rules, the CPU budget) changes: no map is written.
     pub fn only_namespaces(&self) -> bool {
-        (self.namespaces.is_some() || self.tracer_rules.is_some())
+        (self.namespaces.is_some() || self.tracer_rules.is_some() || self.cpu_budget.is_some())
             && self.entries.is_empty()
             && !self.replace
     }
@@ -240,13 +242,20 @@ pub fn update_config(req: &pb::UpdateConfigRequest) -> Result<ConfigCmd> {
         crate::http::rules::lay_over(Default::default(), r)
             .map_err(|e| Error::Invalid(format!("tracer_rules: {e}")))?;
     }
-    let only_kept =
-        (namespaces.is_some() || tracer_rules.is_some()) && req.entries.is_empty() && !req.replace;
+    let cpu_budget = req
+        .cpu_budget
+        .as_ref()
+        .map(super::cpu_budget::BudgetSpec::from_pb)
+        .transpose()
+        .map_err(Error::Invalid)?;
+    let only_kept = (namespaces.is_some() || tracer_rules.is_some() || cpu_budget.is_some())
+        && req.entries.is_empty()
+        && !req.replace;
     if !only_kept
         && (req.entries.len() > MAX_CONFIG_ENTRIES || (req.entries.is_empty() && !req.replace))
     {
         return Err(Error::Invalid(format!(
-            "entries: 1..={MAX_CONFIG_ENTRIES} expected (0 only with replace, namespaces or tracer_rules)"
+            "entries: 1..={MAX_CONFIG_ENTRIES} expected (0 only with replace, namespaces, tracer_rules or cpu_budget)"
         )));
     }
     Ok(ConfigCmd {
@@ -260,6 +269,7 @@ pub fn update_config(req: &pb::UpdateConfigRequest) -> Result<ConfigCmd> {
         replace: req.replace,
         namespaces,
         tracer_rules,
+        cpu_budget,
     })
 }
 
@@ -290,6 +300,7 @@ pub fn slots_write(program: &str, slots: &[(u32, u64)]) -> pb::UpdateConfigReque
         replace: false,
         namespaces: None,
         tracer_rules: None,
+        cpu_budget: None,
     }
 }
 
@@ -309,6 +320,7 @@ pub fn ports_write(program: &str, ports: &[u16], replace: bool) -> pb::UpdateCon
         replace,
         namespaces: None,
         tracer_rules: None,
+        cpu_budget: None,
     }
 }
 
@@ -477,6 +489,33 @@ mod tests {
             MAX_CONFIG_ENTRIES + 1
         ];
         assert!(matches!(update_config(&r), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn a_cpu_budget_alone_is_an_update_and_must_be_a_percentage() {
+        let mut r = pb::UpdateConfigRequest {
+            program: "p".into(),
+            cpu_budget: Some(pb::CpuBudget {
+                max_cpu_percent: 0.5,
+                reduce_sampling: true,
+                policy: "pol".into(),
+            }),
+            ..Default::default()
+        };
+        let c = update_config(&r).unwrap();
+        assert!(c.only_namespaces(), "nothing written to a map");
+        let b = c.cpu_budget.unwrap().unwrap();
+        assert_eq!((b.max_cpu_percent, b.reduce_sampling), (0.5, true));
+        assert_eq!(b.policy, "pol");
+        // 0: the budget goes.
+        r.cpu_budget = Some(pb::CpuBudget::default());
+        assert_eq!(update_config(&r).unwrap().cpu_budget, Some(None));
+        r.cpu_budget = Some(pb::CpuBudget {
+            max_cpu_percent: 101.0,
+            ..Default::default()
+        });
+        let e = update_config(&r).unwrap_err().to_string();
+        assert!(e.contains("cpu_budget.max_cpu_percent: 101"), "{e}");
     }
 
     #[test]

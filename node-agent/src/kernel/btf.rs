@@ -44,6 +44,31 @@ pub fn object_shapes(open: &OpenObject) -> std::collections::BTreeMap<String, Ma
     out
 }
 
+/// What the object declares of its sampling (`BPFLEET_DECLARE_SAMPLING`
+/// in `bpfleet_gate.h`): a global variable `bpfleet_sampling_zero_all`
+/// or `bpfleet_sampling_zero_none` in its BTF. None when it declares
+/// neither (or has no BTF).
+pub fn declared_sampling(open: &OpenObject) -> Option<crate::state::ZeroMeans> {
+    use crate::state::ZeroMeans;
+    use libbpf_rs::btf::types::Var;
+    // SAFETY: as in object_shapes: a live OpenObject whose BTF libbpf
+    // parsed at open.
+    let btf = Btf::from_bpf_object(unsafe { open.as_libbpf_object().as_ref() }).ok()??;
+    if btf
+        .type_by_name::<Var<'_>>("bpfleet_sampling_zero_all")
+        .is_some()
+    {
+        Some(ZeroMeans::All)
+    } else if btf
+        .type_by_name::<Var<'_>>("bpfleet_sampling_zero_none")
+        .is_some()
+    {
+        Some(ZeroMeans::None)
+    } else {
+        None
+    }
+}
+
 /// The shapes the kernel recorded for a pinned map, when it was created
 /// with BTF. None when it has none or its BTF cannot be read: the caller
 /// then compares sizes only.

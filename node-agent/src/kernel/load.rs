@@ -90,6 +90,8 @@ pub struct Loaded {
     pub recreated: Vec<Recreated>,
     /// The object uses the node's log ring (created by this load or not).
     pub log_ring: bool,
+    /// What the object declares of its sampling (`BPFLEET_DECLARE_SAMPLING`).
+    pub sampling: Option<crate::state::ZeroMeans>,
 }
 
 /// A persistent map this load recreated.
@@ -213,6 +215,7 @@ fn load_inner(
         }
     }
     let shapes = super::btf::object_shapes(&open);
+    let sampling = super::btf::declared_sampling(&open);
     // Recreations decided before anything is moved: a refusal of another
     // map must leave every pin where it was.
     let mut recreate: BTreeMap<String, (PathBuf, String)> = BTreeMap::new();
@@ -342,6 +345,7 @@ fn load_inner(
     let mut out = Loaded {
         recreated,
         log_ring,
+        sampling,
         ..Loaded::default()
     };
     for mut p in obj.progs_mut() {

@@ -57,6 +57,7 @@ impl Fleet {
             .map(|(p, (loaded, active))| ProgramView {
                 program: p.clone(),
                 config_stamp: 0,
+                cpu_budget: None,
                 revisions: loaded
                     .iter()
                     .map(|r| RevisionView {

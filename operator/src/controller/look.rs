@@ -16,16 +16,23 @@ use crate::rollout::NodeReport;
 /// cache: a node whose agent has no endpoint or does not answer is
 /// unreachable.
 pub(super) async fn observe(program: &str, targets: &[&Target], ctx: &Context) -> Vec<NodeReport> {
-    observe_stamped(program, targets, ctx).await.0
+    observe_stamped(program, targets, ctx).await.reports
 }
 
-/// [`observe`], with the configuration stamp of `program` on each node
-/// (None where the node does not hold it or did not answer).
-pub(super) async fn observe_stamped(
-    program: &str,
-    targets: &[&Target],
-    ctx: &Context,
-) -> (Vec<NodeReport>, Vec<Option<u64>>) {
+/// What [`observe_stamped`] saw of each node beside its report.
+pub(super) struct Stamped {
+    pub reports: Vec<NodeReport>,
+    /// The configuration stamp of the program (None where the node does
+    /// not hold it or did not answer).
+    pub stamps: Vec<Option<u64>>,
+    /// Where the program stands against its CPU budget (None: no budget
+    /// reported).
+    pub budgets: Vec<Option<bpfleet_proto::v1::CpuBudgetStatus>>,
+}
+
+/// [`observe`], with the configuration stamp and the CPU budget status of
+/// `program` on each node.
+pub(super) async fn observe_stamped(program: &str, targets: &[&Target], ctx: &Context) -> Stamped {
     let asked: Vec<(&str, &str)> = targets
         .iter()
         .filter_map(|t| Some((t.name.as_str(), t.endpoint.as_deref()?)))
@@ -39,7 +46,15 @@ pub(super) async fn observe_stamped(
         .iter()
         .map(|s| s.as_ref()?.view.as_ref()?.config_stamp(program))
         .collect();
-    (reports_of(program, targets, &sightings, ctx), stamps)
+    let budgets = sightings
+        .iter()
+        .map(|s| s.as_ref()?.view.as_ref()?.cpu_budget(program).cloned())
+        .collect();
+    Stamped {
+        reports: reports_of(program, targets, &sightings, ctx),
+        stamps,
+        budgets,
+    }
 }
 
 /// The reports of `program` on `targets` from what was seen of each.

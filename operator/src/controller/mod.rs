@@ -207,7 +207,16 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
         Err(e) => return stalled(tp, ctx, &status, generation, &e).await,
     };
     let all: Vec<&Target> = targets.iter().collect();
-    let (mut reports, stamps) = observe_stamped(&name, &all, ctx).await;
+    let look::Stamped {
+        mut reports,
+        stamps,
+        budgets,
+    } = observe_stamped(&name, &all, ctx).await;
+    let budget_nodes: Vec<(&str, &bpfleet_proto::v1::CpuBudgetStatus)> = targets
+        .iter()
+        .zip(&budgets)
+        .filter_map(|(t, b)| Some((t.name.as_str(), b.as_ref()?)))
+        .collect();
     forget_unloaded(ctx, &name, &targets, &reports);
     let applied = configure(tp, ctx, policy.as_deref(), &targets, &reports, &stamps).await;
     // Nodes that do not hold the program yet get the policy's writes right
@@ -280,6 +289,13 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
             Err(e) => return stalled(tp, ctx, &written, generation, &e).await,
         };
         out.status.policy.clone_from(&applied);
+        set_budget_condition(
+            &mut out.status,
+            &status,
+            &budget_nodes,
+            generation,
+            &input.now,
+        );
         out.status.map_memory = map_memory(&reports);
         // Status first: what was decided is on record before it is done.
         if out.status != written {
@@ -367,6 +383,23 @@ const TIMER_MARGIN_MS: i64 = 100;
 /// set by a pass at `at`: the machine counts from `at` cut to the whole
 /// second, and kube-runtime delays every requeue by `debounce`. Without
 /// both corrections a 10 s pause lasts up to 11.5 s.
+/// Sets the program's `BudgetEnforced` condition from what its nodes
+/// report of its CPU budget ([`policy::cpu`]), or removes it when none
+/// reports one; `before` holds the transition times to keep.
+fn set_budget_condition(
+    out: &mut TracerProgramStatus,
+    before: &TracerProgramStatus,
+    nodes: &[(&str, &bpfleet_proto::v1::CpuBudgetStatus)],
+    generation: i64,
+    now: &Time,
+) {
+    out.conditions
+        .retain(|c| c.type_ != policy::cpu::BUDGET_ENFORCED);
+    if let Some(c) = policy::cpu::program_condition(nodes, &before.conditions, generation, now) {
+        out.conditions.push(c);
+    }
+}
+
 fn timer(at: Timestamp, secs: i64, now: Timestamp, debounce: Duration) -> Duration {
     let due_ms = at
         .as_second()

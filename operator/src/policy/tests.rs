@@ -327,13 +327,64 @@ fn fields_not_acted_on_yet_are_named_in_the_ready_message() {
     let ready = cond(&s, READY);
     assert_eq!(ready.status, "True");
     assert!(
-        ready.message.ends_with(
-            "not acted on yet by this operator version: spec.alerts, spec.budgets.maxCpuOverheadPercent"
-        ),
+        ready
+            .message
+            .ends_with("not acted on yet by this operator version: spec.alerts"),
         "{}",
         ready.message
     );
     let quiet = by_name("pol", &["t1"]);
     let s = status_of(&quiet, &programs, std::slice::from_ref(&quiet), &now());
     assert!(!cond(&s, READY).message.contains("not acted on"));
+}
+
+/// A policy with a CPU budget sums up its programs' `BudgetEnforced`, and
+/// sends the budget with the configuration (in the stamp).
+#[test]
+fn a_cpu_budget_is_sent_and_its_enforcement_summed_up() {
+    let p = policy(
+        "pol",
+        1,
+        json!({"targets": {"programNames": ["t1", "t2"]},
+               "budgets": {"maxCpuOverheadPercent": 0.5}}),
+    );
+    let want = desired(Some(&p));
+    assert_eq!(want.cpu_budget.max_cpu_percent, 0.5);
+    assert!(
+        want.cpu_budget.reduce_sampling,
+        "reduceSamplingOnBreach defaults to true"
+    );
+    assert_eq!(want.cpu_budget.policy, "pol");
+    let plain = desired(Some(&by_name("pol", &["t1", "t2"])));
+    assert_ne!(want.stamp, plain.stamp, "the budget is in the stamp");
+    assert_eq!(plain.cpu_budget.max_cpu_percent, 0.0);
+    let slots = &want.requests("t1")[0];
+    assert_eq!(slots.cpu_budget.as_ref(), Some(&want.cpu_budget));
+
+    let mut t1 = (*program("t1", &[], applied("pol", 1, 1, 1, None))).clone();
+    let reduced = Condition {
+        type_: cpu::BUDGET_ENFORCED.into(),
+        status: "True".into(),
+        reason: "SamplingReduced".into(),
+        message: "sampling reduced on n1: 0.41 % CPU".into(),
+        observed_generation: Some(1),
+        last_transition_time: now(),
+    };
+    t1.status.as_mut().unwrap().conditions.push(reduced);
+    let programs = [
+        Arc::new(t1),
+        program("t2", &[], applied("pol", 1, 1, 1, None)),
+    ];
+    let s = status_of(&p, &programs, std::slice::from_ref(&p), &now());
+    let b = cond(&s, cpu::BUDGET_ENFORCED);
+    assert_eq!(
+        (b.status.as_str(), b.reason.as_str()),
+        ("True", "SamplingReduced")
+    );
+    assert_eq!(b.message, "t1: sampling reduced on n1: 0.41 % CPU");
+    assert!(!cond(&s, READY).message.contains("not acted on"));
+    // No budget: no condition.
+    let quiet = by_name("pol", &["t1", "t2"]);
+    let s = status_of(&quiet, &programs, std::slice::from_ref(&quiet), &now());
+    assert!(s.conditions.iter().all(|c| c.type_ != cpu::BUDGET_ENFORCED));
 }

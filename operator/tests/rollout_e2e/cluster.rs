@@ -29,6 +29,7 @@ impl Objects {
             ("bad", bpfleet_bpf::SYSCOUNT_BAD),
             ("faulty", bpfleet_bpf::SYSCOUNT_FAULTY),
             ("costly", bpfleet_bpf::SYSCOUNT_COSTLY),
+            ("burner", bpfleet_bpf::SYSCOUNT_BURNER),
             ("lossy", bpfleet_bpf::SYSCOUNT_LOSSY),
             ("legacy", bpfleet_bpf::SYSCOUNT_LEGACY),
         ] {

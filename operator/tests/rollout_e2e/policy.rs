@@ -1,6 +1,8 @@
-//! A TracerPolicy whose configuration the program cannot honour (a legacy
-//! object without the config map's policy slots): reported in the
-//! policy's status, not retried in a loop.
+//! TracerPolicies with a real agent: a configuration the program cannot
+//! honour (a legacy object without the config map's policy slots),
+//! reported in the policy's status and not retried in a loop; a program
+//! budget refusing the next program; a CPU budget the agent enforces,
+//! reported as `BudgetEnforced` on the program and the policy.
 
 use std::time::{Duration, Instant};
 
@@ -167,6 +169,144 @@ async fn a_policys_program_budget_refuses_the_next_program() {
     })
     .await;
     delete_and_wait(&api, SECOND).await;
+    assert!(agent.pins().is_empty(), "pins left: {:?}", agent.pins());
+    operator.kill();
+}
+
+/// getppid(2) in a loop on a thread of its own until dropped.
+struct Syscalls {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Syscalls {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..1000 {
+                    // SAFETY: no arguments, no side effects.
+                    unsafe { libc::getppid() };
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Syscalls {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The `BudgetEnforced` condition of a list of conditions.
+fn budget_enforced(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    conditions.iter().find(|c| c.type_ == "BudgetEnforced")
+}
+
+/// A policy's `maxCpuOverheadPercent` through the operator and a real
+/// agent: the burner (a program that samples and burns cycles per event
+/// kept) driven by a busy getppid(2) thread goes over its budget; the
+/// agent cuts its sampling and the TracerProgram and the policy say
+/// `BudgetEnforced=True` (`SamplingReduced`, naming the node); with the
+/// load gone, the sampling is back and the condition `False`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_program_over_its_cpu_budget_gets_its_sampling_cut_and_says_so() {
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    cp.install_crds().expect("CRDs install");
+    let client = cp.client().await.expect("client");
+    let objects = Objects::write();
+    let agent = Agent::start_with("node-cpu", &["--budget-period-seconds", "1"]);
+    agent.register(&client).await;
+    let policies = create_policy(
+        &client,
+        json!({"targets": {"programNames": [PROGRAM]}, "budgets": {"maxCpuOverheadPercent": 2}}),
+    )
+    .await;
+    let api: Api<TracerProgram> = Api::all(client.clone());
+    let operator = Operator::start(client.clone());
+
+    let burner = objects.spec("burner", "1.0.0", json!({"immediate": {}}));
+    apply(&api, &burner).await;
+    wait_for(&api, "burner healthy", 60, |tp| {
+        phase(tp) == Some(Phase::Healthy)
+    })
+    .await;
+
+    let load = Syscalls::start();
+    let tp = wait_for(&api, "BudgetEnforced=True", 60, |tp| {
+        tp.status
+            .as_ref()
+            .and_then(|s| budget_enforced(&s.conditions))
+            .is_some_and(|c| c.status == "True" && c.reason == "SamplingReduced")
+    })
+    .await;
+    let c = budget_enforced(&tp.status.as_ref().expect("status").conditions)
+        .expect("condition")
+        .clone();
+    assert!(
+        c.message.contains("sampling reduced on node-cpu: ") && c.message.contains("(budget 2 %)"),
+        "{}",
+        c.message
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pc = loop {
+        let p = policies.get("syscount-health").await.expect("get policy");
+        let c = p
+            .status
+            .as_ref()
+            .and_then(|s| budget_enforced(&s.conditions))
+            .cloned();
+        if let Some(c) = c.filter(|c| c.status == "True") {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "policy status {:?}", p.status);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(pc.reason, "SamplingReduced");
+    assert!(
+        pc.message
+            .starts_with(&format!("{PROGRAM}: sampling reduced on node-cpu")),
+        "{}",
+        pc.message
+    );
+    let ready = policy_settled(&policies, "policy in force", |c| c.reason == "Applied").await;
+    assert!(
+        !ready.message.contains("maxCpuOverheadPercent"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        agent.audited_actions().iter().any(|a| a == "cpu_budget"),
+        "the agent audits its cuts"
+    );
+
+    // The load gone: sampling doubled back to the request, condition False.
+    drop(load);
+    wait_for(&api, "BudgetEnforced=False", 60, |tp| {
+        tp.status
+            .as_ref()
+            .and_then(|s| budget_enforced(&s.conditions))
+            .is_some_and(|c| c.status == "False" && c.reason == "Within")
+    })
+    .await;
+    assert_eq!(
+        config_slots(&agent)[0],
+        0,
+        "slot 8 back to the policy's (unset)"
+    );
+
+    delete_and_wait(&api, PROGRAM).await;
     assert!(agent.pins().is_empty(), "pins left: {:?}", agent.pins());
     operator.kill();
 }
