@@ -694,6 +694,7 @@ pub async fn run_client(cmd: Command) -> Result<()> {
                                 .collect(),
                         }),
                         tracer_rules: None,
+                        alerts: None,
                     })
                     .await,
             )

@@ -464,9 +464,10 @@ pub async fn serve_with(
     // The refusals of the TCP listener's identity check go to the agent's
     // audit log, through a handle of their own (lines are appended whole).
     let refusal_audit = Audit::new(agent.config().audit_log.as_deref())?;
+    let board = agent.alert_board();
     let agent = Arc::new(Mutex::new(agent));
     let hub = if http.enabled {
-        Some(Arc::new(Hub::new(http)?))
+        Some(Arc::new(Hub::with_board(http, board.clone())?))
     } else {
         None
     };

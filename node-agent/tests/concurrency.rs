@@ -566,6 +566,7 @@ fn config_write(w: u64) -> pb::UpdateConfigRequest {
             replace: false,
             namespaces: None,
             tracer_rules: None,
+            alerts: None,
         }
     } else {
         pb::UpdateConfigRequest {
@@ -581,6 +582,7 @@ fn config_write(w: u64) -> pb::UpdateConfigRequest {
             replace: true,
             namespaces: None,
             tracer_rules: None,
+            alerts: None,
         }
     }
 }

@@ -352,6 +352,7 @@ fn policy() -> pb::UpdateConfigRequest {
             names: vec!["shop".into()],
         }),
         tracer_rules: None,
+        alerts: None,
     }
 }
 

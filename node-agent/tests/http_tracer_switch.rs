@@ -56,6 +56,7 @@ fn write_map(agent: &mut Agent, map: &str, key: Vec<u8>, value: Vec<u8>) {
                 replace: false,
                 namespaces: None,
                 tracer_rules: None,
+                alerts: None,
             },
             "test",
         )

@@ -213,6 +213,7 @@ fn policy_maps_are_shared_replaced_and_listed() {
             replace: false,
             namespaces: None,
             tracer_rules: None,
+            alerts: None,
         },
         "t",
     )
@@ -230,6 +231,7 @@ fn policy_maps_are_shared_replaced_and_listed() {
                 replace: true,
                 namespaces: None,
                 tracer_rules: None,
+                alerts: None,
             },
             "t",
         )
@@ -247,6 +249,7 @@ fn policy_maps_are_shared_replaced_and_listed() {
                 replace: false,
                 namespaces: None,
                 tracer_rules: None,
+                alerts: None,
             },
             "t",
         )

@@ -69,6 +69,7 @@ fn state_file_lost_pins_are_adopted_as_orphans_and_unloadable() {
                 names: vec!["shop".into()],
             }),
             tracer_rules: None,
+            alerts: None,
         },
         "t",
     )

@@ -111,6 +111,7 @@ fn config_req(map: &str, key: Vec<u8>, value: Vec<u8>) -> pb::UpdateConfigReques
         replace: false,
         namespaces: None,
         tracer_rules: None,
+        alerts: None,
     }
 }
 

@@ -1,7 +1,7 @@
 //! UpdateConfig: runtime configuration written into a program's pinned
 //! maps without a reload (every instance of the map, every entry checked
 //! against every instance before the first is written), and the namespace
-//! filter kept in the state file. A changed filter is published with the
+//! filter, tracer rules and alert rules kept in the state file. A changed filter is published with the
 //! program views before UpdateConfig returns.
 
 use std::collections::HashSet;
@@ -53,6 +53,10 @@ impl Agent {
                         r.route_patterns.len()
                     ));
                 }
+                if let Some(a) = &req.alerts {
+                    let names: Vec<&str> = a.rules.iter().map(|r| r.name.as_str()).collect();
+                    line.push_str(&format!("; alerts [{}]", names.join(",")));
+                }
                 line
             },
         );
@@ -86,6 +90,12 @@ impl Agent {
                 && p.tracer_rules != rules
             {
                 p.tracer_rules = rules;
+                changed = true;
+            }
+            if let Some(alerts) = &cmd.alerts
+                && p.alerts != *alerts
+            {
+                p.alerts = alerts.clone();
                 changed = true;
             }
         }
@@ -196,6 +206,7 @@ mod tests {
             replace,
             namespaces: None,
             tracer_rules: None,
+            alerts: None,
         }
     }
 

@@ -165,6 +165,9 @@ pub struct Agent {
     persister: Persister,
     views: watch::Sender<Views>,
     images: Arc<Images>,
+    /// What the programs' policy alerts fire now (List reads it; the
+    /// evaluators publish into it).
+    alerts: Arc<crate::alerts::Board>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -195,6 +198,10 @@ impl Agent {
             cfg.max_object_bytes as u64,
         )?);
         let audit = Audit::new(cfg.audit_log.as_deref())?;
+        // Its own handle on the audit log: lines are appended whole.
+        let alerts = Arc::new(crate::alerts::Board::new(Audit::new(
+            cfg.audit_log.as_deref(),
+        )?));
         let stats_fd = if cfg.enable_stats {
             match kernel::enable_stats() {
                 Ok(fd) => Some(fd),
@@ -220,6 +227,7 @@ impl Agent {
             persister: Persister::new(cfg_state_file),
             views: watch::channel(Arc::new(Vec::new())).0,
             images,
+            alerts,
         };
         if let Some(c) = opened.corrupt {
             agent.problems.push(format!(
@@ -242,6 +250,11 @@ impl Agent {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The board of the programs' firing policy alerts.
+    pub fn alert_board(&self) -> Arc<crate::alerts::Board> {
+        self.alerts.clone()
     }
 
     fn save(&mut self) -> Result<()> {

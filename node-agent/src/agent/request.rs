@@ -209,13 +209,15 @@ pub struct ConfigCmd {
     /// The program's new HTTP tracer rules, when given (size-checked; the
     /// patterns are compiled before anything is written).
     pub tracer_rules: Option<crate::http::rules::PolicyRules>,
+    /// The program's new alert rules, when given (checked).
+    pub alerts: Option<Vec<crate::alerts::PolicyAlert>>,
 }
 
 impl ConfigCmd {
     /// Whether only what the agent keeps (the namespace filter, the
-    /// tracer rules) changes: no map is written.
+    /// tracer rules, the alert rules) changes: no map is written.
     pub fn only_namespaces(&self) -> bool {
-        (self.namespaces.is_some() || self.tracer_rules.is_some())
+        (self.namespaces.is_some() || self.tracer_rules.is_some() || self.alerts.is_some())
             && self.entries.is_empty()
             && !self.replace
     }
@@ -240,13 +242,19 @@ pub fn update_config(req: &pb::UpdateConfigRequest) -> Result<ConfigCmd> {
         crate::http::rules::lay_over(Default::default(), r)
             .map_err(|e| Error::Invalid(format!("tracer_rules: {e}")))?;
     }
-    let only_kept =
-        (namespaces.is_some() || tracer_rules.is_some()) && req.entries.is_empty() && !req.replace;
+    let alerts = req
+        .alerts
+        .as_ref()
+        .map(crate::alerts::from_pb)
+        .transpose()?;
+    let only_kept = (namespaces.is_some() || tracer_rules.is_some() || alerts.is_some())
+        && req.entries.is_empty()
+        && !req.replace;
     if !only_kept
         && (req.entries.len() > MAX_CONFIG_ENTRIES || (req.entries.is_empty() && !req.replace))
     {
         return Err(Error::Invalid(format!(
-            "entries: 1..={MAX_CONFIG_ENTRIES} expected (0 only with replace, namespaces or tracer_rules)"
+            "entries: 1..={MAX_CONFIG_ENTRIES} expected (0 only with replace, namespaces, tracer_rules or alerts)"
         )));
     }
     Ok(ConfigCmd {
@@ -260,6 +268,7 @@ pub fn update_config(req: &pb::UpdateConfigRequest) -> Result<ConfigCmd> {
         replace: req.replace,
         namespaces,
         tracer_rules,
+        alerts,
     })
 }
 
@@ -290,6 +299,7 @@ pub fn slots_write(program: &str, slots: &[(u32, u64)]) -> pb::UpdateConfigReque
         replace: false,
         namespaces: None,
         tracer_rules: None,
+        alerts: None,
     }
 }
 
@@ -309,6 +319,7 @@ pub fn ports_write(program: &str, ports: &[u16], replace: bool) -> pb::UpdateCon
         replace,
         namespaces: None,
         tracer_rules: None,
+        alerts: None,
     }
 }
 

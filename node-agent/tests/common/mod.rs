@@ -270,6 +270,7 @@ pub fn only_thread(program: &str, tid: u32) -> pb::UpdateConfigRequest {
         replace: false,
         namespaces: None,
         tracer_rules: None,
+        alerts: None,
     }
 }
 
