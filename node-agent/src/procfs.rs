@@ -121,6 +121,13 @@ pub fn read_node_figures() -> Option<pb::NodeFigures> {
     )
 }
 
+/// The node's online CPUs: the `cpuN` lines of `/proc/stat`. None when
+/// the file cannot be read or parsed.
+pub fn online_cpus() -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_proc_stat(&text).map(|c| c.cpus)
+}
+
 /// Whether the kernel exposes its own BTF, checked the first time it is
 /// asked and kept for the life of the process (a kernel does not gain or
 /// lose it while it runs). None when the check itself failed (e.g.

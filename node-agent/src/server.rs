@@ -23,6 +23,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use crate::agent::Agent;
+use crate::agent::usage::SAMPLE_PERIOD;
 use crate::audit::Audit;
 use crate::error::{Error, Result};
 use crate::http::{HttpConfig, Hub, runtime::Runtime};
@@ -443,6 +444,34 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(format!("reading {what} {}", path.display()), e))
 }
 
+/// Samples every program's run figures once a [`SAMPLE_PERIOD`], for the
+/// CPU shares of [`crate::agent::usage`].
+async fn sample_usage(agent: Arc<Mutex<Agent>>) {
+    let mut tick = tokio::time::interval(SAMPLE_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let agent = agent.clone();
+        let done = tokio::task::spawn_blocking(move || match agent.lock() {
+            Ok(mut a) => a.sample_usage(),
+            Err(_) => tracing::error!("usage sampler: agent state lock poisoned"),
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::error!(error = %e, "usage sampler task failed");
+        }
+    }
+}
+
+/// The sampler's task, aborted when dropped.
+struct Sampler(tokio::task::JoinHandle<()>);
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs the listeners until `shutdown` completes, with the HTTP tracer
 /// runtime on and its default settings.
 pub async fn serve(
@@ -486,6 +515,8 @@ pub async fn serve_with(
     let _runtime = hub
         .as_ref()
         .map(|h| Runtime::start(agent.clone(), h.clone()));
+    // Aborted when this function returns.
+    let _sampler = Sampler(tokio::spawn(sample_usage(agent.clone())));
     let make = || {
         AgentServer::new(svc.clone())
             .max_decoding_message_size(MAX_MESSAGE)

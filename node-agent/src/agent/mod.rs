@@ -7,7 +7,8 @@
 //! One concern a file: [`request`] (protobuf requests to checked domain
 //! types, pure), [`admit`] and [`budget`] (admission of a load, pure),
 //! `load`, `switch` (activate, rollback), `unload`, `adopt` (re-adoption
-//! at start), `config` (UpdateConfig) and [`views`] (the only place that
+//! at start), `config` (UpdateConfig), [`usage`] (each program's CPU
+//! share over time windows, pure) and [`views`] (the only place that
 //! builds List, Stats, Health, NodeInfo and [`ProgramView`]s). This file
 //! holds the [`Agent`] itself, its [`Config`], the state save, the audit
 //! wrappers and the program-view channel: every operation that changes
@@ -26,6 +27,7 @@ pub mod object_dirs;
 pub mod request;
 mod switch;
 mod unload;
+pub mod usage;
 pub mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -168,6 +170,8 @@ pub struct Agent {
     /// What the programs' policy alerts fire now (List reads it; the
     /// evaluators publish into it).
     alerts: Arc<crate::alerts::Board>,
+    /// Each program's run figures over time ([`usage`]).
+    usage: usage::Usage,
 }
 
 impl std::fmt::Debug for Agent {
@@ -228,6 +232,7 @@ impl Agent {
             views: watch::channel(Arc::new(Vec::new())).0,
             images,
             alerts,
+            usage: usage::Usage::default(),
         };
         if let Some(c) = opened.corrupt {
             agent.problems.push(format!(
@@ -363,6 +368,20 @@ impl Agent {
                 .audit
                 .write(actor, action, program, revision, e.kind(), &e.to_string()),
         }
+    }
+
+    /// Samples every program's run figures into the usage rings (the
+    /// agent's sampler calls it once a [`usage::SAMPLE_PERIOD`]).
+    pub fn sample_usage(&mut self) {
+        let totals = self.program_totals();
+        let cpus = crate::procfs::online_cpus().unwrap_or(0);
+        self.usage.record(kernel::sys::mono_ns(), cpus, totals);
+    }
+
+    /// Each program's CPU share, runs, errors and events lost over time
+    /// windows, as sampled so far.
+    pub fn usage(&self) -> &usage::Usage {
+        &self.usage
     }
 
     /// The image side (pulls happen outside the agent's lock).

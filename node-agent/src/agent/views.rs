@@ -251,6 +251,36 @@ impl Agent {
         })
     }
 
+    /// Each program's cumulative run figures now, summed over its
+    /// revisions as [`Agent::stats`] reports them (dispatched runs
+    /// included): what [`super::usage::Usage`] samples.
+    pub fn program_totals(&self) -> Vec<(String, super::usage::Totals)> {
+        let Ok(stats) = self.stats("") else {
+            return Vec::new();
+        };
+        let mut out: BTreeMap<String, super::usage::Totals> = BTreeMap::new();
+        for name in self.state.programs.keys() {
+            out.insert(
+                name.clone(),
+                super::usage::Totals {
+                    lost: Some(0),
+                    ..Default::default()
+                },
+            );
+        }
+        for r in &stats.revisions {
+            let t = out.entry(r.program.clone()).or_default();
+            t.run_ns = t.run_ns.saturating_add(r.run_time_ns);
+            t.runs = t.runs.saturating_add(r.run_cnt);
+            t.errors = t.errors.saturating_add(r.program_errors);
+            t.lost = match (t.lost, r.events_lost) {
+                (Some(a), Some(b)) => Some(a.saturating_add(b)),
+                _ => None,
+            };
+        }
+        out.into_iter().collect()
+    }
+
     /// Every (program, revision) the agent holds, orphans included (the
     /// program views leave them out: their tokens are unknown, but their
     /// log origin is computed from the names).
