@@ -5,9 +5,9 @@
 //! Two evaluators publish into the board, each the whole set of what fires
 //! for one program and one kind of signal: the HTTP tracer's hub (error
 //! rate and p99 latency over the program's own windows of exchanges, per
-//! service, route and side) and the kernel evaluator
-//! ([`kernel`]: CPU overhead, events lost, program errors over windows of
-//! the program's kernel figures). The board compares with what fired
+//! service, route and side) and the agent's usage sampler (CPU overhead,
+//! events lost, program errors over windows of the program's kernel
+//! figures, [`kernel_breaches`] on [`crate::agent::usage`]). The board compares with what fired
 //! before and reports each change once: a log line, an audit line, the
 //! transitions counter. List (`ProgramInfo.firing_alerts`), `/api/health`
 //! and `/metrics` read the board. No kernel calls here.
@@ -230,6 +230,44 @@ pub fn from_pb(rules: &pb::AlertRules) -> Result<Vec<PolicyAlert>> {
         });
     }
     Ok(out)
+}
+
+/// A program's kernel figures over one window, as the usage sampler has
+/// them (None: not known yet, or not counted by the program).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KernelFigures {
+    /// Over the whole window only.
+    pub cpu_percent: Option<f64>,
+    /// Over the window, or over what was sampled so far when that is
+    /// shorter (a lower bound).
+    pub errors: Option<u64>,
+    pub lost: Option<u64>,
+}
+
+/// The kernel-signal rules of `rules` breached now; `figures` gives the
+/// program's figures over a window.
+pub fn kernel_breaches(
+    rules: &[PolicyAlert],
+    figures: impl Fn(Window) -> KernelFigures,
+) -> Vec<Breach> {
+    let mut out = Vec::new();
+    for r in rules.iter().filter(|r| !r.signal.is_http()) {
+        let f = figures(r.window());
+        let value = match r.signal {
+            Signal::CpuOverheadPercent => f.cpu_percent,
+            Signal::ProgramErrors => f.errors.map(|e| e as f64),
+            Signal::EventsLost => f.lost.map(|l| l as f64),
+            Signal::ErrorRate | Signal::P99Latency => None,
+        };
+        if let Some(v) = value.filter(|v| *v > r.threshold) {
+            out.push(Breach {
+                rule: r.clone(),
+                series: Default::default(),
+                value: v,
+            });
+        }
+    }
+    out
 }
 
 /// Which part of the agent evaluates a signal; each publishes its own
@@ -530,6 +568,35 @@ mod tests {
                 .to_string()
                 .contains("alerts.rules: at most")
         );
+    }
+
+    #[test]
+    fn kernel_signals_fire_above_their_threshold_over_their_window() {
+        let mut rules = from_pb(&pb::AlertRules {
+            rules: vec![
+                rule("Faults", "ProgramErrors"),
+                rule("Lost", "EventsLost"),
+                rule("Cpu", "CpuOverheadPercent"),
+                rule("Errors", "ErrorRate"),
+            ],
+        })
+        .unwrap();
+        rules[2].window = "5m".into();
+        let figures = |w: Window| KernelFigures {
+            cpu_percent: (w == Window::FiveMinutes).then_some(2.0),
+            errors: Some(3),
+            lost: None,
+        };
+        let b = kernel_breaches(&rules, figures);
+        let names: Vec<(&str, f64)> = b.iter().map(|b| (b.rule.name.as_str(), b.value)).collect();
+        assert_eq!(names, [("Faults", 3.0), ("Cpu", 2.0)]);
+        // At the threshold is not above it; unknown figures never fire.
+        rules[0].threshold = 3.0;
+        let b = kernel_breaches(&rules, |_| KernelFigures {
+            errors: Some(3),
+            ..Default::default()
+        });
+        assert!(b.is_empty(), "{b:?}");
     }
 
     fn breach(name: &str, value: f64) -> Breach {

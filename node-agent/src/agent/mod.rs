@@ -376,6 +376,28 @@ impl Agent {
         let totals = self.program_totals();
         let cpus = crate::procfs::online_cpus().unwrap_or(0);
         self.usage.record(kernel::sys::mono_ns(), cpus, totals);
+        self.evaluate_kernel_alerts();
+    }
+
+    /// The programs' policy alerts on kernel signals, on the usage rings
+    /// just sampled, published to the board; the alerts of programs gone
+    /// resolve.
+    fn evaluate_kernel_alerts(&self) {
+        use crate::alerts::{KernelFigures, Source, kernel_breaches};
+        for (name, p) in &self.state.programs {
+            let found = kernel_breaches(&p.alerts, |w| {
+                let d = std::time::Duration::from_nanos(w.nanos());
+                let partial = self.usage.up_to(name, d);
+                KernelFigures {
+                    cpu_percent: self.usage.cpu_percent(name, d),
+                    errors: partial.map(|f| f.errors),
+                    lost: partial.and_then(|f| f.lost),
+                }
+            });
+            self.alerts.publish(name, Source::Kernel, found);
+        }
+        let names: Vec<String> = self.state.programs.keys().cloned().collect();
+        self.alerts.retain(&names);
     }
 
     /// Each program's CPU share, runs, errors and events lost over time
