@@ -2,7 +2,7 @@
 //! program's `bpfleet_config` slots 8-15 and its `bpfleet_pids` and
 //! `bpfleet_ports` maps, the contract of `bpf/include/bpfleet_gate.h`; and
 //! what the agent itself holds for the program (the namespace filter, the
-//! HTTP tracer's redaction and route rules).
+//! HTTP tracer's redaction and route rules, the policy's alert rules).
 //!
 //! Pure: the agent requests are plain data. The last write is the stamp
 //! (slot 15), a digest of everything written before it; agents report the
@@ -12,7 +12,10 @@
 //! to the nodes of a program whose policy went away (back to stamp 0, the
 //! program's defaults).
 
-use bpfleet_api::policy::{ExchangeEvents, RuntimeConfig, TracedEnds, UnmatchedRoutes};
+use bpfleet_api::policy::{
+    AlertRule, AlertSignal, AlertWindow, ExchangeEvents, RuntimeConfig, Severity, TracedEnds,
+    UnmatchedRoutes,
+};
 use bpfleet_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
@@ -36,7 +39,7 @@ pub const ENDS_SERVER: u64 = 1;
 pub const ENDS_CLIENT: u64 = 2;
 
 /// The writes that put one configuration in force on a node.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NodeConfig {
     /// Slots 8-13, in slot order.
     pub slots: [(u32, u64); 6],
@@ -51,6 +54,9 @@ pub struct NodeConfig {
     /// and `spec.config.routes`); sent with the slots, held by the agent.
     /// Empty: the agent's own.
     pub tracer_rules: pb::TracerRules,
+    /// The policy's alert rules (`spec.alerts`); sent with the slots,
+    /// evaluated by the agent. Empty: none.
+    pub alerts: Vec<pb::PolicyAlert>,
     /// Digest of the above; 0 only for the defaults.
     pub stamp: u64,
 }
@@ -72,8 +78,45 @@ impl NodeConfig {
             ports: Vec::new(),
             namespaces: Vec::new(),
             tracer_rules: pb::TracerRules::default(),
+            alerts: Vec::new(),
             stamp: 0,
         }
+    }
+
+    /// This configuration with the alert rules of policy `policy`.
+    pub fn with_alerts(mut self, policy: &str, alerts: &[AlertRule]) -> Self {
+        self.alerts = alerts
+            .iter()
+            .map(|a| pb::PolicyAlert {
+                name: a.name.clone(),
+                signal: match a.signal {
+                    AlertSignal::ErrorRate => "ErrorRate",
+                    AlertSignal::P99Latency => "P99Latency",
+                    AlertSignal::CpuOverheadPercent => "CpuOverheadPercent",
+                    AlertSignal::EventsLost => "EventsLost",
+                    AlertSignal::ProgramErrors => "ProgramErrors",
+                }
+                .into(),
+                threshold: a.threshold,
+                window: match a.window {
+                    AlertWindow::OneMinute => "1m",
+                    AlertWindow::FiveMinutes => "5m",
+                    AlertWindow::FifteenMinutes => "15m",
+                    AlertWindow::OneHour => "1h",
+                }
+                .into(),
+                severity: match a.severity {
+                    Severity::Warning => "Warning",
+                    Severity::Critical => "Critical",
+                }
+                .into(),
+                policy: policy.to_string(),
+                // The agent's default.
+                min_requests: 0,
+            })
+            .collect();
+        self.stamp = self.digest();
+        self
     }
 
     /// The configuration of a policy's `spec.config`. The schema bounds
@@ -160,6 +203,7 @@ impl NodeConfig {
             ports,
             namespaces,
             tracer_rules,
+            alerts: Vec::new(),
             stamp: 0,
         };
         out.stamp = out.digest();
@@ -208,6 +252,16 @@ impl NodeConfig {
         h.update((r.unmatched_routes.len() as u64).to_le_bytes());
         h.update(r.unmatched_routes.as_bytes());
         h.update(r.max_routes.to_le_bytes());
+        h.update(b"alerts");
+        h.update((self.alerts.len() as u64).to_le_bytes());
+        for a in &self.alerts {
+            for v in [&a.name, &a.signal, &a.window, &a.severity, &a.policy] {
+                h.update((v.len() as u64).to_le_bytes());
+                h.update(v.as_bytes());
+            }
+            h.update(a.threshold.to_le_bytes());
+            h.update(a.min_requests.to_le_bytes());
+        }
         let d = h.finalize();
         let mut first = [0u8; 8];
         first.copy_from_slice(&d[..8]);
@@ -234,6 +288,7 @@ impl NodeConfig {
                 replace: true,
                 namespaces: None,
                 tracer_rules: None,
+                alerts: None,
             });
         }
         if !self.ports.is_empty() {
@@ -251,31 +306,37 @@ impl NodeConfig {
                 replace: true,
                 namespaces: None,
                 tracer_rules: None,
+                alerts: None,
             });
         }
         let slot = |k: u32, v: u64| pb::ConfigEntry {
             key: k.to_ne_bytes().to_vec(),
             value: v.to_ne_bytes().to_vec(),
         };
-        let config = |entries, namespaces, tracer_rules| pb::UpdateConfigRequest {
+        let config = |entries, namespaces, tracer_rules, alerts| pb::UpdateConfigRequest {
             program: program.to_string(),
             map: String::new(),
             entries,
             replace: false,
             namespaces,
             tracer_rules,
+            alerts,
         };
-        // The namespace filter and the tracer rules travel with the slots
-        // (an empty list lifts the filter, empty rules put the agent's own
-        // back), so they are in force before the stamp says so.
+        // The namespace filter, the tracer rules and the alert rules
+        // travel with the slots (an empty list lifts the filter, empty
+        // rules put the agent's own back, no alerts remove the program's),
+        // so they are in force before the stamp says so.
         out.push(config(
             self.slots.iter().map(|&(k, v)| slot(k, v)).collect(),
             Some(pb::NamespaceFilter {
                 names: self.namespaces.clone(),
             }),
             Some(self.tracer_rules.clone()),
+            Some(pb::AlertRules {
+                rules: self.alerts.clone(),
+            }),
         ));
-        out.push(config(vec![slot(SLOT_STAMP, self.stamp)], None, None));
+        out.push(config(vec![slot(SLOT_STAMP, self.stamp)], None, None, None));
         out
     }
 }
@@ -489,5 +550,47 @@ mod tests {
         stamps.push(NodeConfig::of(&moved).stamp);
         let distinct: std::collections::BTreeSet<u64> = stamps.iter().copied().collect();
         assert_eq!(distinct.len(), stamps.len(), "{stamps:?}");
+    }
+
+    /// A policy's alerts go with the slots, named by the policy, and are
+    /// part of the stamp: a changed threshold is written again; no alerts
+    /// travel as an empty set, which removes the program's.
+    #[test]
+    fn alerts_go_with_the_slots_and_change_the_stamp() {
+        let rule = |threshold: f64| -> AlertRule {
+            serde_json::from_value(serde_json::json!({
+                "name": "Faults", "signal": "ProgramErrors", "threshold": threshold,
+                "window": "1m", "severity": "Critical"
+            }))
+            .expect("rule")
+        };
+        let base = NodeConfig::of(&RuntimeConfig::default());
+        let c = base.clone().with_alerts("pol", &[rule(0.0)]);
+        let reqs = c.requests("p");
+        let sent = reqs[0].alerts.as_ref().expect("alerts with the slots");
+        assert_eq!(
+            sent.rules,
+            [pb::PolicyAlert {
+                name: "Faults".into(),
+                signal: "ProgramErrors".into(),
+                threshold: 0.0,
+                window: "1m".into(),
+                severity: "Critical".into(),
+                policy: "pol".into(),
+                min_requests: 0,
+            }]
+        );
+        assert!(reqs.last().expect("stamp").alerts.is_none());
+        let stamps = [
+            base.stamp,
+            c.stamp,
+            base.clone().with_alerts("pol", &[rule(1.0)]).stamp,
+            base.clone().with_alerts("other", &[rule(0.0)]).stamp,
+        ];
+        let distinct: std::collections::BTreeSet<u64> = stamps.iter().copied().collect();
+        assert_eq!(distinct.len(), stamps.len(), "{stamps:?}");
+        assert_eq!(base.clone().with_alerts("pol", &[]).stamp, base.stamp);
+        let d = NodeConfig::defaults().requests("p");
+        assert_eq!(d[0].alerts, Some(pb::AlertRules::default()));
     }
 }

@@ -20,12 +20,17 @@ pub(super) async fn observe(program: &str, targets: &[&Target], ctx: &Context) -
 }
 
 /// [`observe`], with the configuration stamp of `program` on each node
-/// (None where the node does not hold it or did not answer).
+/// (None where the node does not hold it or did not answer) and the
+/// policy alerts firing for it there.
 pub(super) async fn observe_stamped(
     program: &str,
     targets: &[&Target],
     ctx: &Context,
-) -> (Vec<NodeReport>, Vec<Option<u64>>) {
+) -> (
+    Vec<NodeReport>,
+    Vec<Option<u64>>,
+    Vec<Vec<(String, String)>>,
+) {
     let asked: Vec<(&str, &str)> = targets
         .iter()
         .filter_map(|t| Some((t.name.as_str(), t.endpoint.as_deref()?)))
@@ -39,7 +44,20 @@ pub(super) async fn observe_stamped(
         .iter()
         .map(|s| s.as_ref()?.view.as_ref()?.config_stamp(program))
         .collect();
-    (reports_of(program, targets, &sightings, ctx), stamps)
+    let firing = sightings
+        .iter()
+        .map(|s| {
+            s.as_ref()
+                .and_then(|s| s.view.as_ref())
+                .map(|v| v.firing_alerts(program).to_vec())
+                .unwrap_or_default()
+        })
+        .collect();
+    (
+        reports_of(program, targets, &sightings, ctx),
+        stamps,
+        firing,
+    )
 }
 
 /// The reports of `program` on `targets` from what was seen of each.

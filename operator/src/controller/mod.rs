@@ -207,9 +207,18 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
         Err(e) => return stalled(tp, ctx, &status, generation, &e).await,
     };
     let all: Vec<&Target> = targets.iter().collect();
-    let (mut reports, stamps) = observe_stamped(&name, &all, ctx).await;
+    let (mut reports, stamps, firing) = observe_stamped(&name, &all, ctx).await;
     forget_unloaded(ctx, &name, &targets, &reports);
-    let applied = configure(tp, ctx, policy.as_deref(), &targets, &reports, &stamps).await;
+    let applied = configure(
+        tp,
+        ctx,
+        policy.as_deref(),
+        &targets,
+        &reports,
+        &stamps,
+        &firing,
+    )
+    .await;
     // Nodes that do not hold the program yet get the policy's writes right
     // after their Load, before the Activate that follows.
     let want = policy::desired(policy.as_deref());
