@@ -335,7 +335,9 @@ pub const ALERTS_FIRING: &str = "AlertsFiring";
 pub fn policy_firing<'a>(
     applied: impl IntoIterator<Item = (&'a str, &'a [FiringAlert])>,
 ) -> Vec<PolicyFiringAlert> {
-    let mut by: BTreeMap<(&str, &str), (i32, BTreeSet<&str>, BTreeSet<&str>)> = BTreeMap::new();
+    /// Per (alert, severity): nodes, first node names, first programs.
+    type Sums<'b> = BTreeMap<(&'b str, &'b str), (i32, BTreeSet<&'b str>, BTreeSet<&'b str>)>;
+    let mut by: Sums = BTreeMap::new();
     for (program, alerts) in applied {
         for a in alerts {
             let e = by.entry((&a.alert, &a.severity)).or_default();
