@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
     status = "TracerPolicyStatus",
     printcolumn = r#"{"name":"Programs","type":"string","jsonPath":".status.targetSummary"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Alerts","type":"string","jsonPath":".status.conditions[?(@.type==\"AlertsFiring\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -44,10 +45,14 @@ pub struct TracerPolicySpec {
     /// What canary and blue-green analysis checks.
     #[serde(default)]
     pub health: HealthGates,
-    /// Alerts to evaluate on the nodes. Not acted on yet: accepted and
-    /// checked (names unique), and the policy's Ready message says they
-    /// are not evaluated; the agents' own `--http-alert` rules and the
-    /// chart's PrometheusRule are what alert today.
+    /// Alerts evaluated by the agent of every node holding a targeted
+    /// program, on its own sliding windows of that program's figures:
+    /// `ErrorRate` and `P99Latency` per HTTP series (service, route, side)
+    /// of the program's exchanges, needing at least 20 requests in the
+    /// window; `CpuOverheadPercent`, `EventsLost` and `ProgramErrors` from
+    /// the program's kernel figures. Firing state is exported by each agent
+    /// (`bpfleet_agent_policy_alert_firing`, `/api/health`) and summed up
+    /// in `status.firingAlerts` and the `AlertsFiring` condition.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
@@ -443,4 +448,28 @@ pub struct TracerPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// The policy's alerts that fire now, on the nodes of the programs it
+    /// applies to (as of their programs' last reconcile; at most 32).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub firing_alerts: Vec<PolicyFiringAlert>,
+}
+
+/// A policy alert that fires, over every program the policy applies to.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyFiringAlert {
+    pub alert: String,
+    /// `Warning` or `Critical`.
+    pub severity: String,
+    /// Nodes where it fires (a node counts once per program).
+    pub nodes: i32,
+    /// The first of them by name (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub node_names: Vec<String>,
+    /// Programs on whose nodes it fires (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub programs: Vec<String>,
 }

@@ -103,6 +103,19 @@ fn agent_answer(active: &str, inactive: &[&str], tick: u64, errors: u64) -> (Vec
                     changed_at_unix_ms: 1_700_000_000_000,
                     samples: true,
                 }),
+                firing_alerts: vec![pb::FiringAlert {
+                    name: "HighErrorRate".into(),
+                    severity: "Critical".into(),
+                    signal: "ErrorRate".into(),
+                    value: 0.5,
+                    threshold: 0.1,
+                    window: "1m".into(),
+                    since_unix: 1_800_000_000,
+                    service: "shop".into(),
+                    route: "/items/{item}".into(),
+                    side: "server".into(),
+                    policy: "shop-policy".into(),
+                }],
             },
             pb::ProgramInfo {
                 program: "other".into(),
@@ -316,6 +329,17 @@ fn agent_requests() -> Vec<Seed> {
             max_cpu_percent: 0.5,
             reduce_sampling: true,
             policy: "shop-http".into(),
+        }),
+        alerts: Some(pb::AlertRules {
+            rules: vec![pb::PolicyAlert {
+                name: "HighErrorRate".into(),
+                signal: "ErrorRate".into(),
+                threshold: 0.1,
+                window: "1m".into(),
+                severity: "Critical".into(),
+                policy: "shop-policy".into(),
+                min_requests: 0,
+            }],
         }),
     };
     vec![

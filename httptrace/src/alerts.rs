@@ -46,6 +46,41 @@ impl<K: Ord + Clone> Default for Alerts<K> {
     }
 }
 
+/// The value of `rule`'s signal for `key` at `now_ns`, and whether it is
+/// breached (above the threshold with at least `min_requests` requests).
+pub fn check<K: Ord + Clone>(
+    rule: &Rule,
+    windows: &Windows<K>,
+    key: &K,
+    now_ns: u64,
+) -> (bool, f64) {
+    let s = summarize(rule.window, &windows.merged(key, rule.window, now_ns));
+    let value = match rule.signal {
+        Signal::ErrorRate => Some(s.error_rate),
+        Signal::P99Latency => s.p99_ns.map(|ns| ns as f64 / 1e9),
+    };
+    let breach = s.requests >= rule.min_requests && value.is_some_and(|v| v > rule.threshold);
+    (breach, value.unwrap_or(0.0))
+}
+
+/// Every (rule index, key, value) breached at `now_ns`: the stateless
+/// half of [`Alerts::evaluate`], for callers that keep their own state.
+pub fn breached<K: Ord + Clone>(
+    rules: &[Rule],
+    windows: &Windows<K>,
+    now_ns: u64,
+) -> Vec<(usize, K, f64)> {
+    let mut out = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        for key in windows.keys() {
+            if let (true, value) = check(rule, windows, key, now_ns) {
+                out.push((i, key.clone(), value));
+            }
+        }
+    }
+    out
+}
+
 impl<K: Ord + Clone> Alerts<K> {
     /// Evaluates every rule for every key at `now_ns`.
     pub fn evaluate(
@@ -58,16 +93,9 @@ impl<K: Ord + Clone> Alerts<K> {
         let keys: Vec<K> = windows.keys().cloned().collect();
         for rule in rules {
             for key in &keys {
-                let s = summarize(rule.window, &windows.merged(key, rule.window, now_ns));
-                let value = match rule.signal {
-                    Signal::ErrorRate => Some(s.error_rate),
-                    Signal::P99Latency => s.p99_ns.map(|ns| ns as f64 / 1e9),
-                };
-                let breach =
-                    s.requests >= rule.min_requests && value.is_some_and(|v| v > rule.threshold);
+                let (breach, value) = check(rule, windows, key, now_ns);
                 let id = (rule.name.clone(), key.clone());
                 let was = self.firing.contains_key(&id);
-                let value = value.unwrap_or(0.0);
                 if breach && !was {
                     self.firing.insert(id, now_ns);
                     out.push(Transition::Firing {

@@ -721,6 +721,7 @@ pub async fn run_client(cmd: Command) -> Result<()> {
                         }),
                         tracer_rules: None,
                         cpu_budget: None,
+                        alerts: None,
                     })
                     .await,
             )

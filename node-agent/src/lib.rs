@@ -31,6 +31,7 @@
 //! (feature `fault-injection`), called from `agent/` and `kernel/`.
 
 pub mod agent;
+pub mod alerts;
 pub mod audit;
 pub mod bpflog;
 pub mod cli;

@@ -13,6 +13,10 @@
 //! plus the HTTP tracer's families when the tracer runtime is on
 //! ([`crate::http::export`]).
 //!
+//! `bpfleet_agent_policy_alert_firing` (1/0 per TracerPolicy alert rule of
+//! a program: program, policy, alertname, severity) and
+//! `bpfleet_agent_policy_alert_transitions` ([`crate::alerts`]).
+//!
 //! The same listener serves the agent's HTTP API: `/api/health` and
 //! `/api/analytics` ([`crate::http::api`]); any other path is 404.
 
@@ -41,6 +45,7 @@ pub struct Metrics {
     agent: Arc<Mutex<Agent>>,
     hub: Option<Arc<Hub>>,
     bpf_log: Arc<LogCounters>,
+    board: Arc<crate::alerts::Board>,
 }
 
 /// The BPF log's series: `bpfleet_bpf_log_records_total` (records printed,
@@ -254,6 +259,43 @@ impl Collector for KernelCollector {
     }
 }
 
+/// `bpfleet_agent_policy_alert_firing`: 1 for every policy alert rule of
+/// a program that fires now (on any series), 0 for the others.
+#[derive(Debug)]
+struct PolicyAlertCollector {
+    agent: Arc<Mutex<Agent>>,
+    board: Arc<crate::alerts::Board>,
+}
+
+impl Collector for PolicyAlertCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let views = match self.agent.lock() {
+            Ok(a) => a.program_views(),
+            Err(_) => Vec::new(),
+        };
+        let mut m = encoder.encode_descriptor(
+            "bpfleet_agent_policy_alert_firing",
+            "1 while a TracerPolicy alert of the program fires on this node (on any series), 0 otherwise",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for v in views.iter().filter(|v| !v.alerts.is_empty()) {
+            let firing = self.board.firing(&v.program);
+            for a in &v.alerts {
+                let on = firing.iter().any(|f| f.breach.rule.name == a.name);
+                let l: Labels = vec![
+                    ("program".into(), v.program.clone()),
+                    ("policy".into(), a.policy.clone()),
+                    ("alertname".into(), a.name.clone()),
+                    ("severity".into(), a.severity.as_str().into()),
+                ];
+                ConstGauge::new(i64::from(on)).encode(m.encode_family(&l)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Metrics {
     /// Metrics over `agent`.
     pub fn new(agent: Arc<Mutex<Agent>>) -> Arc<Self> {
@@ -280,6 +322,19 @@ impl Metrics {
             agent: agent.clone(),
             log: bpf_log.clone(),
         }));
+        let board = match agent.lock() {
+            Ok(a) => a.alert_board(),
+            Err(p) => p.into_inner().alert_board(),
+        };
+        registry.register(
+            "bpfleet_agent_policy_alert_transitions",
+            "TracerPolicy alert transitions by program, policy, alertname, severity and state (firing, resolved)",
+            board.transitions().clone(),
+        );
+        registry.register_collector(Box::new(PolicyAlertCollector {
+            agent: agent.clone(),
+            board: board.clone(),
+        }));
         if let Some(h) = &hub {
             h.families().register(&mut registry, h.clone());
         }
@@ -289,6 +344,7 @@ impl Metrics {
             agent,
             hub,
             bpf_log,
+            board,
         })
     }
 
@@ -338,7 +394,7 @@ impl Metrics {
                         ..Default::default()
                     },
                 };
-                let h = api::health(agent, self.hub.as_deref());
+                let h = api::health(agent, self.hub.as_deref(), self.board.all());
                 let status = if h.ready { 200 } else { 503 };
                 (status, JSON, to_json(&h))
             }

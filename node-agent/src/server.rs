@@ -445,8 +445,9 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
 }
 
 /// Samples every program's run figures once a [`SAMPLE_PERIOD`], for the
-/// CPU shares of [`crate::agent::usage`], and enforces the CPU budgets
-/// once a `--budget-period-seconds` ([`Agent::tick`]).
+/// CPU shares of [`crate::agent::usage`] (and evaluates the policy alerts
+/// on kernel signals), and enforces the CPU budgets once a
+/// `--budget-period-seconds` ([`Agent::tick`]).
 async fn sample_usage(agent: Arc<Mutex<Agent>>) {
     let mut tick = tokio::time::interval(SAMPLE_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -494,9 +495,10 @@ pub async fn serve_with(
     // The refusals of the TCP listener's identity check go to the agent's
     // audit log, through a handle of their own (lines are appended whole).
     let refusal_audit = Audit::new(agent.config().audit_log.as_deref())?;
+    let board = agent.alert_board();
     let agent = Arc::new(Mutex::new(agent));
     let hub = if http.enabled {
-        Some(Arc::new(Hub::new(http)?))
+        Some(Arc::new(Hub::with_board(http, board.clone())?))
     } else {
         None
     };

@@ -56,6 +56,10 @@ pub struct ProgramState {
     /// TracerPolicy, set by UpdateConfig (None: the agent's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracer_rules: Option<crate::http::rules::PolicyRules>,
+    /// The alert rules of the program's TracerPolicy (`spec.alerts`), set
+    /// by UpdateConfig (empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<crate::alerts::PolicyAlert>,
     /// The TracerPolicy whose budgets the program counts against (its
     /// latest Load's `budget.group`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -567,6 +567,7 @@ fn config_write(w: u64) -> pb::UpdateConfigRequest {
             namespaces: None,
             tracer_rules: None,
             cpu_budget: None,
+            alerts: None,
         }
     } else {
         pb::UpdateConfigRequest {
@@ -583,6 +584,7 @@ fn config_write(w: u64) -> pb::UpdateConfigRequest {
             namespaces: None,
             tracer_rules: None,
             cpu_budget: None,
+            alerts: None,
         }
     }
 }

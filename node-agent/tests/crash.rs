@@ -353,6 +353,7 @@ fn policy() -> pb::UpdateConfigRequest {
         }),
         tracer_rules: None,
         cpu_budget: None,
+        alerts: None,
     }
 }
 

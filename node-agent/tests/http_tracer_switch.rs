@@ -57,6 +57,7 @@ fn write_map(agent: &mut Agent, map: &str, key: Vec<u8>, value: Vec<u8>) {
                 namespaces: None,
                 tracer_rules: None,
                 cpu_budget: None,
+                alerts: None,
             },
             "test",
         )

@@ -214,6 +214,7 @@ fn policy_maps_are_shared_replaced_and_listed() {
             namespaces: None,
             tracer_rules: None,
             cpu_budget: None,
+            alerts: None,
         },
         "t",
     )
@@ -232,6 +233,7 @@ fn policy_maps_are_shared_replaced_and_listed() {
                 namespaces: None,
                 tracer_rules: None,
                 cpu_budget: None,
+                alerts: None,
             },
             "t",
         )
@@ -250,6 +252,7 @@ fn policy_maps_are_shared_replaced_and_listed() {
                 namespaces: None,
                 tracer_rules: None,
                 cpu_budget: None,
+                alerts: None,
             },
             "t",
         )

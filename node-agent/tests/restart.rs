@@ -70,6 +70,7 @@ fn state_file_lost_pins_are_adopted_as_orphans_and_unloadable() {
             }),
             tracer_rules: None,
             cpu_budget: None,
+            alerts: None,
         },
         "t",
     )

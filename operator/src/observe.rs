@@ -99,6 +99,10 @@ pub struct ProgramView {
     pub cpu_budget: Option<pb::CpuBudgetStatus>,
     /// Sorted by revision.
     pub revisions: Vec<RevisionView>,
+    /// The policy alerts firing for the program on the node: (name,
+    /// severity), sorted, each once (an alert firing on several HTTP
+    /// series counts once).
+    pub firing_alerts: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -175,11 +179,19 @@ impl NodeView {
                 // first wins (two entries named active_revision would make
                 // two active revisions).
                 revisions.dedup_by(|a, b| a.revision == b.revision);
+                let mut firing_alerts: Vec<(String, String)> = p
+                    .firing_alerts
+                    .iter()
+                    .map(|a| (a.name.clone(), a.severity.clone()))
+                    .collect();
+                firing_alerts.sort();
+                firing_alerts.dedup();
                 ProgramView {
                     program: p.program.clone(),
                     config_stamp: crate::runtime_config::reported_stamp(&p.config),
                     cpu_budget: p.cpu_budget.clone(),
                     revisions,
+                    firing_alerts,
                 }
             })
             .collect();
@@ -204,6 +216,13 @@ impl NodeView {
             .binary_search_by(|p| p.program.as_str().cmp(program))
             .ok()
             .and_then(|i| self.programs[i].cpu_budget.as_ref())
+    }
+
+    /// The policy alerts firing for `program` on the node.
+    pub fn firing_alerts(&self, program: &str) -> &[(String, String)] {
+        self.programs
+            .binary_search_by(|p| p.program.as_str().cmp(program))
+            .map_or(&[], |i| self.programs[i].firing_alerts.as_slice())
     }
 
     /// What the node holds of `program` (nothing when it holds none).

@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bpfleet_api::program::AppliedPolicy;
+use bpfleet_api::policy::PolicyFiringAlert;
+use bpfleet_api::program::{AppliedPolicy, FiringAlert, MAX_FIRING_NODE_NAMES};
 use bpfleet_api::{TracerPolicy, TracerPolicyStatus, TracerProgram};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -69,6 +70,35 @@ pub struct Holding<'a> {
     pub stamp: u64,
     /// The revisions it holds, joined: a refusal is retried once they change.
     pub revisions: String,
+    /// The policy alerts its agent reports firing for the program: (name,
+    /// severity).
+    pub firing: &'a [(String, String)],
+}
+
+/// The alerts firing on `holding`, per (alert, severity): the node count
+/// and the first node names by name, bounded (at most 32 alerts, 10 names
+/// each) whatever the fleet's size. Pure.
+pub fn firing_summary(holding: &[Holding<'_>]) -> Vec<FiringAlert> {
+    let mut by: BTreeMap<(&str, &str), (i32, BTreeSet<&str>)> = BTreeMap::new();
+    for h in holding {
+        for (alert, severity) in h.firing {
+            let e = by.entry((alert, severity)).or_default();
+            e.0 = e.0.saturating_add(1);
+            e.1.insert(h.node);
+            if e.1.len() > MAX_FIRING_NODE_NAMES {
+                e.1.pop_last();
+            }
+        }
+    }
+    by.into_iter()
+        .take(32)
+        .map(|((alert, severity), (nodes, names))| FiringAlert {
+            alert: alert.to_string(),
+            severity: severity.to_string(),
+            nodes,
+            node_names: names.into_iter().map(str::to_string).collect(),
+        })
+        .collect()
 }
 
 /// Writes an agent refused, per (node, program): the stamp, the revisions
@@ -131,11 +161,13 @@ pub fn budget(policy: Option<&TracerPolicy>) -> Option<bpfleet_proto::v1::Budget
 pub fn desired(policy: Option<&TracerPolicy>) -> NodeConfig {
     policy.map_or_else(NodeConfig::defaults, |p| {
         let b = p.spec.budgets.as_ref();
-        NodeConfig::of(&p.spec.config).with_cpu_budget(
-            b.and_then(|b| b.max_cpu_overhead_percent),
-            b.is_some_and(|b| b.reduce_sampling_on_breach),
-            &p.name_any(),
-        )
+        NodeConfig::of(&p.spec.config)
+            .with_cpu_budget(
+                b.and_then(|b| b.max_cpu_overhead_percent),
+                b.is_some_and(|b| b.reduce_sampling_on_breach),
+                &p.name_any(),
+            )
+            .with_alerts(&p.name_any(), &p.spec.alerts)
     })
 }
 
@@ -166,6 +198,8 @@ pub async fn sync(
                         &format!("not applied, invalid: {}", problems.join("; ")),
                         MAX_MESSAGE,
                     )),
+                    // The nodes keep what they hold, alerts included.
+                    firing_alerts: firing_summary(holding),
                 }),
                 written: 0,
             };
@@ -252,6 +286,7 @@ pub async fn sync(
                 .iter()
                 .next()
                 .map(|(n, m)| truncate(&format!("node {n}: {m}"), MAX_MESSAGE)),
+            firing_alerts: firing_summary(holding),
         }
     });
     Synced { applied, written }
@@ -301,6 +336,44 @@ pub async fn write(
 
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
+pub const ALERTS_FIRING: &str = "AlertsFiring";
+
+/// The policy's alerts firing over the programs it applies to, from each
+/// program's summary (`applied`: program name and its summary): node
+/// counts summed, node and program names the first by name, bounded.
+pub fn policy_firing<'a>(
+    applied: impl IntoIterator<Item = (&'a str, &'a [FiringAlert])>,
+) -> Vec<PolicyFiringAlert> {
+    /// Per (alert, severity): nodes, first node names, first programs.
+    type Sums<'b> = BTreeMap<(&'b str, &'b str), (i32, BTreeSet<&'b str>, BTreeSet<&'b str>)>;
+    let mut by: Sums = BTreeMap::new();
+    for (program, alerts) in applied {
+        for a in alerts {
+            let e = by.entry((&a.alert, &a.severity)).or_default();
+            e.0 = e.0.saturating_add(a.nodes);
+            e.1.extend(a.node_names.iter().map(String::as_str));
+            e.2.insert(program);
+            while e.1.len() > MAX_FIRING_NODE_NAMES {
+                e.1.pop_last();
+            }
+            while e.2.len() > MAX_FIRING_NODE_NAMES {
+                e.2.pop_last();
+            }
+        }
+    }
+    by.into_iter()
+        .take(32)
+        .map(
+            |((alert, severity), (nodes, names, programs))| PolicyFiringAlert {
+                alert: alert.to_string(),
+                severity: severity.to_string(),
+                nodes,
+                node_names: names.into_iter().map(str::to_string).collect(),
+                programs: programs.into_iter().map(str::to_string).collect(),
+            },
+        )
+        .collect()
+}
 
 /// The status of `policy` given every program and policy (pure).
 pub fn status_of(
@@ -320,6 +393,7 @@ pub fn status_of(
     targeted.sort_by_key(|tp| tp.name_any());
 
     let mut overridden: BTreeMap<String, String> = BTreeMap::new();
+    let mut firing_in: Vec<(String, &[FiringAlert])> = Vec::new();
     let mut pending: Vec<String> = Vec::new();
     let mut refused: Vec<String> = Vec::new();
     let (mut nodes, mut configured) = (0i64, 0i64);
@@ -332,6 +406,11 @@ pub fn status_of(
             continue;
         }
         let applied = tp.status.as_ref().and_then(|s| s.policy.as_ref());
+        // What fires is the nodes' present state, whichever generation of
+        // the policy the program's status was written for.
+        if let Some(a) = applied.filter(|a| a.name == me && !a.firing_alerts.is_empty()) {
+            firing_in.push((name.clone(), a.firing_alerts.as_slice()));
+        }
         match applied {
             Some(a) if a.name == me && a.generation == generation => {
                 nodes += i64::from(a.nodes);
@@ -412,18 +491,6 @@ pub fn status_of(
             last_transition_time: since,
         }
     };
-    // Fields accepted but not acted on yet: said, never silently ignored.
-    let mut message = message;
-    let mut idle = Vec::new();
-    if !policy.spec.alerts.is_empty() {
-        idle.push("spec.alerts");
-    }
-    if !idle.is_empty() && reason != "InvalidSpec" {
-        message.push_str(&format!(
-            "; not acted on yet by this operator version: {}",
-            idle.join(", ")
-        ));
-    }
     let reconciling = reason == "Applying";
     // The CPU budget, summed up over the programs the policy applies to.
     let budgets: Vec<(String, Option<&Condition>)> = targeted
@@ -451,6 +518,25 @@ pub fn status_of(
         generation,
         now,
     );
+    let firing = policy_firing(firing_in.iter().map(|(p, a)| (p.as_str(), *a)));
+    let alerts_condition = if firing.is_empty() {
+        condition(
+            ALERTS_FIRING,
+            false,
+            "NoneFiring",
+            if policy.spec.alerts.is_empty() {
+                "the policy has no alerts".to_string()
+            } else {
+                format!("none of {} alert(s) fires", policy.spec.alerts.len())
+            },
+        )
+    } else {
+        let list: Vec<String> = firing
+            .iter()
+            .map(|f| format!("{} ({}) on {} node(s)", f.alert, f.severity, f.nodes))
+            .collect();
+        condition(ALERTS_FIRING, true, "Firing", list.join("; "))
+    };
     let names: Vec<String> = targeted.iter().map(|tp| tp.name_any()).collect();
     TracerPolicyStatus {
         observed_generation: Some(generation),
@@ -464,10 +550,12 @@ pub fn status_of(
                 if reconciling { "Applying" } else { "Settled" },
                 if reconciling { message } else { String::new() },
             ),
+            alerts_condition,
         ]
         .into_iter()
         .chain(budget)
         .collect(),
+        firing_alerts: firing,
     }
 }
 

@@ -3,7 +3,7 @@
 //! `bpfleet_ports` maps, the contract of `bpf/include/bpfleet_gate.h`; and
 //! what the agent itself holds for the program (the namespace filter, the
 //! HTTP tracer's redaction and route rules, the CPU budget of
-//! `spec.budgets`).
+//! `spec.budgets`, the policy's alert rules).
 //!
 //! Pure: the agent requests are plain data. The last write is the stamp
 //! (slot 15), a digest of everything written before it; agents report the
@@ -13,7 +13,10 @@
 //! to the nodes of a program whose policy went away (back to stamp 0, the
 //! program's defaults).
 
-use bpfleet_api::policy::{ExchangeEvents, RuntimeConfig, TracedEnds, UnmatchedRoutes};
+use bpfleet_api::policy::{
+    AlertRule, AlertSignal, AlertWindow, ExchangeEvents, RuntimeConfig, Severity, TracedEnds,
+    UnmatchedRoutes,
+};
 use bpfleet_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
@@ -56,6 +59,9 @@ pub struct NodeConfig {
     /// `reduceSamplingOnBreach`); sent with the slots, held and enforced
     /// by the agent. `max_cpu_percent` 0: none.
     pub cpu_budget: pb::CpuBudget,
+    /// The policy's alert rules (`spec.alerts`); sent with the slots,
+    /// evaluated by the agent. Empty: none.
+    pub alerts: Vec<pb::PolicyAlert>,
     /// Digest of the above; 0 only for the defaults.
     pub stamp: u64,
 }
@@ -78,6 +84,7 @@ impl NodeConfig {
             namespaces: Vec::new(),
             tracer_rules: pb::TracerRules::default(),
             cpu_budget: pb::CpuBudget::default(),
+            alerts: Vec::new(),
             stamp: 0,
         }
     }
@@ -102,6 +109,42 @@ impl NodeConfig {
         } else {
             pb::CpuBudget::default()
         };
+        self.stamp = self.digest();
+        self
+    }
+
+    /// This configuration with the alert rules of policy `policy`.
+    pub fn with_alerts(mut self, policy: &str, alerts: &[AlertRule]) -> Self {
+        self.alerts = alerts
+            .iter()
+            .map(|a| pb::PolicyAlert {
+                name: a.name.clone(),
+                signal: match a.signal {
+                    AlertSignal::ErrorRate => "ErrorRate",
+                    AlertSignal::P99Latency => "P99Latency",
+                    AlertSignal::CpuOverheadPercent => "CpuOverheadPercent",
+                    AlertSignal::EventsLost => "EventsLost",
+                    AlertSignal::ProgramErrors => "ProgramErrors",
+                }
+                .into(),
+                threshold: a.threshold,
+                window: match a.window {
+                    AlertWindow::OneMinute => "1m",
+                    AlertWindow::FiveMinutes => "5m",
+                    AlertWindow::FifteenMinutes => "15m",
+                    AlertWindow::OneHour => "1h",
+                }
+                .into(),
+                severity: match a.severity {
+                    Severity::Warning => "Warning",
+                    Severity::Critical => "Critical",
+                }
+                .into(),
+                policy: policy.to_string(),
+                // The agent's default.
+                min_requests: 0,
+            })
+            .collect();
         self.stamp = self.digest();
         self
     }
@@ -191,6 +234,7 @@ impl NodeConfig {
             namespaces,
             tracer_rules,
             cpu_budget: pb::CpuBudget::default(),
+            alerts: Vec::new(),
             stamp: 0,
         };
         out.stamp = out.digest();
@@ -248,6 +292,16 @@ impl NodeConfig {
             h.update((b.policy.len() as u64).to_le_bytes());
             h.update(b.policy.as_bytes());
         }
+        h.update(b"alerts");
+        h.update((self.alerts.len() as u64).to_le_bytes());
+        for a in &self.alerts {
+            for v in [&a.name, &a.signal, &a.window, &a.severity, &a.policy] {
+                h.update((v.len() as u64).to_le_bytes());
+                h.update(v.as_bytes());
+            }
+            h.update(a.threshold.to_le_bytes());
+            h.update(a.min_requests.to_le_bytes());
+        }
         let d = h.finalize();
         let mut first = [0u8; 8];
         first.copy_from_slice(&d[..8]);
@@ -275,6 +329,7 @@ impl NodeConfig {
                 namespaces: None,
                 tracer_rules: None,
                 cpu_budget: None,
+                alerts: None,
             });
         }
         if !self.ports.is_empty() {
@@ -293,26 +348,30 @@ impl NodeConfig {
                 namespaces: None,
                 tracer_rules: None,
                 cpu_budget: None,
+                alerts: None,
             });
         }
         let slot = |k: u32, v: u64| pb::ConfigEntry {
             key: k.to_ne_bytes().to_vec(),
             value: v.to_ne_bytes().to_vec(),
         };
-        let config = |entries, namespaces, tracer_rules, cpu_budget| pb::UpdateConfigRequest {
-            program: program.to_string(),
-            map: String::new(),
-            entries,
-            replace: false,
-            namespaces,
-            tracer_rules,
-            cpu_budget,
-        };
-        // The namespace filter, the tracer rules and the CPU budget travel
-        // with the slots (an empty list lifts the filter, empty rules put
-        // the agent's own back, a budget of 0 removes it), so they are in
-        // force before the stamp says so. The agent takes slot 8 as the
-        // requested sampling and the budget after it.
+        let config =
+            |entries, namespaces, tracer_rules, cpu_budget, alerts| pb::UpdateConfigRequest {
+                program: program.to_string(),
+                map: String::new(),
+                entries,
+                replace: false,
+                namespaces,
+                tracer_rules,
+                cpu_budget,
+                alerts,
+            };
+        // The namespace filter, the tracer rules, the CPU budget and the
+        // alert rules travel with the slots (an empty list lifts the
+        // filter, empty rules put the agent's own back, a budget of 0
+        // removes it, no alerts remove the program's), so they are in force
+        // before the stamp says so. The agent takes slot 8 as the requested
+        // sampling and the budget after it.
         out.push(config(
             self.slots.iter().map(|&(k, v)| slot(k, v)).collect(),
             Some(pb::NamespaceFilter {
@@ -320,8 +379,17 @@ impl NodeConfig {
             }),
             Some(self.tracer_rules.clone()),
             Some(self.cpu_budget.clone()),
+            Some(pb::AlertRules {
+                rules: self.alerts.clone(),
+            }),
         ));
-        out.push(config(vec![slot(SLOT_STAMP, self.stamp)], None, None, None));
+        out.push(config(
+            vec![slot(SLOT_STAMP, self.stamp)],
+            None,
+            None,
+            None,
+            None,
+        ));
         out
     }
 }
@@ -535,5 +603,47 @@ mod tests {
         stamps.push(NodeConfig::of(&moved).stamp);
         let distinct: std::collections::BTreeSet<u64> = stamps.iter().copied().collect();
         assert_eq!(distinct.len(), stamps.len(), "{stamps:?}");
+    }
+
+    /// A policy's alerts go with the slots, named by the policy, and are
+    /// part of the stamp: a changed threshold is written again; no alerts
+    /// travel as an empty set, which removes the program's.
+    #[test]
+    fn alerts_go_with_the_slots_and_change_the_stamp() {
+        let rule = |threshold: f64| -> AlertRule {
+            serde_json::from_value(serde_json::json!({
+                "name": "Faults", "signal": "ProgramErrors", "threshold": threshold,
+                "window": "1m", "severity": "Critical"
+            }))
+            .expect("rule")
+        };
+        let base = NodeConfig::of(&RuntimeConfig::default());
+        let c = base.clone().with_alerts("pol", &[rule(0.0)]);
+        let reqs = c.requests("p");
+        let sent = reqs[0].alerts.as_ref().expect("alerts with the slots");
+        assert_eq!(
+            sent.rules,
+            [pb::PolicyAlert {
+                name: "Faults".into(),
+                signal: "ProgramErrors".into(),
+                threshold: 0.0,
+                window: "1m".into(),
+                severity: "Critical".into(),
+                policy: "pol".into(),
+                min_requests: 0,
+            }]
+        );
+        assert!(reqs.last().expect("stamp").alerts.is_none());
+        let stamps = [
+            base.stamp,
+            c.stamp,
+            base.clone().with_alerts("pol", &[rule(1.0)]).stamp,
+            base.clone().with_alerts("other", &[rule(0.0)]).stamp,
+        ];
+        let distinct: std::collections::BTreeSet<u64> = stamps.iter().copied().collect();
+        assert_eq!(distinct.len(), stamps.len(), "{stamps:?}");
+        assert_eq!(base.clone().with_alerts("pol", &[]).stamp, base.stamp);
+        let d = NodeConfig::defaults().requests("p");
+        assert_eq!(d[0].alerts, Some(pb::AlertRules::default()));
     }
 }

@@ -106,6 +106,31 @@ pub struct AppliedPolicy {
     /// Why some node does not have it, when one refused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The policy's alerts that fire on this program's nodes, as their
+    /// agents report them (one entry per alert; at most 32).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub firing_alerts: Vec<FiringAlert>,
+}
+
+/// Most node names a firing alert lists; `nodes` counts them all.
+pub const MAX_FIRING_NODE_NAMES: usize = 10;
+
+/// A TracerPolicy alert firing on some nodes. Bounded whatever the fleet's
+/// size: a count and the first node names by name.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FiringAlert {
+    /// The alert's `name` in the policy.
+    pub alert: String,
+    /// `Warning` or `Critical`.
+    pub severity: String,
+    /// Nodes where it fires.
+    pub nodes: i32,
+    /// The first of them by name (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub node_names: Vec<String>,
 }
 
 /// The candidate loaded, inactive, on every selected node before any switch.

@@ -112,6 +112,7 @@ fn config_req(map: &str, key: Vec<u8>, value: Vec<u8>) -> pb::UpdateConfigReques
         namespaces: None,
         tracer_rules: None,
         cpu_budget: None,
+        alerts: None,
     }
 }
 

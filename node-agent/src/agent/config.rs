@@ -1,9 +1,9 @@
 //! UpdateConfig: runtime configuration written into a program's pinned
 //! maps without a reload (every instance of the map, every entry checked
 //! against every instance before the first is written), and the namespace
-//! filter and CPU budget kept in the state file (slot 8 while a budget
-//! holds a cut: [`super::enforce`]). A changed filter is published with
-//! the program views before UpdateConfig returns.
+//! filter, tracer rules, CPU budget and alert rules kept in the state file
+//! (slot 8 while a budget holds a cut: [`super::enforce`]). A changed
+//! filter is published with the program views before UpdateConfig returns.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -60,6 +60,10 @@ impl Agent {
                         r.route_patterns.len()
                     ));
                 }
+                if let Some(a) = &req.alerts {
+                    let names: Vec<&str> = a.rules.iter().map(|r| r.name.as_str()).collect();
+                    line.push_str(&format!("; alerts [{}]", names.join(",")));
+                }
                 line
             },
         );
@@ -102,6 +106,12 @@ impl Agent {
                 && p.tracer_rules != rules
             {
                 p.tracer_rules = rules;
+                changed = true;
+            }
+            if let Some(alerts) = &cmd.alerts
+                && p.alerts != *alerts
+            {
+                p.alerts = alerts.clone();
                 changed = true;
             }
         }
@@ -216,6 +226,7 @@ mod tests {
             namespaces: None,
             tracer_rules: None,
             cpu_budget: None,
+            alerts: None,
         }
     }
 

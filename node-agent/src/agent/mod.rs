@@ -180,6 +180,9 @@ pub struct Agent {
     persister: Persister,
     views: watch::Sender<Views>,
     images: Arc<Images>,
+    /// What the programs' policy alerts fire now (List reads it; the
+    /// evaluators publish into it).
+    alerts: Arc<crate::alerts::Board>,
     /// Each program's run figures over time ([`usage`]).
     usage: usage::Usage,
     /// When the CPU budgets were last enforced (monotonic ns).
@@ -216,6 +219,10 @@ impl Agent {
             cfg.max_object_bytes as u64,
         )?);
         let audit = Audit::new(cfg.audit_log.as_deref())?;
+        // Its own handle on the audit log: lines are appended whole.
+        let alerts = Arc::new(crate::alerts::Board::new(Audit::new(
+            cfg.audit_log.as_deref(),
+        )?));
         let stats_fd = if cfg.enable_stats {
             match kernel::enable_stats() {
                 Ok(fd) => Some(fd),
@@ -241,6 +248,7 @@ impl Agent {
             persister: Persister::new(cfg_state_file),
             views: watch::channel(Arc::new(Vec::new())).0,
             images,
+            alerts,
             usage: usage::Usage::default(),
             last_enforced_ns: 0,
             enforcements: BTreeMap::new(),
@@ -266,6 +274,11 @@ impl Agent {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The board of the programs' firing policy alerts.
+    pub fn alert_board(&self) -> Arc<crate::alerts::Board> {
+        self.alerts.clone()
     }
 
     fn save(&mut self) -> Result<()> {
@@ -382,6 +395,28 @@ impl Agent {
         let totals = self.program_totals();
         let cpus = crate::procfs::online_cpus().unwrap_or(0);
         self.usage.record(kernel::sys::mono_ns(), cpus, totals);
+        self.evaluate_kernel_alerts();
+    }
+
+    /// The programs' policy alerts on kernel signals, on the usage rings
+    /// just sampled, published to the board; the alerts of programs gone
+    /// resolve.
+    fn evaluate_kernel_alerts(&self) {
+        use crate::alerts::{KernelFigures, Source, kernel_breaches};
+        for (name, p) in &self.state.programs {
+            let found = kernel_breaches(&p.alerts, |w| {
+                let d = std::time::Duration::from_nanos(w.nanos());
+                let partial = self.usage.up_to(name, d);
+                KernelFigures {
+                    cpu_percent: self.usage.cpu_percent(name, d),
+                    errors: partial.map(|f| f.errors),
+                    lost: partial.and_then(|f| f.lost),
+                }
+            });
+            self.alerts.publish(name, Source::Kernel, found);
+        }
+        let names: Vec<String> = self.state.programs.keys().cloned().collect();
+        self.alerts.retain(&names);
     }
 
     /// Each program's CPU share, runs, errors and events lost over time

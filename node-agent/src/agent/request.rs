@@ -211,13 +211,19 @@ pub struct ConfigCmd {
     pub tracer_rules: Option<crate::http::rules::PolicyRules>,
     /// The program's new CPU budget, when given (`Some(None)`: none).
     pub cpu_budget: Option<Option<super::cpu_budget::BudgetSpec>>,
+    /// The program's new alert rules, when given (checked).
+    pub alerts: Option<Vec<crate::alerts::PolicyAlert>>,
 }
 
 impl ConfigCmd {
     /// Whether only what the agent keeps (the namespace filter, the
-    /// tracer rules, the CPU budget) changes: no map is written.
+    /// tracer rules, the CPU budget, the alert rules) changes: no map is
+    /// written.
     pub fn only_namespaces(&self) -> bool {
-        (self.namespaces.is_some() || self.tracer_rules.is_some() || self.cpu_budget.is_some())
+        (self.namespaces.is_some()
+            || self.tracer_rules.is_some()
+            || self.cpu_budget.is_some()
+            || self.alerts.is_some())
             && self.entries.is_empty()
             && !self.replace
     }
@@ -248,14 +254,22 @@ pub fn update_config(req: &pb::UpdateConfigRequest) -> Result<ConfigCmd> {
         .map(super::cpu_budget::BudgetSpec::from_pb)
         .transpose()
         .map_err(Error::Invalid)?;
-    let only_kept = (namespaces.is_some() || tracer_rules.is_some() || cpu_budget.is_some())
+    let alerts = req
+        .alerts
+        .as_ref()
+        .map(crate::alerts::from_pb)
+        .transpose()?;
+    let only_kept = (namespaces.is_some()
+        || tracer_rules.is_some()
+        || cpu_budget.is_some()
+        || alerts.is_some())
         && req.entries.is_empty()
         && !req.replace;
     if !only_kept
         && (req.entries.len() > MAX_CONFIG_ENTRIES || (req.entries.is_empty() && !req.replace))
     {
         return Err(Error::Invalid(format!(
-            "entries: 1..={MAX_CONFIG_ENTRIES} expected (0 only with replace, namespaces, tracer_rules or cpu_budget)"
+            "entries: 1..={MAX_CONFIG_ENTRIES} expected (0 only with replace, namespaces, tracer_rules, cpu_budget or alerts)"
         )));
     }
     Ok(ConfigCmd {
@@ -270,6 +284,7 @@ pub fn update_config(req: &pb::UpdateConfigRequest) -> Result<ConfigCmd> {
         namespaces,
         tracer_rules,
         cpu_budget,
+        alerts,
     })
 }
 
@@ -301,6 +316,7 @@ pub fn slots_write(program: &str, slots: &[(u32, u64)]) -> pb::UpdateConfigReque
         namespaces: None,
         tracer_rules: None,
         cpu_budget: None,
+        alerts: None,
     }
 }
 
@@ -321,6 +337,7 @@ pub fn ports_write(program: &str, ports: &[u16], replace: bool) -> pb::UpdateCon
         namespaces: None,
         tracer_rules: None,
         cpu_budget: None,
+        alerts: None,
     }
 }
 

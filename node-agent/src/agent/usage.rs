@@ -176,6 +176,32 @@ impl Usage {
         })
     }
 
+    /// Like [`Usage::window`], but while the ring does not reach `window`
+    /// back yet, over all it holds (at least two samples): for counts
+    /// (errors, events lost) that is a lower bound of the window's, which
+    /// an alert may fire on without waiting for the whole window.
+    pub fn up_to(&self, program: &str, window: Duration) -> Option<WindowFigures> {
+        if let Some(w) = self.window(program, window) {
+            return Some(w);
+        }
+        let ring = self.rings.get(program)?;
+        let (oldest, newest) = (ring.front()?, ring.back()?);
+        let wall_ns = newest.at_ns.checked_sub(oldest.at_ns).filter(|w| *w > 0)?;
+        let (a, b) = (&oldest.totals, &newest.totals);
+        let run_ns = b.run_ns.saturating_sub(a.run_ns);
+        Some(WindowFigures {
+            span: Duration::from_nanos(wall_ns),
+            cpu_percent: cpu_percent(run_ns, wall_ns, self.cpus)?,
+            run_ns,
+            runs: b.runs.saturating_sub(a.runs),
+            errors: b.errors.saturating_sub(a.errors),
+            lost: match (a.lost, b.lost) {
+                (Some(x), Some(y)) => Some(y.saturating_sub(x)),
+                _ => None,
+            },
+        })
+    }
+
     /// The CPU share of `program` over the last `window`, percent of the
     /// node's CPU time ([`Usage::window`]).
     pub fn cpu_percent(&self, program: &str, window: Duration) -> Option<f64> {
@@ -220,6 +246,25 @@ mod tests {
 
     fn rec(u: &mut Usage, at_s: u64, run_ns: u64) {
         u.record(at_s * S, 4, [("p".to_string(), t(run_ns))]);
+    }
+
+    #[test]
+    fn up_to_counts_over_what_the_ring_holds_until_the_window_is_full() {
+        let mut u = Usage::default();
+        let e = |errors: u64| Totals { errors, ..t(0) };
+        u.record(S, 4, [("p".to_string(), e(0))]);
+        assert!(
+            u.up_to("p", Duration::from_secs(60)).is_none(),
+            "one sample"
+        );
+        u.record(11 * S, 4, [("p".to_string(), e(5))]);
+        assert!(u.window("p", Duration::from_secs(60)).is_none());
+        let w = u.up_to("p", Duration::from_secs(60)).unwrap();
+        assert_eq!((w.errors, w.span), (5, Duration::from_secs(10)));
+        // Once the ring reaches back a whole window, exactly `window`.
+        u.record(71 * S, 4, [("p".to_string(), e(9))]);
+        let w = u.up_to("p", Duration::from_secs(60)).unwrap();
+        assert_eq!((w.errors, w.span), (4, Duration::from_secs(60)));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::hooks::{self, switch_method};
 use crate::kernel::{self, CONFIG_MAP, ERRORS_MAP, PinnedMap, Slot, hook_of};
 
 /// A program as [`Agent::program_views`] shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProgramView {
     pub program: String,
     /// Shared map name -> pin.
@@ -32,6 +32,8 @@ pub struct ProgramView {
     pub namespaces: Vec<String>,
     /// The tracer rules UpdateConfig set (None: the agent's own).
     pub tracer_rules: Option<crate::http::rules::PolicyRules>,
+    /// The alert rules UpdateConfig set (empty: none).
+    pub alerts: Vec<crate::alerts::PolicyAlert>,
 }
 
 impl Agent {
@@ -155,6 +157,12 @@ impl Agent {
                 tracer_rules: p.tracer_rules.as_ref().map(|r| r.to_pb()),
                 tracer_rules_overridden: p.tracer_rules.is_some() && self.cfg.tracer_rules_file,
                 cpu_budget: self.cpu_budget_status(p),
+                firing_alerts: self
+                    .alerts
+                    .firing(name)
+                    .iter()
+                    .map(crate::alerts::Firing::to_pb)
+                    .collect(),
             });
         }
         if !program.is_empty() && out.is_empty() {
@@ -334,6 +342,7 @@ impl Agent {
             active: p.active.clone(),
             namespaces: p.namespaces.clone(),
             tracer_rules: p.tracer_rules.clone(),
+            alerts: p.alerts.clone(),
         })
     }
 

@@ -1,5 +1,6 @@
 //! The agent's HTTP API, served next to `/metrics`: `/api/health`
-//! (liveness and readiness of the agent and of every tracer reader) and
+//! (liveness and readiness of the agent and of every tracer reader, and
+//! the programs' TracerPolicy alerts that fire) and
 //! `/api/analytics` (sliding windows 1m/5m/15m/1h per service, route and
 //! side: rate, error rate, p50/p95/p99; the alert rules and what fires).
 //! Responses are JSON; nothing in them comes from request contents other
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 use super::Hub;
 use super::record::Side;
+use crate::alerts::Firing;
 
 #[derive(Debug, Serialize)]
 pub struct Health {
@@ -24,6 +26,56 @@ pub struct Health {
     pub ready: bool,
     pub agent: AgentHealth,
     pub tracer: TracerHealth,
+    /// The programs' TracerPolicy alerts that fire now (programs with none
+    /// firing are left out). Firing alerts do not make the agent unready.
+    pub alerts: Vec<ProgramAlerts>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProgramAlerts {
+    pub program: String,
+    pub firing: Vec<FiringAlertView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FiringAlertView {
+    pub alertname: String,
+    pub policy: String,
+    pub severity: &'static str,
+    pub signal: &'static str,
+    /// The signal's value at the last evaluation.
+    pub value: f64,
+    pub threshold: f64,
+    pub window: String,
+    /// Unix seconds when it started firing.
+    pub since_unix: u64,
+    /// HTTP signals: the series that fires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub side: Option<String>,
+}
+
+impl FiringAlertView {
+    fn of(f: &Firing) -> Self {
+        let b = &f.breach;
+        let http = b.rule.signal.is_http();
+        Self {
+            alertname: b.rule.name.clone(),
+            policy: b.rule.policy.clone(),
+            severity: b.rule.severity.as_str(),
+            signal: b.rule.signal.as_str(),
+            value: b.value,
+            threshold: b.rule.threshold,
+            window: b.rule.window.clone(),
+            since_unix: f.since_unix,
+            service: http.then(|| b.series.0.clone()),
+            route: http.then(|| b.series.1.clone()),
+            side: http.then(|| b.series.2.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -75,8 +127,13 @@ pub struct TracerProgramHealth {
     pub rules: &'static str,
 }
 
-/// Health of the agent (`agent`) and of the tracer runtime.
-pub fn health(agent: pb::HealthResponse, hub: Option<&Hub>) -> Health {
+/// Health of the agent (`agent`), of the tracer runtime, and the policy
+/// alerts firing (`firing`, by program).
+pub fn health(
+    agent: pb::HealthResponse,
+    hub: Option<&Hub>,
+    firing: BTreeMap<String, Vec<Firing>>,
+) -> Health {
     let mut programs = Vec::new();
     if let Some(hub) = hub {
         let st = hub.lock();
@@ -128,6 +185,14 @@ pub fn health(agent: pb::HealthResponse, hub: Option<&Hub>) -> Health {
             rules_error: hub.and_then(Hub::rules_error),
             programs,
         },
+        alerts: firing
+            .into_iter()
+            .filter(|(_, f)| !f.is_empty())
+            .map(|(program, f)| ProgramAlerts {
+                program,
+                firing: f.iter().map(FiringAlertView::of).collect(),
+            })
+            .collect(),
     }
 }
 

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use bpfleet_httptrace::alerts::{Alerts, Rule, Transition};
+use bpfleet_httptrace::alerts::{Alerts, Rule, Transition, breached};
 use bpfleet_httptrace::redact::Redactor;
 use bpfleet_httptrace::route::Routes;
 use bpfleet_httptrace::rules::Rules;
@@ -42,6 +42,7 @@ use bpfleet_httptrace::stats::Windows;
 use bpfleet_proto::v1 as pb;
 
 use crate::agent::{ProgramView, Views};
+use crate::alerts::{Board, Breach, Source};
 use crate::error::{Error, Result};
 pub use alert_rule::{default_rules, parse_rule};
 pub use record::Counted;
@@ -149,6 +150,9 @@ pub(crate) struct ProgramInfo {
     /// node's own rules apply (no policy rules, or `--http-rules` given,
     /// which wins).
     rules: Option<Arc<Rules>>,
+    /// Its TracerPolicy's alert rules on HTTP signals, with the tracer's
+    /// rule of each; evaluated on the program's own windows.
+    alerts: Vec<(crate::alerts::PolicyAlert, Rule)>,
 }
 
 /// What a reader reports about itself.
@@ -174,6 +178,15 @@ pub(crate) struct ReaderStatus {
     last_exchange: Option<Instant>,
 }
 
+/// The series that absorbs traffic beyond `max_series`.
+fn overflow_key() -> Key {
+    Key {
+        service: "other".into(),
+        route: "/*".into(),
+        side: Side::Server,
+    }
+}
+
 /// A firing alert.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Firing {
@@ -190,6 +203,13 @@ pub(crate) struct State {
     windows: Windows<Key>,
     alerts: Alerts<Key>,
     firing: BTreeMap<(String, Key), Firing>,
+    /// Windows of each program with policy alerts on HTTP signals: its own
+    /// exchanges only (the node-wide `windows` mix every program's).
+    program_windows: BTreeMap<String, Windows<Key>>,
+    /// Programs whose HTTP alerts were published to the board last time.
+    alerts_published: std::collections::BTreeSet<String>,
+    /// Most series in one program's windows.
+    max_series: usize,
     /// The agent's published program views ([`Hub::follow`]); `programs`
     /// is brought up to date from it whenever the state is read.
     views: Option<watch::Receiver<Views>>,
@@ -246,8 +266,23 @@ impl State {
                     namespaces: v.namespaces.clone().into(),
                     policy_rules: v.tracer_rules.clone(),
                     rules: self.program_rules(&v.program, v.tracer_rules.as_ref()),
+                    alerts: v
+                        .alerts
+                        .iter()
+                        .filter_map(|a| a.http_rule().map(|r| (a.clone(), r)))
+                        .collect(),
                 },
             );
+        }
+        // Windows for the programs with HTTP alerts, kept across changes
+        // of their rules.
+        self.program_windows
+            .retain(|p, _| programs.get(p).is_some_and(|i| !i.alerts.is_empty()));
+        for (p, i) in &programs {
+            if !i.alerts.is_empty() && !self.program_windows.contains_key(p) {
+                self.program_windows
+                    .insert(p.clone(), Windows::new(self.max_series, overflow_key()));
+            }
         }
         for (p, i) in &programs {
             let before = self.programs.get(p).and_then(|b| b.rules.as_ref());
@@ -313,11 +348,20 @@ pub struct Hub {
     otlp: Option<otlp::Sink>,
     /// The exporting end of the span queue, until [`Hub::take_otlp`].
     otlp_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Record>>>,
+    /// Where the programs' policy alerts on HTTP signals are published.
+    board: Arc<Board>,
 }
 
 impl Hub {
-    /// Checks the configuration (route patterns) and builds the hub.
+    /// Checks the configuration (route patterns) and builds the hub, with
+    /// a board of its own for policy alerts (tests).
     pub fn new(cfg: HttpConfig) -> Result<Self> {
+        Self::with_board(cfg, Arc::new(Board::default()))
+    }
+
+    /// Like [`Hub::new`]; the programs' policy alerts on HTTP signals go
+    /// to `board` (the agent's).
+    pub fn with_board(cfg: HttpConfig, board: Arc<Board>) -> Result<Self> {
         cfg.route_mapper()?;
         cfg.redactor()?;
         let (otlp, otlp_rx) = match &cfg.otlp_endpoint {
@@ -327,11 +371,6 @@ impl Hub {
                 (Some(sink), Some(rx))
             }
             None => (None, None),
-        };
-        let overflow = Key {
-            service: "other".into(),
-            route: "/*".into(),
-            side: Side::Server,
         };
         let current = CurrentRules {
             generation: Arc::new(AtomicU64::new(0)),
@@ -345,9 +384,12 @@ impl Hub {
                 programs: BTreeMap::new(),
                 readers: BTreeMap::new(),
                 figures: BTreeMap::new(),
-                windows: Windows::new(cfg.max_series, overflow),
+                windows: Windows::new(cfg.max_series, overflow_key()),
                 alerts: Alerts::default(),
                 firing: BTreeMap::new(),
+                program_windows: BTreeMap::new(),
+                alerts_published: Default::default(),
+                max_series: cfg.max_series,
                 views: None,
                 base_rules: cfg.tracer_rules.clone(),
                 rules_file: cfg.rules_file.is_some(),
@@ -357,6 +399,7 @@ impl Hub {
             otlp,
             otlp_rx: Mutex::new(otlp_rx),
             cfg,
+            board,
         })
     }
 
@@ -519,7 +562,9 @@ impl Hub {
             self.families.observe_durations(&c.record, &c.durations_ns);
         }
         let mut st = self.lock();
+        let st = &mut *st;
         let active = st.programs.get(program).map_or(0, |p| p.active_token);
+        let mut own = st.program_windows.get_mut(program);
         for c in kept_sets {
             let r = &c.record;
             let key = r.key();
@@ -530,6 +575,9 @@ impl Hub {
             }
             for d in &c.durations_ns {
                 st.windows.record_ref(&key, r.end_ns, *d, r.semconv_error());
+                if let Some(w) = own.as_deref_mut() {
+                    w.record_ref(&key, r.end_ns, *d, r.semconv_error());
+                }
             }
         }
         let s = st.readers.entry(program.to_string()).or_default();
@@ -562,7 +610,9 @@ impl Hub {
             self.families.observe(rs);
         }
         let mut st = self.lock();
+        let st = &mut *st;
         let active = st.programs.get(program).map_or(0, |p| p.active_token);
+        let mut own = st.program_windows.get_mut(program);
         let mut per_token: BTreeMap<u64, Figures> = BTreeMap::new();
         for rs in groups.values() {
             let key = rs[0].key();
@@ -571,6 +621,9 @@ impl Hub {
                 per_token.entry(token).or_default().record(r);
                 st.windows
                     .record_ref(&key, r.end_ns, r.duration_ns, r.semconv_error());
+                if let Some(w) = own.as_deref_mut() {
+                    w.record_ref(&key, r.end_ns, r.duration_ns, r.semconv_error());
+                }
             }
         }
         for (token, f) in per_token {
@@ -629,7 +682,36 @@ impl Hub {
                 }
             }
         }
+        self.evaluate_policy_alerts(st, now_ns);
         transitions
+    }
+
+    /// The programs' policy alerts on HTTP signals, each on the program's
+    /// own windows, published to the board (which reports transitions).
+    fn evaluate_policy_alerts(&self, st: &mut State, now_ns: u64) {
+        let mut published = std::collections::BTreeSet::new();
+        for (p, info) in &st.programs {
+            let Some(w) = st.program_windows.get_mut(p) else {
+                continue;
+            };
+            w.expire(now_ns);
+            let rules: Vec<Rule> = info.alerts.iter().map(|(_, r)| r.clone()).collect();
+            let found: Vec<Breach> = breached(&rules, w, now_ns)
+                .into_iter()
+                .map(|(i, key, value)| Breach {
+                    rule: info.alerts[i].0.clone(),
+                    series: (key.service, key.route, key.side.as_str().to_string()),
+                    value,
+                })
+                .collect();
+            self.board.publish(p, Source::Http, found);
+            published.insert(p.clone());
+        }
+        // Programs that lost their HTTP alerts (or went): theirs resolve.
+        for p in st.alerts_published.difference(&published) {
+            self.board.publish(p, Source::Http, Vec::new());
+        }
+        st.alerts_published = published;
     }
 
     /// Fills `http` of every revision of a tracer program (zero figures

@@ -16,6 +16,7 @@ fn view(program: &str, active: &str) -> ProgramView {
         active: Some(active.into()),
         namespaces: Vec::new(),
         tracer_rules: None,
+        alerts: Vec::new(),
     }
 }
 
@@ -254,6 +255,70 @@ fn alerts_fire_and_count_transitions() {
     let t = hub.evaluate(400 * 1_000_000_000);
     assert!(matches!(&t[..], [Transition::Resolved { .. }]));
     assert!(hub.lock().firing.is_empty());
+}
+
+/// A program's policy alerts see its own exchanges only, under the
+/// policy's names; they fire and resolve on the board, and go when the
+/// program's rules do.
+#[test]
+fn policy_alerts_are_evaluated_per_program() {
+    const S: u64 = 1_000_000_000;
+    let board = Arc::new(Board::default());
+    let hub = Hub::with_board(HttpConfig::default(), board.clone()).unwrap();
+    let rule = crate::alerts::from_pb(&pb::AlertRules {
+        rules: vec![pb::PolicyAlert {
+            name: "ShopErrors".into(),
+            signal: "ErrorRate".into(),
+            threshold: 0.5,
+            window: "1m".into(),
+            severity: "Critical".into(),
+            policy: "shop".into(),
+            min_requests: 3,
+        }],
+    })
+    .unwrap();
+    let mut t = view("t", "r1");
+    t.alerts = rule;
+    let u = view("u", "r1");
+    hub.set_programs(&[t.clone(), u.clone()]);
+    // Program u fails, t does not: t's alert stays quiet although the
+    // node-wide series (both programs' exchanges) is mostly errors.
+    hub.apply(
+        "u",
+        &[rec(1, Some(500)), rec(1, Some(500)), rec(1, Some(500))],
+    );
+    hub.apply("t", &[rec(1, Some(200)), rec(1, Some(200))]);
+    hub.evaluate(101 * S);
+    assert!(board.firing("t").is_empty() && board.firing("u").is_empty());
+    // Too few of t's own: 2 failures of 4, then 3 of 5 (enough).
+    hub.apply("t", &[rec(1, Some(500)), rec(1, Some(503))]);
+    hub.evaluate(101 * S);
+    assert!(board.firing("t").is_empty(), "2 of 4 is not above 0.5");
+    hub.apply("t", &[rec(1, Some(500))]);
+    hub.evaluate(102 * S);
+    let f = board.firing("t");
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].breach.rule.name, "ShopErrors");
+    assert_eq!(
+        f[0].breach.series,
+        ("svc".into(), "/a".into(), "server".into())
+    );
+    assert!((f[0].breach.value - 0.6).abs() < 1e-9);
+    // Past the 1m window: no requests, resolved.
+    hub.evaluate(200 * S);
+    assert!(board.firing("t").is_empty());
+    // Firing again, then the rules are taken away: resolved at once.
+    let late = Record {
+        end_ns: 300 * S,
+        ..rec(1, Some(500))
+    };
+    hub.apply("t", &[late.clone(), late.clone(), late]);
+    hub.evaluate(301 * S);
+    assert_eq!(board.firing("t").len(), 1);
+    hub.set_programs(&[view("t", "r1"), u]);
+    hub.evaluate(302 * S);
+    assert!(board.firing("t").is_empty());
+    assert!(hub.lock().program_windows.is_empty());
 }
 
 #[test]

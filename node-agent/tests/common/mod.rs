@@ -271,6 +271,7 @@ pub fn only_thread(program: &str, tid: u32) -> pb::UpdateConfigRequest {
         namespaces: None,
         tracer_rules: None,
         cpu_budget: None,
+        alerts: None,
     }
 }
 

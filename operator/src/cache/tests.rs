@@ -66,6 +66,7 @@ impl Fleet {
                         figures: None,
                     })
                     .collect(),
+                firing_alerts: Vec::new(),
             })
             .collect();
         programs.sort_by(|a, b| a.program.cmp(&b.program));

@@ -1,6 +1,7 @@
 //! The applying TracerPolicy's runtime configuration put in force on the
 //! program's nodes during a reconcile ([`crate::policy::sync`] does the
-//! writes), announced by an Event. The policy's own status is the policy
+//! writes, and sums up the policy's alerts firing there), announced by an
+//! Event. The policy's own status is the policy
 //! reconciler's ([`crate::policy::reconcile`]), not this module's.
 
 use bpfleet_api::{TracerPolicy, TracerProgram};
@@ -21,17 +22,20 @@ pub(super) async fn configure(
     targets: &[Target],
     reports: &[NodeReport],
     stamps: &[Option<u64>],
+    firing: &[Vec<(String, String)>],
 ) -> Option<bpfleet_api::program::AppliedPolicy> {
     let name = tp.name_any();
     let holding: Vec<policy::Holding> = targets
         .iter()
         .zip(reports)
         .zip(stamps)
-        .filter_map(|((t, r), s)| {
+        .zip(firing)
+        .filter_map(|(((t, r), s), f)| {
             Some(policy::Holding {
                 node: &t.name,
                 endpoint: t.endpoint.as_deref(),
                 stamp: (*s)?,
+                firing: f,
                 revisions: r
                     .revisions
                     .iter()

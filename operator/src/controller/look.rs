@@ -28,10 +28,12 @@ pub(super) struct Stamped {
     /// Where the program stands against its CPU budget (None: no budget
     /// reported).
     pub budgets: Vec<Option<bpfleet_proto::v1::CpuBudgetStatus>>,
+    /// The policy alerts firing for the program there (alert, severity).
+    pub firing: Vec<Vec<(String, String)>>,
 }
 
-/// [`observe`], with the configuration stamp and the CPU budget status of
-/// `program` on each node.
+/// [`observe`], with the configuration stamp, the CPU budget status and
+/// the firing policy alerts of `program` on each node.
 pub(super) async fn observe_stamped(program: &str, targets: &[&Target], ctx: &Context) -> Stamped {
     let asked: Vec<(&str, &str)> = targets
         .iter()
@@ -50,10 +52,20 @@ pub(super) async fn observe_stamped(program: &str, targets: &[&Target], ctx: &Co
         .iter()
         .map(|s| s.as_ref()?.view.as_ref()?.cpu_budget(program).cloned())
         .collect();
+    let firing = sightings
+        .iter()
+        .map(|s| {
+            s.as_ref()
+                .and_then(|s| s.view.as_ref())
+                .map(|v| v.firing_alerts(program).to_vec())
+                .unwrap_or_default()
+        })
+        .collect();
     Stamped {
         reports: reports_of(program, targets, &sightings, ctx),
         stamps,
         budgets,
+        firing,
     }
 }
 

@@ -211,6 +211,7 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
         mut reports,
         stamps,
         budgets,
+        firing,
     } = observe_stamped(&name, &all, ctx).await;
     let budget_nodes: Vec<(&str, &bpfleet_proto::v1::CpuBudgetStatus)> = targets
         .iter()
@@ -218,7 +219,16 @@ async fn apply(tp: &TracerProgram, ctx: &Context) -> Result<Action> {
         .filter_map(|(t, b)| Some((t.name.as_str(), b.as_ref()?)))
         .collect();
     forget_unloaded(ctx, &name, &targets, &reports);
-    let applied = configure(tp, ctx, policy.as_deref(), &targets, &reports, &stamps).await;
+    let applied = configure(
+        tp,
+        ctx,
+        policy.as_deref(),
+        &targets,
+        &reports,
+        &stamps,
+        &firing,
+    )
+    .await;
     // Nodes that do not hold the program yet get the policy's writes right
     // after their Load, before the Activate that follows.
     let want = policy::desired(policy.as_deref());

@@ -53,6 +53,7 @@ fn applied(
         nodes,
         configured_nodes: configured,
         message: message.map(str::to_string),
+        firing_alerts: Vec::new(),
     })
 }
 
@@ -254,6 +255,7 @@ fn a_policy_that_cannot_work_says_which_field_and_is_written_nowhere() {
         endpoint: Some("unix:///nonexistent/agent.sock"),
         stamp: 7,
         revisions: "r1".into(),
+        firing: &[],
     }];
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -313,8 +315,10 @@ fn a_policys_budgets_travel_with_every_load_named_by_the_policy() {
     assert_eq!(budget(None), None);
 }
 
+/// Every field of the policy is acted on: its Ready message never says
+/// otherwise.
 #[test]
-fn fields_not_acted_on_yet_are_named_in_the_ready_message() {
+fn no_field_is_left_unacted_on() {
     let p = policy(
         "pol",
         1,
@@ -326,16 +330,7 @@ fn fields_not_acted_on_yet_are_named_in_the_ready_message() {
     let s = status_of(&p, &programs, std::slice::from_ref(&p), &now());
     let ready = cond(&s, READY);
     assert_eq!(ready.status, "True");
-    assert!(
-        ready
-            .message
-            .ends_with("not acted on yet by this operator version: spec.alerts"),
-        "{}",
-        ready.message
-    );
-    let quiet = by_name("pol", &["t1"]);
-    let s = status_of(&quiet, &programs, std::slice::from_ref(&quiet), &now());
-    assert!(!cond(&s, READY).message.contains("not acted on"));
+    assert!(!ready.message.contains("not acted on"), "{}", ready.message);
 }
 
 /// A policy with a CPU budget sums up its programs' `BudgetEnforced`, and
@@ -387,4 +382,88 @@ fn a_cpu_budget_is_sent_and_its_enforcement_summed_up() {
     let quiet = by_name("pol", &["t1", "t2"]);
     let s = status_of(&quiet, &programs, std::slice::from_ref(&quiet), &now());
     assert!(s.conditions.iter().all(|c| c.type_ != cpu::BUDGET_ENFORCED));
+}
+
+/// Nodes' firing alerts summed up per program, bounded: counts of every
+/// node, the first ten names.
+#[test]
+fn firing_alerts_per_program_are_bounded() {
+    let names: Vec<String> = (0..5000).map(|i| format!("node-{i:04}")).collect();
+    let both = [
+        ("Faults".to_string(), "Critical".to_string()),
+        ("Slow".to_string(), "Warning".to_string()),
+    ];
+    let holding: Vec<Holding> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Holding {
+            node: n,
+            endpoint: None,
+            stamp: 1,
+            revisions: String::new(),
+            // Every node fires Faults, every other one Slow too.
+            firing: if i % 2 == 0 { &both[..] } else { &both[..1] },
+        })
+        .collect();
+    let s = firing_summary(&holding);
+    assert_eq!(s.len(), 2);
+    assert_eq!((s[0].alert.as_str(), s[0].nodes), ("Faults", 5000));
+    assert_eq!((s[1].alert.as_str(), s[1].nodes), ("Slow", 2500));
+    assert_eq!(s[0].node_names.len(), 10);
+    assert_eq!(s[0].node_names[0], "node-0000");
+    assert_eq!(s[1].node_names[1], "node-0002");
+    assert!(firing_summary(&holding[..0]).is_empty());
+}
+
+/// The policy's status names what fires over its programs, with a
+/// condition; programs another policy configures do not count.
+#[test]
+fn the_policy_status_sums_up_firing_alerts() {
+    let p = policy(
+        "pol",
+        1,
+        json!({"targets": {"programNames": ["t1", "t2"]},
+               "alerts": [{"name": "Faults", "signal": "ProgramErrors", "threshold": 0}]}),
+    );
+    let firing = |nodes: &[&str]| {
+        let mut a = applied("pol", 1, 3, 3, None).expect("applied");
+        a.firing_alerts = vec![bpfleet_api::program::FiringAlert {
+            alert: "Faults".into(),
+            severity: "Critical".into(),
+            nodes: i32::try_from(nodes.len()).expect("few"),
+            node_names: nodes.iter().map(|n| n.to_string()).collect(),
+        }];
+        Some(a)
+    };
+    let quiet = [
+        program("t1", &[], applied("pol", 1, 3, 3, None)),
+        program("t2", &[], applied("pol", 1, 3, 3, None)),
+    ];
+    let s = status_of(&p, &quiet, std::slice::from_ref(&p), &now());
+    assert!(s.firing_alerts.is_empty());
+    let c = cond(&s, ALERTS_FIRING);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "NoneFiring")
+    );
+    assert_eq!(c.message, "none of 1 alert(s) fires");
+    let loud = [
+        program("t1", &[], firing(&["n2", "n3"])),
+        program("t2", &[], firing(&["n1"])),
+    ];
+    let s = status_of(&p, &loud, std::slice::from_ref(&p), &now());
+    assert_eq!(
+        s.firing_alerts,
+        [PolicyFiringAlert {
+            alert: "Faults".into(),
+            severity: "Critical".into(),
+            nodes: 3,
+            node_names: vec!["n1".into(), "n2".into(), "n3".into()],
+            programs: vec!["t1".into(), "t2".into()],
+        }]
+    );
+    let c = cond(&s, ALERTS_FIRING);
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Firing"));
+    assert_eq!(c.message, "Faults (Critical) on 3 node(s)");
+    assert_eq!(cond(&s, READY).status, "True", "firing is not unready");
 }

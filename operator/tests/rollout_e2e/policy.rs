@@ -10,6 +10,7 @@ use bpfleet_api::TracerProgram;
 use bpfleet_api::program::Phase;
 use bpfleet_e2e::ControlPlane;
 use kube::api::Api;
+use libbpf_rs::MapCore;
 use serde_json::json;
 
 use super::cluster::*;
@@ -305,6 +306,117 @@ async fn a_program_over_its_cpu_budget_gets_its_sampling_cut_and_says_so() {
         0,
         "slot 8 back to the policy's (unset)"
     );
+
+    delete_and_wait(&api, PROGRAM).await;
+    assert!(agent.pins().is_empty(), "pins left: {:?}", agent.pins());
+    operator.kill();
+}
+
+/// The e2e policy's status once `ok` holds for it (90 s at most).
+async fn policy_status_until(
+    policies: &Api<bpfleet_api::TracerPolicy>,
+    what: &str,
+    secs: u64,
+    ok: impl Fn(&bpfleet_api::TracerPolicyStatus) -> bool,
+) -> bpfleet_api::TracerPolicyStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let p = policies.get("syscount-health").await.expect("get policy");
+        if let Some(s) = p.status.as_ref().filter(|s| ok(s)) {
+            return s.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: policy status {:?}",
+            p.status
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A policy's alert through the operator and a real agent: `ProgramErrors`
+/// over 1m on a revision that reports an error on every getppid(2). The
+/// agent fires it; the policy's status names the alert and the node, with
+/// the `AlertsFiring` condition. Once the program makes no more errors
+/// (its thread filter set to a thread that does not exist), the window
+/// slides past the last one and the alert resolves everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_alert_fires_on_a_node_and_resolves() {
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    cp.install_crds().expect("CRDs install");
+    let client = cp.client().await.expect("client");
+    let objects = Objects::write();
+    let agent = Agent::start("node-alerting");
+    agent.register(&client).await;
+    let policies = create_policy(
+        &client,
+        json!({"targets": {"programNames": [PROGRAM]},
+               "alerts": [{"name": "Faults", "signal": "ProgramErrors", "threshold": 0,
+                           "window": "1m", "severity": "Critical"}]}),
+    )
+    .await;
+    let api: Api<TracerProgram> = Api::all(client.clone());
+    let operator = Operator::start(client.clone());
+    let load = Load::start();
+
+    let faulty = objects.spec("faulty", "1.0.0", json!({"immediate": {}}));
+    apply(&api, &faulty).await;
+    wait_for(&api, "faulty revision active", 60, |tp| {
+        phase(tp) == Some(Phase::Healthy)
+    })
+    .await;
+    let s = policy_status_until(&policies, "alert firing", 60, |s| {
+        !s.firing_alerts.is_empty()
+    })
+    .await;
+    let f = &s.firing_alerts[0];
+    assert_eq!(
+        (f.alert.as_str(), f.severity.as_str(), f.nodes),
+        ("Faults", "Critical", 1)
+    );
+    assert_eq!(f.node_names, ["node-alerting"]);
+    assert_eq!(f.programs, [PROGRAM]);
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "AlertsFiring")
+        .expect("AlertsFiring");
+    assert_eq!(c.status, "True");
+    assert_eq!(c.message, "Faults (Critical) on 1 node(s)");
+    let ready = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert!(!ready.message.contains("spec.alerts"), "{}", ready.message);
+    assert!(
+        agent.audited_actions().iter().any(|a| a == "policy_alert"),
+        "the agent audits the transition"
+    );
+
+    // No more errors: slot 0 of bpfleet_config is the thread the program
+    // counts (0: every thread); no thread has this id.
+    shared_map(&agent, "bpfleet_config")
+        .update(
+            &0u32.to_ne_bytes(),
+            &u64::from(u32::MAX - 1).to_ne_bytes(),
+            libbpf_rs::MapFlags::ANY,
+        )
+        .expect("set the thread filter");
+    drop(load);
+    let s = policy_status_until(&policies, "alert resolved", 120, |s| {
+        s.firing_alerts.is_empty()
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "AlertsFiring" && c.status == "False")
+    })
+    .await;
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "AlertsFiring")
+        .expect("AlertsFiring");
+    assert_eq!(c.message, "none of 1 alert(s) fires");
 
     delete_and_wait(&api, PROGRAM).await;
     assert!(agent.pins().is_empty(), "pins left: {:?}", agent.pins());
