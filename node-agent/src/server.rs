@@ -447,30 +447,56 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
 /// Samples every program's run figures once a [`SAMPLE_PERIOD`], for the
 /// CPU shares of [`crate::agent::usage`] (and evaluates the policy alerts
 /// on kernel signals), and enforces the CPU budgets once a
-/// `--budget-period-seconds` ([`Agent::tick`]).
-async fn sample_usage(agent: Arc<Mutex<Agent>>) {
-    let mut tick = tokio::time::interval(SAMPLE_PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let agent = agent.clone();
-        let done = tokio::task::spawn_blocking(move || match agent.lock() {
-            Ok(mut a) => a.tick(),
-            Err(_) => tracing::error!("usage sampler: agent state lock poisoned"),
+/// `--budget-period-seconds` ([`Agent::tick`]). A thread of its own, not a
+/// task on tokio's blocking pool: a blocking call every second would keep
+/// whichever of the pool's threads it lands on from retiring, so the
+/// agent's thread count would depend on the last storm of calls.
+struct Sampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(agent: Arc<Mutex<Agent>>) -> Result<Self> {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("bpfleet-usage".into())
+            .spawn(move || {
+                let mut next = std::time::Instant::now();
+                while !flag.load(Ordering::Relaxed) {
+                    match agent.lock() {
+                        Ok(mut a) => a.tick(),
+                        Err(_) => tracing::error!("usage sampler: agent state lock poisoned"),
+                    }
+                    next += SAMPLE_PERIOD;
+                    // Slept in short steps, so that a stop is seen soon.
+                    while !flag.load(Ordering::Relaxed) {
+                        let now = std::time::Instant::now();
+                        if now >= next {
+                            break;
+                        }
+                        std::thread::sleep((next - now).min(std::time::Duration::from_millis(100)));
+                    }
+                    // Behind (a long lock wait): start again from now, no burst.
+                    next = next.max(std::time::Instant::now());
+                }
+            })
+            .map_err(|e| Error::io("starting the usage sampler thread", e))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
         })
-        .await;
-        if let Err(e) = done {
-            tracing::error!(error = %e, "usage sampler task failed");
-        }
     }
 }
 
-/// The sampler's task, aborted when dropped.
-struct Sampler(tokio::task::JoinHandle<()>);
-
 impl Drop for Sampler {
     fn drop(&mut self) {
-        self.0.abort();
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -518,7 +544,7 @@ pub async fn serve_with(
         .as_ref()
         .map(|h| Runtime::start(agent.clone(), h.clone()));
     // Aborted when this function returns.
-    let _sampler = Sampler(tokio::spawn(sample_usage(agent.clone())));
+    let _sampler = Sampler::start(agent.clone())?;
     let make = || {
         AgentServer::new(svc.clone())
             .max_decoding_message_size(MAX_MESSAGE)
