@@ -160,20 +160,7 @@ impl Usage {
         let base = ring.iter().rev().find(|s| {
             newest.at_ns.saturating_sub(s.at_ns) >= window_ns && s.at_ns < newest.at_ns
         })?;
-        let wall_ns = newest.at_ns - base.at_ns;
-        let (a, b) = (&base.totals, &newest.totals);
-        let run_ns = b.run_ns.saturating_sub(a.run_ns);
-        Some(WindowFigures {
-            span: Duration::from_nanos(wall_ns),
-            cpu_percent: cpu_percent(run_ns, wall_ns, self.cpus)?,
-            run_ns,
-            runs: b.runs.saturating_sub(a.runs),
-            errors: b.errors.saturating_sub(a.errors),
-            lost: match (a.lost, b.lost) {
-                (Some(x), Some(y)) => Some(y.saturating_sub(x)),
-                _ => None,
-            },
-        })
+        self.between(base, newest)
     }
 
     /// Like [`Usage::window`], but while the ring does not reach `window`
@@ -186,8 +173,14 @@ impl Usage {
         }
         let ring = self.rings.get(program)?;
         let (oldest, newest) = (ring.front()?, ring.back()?);
-        let wall_ns = newest.at_ns.checked_sub(oldest.at_ns).filter(|w| *w > 0)?;
-        let (a, b) = (&oldest.totals, &newest.totals);
+        newest.at_ns.checked_sub(oldest.at_ns).filter(|w| *w > 0)?;
+        self.between(oldest, newest)
+    }
+
+    /// The figures from sample `a` to the later sample `b`.
+    fn between(&self, a: &Sample, b: &Sample) -> Option<WindowFigures> {
+        let wall_ns = b.at_ns - a.at_ns;
+        let (a, b) = (&a.totals, &b.totals);
         let run_ns = b.run_ns.saturating_sub(a.run_ns);
         Some(WindowFigures {
             span: Duration::from_nanos(wall_ns),
