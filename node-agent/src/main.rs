@@ -5,17 +5,27 @@ use clap::Parser;
 use bpfleet_agent::cli::{Cli, Command, run_client};
 use bpfleet_agent::{hooks, kernel};
 
+/// The agent's own logs on stderr, as `--log-format` says; stdout is the
+/// BPF log's (docs/logs.md).
+fn init_logging(format: &str) {
+    use std::io::IsTerminal;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().flatten_event(true).init();
+    } else {
+        b.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            init_logging(&args.log_format);
             bpfleet_agent::fault::arm_from_env().map_err(anyhow::Error::msg)?;
             let keep_all = args.keep_all_capabilities;
             let http = args.http_config()?;

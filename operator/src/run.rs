@@ -102,7 +102,9 @@ pub struct Args {
     /// This replica's identity in the Lease and in events (default: host name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// Log format: text or json.
+    /// Log lines on stdout: `text` (for people; colours only on a
+    /// terminal) or `json` (one object per line with `timestamp`, `level`,
+    /// `message`, the event's fields and `target`, for a log pipeline).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 }
@@ -479,8 +481,11 @@ pub fn init_tracing(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt().with_env_filter(filter);
     if format == "json" {
-        b.json().init();
+        // One object per line, the event's message and fields at the top
+        // level beside `timestamp`, `level` and `target`.
+        b.json().flatten_event(true).init();
     } else {
-        b.init();
+        use std::io::IsTerminal;
+        b.with_ansi(std::io::stdout().is_terminal()).init();
     }
 }
