@@ -403,6 +403,12 @@ pub struct AlertRule {
     pub window: AlertWindow,
     #[serde(default)]
     pub severity: Severity,
+    /// ErrorRate and P99Latency: a node whose window holds fewer requests
+    /// than this never fires (a rate of 1 error in 2 requests says
+    /// little). Unset: 20. Ignored by the kernel signals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    pub min_requests: Option<u64>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

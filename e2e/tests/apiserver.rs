@@ -258,6 +258,12 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
+        what: "alert that needs no request at all",
+        base: "http-tracer-policy.yaml",
+        mutate: |v| v["spec"]["alerts"][0]["minRequests"] = json!(0),
+        expect: &["spec.alerts[0].minRequests", "greater than or equal to 1"],
+    },
+    Case {
         what: "no-data policy that would pass",
         base: "http-tracer-policy.yaml",
         mutate: |v| v["spec"]["health"]["noData"] = json!("Pass"),

@@ -141,8 +141,8 @@ impl NodeConfig {
                 }
                 .into(),
                 policy: policy.to_string(),
-                // The agent's default.
-                min_requests: 0,
+                // 0: the agent's default (20).
+                min_requests: a.min_requests.unwrap_or(0),
             })
             .collect();
         self.stamp = self.digest();
@@ -617,6 +617,14 @@ mod tests {
             }))
             .expect("rule")
         };
+        let errors = |min: Option<u64>| -> AlertRule {
+            let mut r: AlertRule = serde_json::from_value(serde_json::json!({
+                "name": "Errors", "signal": "ErrorRate", "threshold": 0.05
+            }))
+            .expect("rule");
+            r.min_requests = min;
+            r
+        };
         let base = NodeConfig::of(&RuntimeConfig::default());
         let c = base.clone().with_alerts("pol", &[rule(0.0)]);
         let reqs = c.requests("p");
@@ -639,10 +647,24 @@ mod tests {
             c.stamp,
             base.clone().with_alerts("pol", &[rule(1.0)]).stamp,
             base.clone().with_alerts("other", &[rule(0.0)]).stamp,
+            base.clone().with_alerts("pol", &[errors(None)]).stamp,
+            base.clone().with_alerts("pol", &[errors(Some(100))]).stamp,
         ];
         let distinct: std::collections::BTreeSet<u64> = stamps.iter().copied().collect();
         assert_eq!(distinct.len(), stamps.len(), "{stamps:?}");
         assert_eq!(base.clone().with_alerts("pol", &[]).stamp, base.stamp);
+        // minRequests travels as given; unset, as 0 (the agent's 20).
+        let sent = |min| {
+            base.clone()
+                .with_alerts("pol", &[errors(min)])
+                .requests("p")[0]
+                .alerts
+                .clone()
+                .expect("alerts")
+                .rules[0]
+                .min_requests
+        };
+        assert_eq!((sent(None), sent(Some(100))), (0, 100));
         let d = NodeConfig::defaults().requests("p");
         assert_eq!(d[0].alerts, Some(pb::AlertRules::default()));
     }
