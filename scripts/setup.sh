@@ -9,9 +9,9 @@
 #    running as a service; buildah to build bpfman-format bytecode images
 #    (testsupport::buildah; no daemon, vfs storage);
 #  - a bpffs on /sys/fs/bpf and tracefs on /sys/kernel/tracing;
-#  - etcd, kube-apiserver and kubectl (and helm, promtool and amtool for the
-#    chart tests, cosign for the image-signature tests) built from the Go
-#    module proxy.
+#  - etcd, kube-apiserver and kubectl (and helm, promtool, the Prometheus
+#    server, amtool and Jaeger for the chart tests, cosign for the
+#    image-signature tests) built from the Go module proxy.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 

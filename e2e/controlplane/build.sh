@@ -2,9 +2,10 @@
 # Builds the real control plane the tests and the demo run: etcd,
 # kube-apiserver and kubectl, from the Go module proxy, at the versions pinned
 # in go.mod/go.sum; then helm, for the chart tests (helm/build.sh),
-# cosign, for the image-signature tests (cosign/build.sh), and promtool and
+# cosign, for the image-signature tests (cosign/build.sh), promtool and
 # amtool, for the chart's alerting tests (prometheus/build.sh,
-# alertmanager/build.sh), each its own module and stamp. Output:
+# alertmanager/build.sh), and Jaeger, for the test that finds the tracer's
+# spans in it (jaeger/build.sh), each its own module and stamp. Output:
 # $BPFLEET_CONTROLPLANE_BIN or .cache/controlplane/bin (git-ignored). A
 # stamp of the inputs makes a second run a no-op.
 set -euo pipefail
@@ -24,7 +25,8 @@ if up_to_date "$stamp" "$want" "${bins[@]}"; then
   bash "$here/helm/build.sh"
   bash "$here/cosign/build.sh"
   bash "$here/prometheus/build.sh"
-  exec bash "$here/alertmanager/build.sh"
+  bash "$here/alertmanager/build.sh"
+  exec bash "$here/jaeger/build.sh"
 fi
 
 version=$(awk '$1 == "k8s.io/kubernetes" {print $2; exit}' "$here/go.mod")
@@ -48,3 +50,4 @@ bash "$here/helm/build.sh"
 bash "$here/cosign/build.sh"
 bash "$here/prometheus/build.sh"
 bash "$here/alertmanager/build.sh"
+bash "$here/jaeger/build.sh"

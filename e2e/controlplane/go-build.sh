@@ -1,6 +1,6 @@
 # Sourced by the build scripts of the Go tools the tests use (build.sh here,
 # helm/build.sh, cosign/build.sh, prometheus/build.sh,
-# alertmanager/build.sh): the Go settings they share and their input
+# alertmanager/build.sh, jaeger/build.sh): the Go settings they share and their input
 # stamps. Not run on its own.
 
 # Checks that Go is there and never lets it download a toolchain or change

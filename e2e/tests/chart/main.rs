@@ -45,6 +45,7 @@ mod dockerfiles;
 mod environments;
 mod gitops;
 mod image_libraries;
+mod jaeger;
 mod lint;
 mod monitoring;
 mod ops_script;

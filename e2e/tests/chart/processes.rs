@@ -57,6 +57,17 @@ impl Drop for Running {
     }
 }
 
+/// `path` opened for appending (created when missing), for a child's
+/// stdout and stderr both: every write lands at the end, so the two streams
+/// interleave whole lines instead of overwriting each other.
+pub fn log_file(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+}
+
 /// `GET path` on 127.0.0.1:port: (status, body), None when nothing answers.
 /// GET with retries: under a loaded CI machine a debug-build agent may take
 /// a while to render its metrics.
@@ -195,7 +206,9 @@ pub fn materialize_mounts(d: &[Value], tls: &[Value], k: &str, workload: &str, r
 }
 
 /// The agent started with the arguments `d` renders, files from
-/// [`materialize_mounts`] under `root`, addresses on loopback; returns the
+/// [`materialize_mounts`] under `root`, addresses on loopback (the chart's
+/// `--otlp-endpoint`, when it renders one, to `otlp` on loopback, else to a
+/// port nothing listens on); returns the
 /// process, its gRPC and metrics ports and its pin root once /api/health
 /// answers 200 (with the body).
 pub fn start_agent(
@@ -203,6 +216,7 @@ pub fn start_agent(
     tls: &[Value],
     exe: &Path,
     root: &Path,
+    otlp: Option<u16>,
 ) -> (Running, u16, u16, String, Value) {
     materialize_mounts(d, tls, "DaemonSet", AGENT, root);
     std::fs::create_dir_all(root.join("pods")).unwrap();
@@ -213,7 +227,8 @@ pub fn start_agent(
         std::process::id(),
         free_port()
     );
-    let (grpc, metrics, otlp) = (free_port(), free_port(), free_port());
+    let (grpc, metrics) = (free_port(), free_port());
+    let otlp = otlp.unwrap_or_else(free_port);
     let args: Vec<String> = strs(&agent["args"])
         .into_iter()
         .map(|a| {
@@ -247,8 +262,8 @@ pub fn start_agent(
     let child = Command::new(exe)
         .args(&args)
         .env("NODE_NAME", "chart-test")
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(log_file(&log))
+        .stderr(log_file(&log))
         .spawn()
         .unwrap();
     let mut proc_ = Running(child, Some(std::path::PathBuf::from(&pin_root)));
@@ -354,8 +369,8 @@ pub async fn start_operator(
         .env("POD_NAMESPACE", NS)
         .env("POD_NAME", "bpfleet-operator-0")
         .env("RUST_LOG", "info")
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(log_file(&log))
+        .stderr(log_file(&log))
         .spawn()
         .unwrap();
     let mut operator = OperatorRun {

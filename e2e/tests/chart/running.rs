@@ -31,7 +31,7 @@ fn the_agent_runs_with_the_charts_arguments() {
     let full = docs(&render(&["-f", &all_on()]));
     let dir = tempfile::tempdir().unwrap();
     let (agent_proc, grpc, metrics, pin_root, health) =
-        start_agent(&full, &helm_tls, &exe, dir.path());
+        start_agent(&full, &helm_tls, &exe, dir.path(), None);
     assert_eq!(health["ready"], true, "{health}");
     assert_eq!(health["agent"]["pin_root"], pin_root.as_str());
     let agent = container(&full, AGENT, "DaemonSet");
@@ -124,7 +124,7 @@ async fn operator_drives_the_agent_with_the_charts_arguments_and_rbac() {
     let d = docs(&render(&[]));
     let dir = tempfile::tempdir().unwrap();
     let (_agent, grpc, _metrics, pin_root, _) =
-        start_agent(&d, &d, &bins[AGENT], &dir.path().join("agent"));
+        start_agent(&d, &d, &bins[AGENT], &dir.path().join("agent"), None);
 
     let cp = ControlPlane::start().await.expect("control plane starts");
     let (operator, log) = start_operator(&cp, &d, &bins[OPERATOR], dir.path(), grpc).await;

@@ -6,6 +6,9 @@
 //! HTTP tracer out to the agent, traffic is driven through it, and then
 //! every Grafana panel's query and every alert's inputs are asked of
 //! Prometheus: each must return data, not only name a metric that exists.
+//! The chart's `otlp.endpoint` points the agent at a real Jaeger v2
+//! (jaeger.rs), and the driven exchanges must be found there as spans
+//! through its query API, each once.
 //! Needs root and bpffs (the agent loads the tracer).
 
 use std::collections::BTreeSet;
@@ -19,7 +22,8 @@ use bpfleet_testsupport::netns::Netns;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::processes::{Running, build_binaries, http_get, start_agent, start_operator};
+use crate::jaeger::{Jaeger, Span};
+use crate::processes::{Running, build_binaries, http_get, log_file, start_agent, start_operator};
 use crate::support::{AGENT, NS, OPERATOR, docs, kind, render, tool, write};
 
 /// How often the test's Prometheus scrapes and evaluates (the chart's
@@ -28,8 +32,8 @@ const INTERVAL: &str = "1s";
 
 /// Series an agent exports only for programs a TracerPolicy gives a CPU
 /// budget or alerts (and their counters only after a first change). This
-/// test applies no policy, so panels over them are not asked for data
-/// here; the policy e2e tests (operator/tests/rollout_e2e/policy.rs) and
+/// test's policy (applied after the panels are asked, for spans) has
+/// neither, so panels over them are not asked for data here; the policy e2e tests (operator/tests/rollout_e2e/policy.rs) and
 /// the agent's cpu_budget and http_policy_alerts tests read them.
 const POLICY_ONLY: [&str; 4] = [
     "bpfleet_agent_program_cpu_percent",
@@ -37,6 +41,14 @@ const POLICY_ONLY: [&str; 4] = [
     "bpfleet_agent_budget_enforcements_total",
     "bpfleet_agent_policy_alert_firing",
 ];
+
+/// Rounds of traffic the test drives: each a GET of `/` (200), of
+/// `/missing` (404) and a DELETE of `/` (501).
+const ROUNDS: usize = 30;
+
+/// Rounds driven once every connection is traced in events mode, whose
+/// exchanges Jaeger must hold as spans.
+const SPAN_ROUNDS: usize = 10;
 
 /// A Grafana query as Prometheus takes it: the dashboards' one variable,
 /// `$node`, set to "All" (Grafana's `.*` for a regex matcher).
@@ -236,7 +248,7 @@ fn kubectl_json(cp: &ControlPlane, args: &[&str]) -> Value {
 }
 
 #[tokio::test]
-async fn prometheus_finds_data_for_every_panel_and_alert() {
+async fn prometheus_and_jaeger_find_the_driven_traffic() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -256,10 +268,16 @@ async fn prometheus_finds_data_for_every_panel_and_alert() {
         "monitoring.prometheusRule.enabled=true",
         "--set",
         "monitoring.dashboards.enabled=true",
+        "--set",
+        "otlp.enabled=true",
+        "--set",
+        "otlp.endpoint=http://jaeger-collector.observability:4317",
     ]));
     let dir = tempfile::tempdir().unwrap();
+    let jaeger = Jaeger::start(&dir.path().join("jaeger"));
     let agent_root = dir.path().join("agent");
-    let (_agent, grpc, agent_metrics, pin_root, _) = start_agent(&d, &d, &bins[AGENT], &agent_root);
+    let (_agent, grpc, agent_metrics, pin_root, _) =
+        start_agent(&d, &d, &bins[AGENT], &agent_root, Some(jaeger.otlp));
     let cp = ControlPlane::start().await.expect("control plane starts");
     let (operator, operator_log) = start_operator(&cp, &d, &bins[OPERATOR], dir.path(), grpc).await;
     let operator_text = || std::fs::read_to_string(&operator_log).unwrap_or_default();
@@ -334,8 +352,8 @@ async fn prometheus_finds_data_for_every_panel_and_alert() {
             prom_dir.join("data").display()
         ))
         .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-        .stdout(std::fs::File::create(&prom_log).unwrap())
-        .stderr(std::fs::File::create(&prom_log).unwrap())
+        .stdout(log_file(&prom_log))
+        .stderr(log_file(&prom_log))
         .spawn()
         .expect("prometheus starts");
     let mut prometheus = Running(child, None);
@@ -394,7 +412,7 @@ async fn prometheus_finds_data_for_every_panel_and_alert() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for _ in 0..6 {
+    for _ in 0..ROUNDS / 5 {
         drive(5);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -479,6 +497,48 @@ async fn prometheus_finds_data_for_every_panel_and_alert() {
             .unwrap_or_default()
     );
 
+    // Spans: metrics mode (the tracer's default) counts exchanges in the
+    // kernel and sends none; a TracerPolicy puts every connection in
+    // events mode, and the exchanges driven after it reaches the node must
+    // each be in Jaeger once.
+    let policy = json!({
+        "apiVersion": "bpfleet.dev/v1alpha1", "kind": "TracerPolicy",
+        "metadata": {"name": "spans"},
+        "spec": {
+            "targets": {"programNames": ["http-tracer"]},
+            "config": {"exchangeEvents": "All", "ends": "Both"},
+        },
+    });
+    let f = write(dir.path(), "policy.json", &policy.to_string());
+    cp.kubectl_ok(&["apply", "--server-side", "-f", &f])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = kubectl_json(&cp, &["get", "tracerprogram", "http-tracer"]);
+        if v["status"]["policy"]["name"] == "spans" && v["status"]["policy"]["configuredNodes"] == 1
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the policy never reached the node: {}\n{}",
+            v["status"],
+            operator_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    drive(SPAN_ROUNDS);
+    traces_in_jaeger(&jaeger, SPAN_ROUNDS, port, agent_metrics);
+
+    // The agent's and the operator's own logs, with the chart's
+    // `logFormat` (json), as a log pipeline reads them.
+    for (who, path) in [
+        ("agent", agent_root.join("agent.log")),
+        ("operator", operator_log.clone()),
+    ] {
+        log_shape(who, &std::fs::read_to_string(&path).unwrap());
+    }
+
     // Nothing left loaded: the TracerProgram goes, the agent unloads.
     cp.kubectl_ok(&[
         "delete",
@@ -491,4 +551,178 @@ async fn prometheus_finds_data_for_every_panel_and_alert() {
     drop(prometheus);
     drop(operator);
     let _ = std::fs::remove_dir_all(&pin_root);
+}
+
+/// Every line of a log is one JSON object a pipeline's stock JSON stage
+/// takes whole: an agent's or operator's event (`timestamp` in RFC 3339,
+/// `level`, `target`, the message and fields at the top level) or a BPF
+/// program's record (`source` "bpf", docs/logs.md); no line so long that
+/// the kubelet would split it (16 KiB) into partial records.
+fn log_shape(who: &str, text: &str) {
+    let mut events = 0;
+    let mut messages = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            line.len() < 16 << 10,
+            "{who}: a line of {} bytes",
+            line.len()
+        );
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("{who}: not one JSON object per line ({e}): {line}"));
+        let o = v
+            .as_object()
+            .unwrap_or_else(|| panic!("{who}: not an object: {line}"));
+        if o.get("source").and_then(Value::as_str) == Some("bpf") {
+            for k in [
+                "ts", "level", "node", "program", "revision", "msg_id", "fields",
+            ] {
+                assert!(o.contains_key(k), "{who}: BPF record without {k}: {line}");
+            }
+            continue;
+        }
+        events += 1;
+        let ts = o["timestamp"].as_str().unwrap_or_default();
+        assert!(
+            ts.len() >= 20 && ts.as_bytes()[10] == b'T' && ts.ends_with('Z'),
+            "{who}: timestamp not RFC 3339 UTC: {line}"
+        );
+        assert!(
+            ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]
+                .contains(&o["level"].as_str().unwrap_or("")),
+            "{who}: level: {line}"
+        );
+        assert!(o["target"].is_string(), "{who}: target: {line}");
+        assert!(
+            !o.contains_key("fields"),
+            "{who}: fields nested, not at the top level: {line}"
+        );
+        messages += usize::from(o["message"].is_string());
+    }
+    assert!(events >= 3, "{who}: only {events} log lines:\n{text}");
+    assert!(
+        messages * 2 >= events,
+        "{who}: most lines without a message:\n{text}"
+    );
+}
+
+#[test]
+fn log_shape_takes_json_events_and_refuses_text_and_nesting() {
+    let event = r#"{"timestamp":"2026-12-03T15:56:39.889681Z","level":"INFO","message":"gRPC listening","socket":"/run/a.sock","target":"bpfleet_agent::server"}"#;
+    let bpf = r#"{"ts":"2026-12-03T08:15:02.123456Z","level":"warn","source":"bpf","node":"n","program":"p","revision":"r","msg_id":7,"fields":[1],"token":3}"#;
+    log_shape("json", &[event, bpf, event, event].join("\n"));
+    for bad in [
+        "2026-12-03T15:56:39.889681Z  INFO bpfleet_agent::server: gRPC listening",
+        r#"{"timestamp":"2026-12-03T15:56:39Z","level":"INFO","fields":{"message":"m"},"target":"t"}"#,
+        r#"{"timestamp":"1733241399","level":"INFO","message":"m","target":"t"}"#,
+    ] {
+        let text = [event, event, event, bad].join("\n");
+        assert!(
+            std::panic::catch_unwind(|| log_shape("bad", &text)).is_err(),
+            "accepted: {bad}"
+        );
+    }
+}
+
+/// The driven exchanges as Jaeger holds them: the server's spans, one per
+/// request, by method and status (5xx an error, 4xx not, as the semantic
+/// conventions say for a server), the clients' spans as many; one trace
+/// fetched again by its id; and the agent's export counters agreeing.
+fn traces_in_jaeger(jaeger: &Jaeger, rounds: usize, port: u16, agent_metrics: u16) {
+    let port = port.to_string();
+    let server_key = |s: &Span| {
+        (
+            s.attr("http.request.method").unwrap_or_default(),
+            s.attr("http.response.status_code").unwrap_or_default(),
+            s.status,
+        )
+    };
+    let want = BTreeSet::from([
+        (("DELETE".to_string(), "501".to_string(), 2), rounds),
+        (("GET".to_string(), "200".to_string(), 0), rounds),
+        (("GET".to_string(), "404".to_string(), 0), rounds),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut server, mut client);
+    loop {
+        let services = jaeger.services().unwrap_or_default();
+        let all: Vec<Span> = services
+            .iter()
+            .flat_map(|s| jaeger.search(s).unwrap_or_default())
+            .filter(|s| s.attr("server.port").as_ref() == Some(&port))
+            .collect();
+        server = all
+            .iter()
+            .filter(|s| s.kind == 2)
+            .cloned()
+            .collect::<Vec<_>>();
+        client = all
+            .iter()
+            .filter(|s| s.kind == 3)
+            .cloned()
+            .collect::<Vec<_>>();
+        let mut got = std::collections::BTreeMap::new();
+        for s in &server {
+            *got.entry(server_key(s)).or_insert(0usize) += 1;
+        }
+        let got: BTreeSet<_> = got.into_iter().collect();
+        if got == want && client.len() == 3 * rounds {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Jaeger holds, of the driven exchanges, server spans {got:?} (want {want:?}) and {} client spans (want {}); services {services:?}\nagent metrics:\n{}\njaeger:\n{}",
+            client.len(),
+            3 * rounds,
+            http_get(agent_metrics, "/metrics")
+                .map(|r| r.1)
+                .unwrap_or_default(),
+            jaeger.log_text()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let services: BTreeSet<&str> = server.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(services.len(), 1, "one server, one service: {services:?}");
+    assert!(
+        !services.contains(""),
+        "spans without a service.name: {server:?}"
+    );
+
+    // A failed exchange found again by its trace id, as the UI links it.
+    let failed = server.iter().find(|s| s.status == 2).unwrap();
+    assert_eq!(failed.name, "DELETE /", "{failed:?}");
+    let trace = jaeger
+        .trace(&failed.trace_id)
+        .unwrap_or_else(|e| panic!("trace {}: {e}", failed.trace_id));
+    assert_eq!(
+        trace.len(),
+        1,
+        "one span per trace (no context to join): {trace:?}"
+    );
+    let got = &trace[0];
+    assert_eq!(
+        (&got.service, &got.name, got.kind, got.status),
+        (&failed.service, &failed.name, 2, 2)
+    );
+    for (key, value) in [
+        ("http.route", "/"),
+        ("url.path", "/"),
+        ("http.response.status_code", "501"),
+        ("error.type", "501"),
+    ] {
+        assert_eq!(got.attr(key).as_deref(), Some(value), "{key} of {got:?}");
+    }
+
+    // The agent says it exported at least these and lost none.
+    let metrics = http_get(agent_metrics, "/metrics").unwrap().1;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in the agent's metrics:\n{metrics}"))
+    };
+    assert!(value("bpfleet_tracer_spans_exported") >= (6 * rounds) as f64);
+    assert_eq!(value("bpfleet_tracer_spans_dropped"), 0.0);
+    assert_eq!(value("bpfleet_tracer_span_export_failures"), 0.0);
 }
