@@ -25,3 +25,33 @@ up_to_date() {
   [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] || return 1
   for b in "$@"; do [ -x "$out/$b" ] || return 1; done
 }
+
+# The common part of a tool's build script (helm, cosign, prometheus,
+# alertmanager, jaeger: each a Go module of its own in $here, beside its
+# build.sh, the caller). `tool_begin LABEL STAMP MODULE BIN...` exits the
+# caller when the stamp `$out/STAMP` matches its go.mod, go.sum and
+# build.sh and every BIN is there; otherwise it sets `version` (MODULE's
+# version in go.mod), moves to $here and announces the build, which the
+# caller then runs and ends with `tool_done`.
+tool_begin() {
+  local label=$1 module=$3
+  tool_label=$label
+  tool_stamp="$out/$2"
+  shift 3
+  tool_want=$(inputs_digest "$here/go.mod" "$here/go.sum" "$here/build.sh")
+  if up_to_date "$tool_stamp" "$tool_want" "$@"; then
+    echo "$label up to date in $out"
+    exit 0
+  fi
+  version=$(awk -v m="$module" '$1 == m {print $2; exit}' "$here/go.mod")
+  mkdir -p "$out"
+  tool_start=$(date +%s)
+  cd "$here"
+  echo "building $label $version into $out"
+}
+
+# Records the build `tool_begin` announced: its stamp, and how long it took.
+tool_done() {
+  echo "$tool_want" > "$tool_stamp"
+  echo "$tool_label built in $(( $(date +%s) - tool_start ))s"
+}

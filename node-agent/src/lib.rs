@@ -34,6 +34,7 @@ pub mod agent;
 pub mod alerts;
 pub mod audit;
 pub mod bpflog;
+pub mod civil;
 pub mod cli;
 pub mod error;
 pub mod fault;

@@ -15,21 +15,9 @@ out=${BPFLEET_CONTROLPLANE_BIN:-$root/.cache/controlplane/bin}
 . "$here/../go-build.sh"
 go_env alertmanager/build.sh
 
-stamp="$out/.amtool-inputs.sha256"
-want=$(inputs_digest "$here/go.mod" "$here/go.sum" "${BASH_SOURCE[0]}")
-if up_to_date "$stamp" "$want" amtool; then
-  echo "amtool up to date in $out"
-  exit 0
-fi
-
-version=$(awk '$1 == "github.com/prometheus/alertmanager" {print $2; exit}' "$here/go.mod")
-mkdir -p "$out"
-start=$(date +%s)
-cd "$here"
-echo "building amtool $version into $out"
+tool_begin "amtool" .amtool-inputs.sha256 github.com/prometheus/alertmanager amtool
 # Stamp the version `amtool --version` reports (the module version; a module
 # build otherwise reports none).
 ldflags="-s -w -X github.com/prometheus/common/version.Version=$version -X github.com/prometheus/common/version.Branch=module"
 go build -trimpath -ldflags "$ldflags" -o "$out/amtool" github.com/prometheus/alertmanager/cmd/amtool
-echo "$want" > "$stamp"
-echo "amtool built in $(( $(date +%s) - start ))s"
+tool_done

@@ -13,27 +13,15 @@ out=${BPFLEET_CONTROLPLANE_BIN:-$root/.cache/controlplane/bin}
 . "$here/../go-build.sh"
 go_env helm/build.sh
 
-stamp="$out/.helm-inputs.sha256"
-want=$(inputs_digest "$here/go.mod" "$here/go.sum" "${BASH_SOURCE[0]}")
-if up_to_date "$stamp" "$want" helm; then
-  echo "helm up to date in $out"
-  exit 0
-fi
-
-version=$(awk '$1 == "helm.sh/helm/v3" {print $2; exit}' "$here/go.mod")
+tool_begin "helm" .helm-inputs.sha256 helm.sh/helm/v3 helm
 # As helm's Makefile does: the Kubernetes version `helm template` and `helm
 # lint` assume comes from the client-go it is built with (v0.37 -> 1.37).
 client_go=$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$here/go.mod")
 k8s_minor=$(echo "$client_go" | cut -d. -f2)
-mkdir -p "$out"
-start=$(date +%s)
-cd "$here"
-echo "building helm $version into $out"
 # Stamp the version `helm version` reports (a module build otherwise says v3.x-dev).
 ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$version -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
   ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$k8s_minor"
 done
 go build -trimpath -ldflags "$ldflags" -o "$out/helm" helm.sh/helm/v3/cmd/helm
-echo "$want" > "$stamp"
-echo "helm built in $(( $(date +%s) - start ))s"
+tool_done

@@ -16,21 +16,9 @@ out=${BPFLEET_CONTROLPLANE_BIN:-$root/.cache/controlplane/bin}
 . "$here/../go-build.sh"
 go_env jaeger/build.sh
 
-stamp="$out/.jaeger-inputs.sha256"
-want=$(inputs_digest "$here/go.mod" "$here/go.sum" "${BASH_SOURCE[0]}")
-if up_to_date "$stamp" "$want" jaeger; then
-  echo "jaeger up to date in $out"
-  exit 0
-fi
-
-version=$(awk '$1 == "github.com/jaegertracing/jaeger" {print $2; exit}' "$here/go.mod")
-mkdir -p "$out"
-start=$(date +%s)
-cd "$here"
-echo "building jaeger (v2) from module $version into $out"
+tool_begin "jaeger" .jaeger-inputs.sha256 github.com/jaegertracing/jaeger jaeger
 # Stamp the module version `jaeger version` reports (a module build
 # otherwise reports none; Jaeger's own release build stamps the v2 tag).
 ldflags="-s -w -X github.com/jaegertracing/jaeger/internal/version.latestVersion=module-$version"
 go build -trimpath -ldflags "$ldflags" -o "$out/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger
-echo "$want" > "$stamp"
-echo "jaeger built in $(( $(date +%s) - start ))s"
+tool_done

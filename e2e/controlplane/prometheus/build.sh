@@ -18,18 +18,7 @@ out=${BPFLEET_CONTROLPLANE_BIN:-$root/.cache/controlplane/bin}
 . "$here/../go-build.sh"
 go_env prometheus/build.sh
 
-stamp="$out/.prometheus-inputs.sha256"
-want=$(inputs_digest "$here/go.mod" "$here/go.sum" "${BASH_SOURCE[0]}")
-if up_to_date "$stamp" "$want" promtool prometheus; then
-  echo "promtool and prometheus up to date in $out"
-  exit 0
-fi
-
-version=$(awk '$1 == "github.com/prometheus/prometheus" {print $2; exit}' "$here/go.mod")
-mkdir -p "$out"
-start=$(date +%s)
-cd "$here"
-echo "building promtool and prometheus $version into $out"
+tool_begin "promtool and prometheus" .prometheus-inputs.sha256 github.com/prometheus/prometheus promtool prometheus
 # Stamp the version `--version` reports (the module version; a
 # module build otherwise reports none).
 ldflags="-s -w -X github.com/prometheus/common/version.Version=$version -X github.com/prometheus/common/version.Branch=module"
@@ -39,6 +28,4 @@ ldflags="-s -w -X github.com/prometheus/common/version.Version=$version -X githu
 # 262 s with it against 1012 s without (2 cores, other builds running).
 go build -tags remove_all_sd -trimpath -ldflags "$ldflags" -o "$out/" \
   github.com/prometheus/prometheus/cmd/promtool github.com/prometheus/prometheus/cmd/prometheus
-echo "$want" > "$stamp"
-echo "promtool and prometheus built in $(( $(date +%s) - start ))s"
-
+tool_done

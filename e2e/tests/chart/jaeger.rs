@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bpfleet_agent::bpflog::rfc3339_micros;
 use bpfleet_testsupport::free_port;
 use serde_json::Value;
 
@@ -176,8 +177,8 @@ exporters:
             .as_secs();
         let q = format!(
             "/api/v3/traces?query.service_name={service}&query.start_time_min={}&query.start_time_max={}&query.num_traces=1000",
-            rfc3339(now - 3600),
-            rfc3339(now + 300),
+            rfc3339_micros((now - 3600) * 1_000_000_000),
+            rfc3339_micros((now + 300) * 1_000_000_000),
         );
         self.get(&q).map(|v| spans(&v))
     }
@@ -218,32 +219,4 @@ fn spans(v: &Value) -> Vec<Span> {
         }
     }
     out
-}
-
-/// Unix seconds as RFC 3339 UTC (`2026-12-03T15:04:05Z`), the civil date
-/// from the day count (the proleptic Gregorian calendar).
-fn rfc3339(unix: u64) -> String {
-    let (days, secs) = ((unix / 86400) as i64, unix % 86400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
-#[test]
-fn rfc3339_dates_are_civil_dates() {
-    assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-    assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    assert_eq!(rfc3339(1_796_311_445), "2026-12-03T15:24:05Z");
 }

@@ -241,10 +241,38 @@ fn scrape_config(d: &[Value], targets: &[(&str, u16, &str)], rules: &str) -> Str
     .unwrap()
 }
 
-fn kubectl_json(cp: &ControlPlane, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.extend_from_slice(&["-o", "json"]);
-    serde_json::from_str(&cp.kubectl_ok(&a).unwrap()).unwrap()
+/// Applies `object` (server-side) and waits up to `seconds` until the
+/// TracerProgram http-tracer's status satisfies `done` (`what` names that
+/// in the failure, with the status and the operator's log).
+async fn apply_and_wait(
+    cp: &ControlPlane,
+    dir: &Path,
+    object: &Value,
+    what: &str,
+    seconds: u64,
+    operator_log: &dyn Fn() -> String,
+    done: impl Fn(&Value) -> bool,
+) {
+    let f = write(dir, "object.json", &object.to_string());
+    cp.kubectl_ok(&["apply", "--server-side", "-f", &f])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let out = cp
+            .kubectl_ok(&["get", "tracerprogram", "http-tracer", "-o", "json"])
+            .unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        if done(&v["status"]) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never: {what}: {}\n{}",
+            v["status"],
+            operator_log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test]
@@ -309,23 +337,16 @@ async fn prometheus_and_jaeger_find_the_driven_traffic() {
             "strategy": {"immediate": {}},
         },
     });
-    let f = write(dir.path(), "tracer.json", &tp.to_string());
-    cp.kubectl_ok(&["apply", "--server-side", "-f", &f])
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let v = kubectl_json(&cp, &["get", "tracerprogram", "http-tracer"]);
-        if v["status"]["phase"] == "Healthy" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the tracer never became Healthy: {}\n{}",
-            v["status"],
-            operator_text()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    apply_and_wait(
+        &cp,
+        dir.path(),
+        &tp,
+        "the tracer became Healthy",
+        120,
+        &operator_text,
+        |s| s["phase"] == "Healthy",
+    )
+    .await;
 
     // Prometheus, as the ServiceMonitors and the PrometheusRule say.
     let prom_dir = dir.path().join("prometheus");
@@ -509,24 +530,16 @@ async fn prometheus_and_jaeger_find_the_driven_traffic() {
             "config": {"exchangeEvents": "All", "ends": "Both"},
         },
     });
-    let f = write(dir.path(), "policy.json", &policy.to_string());
-    cp.kubectl_ok(&["apply", "--server-side", "-f", &f])
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = kubectl_json(&cp, &["get", "tracerprogram", "http-tracer"]);
-        if v["status"]["policy"]["name"] == "spans" && v["status"]["policy"]["configuredNodes"] == 1
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the policy never reached the node: {}\n{}",
-            v["status"],
-            operator_text()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    apply_and_wait(
+        &cp,
+        dir.path(),
+        &policy,
+        "the policy reached the node",
+        60,
+        &operator_text,
+        |s| s["policy"]["name"] == "spans" && s["policy"]["configuredNodes"] == 1,
+    )
+    .await;
     drive(SPAN_ROUNDS);
     traces_in_jaeger(&jaeger, SPAN_ROUNDS, port, agent_metrics);
 
