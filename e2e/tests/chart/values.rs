@@ -38,6 +38,14 @@ fn bad_values_fail_with_the_field_named() {
         ),
         (&["--set", "otlp.enabled=true"], &["otlp.endpoint"]),
         (
+            &["--set", "agent.cpuBudget.periodSeconds=0"],
+            &["/agent/cpuBudget/periodSeconds"],
+        ),
+        (
+            &["--set", "agent.cpuBudget.samplingFloorPpm=2000000"],
+            &["/agent/cpuBudget/samplingFloorPpm"],
+        ),
+        (
             &["--set", "agent.imageCache.maxBytes=0"],
             &["/agent/imageCache/maxBytes"],
         ),

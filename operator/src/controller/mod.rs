@@ -389,10 +389,6 @@ async fn finish(
 /// (which reads time in whole seconds) finds it due.
 const TIMER_MARGIN_MS: i64 = 100;
 
-/// The requeue delay, from `now`, for a machine timer of `secs` seconds
-/// set by a pass at `at`: the machine counts from `at` cut to the whole
-/// second, and kube-runtime delays every requeue by `debounce`. Without
-/// both corrections a 10 s pause lasts up to 11.5 s.
 /// Sets the program's `BudgetEnforced` condition from what its nodes
 /// report of its CPU budget ([`policy::cpu`]), or removes it when none
 /// reports one; `before` holds the transition times to keep.
@@ -410,6 +406,10 @@ fn set_budget_condition(
     }
 }
 
+/// The requeue delay, from `now`, for a machine timer of `secs` seconds
+/// set by a pass at `at`: the machine counts from `at` cut to the whole
+/// second, and kube-runtime delays every requeue by `debounce`. Without
+/// both corrections a 10 s pause lasts up to 11.5 s.
 fn timer(at: Timestamp, secs: i64, now: Timestamp, debounce: Duration) -> Duration {
     let due_ms = at
         .as_second()
