@@ -7,7 +7,10 @@
 #    docker-registry (distribution 2.8) and apache2-utils (htpasswd -B) for
 #    the image tests' local registry (testsupport::registry), never left
 #    running as a service; buildah to build bpfman-format bytecode images
-#    (testsupport::buildah; no daemon, vfs storage);
+#    (testsupport::buildah; no daemon, vfs storage); containerd, runc,
+#    containernetworking-plugins, iptables and debootstrap for the cluster
+#    harness's nodes and images (e2e/cluster), containerd never left
+#    running as a service;
 #  - a bpffs on /sys/fs/bpf and tracefs on /sys/kernel/tracing;
 #  - etcd, kube-apiserver and kubectl (and helm, promtool, the Prometheus
 #    server, amtool and Jaeger for the chart tests, cosign for the
@@ -15,7 +18,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-packages=(clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 gcc make curl python3 lua5.4 openssl wrk nginx-light docker-registry apache2-utils buildah)
+packages=(clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 gcc make curl python3 lua5.4 openssl wrk nginx-light docker-registry apache2-utils buildah containerd runc containernetworking-plugins iptables debootstrap)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -42,10 +45,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   if [ "$own_policy" = 1 ]; then rm -f "$policy"; trap - EXIT; fi
   # Nor at the next boot, under either init.
-  if [ -x /etc/init.d/docker-registry ]; then
-    update-rc.d docker-registry disable >/dev/null 2>&1 || true
-    deb-systemd-helper disable docker-registry.service >/dev/null 2>&1 || true
-  fi
+  for service in docker-registry containerd; do
+    if [ -e "/etc/init.d/$service" ] || [ -e "/lib/systemd/system/$service.service" ]; then
+      update-rc.d "$service" disable >/dev/null 2>&1 || true
+      deb-systemd-helper disable "$service.service" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 for tool in cargo go; do

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real control plane the tests and the demo run: etcd,
-# kube-apiserver and kubectl, from the Go module proxy, at the versions pinned
+# kube-apiserver and kubectl, and the rest of a cluster for the cluster
+# harness (e2e/cluster: kube-controller-manager, kube-scheduler, kubelet,
+# kube-proxy), from the Go module proxy, at the versions pinned
 # in go.mod/go.sum; then helm, for the chart tests (helm/build.sh),
 # cosign, for the image-signature tests (cosign/build.sh), promtool and
 # amtool, for the chart's alerting tests (prometheus/build.sh,
@@ -13,7 +15,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 out=${BPFLEET_CONTROLPLANE_BIN:-$root/.cache/controlplane/bin}
-bins=(etcd kube-apiserver kubectl)
+bins=(etcd kube-apiserver kubectl kube-controller-manager kube-scheduler kubelet kube-proxy)
 
 . "$here/go-build.sh"
 go_env build.sh
@@ -40,10 +42,11 @@ done
 mkdir -p "$out"
 start=$(date +%s)
 cd "$here"
-echo "building etcd, kube-apiserver $version and kubectl into $out (first build: several minutes)"
+echo "building etcd and Kubernetes $version (${bins[*]:1}) into $out (first build: many minutes)"
 go build -trimpath -ldflags "-s -w" -o "$out/etcd" ./etcd
-go build -trimpath -ldflags "$ldflags" -o "$out/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-go build -trimpath -ldflags "$ldflags" -o "$out/kubectl" k8s.io/kubernetes/cmd/kubectl
+for b in "${bins[@]:1}"; do
+  go build -trimpath -ldflags "$ldflags" -o "$out/$b" "k8s.io/kubernetes/cmd/$b"
+done
 echo "$want" > "$stamp"
 echo "control plane built in $(( $(date +%s) - start ))s"
 bash "$here/helm/build.sh"

@@ -43,9 +43,20 @@ fn agent_comments() -> String {
 #[test]
 fn containers_hold_only_what_the_code_needs() {
     let kept = agent_kept_capabilities();
-    for (label, extra, sys_admin) in [
-        ("defaults", vec![], false),
-        ("everything on", vec!["-f".to_string(), all_on()], true),
+    for (label, extra, sys_admin, sys_resource) in [
+        ("defaults", vec![], false, true),
+        (
+            "everything on",
+            vec!["-f".to_string(), all_on()],
+            true,
+            true,
+        ),
+        (
+            "no CAP_SYS_RESOURCE",
+            vec!["--set".to_string(), "agent.grantSysResource=false".into()],
+            false,
+            false,
+        ),
     ] {
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let d = docs(&render(&extra));
@@ -122,6 +133,12 @@ fn containers_hold_only_what_the_code_needs() {
         let mut want = kept.clone();
         if sys_admin {
             want.insert("SYS_ADMIN".into());
+        }
+        if !sys_resource {
+            assert!(
+                want.remove("SYS_RESOURCE"),
+                "the agent keeps CAP_SYS_RESOURCE"
+            );
         }
         assert_eq!(
             added, want,
