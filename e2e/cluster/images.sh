@@ -10,7 +10,8 @@
 #   localhost/bpfleet/pause:local       the pod sandbox (pause.c, static)
 #   localhost/bpfleet/bpfleet-operator:dev, localhost/bpfleet/bpfleet-agent:dev
 #       built by Dockerfile.operator and Dockerfile.agent themselves, with
-#       the two bases above as their BUILD_IMAGE and RUNTIME_IMAGE
+#       the two bases above as their BUILD_IMAGE and RUNTIME_IMAGE and
+#       CARGO_PROFILE_RELEASE_OPT_LEVEL=0 ($BPFLEET_IMAGE_OPT_LEVEL)
 # Each image is saved as a docker-archive in .cache/cluster/images, which
 # node.sh imports into every node's containerd. buildah's storage is
 # .cache/cluster/storage; a stamp per image skips what is up to date.
@@ -26,6 +27,10 @@ suite=bookworm
 # finds them there already.
 build_packages=ca-certificates,gcc,libc6-dev,make,clang,llvm,libelf-dev,zlib1g-dev,pkg-config,bpftool
 cc_packages=(libc6 libgcc-s1 base-files netbase)
+# The bpfleet images' Rust optimisation level (the Dockerfiles' build
+# argument; release images use 3). 0 halves the build, which the test
+# images need to fit CI; they run the same code.
+opt_level=${BPFLEET_IMAGE_OPT_LEVEL:-0}
 
 die() { echo "images.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, buildah's overlay storage)"
@@ -37,8 +42,11 @@ mkdir -p "$out" "$cache/stamps"
 cat > "$cache/policy.json" <<'EOF'
 {"default": [{"type": "insecureAcceptAnything"}]}
 EOF
+# buildah keeps the Dockerfiles' cache mounts (cargo's registry and target
+# directory) under $TMPDIR: here, beside its storage.
+mkdir -p "$cache/tmp"
 b() {
-  buildah --root "$cache/storage" --runroot "$cache/runroot" --storage-driver overlay "$@"
+  TMPDIR=$cache/tmp buildah --root "$cache/storage" --runroot "$cache/runroot" --storage-driver overlay "$@"
 }
 
 # fresh NAME DIGEST TAG: true when NAME:TAG was built from inputs with
@@ -172,10 +180,11 @@ for c in operator agent; do
     --ignorefile "Dockerfile.$c.dockerignore" -f "Dockerfile.$c"
     --build-arg BUILD_IMAGE=localhost/bpfleet/build-base:local
     --build-arg RUNTIME_IMAGE=localhost/bpfleet/cc-base:local
+    --build-arg "CARGO_PROFILE_RELEASE_OPT_LEVEL=$opt_level"
     -t "localhost/bpfleet/bpfleet-$c:dev" .)
   want=$(digest "$src" "$bases" "${bud[*]}")
   fresh "bpfleet-$c" "$want" dev node && continue
-  echo "building localhost/bpfleet/bpfleet-$c:dev from Dockerfile.$c (a release cargo build: minutes)"
+  echo "building localhost/bpfleet/bpfleet-$c:dev from Dockerfile.$c (cargo build, opt-level $opt_level: minutes)"
   s=$(date +%s)
   (cd "$root" && b "${bud[@]}" > "$cache/build-$c.log" 2>&1) ||
     { tail -30 "$cache/build-$c.log" >&2; die "Dockerfile.$c failed (log: $cache/build-$c.log)"; }
