@@ -124,15 +124,21 @@ running() {
   [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
 }
 
-# wait_for WHAT SECONDS CMD...: polls CMD until it succeeds.
+# wait_for WHAT SECONDS CMD...: polls CMD until it succeeds; on timeout,
+# shows the end of every log before giving up.
 wait_for() {
-  local what=$1 secs=$2 i
+  local what=$1 secs=$2 i f
   shift 2
   for ((i = 0; i < secs * 2; i++)); do
     "$@" >/dev/null 2>&1 && return 0
     sleep 0.5
   done
-  die "timed out after ${secs}s waiting for $what (logs in $run/logs)"
+  for f in "$run"/logs/*.log "$run"/*/*.log; do
+    [ -f "$f" ] || continue
+    echo "--- ${f#"$run"/} (last lines)" >&2
+    tail -n 15 "$f" >&2
+  done
+  die "timed out after ${secs}s waiting for $what (logs in $run/logs and $run/<node>/; down keeps them in $run.logs)"
 }
 
 kubectl_admin() { "$bin/kubectl" --kubeconfig "$run/admin.kubeconfig" "$@"; }
@@ -317,6 +323,12 @@ down() {
   for n in "${nodes[@]}"; do node_down "$n"; done
   for p in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_pid "$p"; done
   bridge_down
+  # The logs of the run outlive it, for a failed test to be read.
+  if [ -d "$run" ]; then
+    rm -rf "$run.logs"
+    mkdir -p "$run.logs"
+    (cd "$run" && find . -name '*.log' -exec cp --parents {} "$run.logs/" \;)
+  fi
   rm -rf "$run"
   echo "cluster down"
 }

@@ -30,14 +30,20 @@ trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait' TERM INT EXIT
 
 containerd --config "$d/containerd.toml" >> "$d/containerd.log" 2>&1 &
 pids+=($!)
-for ((i = 0; i < 60; i++)); do
-  [ -S "$d/containerd.sock" ] && break
+for ((i = 0; i < 240; i++)); do
+  ctr --address "$d/containerd.sock" version >/dev/null 2>&1 && break
   sleep 0.5
 done
 # The images the pods run (the sandbox's among them): imported, never pulled.
 for f in "$images"/*.tar; do
-  ctr --address "$d/containerd.sock" -n k8s.io images import "$f" >> "$d/containerd.log" 2>&1
+  for try in 1 2 3; do
+    ctr --address "$d/containerd.sock" -n k8s.io images import "$f" >> "$d/import.log" 2>&1 && break
+    echo "node $n: importing $f failed (try $try; $d/import.log)" >&2
+    [ "$try" = 3 ] && exit 1
+    sleep 2
+  done
 done
+echo "node $n: images imported" >&2
 
 "$bin/kubelet" --config "$d/kubelet.yaml" --kubeconfig "$kubeconfig" \
   --root-dir "$d/kubelet" --hostname-override "$n" --node-ip "$ip" --v=1 \
