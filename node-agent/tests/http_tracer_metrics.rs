@@ -421,6 +421,83 @@ async fn a_restarted_agent_names_paths_announced_before_it() {
     assert!(root.pins().is_empty(), "pins left: {:?}", root.pins());
 }
 
+/// An agent stopped as the kubelet stops a pod (SIGTERM: a restart, a
+/// rolling update) hands its counts over: the requests made while no
+/// agent ran are reported by the next one, exactly, under their routes,
+/// although no later request announces their paths again; the handover
+/// file is taken and removed. (Killed outright, the next agent starts from
+/// zero instead: the test above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_hands_its_counts_to_the_next() {
+    let root = PinRoot::new("http-handover");
+    let server = TestServer::start();
+    let (mut agent, mut c, mport) = traced_agent(&root, &[server.port], &[]).await;
+    let base = format!("http://127.0.0.1:{}", server.port);
+    assert_eq!(curl(&[], &[format!("{base}/before")]), [200]);
+    wait_requests(&mut c, "r1", 1).await;
+    let (_, text) = get(mport, "/metrics");
+    let route = |m: &_, r: &str| {
+        sum(
+            m,
+            "http_server_request_duration_seconds_count",
+            &[("http_route", r)],
+        )
+    };
+    assert_eq!(route(&parse_metrics(&text), "/before"), 1.0, "{text}");
+    drop(c);
+    assert!(agent.0.terminate().success(), "the agent stops cleanly");
+    drop(agent);
+    let file = root
+        .state_file()
+        .parent()
+        .unwrap()
+        .join(format!("http-tracer-{PROGRAM}.handover"));
+    assert!(file.exists(), "no handover at {}", file.display());
+
+    // No agent runs: the kernel counts on.
+    let urls: Vec<String> = (0..30)
+        .map(|i| match i % 3 {
+            0 => format!("{base}/before"),
+            1 => format!("{base}/during"),
+            _ => format!("{base}/missing"),
+        })
+        .collect();
+    assert_eq!(curl(&[], &urls).len(), 30);
+
+    let mport = free_port();
+    let mlisten = format!("127.0.0.1:{mport}");
+    let agent = AgentProc::start(
+        &root,
+        None,
+        &["--allow-unsigned", "--metrics-listen", &mlisten],
+    );
+    let mut c = agent.client().await;
+    wait_reader(mport).await;
+    wait_requests(&mut c, "r1", 30).await;
+    let (_, text) = get(mport, "/metrics");
+    let m = parse_metrics(&text);
+    assert_eq!(
+        (
+            route(&m, "/before"),
+            route(&m, "/during"),
+            route(&m, "/missing"),
+            route(&m, "/*")
+        ),
+        (10.0, 10.0, 10.0, 0.0),
+        "{text}"
+    );
+    assert!(!file.exists(), "the handover is taken");
+
+    c.unload(pb::UnloadRequest {
+        program: PROGRAM.into(),
+        revision: String::new(),
+    })
+    .await
+    .unwrap();
+    drop(agent);
+    assert!(root.pins().is_empty(), "pins left: {:?}", root.pins());
+}
+
 /// Metrics mode with half the connections sampled (`samplingRate` 0.5,
 /// slot 8): the sampled ones come as events and become spans at the OTLP
 /// collector, the rest are counted in the kernel, and every exchange is in

@@ -158,6 +158,32 @@ impl AgentProcess {
         self.child.id()
     }
 
+    /// SIGTERM, as the kubelet stops a pod, and reap; SIGKILL after 20 s.
+    /// The exit status.
+    ///
+    /// # Panics
+    ///
+    /// When the child cannot be reaped (a test helper: the panic is the
+    /// report).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self
+                    .child
+                    .wait()
+                    .unwrap_or_else(|e| panic!("reaping the agent: {e}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `kill -9` and reap: the agent gets no chance to clean up.
     pub fn kill9(&mut self) {
         // SAFETY: signalling our own child by pid.

@@ -247,12 +247,130 @@ impl Deltas {
         self.last.remove(key);
     }
 
+    /// Every entry's totals as last read: what a stopping reader hands
+    /// on ([`Handover`]).
+    pub fn totals(&self) -> Vec<(AggKey, Counts)> {
+        self.last.iter().map(|(k, c)| (*k, *c)).collect()
+    }
+
+    /// Starts from the totals a previous reader handed on: the next
+    /// [`Deltas::update`] reports what was counted since that reader's
+    /// last read (entries it never saw, all of theirs).
+    pub fn resume(totals: Vec<(AggKey, Counts)>) -> Self {
+        Self {
+            last: totals.into_iter().collect(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.last.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.last.is_empty()
+    }
+}
+
+/// What a metrics-mode reader that stops (its agent shutting down for a
+/// restart or an upgrade; the program stays loaded and counting) leaves
+/// for the next reader of the same `http_aggs`: the totals it last
+/// reported and the names of their path keys. The next reader reports
+/// from there on, so the exchanges counted while no reader ran are
+/// reported too, under their routes, instead of being taken as the
+/// starting point. A text file, one line per entry:
+///
+/// ```text
+/// bpfleet-http-aggs-handover 1
+/// map <id of the http_aggs map>
+/// c <key, 24 bytes in hex> <count> <sum_ns> <15 bucket counts>
+/// p <path key> <path bytes in hex>
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Handover {
+    /// Kernel id of the `http_aggs` map the totals were read from: a
+    /// reader of another map (the program was loaded again) ignores them.
+    pub map_id: u32,
+    pub totals: Vec<(AggKey, Counts)>,
+    /// Names of the path keys the kernel announced to the stopping reader.
+    pub paths: Vec<(u64, String)>,
+}
+
+const HANDOVER_MAGIC: &str = "bpfleet-http-aggs-handover 1";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl Handover {
+    pub fn encode(&self) -> String {
+        let mut out = format!("{HANDOVER_MAGIC}\nmap {}\n", self.map_id);
+        for (k, c) in &self.totals {
+            out.push_str(&format!("c {} {} {}", hex(&k.raw), c.count, c.sum_ns));
+            for b in c.buckets {
+                out.push_str(&format!(" {b}"));
+            }
+            out.push('\n');
+        }
+        for (key, path) in &self.paths {
+            out.push_str(&format!("p {key} {}\n", hex(path.as_bytes())));
+        }
+        out
+    }
+
+    /// Parses [`Handover::encode`]'s text; anything else is an error
+    /// naming the line.
+    pub fn decode(text: &str) -> std::result::Result<Self, String> {
+        let mut lines = text.lines().enumerate();
+        if lines.next().map(|(_, l)| l) != Some(HANDOVER_MAGIC) {
+            return Err(format!("line 1: not \"{HANDOVER_MAGIC}\""));
+        }
+        let mut h = Handover::default();
+        let mut map = None;
+        for (i, line) in lines {
+            let bad = |what: &str| format!("line {}: {what}", i + 1);
+            let f: Vec<&str> = line.split(' ').collect();
+            match f.as_slice() {
+                ["map", id] => map = Some(id.parse().map_err(|_| bad("map id not a number"))?),
+                ["c", key, rest @ ..] if rest.len() == 2 + BUCKETS => {
+                    let raw = unhex(key).ok_or_else(|| bad("key not hex"))?;
+                    let k = AggKey::decode(&raw).map_err(|_| bad("key not 24 bytes"))?;
+                    let n: Vec<u64> = rest
+                        .iter()
+                        .map(|v| v.parse())
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(|_| bad("count not a number"))?;
+                    let mut buckets = [0u64; BUCKETS];
+                    buckets.copy_from_slice(&n[2..]);
+                    h.totals.push((
+                        k,
+                        Counts {
+                            count: n[0],
+                            sum_ns: n[1],
+                            buckets,
+                        },
+                    ));
+                }
+                ["p", key, path] => {
+                    let key = key.parse().map_err(|_| bad("path key not a number"))?;
+                    let path = unhex(path).ok_or_else(|| bad("path not hex"))?;
+                    h.paths
+                        .push((key, String::from_utf8_lossy(&path).into_owned()));
+                }
+                _ => return Err(bad("not a map, c or p line")),
+            }
+        }
+        h.map_id = map.ok_or("no map line")?;
+        Ok(h)
     }
 }
 
@@ -331,6 +449,65 @@ mod tests {
         let again = d.update(vec![(k, counts(6, 60, &[(1, 6)]))]);
         assert_eq!(again, vec![(k, counts(6, 60, &[(1, 6)]))]);
         assert!(d.update(vec![(k, counts(6, 60, &[(1, 6)]))]).is_empty());
+    }
+
+    #[test]
+    fn a_handover_resumes_where_the_last_read_ended() {
+        let mut d = Deltas::default();
+        let (a, b) = (key(1, 200, 1, 1), key(2, 404, 1, 1));
+        d.update(vec![(a, counts(4, 40, &[(1, 4)]))]);
+        let h = Handover {
+            map_id: 77,
+            totals: d.totals(),
+            paths: vec![(9, "/caf\u{e9} x\n".into())],
+        };
+        let back = Handover::decode(&h.encode()).expect("decodes");
+        assert_eq!(back, h);
+        // The next reader reports only what came after, and new entries
+        // whole.
+        let mut next = Deltas::resume(back.totals);
+        let grown = next.update(vec![
+            (a, counts(6, 60, &[(1, 6)])),
+            (b, counts(1, 10, &[(0, 1)])),
+        ]);
+        let mut grown: Vec<_> = grown.into_iter().map(|(k, c)| (k.tgid, c.count)).collect();
+        grown.sort_unstable();
+        assert_eq!(grown, vec![(1, 2), (2, 1)]);
+    }
+
+    #[test]
+    fn a_damaged_handover_is_refused_with_its_line() {
+        let good = Handover {
+            map_id: 3,
+            totals: vec![(key(1, 200, 1, 1), counts(1, 1, &[(0, 1)]))],
+            paths: vec![],
+        }
+        .encode();
+        assert_eq!(
+            Handover::decode(""),
+            Err(format!("line 1: not \"{HANDOVER_MAGIC}\""))
+        );
+        let short = good.replace(" 1 1 1 0", " 1 1 1");
+        assert!(
+            Handover::decode(&short).unwrap_err().starts_with("line 3"),
+            "{short}"
+        );
+        let no_map: String = good
+            .lines()
+            .filter(|l| !l.starts_with("map"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(Handover::decode(&no_map), Err("no map line".into()));
+        assert!(
+            Handover::decode(&format!("{good}p 1 zz\n"))
+                .unwrap_err()
+                .contains("path not hex")
+        );
+        assert!(
+            Handover::decode(&format!("{good}c 00 1\n"))
+                .unwrap_err()
+                .contains("line 4")
+        );
     }
 
     #[test]

@@ -121,6 +121,17 @@ impl Aggregates {
         Ok(Self { map })
     }
 
+    /// The map's kernel id (unique while the map exists).
+    pub fn map_id(&self) -> Result<u32> {
+        use libbpf_rs::MapCore;
+        Ok(self
+            .map
+            .info()
+            .map_err(bpf("reading http_aggs' id"))?
+            .info
+            .id)
+    }
+
     /// Every entry with its counts summed over the CPUs. Entries whose
     /// key or value does not decode are skipped (a foreign object).
     pub fn read(&self) -> Result<Vec<(AggKey, Counts)>> {

@@ -93,6 +93,20 @@ impl Pipeline {
         self.paths.get(&key).map(String::as_str)
     }
 
+    /// Every path key's name, as the kernel announced them.
+    pub fn paths(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.paths.iter().map(|(k, p)| (*k, p.as_str()))
+    }
+
+    /// Takes a name the kernel announced to an earlier reader (handed on,
+    /// see [`crate::aggregate::Handover`]), within the same bound as
+    /// announcements.
+    pub fn remember_path(&mut self, key: u64, path: String) {
+        if self.paths.len() < MAX_PATHS || self.paths.contains_key(&key) {
+            self.paths.insert(key, path);
+        }
+    }
+
     /// Handles one raw ring-buffer record.
     pub fn handle_raw(&mut self, raw: &[u8], out: &mut Vec<Traced>) {
         self.health.events += 1;

@@ -224,6 +224,12 @@ impl ServeArgs {
             ),
             pods_dir: self.pods_log_dir.clone(),
             otlp_endpoint: self.otlp_endpoint.clone(),
+            // Beside the state, which outlives the agent (a restart or an
+            // upgrade finds both).
+            handover_dir: Some(match self.state_file.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            }),
             ..Default::default()
         };
         if let Some(e) = &cfg.otlp_endpoint {

@@ -95,6 +95,10 @@ pub struct HttpConfig {
     pub rules: Vec<Rule>,
     /// OTLP/gRPC endpoint for spans (`http://collector:4317`); none: off.
     pub otlp_endpoint: Option<String>,
+    /// Where a stopping agent's readers leave their metrics-mode counts
+    /// for the next agent (the state file's directory); none: nowhere, and
+    /// a restarted agent's figures start from zero.
+    pub handover_dir: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -111,6 +115,7 @@ impl Default for HttpConfig {
             proc_root: PathBuf::from("/proc"),
             rules: default_rules(),
             otlp_endpoint: None,
+            handover_dir: None,
         }
     }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bpfleet_httptrace::route::Routes;
 use bpfleet_httptrace::{Outcome, Role};
-use bpfleet_tracer::aggregate::{AggKey, Counts, Deltas};
+use bpfleet_tracer::aggregate::{AggKey, Counts, Deltas, Handover};
 use bpfleet_tracer::event::config::{IGNORE_TGID, PATHS_EPOCH};
 use bpfleet_tracer::pinned::{Aggregates, Pinned, forget_paths};
 use bpfleet_tracer::pipeline::{Pipeline, Traced};
@@ -49,6 +49,9 @@ const RETRY: Duration = Duration::from_secs(5);
 
 struct Reader {
     stop: Arc<AtomicBool>,
+    /// Set with `stop` when the agent shuts down: the reader leaves its
+    /// counts for the next agent ([`Handover`]).
+    hand_over: Arc<AtomicBool>,
     handle: JoinHandle<()>,
     events_pin: PathBuf,
 }
@@ -175,6 +178,13 @@ fn watch(
                 let _ = r.handle.join();
                 tracing::info!(program = p, "HTTP tracer reader stopped");
             }
+            // A program unloaded while the agent was down may have left
+            // counts for a reader that will not come.
+            if !wanted.contains_key(&p)
+                && let Some(f) = handover_file(hub, &p)
+            {
+                let _ = std::fs::remove_file(f);
+            }
         }
         // Readers that ended by themselves (an error, or the pin vanished).
         let ended: Vec<String> = readers
@@ -199,11 +209,12 @@ fn watch(
                 break;
             }
             let flag = Arc::new(AtomicBool::new(false));
+            let hand_over = Arc::new(AtomicBool::new(false));
             let events = pins.events.clone();
-            let (h, st) = (hub.clone(), flag.clone());
+            let (h, st, ho) = (hub.clone(), flag.clone(), hand_over.clone());
             match std::thread::Builder::new()
                 .name(format!("http-reader-{p}"))
-                .spawn(move || read(&h, &pins, &st))
+                .spawn(move || read(&h, &pins, &st, &ho))
             {
                 Ok(handle) => {
                     tracing::info!(program = p, "HTTP tracer reader started");
@@ -211,6 +222,7 @@ fn watch(
                         p,
                         Reader {
                             stop: flag,
+                            hand_over,
                             handle,
                             events_pin: events,
                         },
@@ -238,10 +250,69 @@ fn watch(
             std::thread::sleep(Duration::from_millis(25));
         }
     }
+    // The agent is stopping; its programs stay loaded and counting, and
+    // the next agent's readers go on from these readers' last reads.
     for (_, r) in readers {
+        r.hand_over.store(true, Ordering::Relaxed);
         r.stop.store(true, Ordering::Relaxed);
         let _ = r.handle.join();
     }
+}
+
+/// Where a stopping reader of `program` leaves its counts: beside the
+/// agent's state file, which outlives the agent (a hostPath).
+fn handover_file(hub: &Hub, program: &str) -> Option<PathBuf> {
+    hub.config()
+        .handover_dir
+        .as_ref()
+        .map(|d| d.join(format!("http-tracer-{program}.handover")))
+}
+
+/// The counts a previous agent's reader of `aggs` left in `file`, which
+/// is consumed: None when there are none, they do not parse, or they were
+/// read from another map (the program was loaded again since).
+fn take_handover(file: &Path, aggs: &Aggregates, program: &str) -> Option<Handover> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(program, file = %file.display(), error = %e, "cannot read the HTTP tracer's handed-over counts; counting starts afresh");
+            return None;
+        }
+    };
+    if let Err(e) = std::fs::remove_file(file) {
+        tracing::warn!(program, file = %file.display(), error = %e, "cannot remove the HTTP tracer's handed-over counts");
+    }
+    let h = match Handover::decode(&text) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(program, file = %file.display(), error = e, "the HTTP tracer's handed-over counts do not parse; counting starts afresh");
+            return None;
+        }
+    };
+    match aggs.map_id() {
+        Ok(id) if id == h.map_id => Some(h),
+        Ok(id) => {
+            tracing::info!(
+                program,
+                handed_over = h.map_id,
+                now = id,
+                "handed-over HTTP counts are of an earlier load of the program; counting starts afresh"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(program, error = %e, "cannot check the handed-over HTTP counts; counting starts afresh");
+            None
+        }
+    }
+}
+
+/// Writes `h` to `file` whole (a temporary file renamed over it).
+fn write_handover(file: &Path, h: &Handover) -> std::io::Result<()> {
+    let tmp = file.with_extension("handover.tmp");
+    std::fs::write(&tmp, h.encode())?;
+    std::fs::rename(&tmp, file)
 }
 
 fn is_tracer(v: &ProgramView) -> bool {
@@ -308,7 +379,9 @@ fn new_paths_epoch(agent: &Mutex<Agent>, pins: &TracerPins) -> bool {
 }
 
 /// One reader: until `stop` or until the ring buffer's pin disappears.
-fn read(hub: &Hub, pins: &TracerPins, stop: &AtomicBool) {
+/// Stopped with `hand_over` set, it leaves its counts for the next
+/// agent's reader.
+fn read(hub: &Hub, pins: &TracerPins, stop: &AtomicBool, hand_over: &AtomicBool) {
     let program = pins.program.as_str();
     let cfg = hub.config();
     let fail = |e: String| {
@@ -327,12 +400,32 @@ fn read(hub: &Hub, pins: &TracerPins, stop: &AtomicBool) {
         Err(e) => return fail(e.to_string()),
     };
     let mut counts = KernelCounts::new(cfg.proc_root.clone());
+    let mut handed: Vec<(u64, String)> = Vec::new();
+    let handover = handover_file(hub, program);
     if let Some(a) = &aggregates {
-        // What the kernel counted before this reader (an agent restart
-        // finds the program loaded) is not reported: figures start from
-        // zero with the reader, as they do for events. A new program's
-        // reader starts at Load, before Activate sends traffic to it.
-        counts.prime(a);
+        match handover
+            .as_deref()
+            .and_then(|f| take_handover(f, a, program))
+        {
+            // The previous agent stopped (a restart, an upgrade) and left
+            // its last read: what the kernel counted since, also while no
+            // agent ran, is reported by this reader.
+            Some(h) => {
+                tracing::info!(
+                    program,
+                    entries = h.totals.len(),
+                    "HTTP tracer counts taken over from the previous agent"
+                );
+                counts.deltas = Deltas::resume(h.totals);
+                handed = h.paths;
+            }
+            // Otherwise what the kernel counted before this reader (an
+            // agent that was killed, and restarts to find the program
+            // loaded) is not reported: figures start from zero with the
+            // reader, as they do for events. A new program's reader starts
+            // at Load, before Activate sends traffic to it.
+            None => counts.prime(a),
+        }
     }
     let (mut generation, rules) = hub.rules_for(program);
     let mut routes = match rules.routes() {
@@ -350,6 +443,9 @@ fn read(hub: &Hub, pins: &TracerPins, stop: &AtomicBool) {
         redactor.clone(),
     );
     let mut pipeline = Pipeline::new(redactor, cfg.max_connections);
+    for (key, path) in handed {
+        pipeline.remember_path(key, path);
+    }
     pipeline.request_timeout_ns = u64::try_from(cfg.request_timeout.as_nanos()).unwrap_or(u64::MAX);
     hub.reader_status(program, |s| {
         s.running = true;
@@ -417,6 +513,31 @@ fn read(hub: &Hub, pins: &TracerPins, stop: &AtomicBool) {
             });
         },
     );
+    if res.is_ok()
+        && hand_over.load(Ordering::Relaxed)
+        && let (Some(a), Some(file)) = (&aggregates, &handover)
+    {
+        let (p, _) = &*shared.borrow();
+        match a.map_id() {
+            Ok(map_id) => {
+                let h = counts.handover(map_id, p);
+                match write_handover(file, &h) {
+                    Ok(()) => tracing::info!(
+                        program,
+                        entries = h.totals.len(),
+                        file = %file.display(),
+                        "HTTP tracer counts handed over to the next agent"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(program, file = %file.display(), error = %e, "cannot hand the HTTP tracer's counts over; the next agent starts from zero")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(program, error = %e, "cannot hand the HTTP tracer's counts over; the next agent starts from zero")
+            }
+        }
+    }
     match res {
         Ok(()) => hub.reader_status(program, |s| s.running = false),
         Err(e) => fail(e.to_string()),
@@ -445,6 +566,27 @@ impl KernelCounts {
             deltas: Deltas::default(),
             waiting: Vec::new(),
             proc_root,
+        }
+    }
+
+    /// What the next reader needs to go on from this one's last read: the
+    /// totals it read, less the growth still waiting for a path's name
+    /// (the next reader reports it), and the names of their path keys.
+    fn handover(&mut self, map_id: u32, pipeline: &Pipeline) -> Handover {
+        for (k, c, _) in std::mem::take(&mut self.waiting) {
+            self.deltas.defer(&k, &c);
+        }
+        let totals = self.deltas.totals();
+        let keys: std::collections::HashSet<u64> = totals.iter().map(|(k, _)| k.path_key).collect();
+        let paths = pipeline
+            .paths()
+            .filter(|(k, _)| keys.contains(k))
+            .map(|(k, p)| (k, p.to_string()))
+            .collect();
+        Handover {
+            map_id,
+            totals,
+            paths,
         }
     }
 
