@@ -85,3 +85,70 @@ app.kubernetes.io/component: agent
 {{- end -}}
 {{- join "," $terms -}}
 {{- end -}}
+
+{{/*
+The helm-mode mTLS material as JSON, {"agent": data, "operator": data}
+(Secret data: tls.crt, tls.key, ca.crt): the Secrets issued at install,
+kept on upgrade (looked up), or new ones when there are none or the names
+they were issued for changed. Two CAs: the agents trust only the
+operator's CA, the operator trusts only the agents' CA. Computed once per
+rendering and kept on the root context: every genCA call makes new keys,
+so tls.yaml and the pods' checksum annotations must read the same result
+(the checksum was once taken over a second rendering, whose certificates
+were never installed: the first upgrade after an install then restarted
+every pod for nothing). Call with the root context.
+*/}}
+{{- define "bpfleet.tls.helmData" -}}
+{{- if not (hasKey . "bpfleetTlsMaterial") -}}
+{{- $agentSecret := include "bpfleet.tls.agentSecret" . -}}
+{{- $operatorSecret := include "bpfleet.tls.operatorSecret" . -}}
+{{- $agentData := dict -}}
+{{- $operatorData := dict -}}
+{{- $days := int .Values.tls.validityDays -}}
+{{- $oldAgent := lookup "v1" "Secret" .Release.Namespace $agentSecret -}}
+{{- $oldOperator := lookup "v1" "Secret" .Release.Namespace $operatorSecret -}}
+{{- $sameName := false -}}
+{{- if and $oldAgent $oldAgent.metadata.annotations -}}
+{{- $sameName = eq (get $oldAgent.metadata.annotations "bpfleet.dev/agent-tls-name") .Values.tls.agentName -}}
+{{- end -}}
+{{- /* The operator's identity changed: issue again (agents pin it). A
+Secret from before the annotation existed was issued for bpfleet-operator. */ -}}
+{{- if and $sameName $oldOperator -}}
+{{- $oldOpName := "bpfleet-operator" -}}
+{{- if $oldOperator.metadata.annotations -}}
+{{- $oldOpName = get $oldOperator.metadata.annotations "bpfleet.dev/operator-tls-name" | default "bpfleet-operator" -}}
+{{- end -}}
+{{- $sameName = eq $oldOpName .Values.tls.operatorName -}}
+{{- end -}}
+{{- if and $oldAgent $oldOperator $sameName -}}
+{{- /* Upgrade: keep what was issued at install. */ -}}
+{{- $agentData = $oldAgent.data -}}
+{{- $operatorData = $oldOperator.data -}}
+{{- else -}}
+{{- $agentCA := genCA "bpfleet-agent-ca" $days -}}
+{{- $operatorCA := genCA "bpfleet-operator-ca" $days -}}
+{{- $agentCert := genSignedCert .Values.tls.agentName nil (list .Values.tls.agentName) $days $agentCA -}}
+{{- /* The operator's identity as CN and DNS SAN: agents pin it (--client-identity). */ -}}
+{{- $operatorCert := genSignedCert .Values.tls.operatorName nil (list .Values.tls.operatorName) $days $operatorCA -}}
+{{- $agentData = dict "tls.crt" ($agentCert.Cert | b64enc) "tls.key" ($agentCert.Key | b64enc) "ca.crt" ($agentCA.Cert | b64enc) -}}
+{{- $operatorData = dict "tls.crt" ($operatorCert.Cert | b64enc) "tls.key" ($operatorCert.Key | b64enc) "ca.crt" ($operatorCA.Cert | b64enc) -}}
+{{- end -}}
+{{- $_ := set . "bpfleetTlsMaterial" (dict "agent" $agentData "operator" $operatorData) -}}
+{{- end -}}
+{{- toJson (get . "bpfleetTlsMaterial") -}}
+{{- end -}}
+
+{{/*
+The pods' checksum/tls annotation: it changes when, and only when, the mTLS
+material they mount does (new certificates restart the pods). helm mode:
+the two certificates as installed; otherwise the rendered tls.yaml
+(cert-manager's resources; nothing for existing Secrets).
+*/}}
+{{- define "bpfleet.tls.checksum" -}}
+{{- if eq .Values.tls.mode "helm" -}}
+{{- $m := include "bpfleet.tls.helmData" . | fromJson -}}
+{{- printf "%s\n%s\n" (get $m.agent "tls.crt") (get $m.operator "tls.crt") | sha256sum | trunc 16 -}}
+{{- else -}}
+{{- include (print .Template.BasePath "/tls.yaml") . | sha256sum | trunc 16 -}}
+{{- end -}}
+{{- end -}}

@@ -1,12 +1,14 @@
 //! The mTLS material helm generates (helm TLS mode), verified with openssl:
 //! each side's certificate chains to its own CA for its purpose and not to
 //! the other's, the agent's names `bpfleet-agent`, keys match certificates,
-//! and the agent's pod template carries a checksum of the material (so
-//! pods restart when it changes).
+//! and both pod templates carry a checksum of the certificates installed
+//! (so pods restart when, and only when, they change).
 
 use std::process::{Command, Output};
 
-use crate::support::{AGENT, docs, named, render, text};
+use sha2::{Digest, Sha256};
+
+use crate::support::{AGENT, OPERATOR, docs, named, render, text};
 
 fn openssl(args: &[&str]) -> Output {
     Command::new("openssl")
@@ -85,9 +87,25 @@ fn helm_generated_certificates_chain_to_separate_cas() {
         let b = ok(&["pkey", "-pubout", "-in", &p(&format!("{side}-tls.key"))]);
         assert_eq!(a, b, "{side} key matches its certificate");
     }
-    // Pods restart when the material changes: the checksum covers it.
-    let a = named(&d, "DaemonSet", AGENT)["spec"]["template"]["metadata"]["annotations"]
-        ["checksum/tls"]
-        .clone();
-    assert!(a.is_string());
+    // Pods restart when the material changes: both pod templates carry a
+    // checksum of the certificates this very rendering installs (a second,
+    // freshly issued set once stood there: the first upgrade after an
+    // install restarted every pod).
+    let crt = |secret: &str| {
+        named(&d, "Secret", secret)["data"]["tls.crt"]
+            .as_str()
+            .expect("tls.crt")
+            .to_string()
+    };
+    let want = hex::encode(Sha256::digest(format!(
+        "{}\n{}\n",
+        crt("bpfleet-agent-tls"),
+        crt("bpfleet-operator-tls")
+    )))[..16]
+        .to_string();
+    for (kind, name) in [("DaemonSet", AGENT), ("Deployment", OPERATOR)] {
+        let got =
+            &named(&d, kind, name)["spec"]["template"]["metadata"]["annotations"]["checksum/tls"];
+        assert_eq!(got.as_str(), Some(want.as_str()), "{kind} {name}");
+    }
 }
