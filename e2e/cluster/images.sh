@@ -8,10 +8,14 @@
 #       CA certificates and the users root and nonroot (65532): what
 #       distroless/cc-debian12 holds, from the same Debian packages
 #   localhost/bpfleet/pause:local       the pod sandbox (pause.c, static)
+#   localhost/bpfleet/httpd:local       the test's server pod (httpd.c, static)
 #   localhost/bpfleet/bpfleet-operator:dev, localhost/bpfleet/bpfleet-agent:dev
 #       built by Dockerfile.operator and Dockerfile.agent themselves, with
 #       the two bases above as their BUILD_IMAGE and RUNTIME_IMAGE and
 #       CARGO_PROFILE_RELEASE_OPT_LEVEL=0 ($BPFLEET_IMAGE_OPT_LEVEL)
+#   localhost/bpfleet/bpfleet-agent:next  the agent image again under a
+#       second tag, with one more label (so another image id): what
+#       `helm upgrade` rolls the DaemonSet to
 # Each image is saved as a docker-archive in .cache/cluster/images, which
 # node.sh imports into every node's containerd. buildah's storage is
 # .cache/cluster/storage; a stamp per image skips what is up to date.
@@ -128,6 +132,10 @@ fill_pause() {
   gcc -static -O2 -Wall -Wextra -Werror -o "$1/pause" "$here/pause.c"
 }
 
+fill_httpd() {
+  gcc -static -O2 -Wall -Wextra -Werror -o "$1/httpd" "$here/httpd.c"
+}
+
 # digest WHAT...: what an image is built from: the function that fills it
 # (its text, so that editing the rest of this script rebuilds nothing), the
 # files and words given.
@@ -165,6 +173,12 @@ if ! fresh pause "$want" local node; then
   save pause local "$want" node
 fi
 
+want=$(digest fill_httpd from_rootfs "$here/httpd.c")
+if ! fresh httpd "$want" local node; then
+  from_rootfs httpd fill_httpd --entrypoint '["/httpd", "8080"]' --user 65532:65532 --port 8080
+  save httpd local "$want" node
+fi
+
 # The bpfleet images: the digest of the sources their cargo build reads
 # (git's view of the work tree, tracked and untracked but not ignored, less
 # what no crate compiles: docs, the chart, scripts, tests, this directory).
@@ -191,6 +205,22 @@ for c in operator agent; do
   save "bpfleet-$c" dev "$want" node
   echo "bpfleet-$c built in $(( $(date +%s) - s ))s"
 done
+
+# The upgrade's target: the agent image with a label naming the build it
+# came from, saved under its own archive (node.sh imports every one).
+want=$(digest "$(cat "$cache/stamps/bpfleet-agent")" next)
+if ! [ "$(cat "$cache/stamps/bpfleet-agent-next" 2>/dev/null)" = "$want" ] ||
+  ! b inspect --type image localhost/bpfleet/bpfleet-agent:next >/dev/null 2>&1 ||
+  ! [ -f "$out/bpfleet-agent-next.tar" ]; then
+  c=$(b from --pull-never localhost/bpfleet/bpfleet-agent:dev)
+  b config --label "dev.bpfleet.build=next" "$c"
+  b commit -q --rm "$c" localhost/bpfleet/bpfleet-agent:next >/dev/null
+  rm -f "$out/bpfleet-agent-next.tar"
+  b push -q --signature-policy "$cache/policy.json" localhost/bpfleet/bpfleet-agent:next \
+    "docker-archive:$out/bpfleet-agent-next.tar:localhost/bpfleet/bpfleet-agent:next" >/dev/null
+  echo "$want" > "$cache/stamps/bpfleet-agent-next"
+  echo "image localhost/bpfleet/bpfleet-agent:next built"
+fi
 # Images a rebuild left without a name (an older base, say) go.
 b rmi --prune >/dev/null 2>&1 || true
 echo "images up to date in $out ($(( $(date +%s) - start ))s)"

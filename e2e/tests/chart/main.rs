@@ -35,6 +35,8 @@
 mod code;
 mod processes;
 mod support;
+#[path = "../shared/tracer_spec.rs"]
+mod tracer_spec;
 
 mod alerting;
 mod apiserver;

@@ -20,7 +20,6 @@ use bpfleet_e2e::ControlPlane;
 use bpfleet_testsupport::free_port;
 use bpfleet_testsupport::netns::Netns;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::jaeger::{Jaeger, Span};
 use crate::processes::{Running, build_binaries, http_get, log_file, start_agent, start_operator};
@@ -317,26 +316,7 @@ async fn prometheus_and_jaeger_find_the_driven_traffic() {
     std::fs::create_dir_all(&objects).unwrap();
     let object = objects.join("http_tracer.bpf.o");
     std::fs::write(&object, bpfleet_bpf::HTTP_TRACER).unwrap();
-    let programs: Vec<Value> = bpfleet_tracer::PROGRAMS
-        .iter()
-        .map(|(prog, tp)| {
-            let (category, name) = tp.split_once('/').unwrap_or(("syscalls", tp));
-            json!({"name": prog, "type": "Tracepoint",
-                   "tracepoint": {"category": category, "name": name}})
-        })
-        .collect();
-    let tp = json!({
-        "apiVersion": "bpfleet.dev/v1alpha1", "kind": "TracerProgram",
-        "metadata": {"name": "http-tracer"},
-        "spec": {
-            "version": "1.0.0",
-            "bytecode": {"file": {"path": object}},
-            "sha256": hex::encode(Sha256::digest(bpfleet_bpf::HTTP_TRACER)),
-            "programs": programs,
-            "persistentMaps": bpfleet_tracer::PERSISTENT_MAPS,
-            "strategy": {"immediate": {}},
-        },
-    });
+    let tp = crate::tracer_spec::http_tracer(object.to_str().unwrap());
     apply_and_wait(
         &cp,
         dir.path(),
