@@ -155,9 +155,14 @@ syscount 2.0.0 syscount_v2.bpf.o '{canary: {steps: [{setNodePercent: 50}, {pause
 kubectl wait tp/syscount --for=jsonpath='{.status.phase}'=Paused --timeout=120s
 kubectl get tp syscount
 sleep 2
-for n in node-a node-b; do echo "$n counts: $(slots "$n")"; done
-echo "+ kubectl delete pod (node-a's agent) in the pause"
-kubectl delete pod -n bpfleet-system --field-selector spec.nodeName=node-a \
+canary=node-a
+for n in node-a node-b; do
+  c=$(slots "$n")
+  echo "$n counts: $c"
+  [ "$(awk '{print $4}' <<<"$c")" = 0 ] || canary=$n
+done
+echo "+ kubectl delete pod ($canary's agent, the canary's) in the pause"
+kubectl delete pod -n bpfleet-system --field-selector "spec.nodeName=$canary" \
   -l app.kubernetes.io/component=agent --wait=true
 kubectl rollout status ds/bpfleet-agent -n bpfleet-system --timeout=120s
 kubectl get pods -n bpfleet-system -o wide -l app.kubernetes.io/component=agent

@@ -344,6 +344,22 @@ fn ask(s: &mut std::net::TcpStream, path: &str) -> u16 {
     }
 }
 
+/// A new agent on `root` (the tracer still loaded there), its metrics on a
+/// port of its own, once its reader runs: the agent, a client and the
+/// metrics port.
+async fn agent_again(root: &PinRoot) -> (AgentProc, Client, u16) {
+    let mport = free_port();
+    let mlisten = format!("127.0.0.1:{mport}");
+    let agent = AgentProc::start(
+        root,
+        None,
+        &["--allow-unsigned", "--metrics-listen", &mlisten],
+    );
+    let c = agent.client().await;
+    wait_reader(mport).await;
+    (agent, c, mport)
+}
+
 async fn wait_reader(mport: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -376,15 +392,7 @@ async fn a_restarted_agent_names_paths_announced_before_it() {
     agent.kill9();
     drop(agent);
 
-    let mport = free_port();
-    let mlisten = format!("127.0.0.1:{mport}");
-    let agent = AgentProc::start(
-        &root,
-        None,
-        &["--allow-unsigned", "--metrics-listen", &mlisten],
-    );
-    let mut c = agent.client().await;
-    wait_reader(mport).await;
+    let (agent, mut c, mport) = agent_again(&root).await;
     // The same connection and path as before the restart, a known path on
     // a new connection.
     assert_eq!(ask(&mut conn, "/known"), 200);
@@ -464,15 +472,7 @@ async fn a_stopped_agent_hands_its_counts_to_the_next() {
         .collect();
     assert_eq!(curl(&[], &urls).len(), 30);
 
-    let mport = free_port();
-    let mlisten = format!("127.0.0.1:{mport}");
-    let agent = AgentProc::start(
-        &root,
-        None,
-        &["--allow-unsigned", "--metrics-listen", &mlisten],
-    );
-    let mut c = agent.client().await;
-    wait_reader(mport).await;
+    let (agent, mut c, mport) = agent_again(&root).await;
     wait_requests(&mut c, "r1", 30).await;
     let (_, text) = get(mport, "/metrics");
     let m = parse_metrics(&text);
